@@ -1,0 +1,8 @@
+"""Built-in passes, one module per pass. Importing this package registers them all."""
+
+from importlib import import_module
+
+_MODULES = ("cleanup", "fold_constants", "fold_shape_chains", "fold_conv_bn", "replace_custom_ops")
+
+for _name in _MODULES:
+    import_module(f"passes.{_name}")

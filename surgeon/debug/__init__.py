@@ -1,0 +1,1 @@
+"""Debug side: backends, input data, comparison, bisect/reduce, scan, isolate."""

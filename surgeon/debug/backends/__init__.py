@@ -1,0 +1,71 @@
+"""Named backends, created lazily.
+
+Only modules in this package import onnxruntime, polygraphy or tensorrt, and only when
+a backend of that kind is created, so ``import surgeon`` stays light and never needs
+TensorRT. A backend turns a ModelProto into a :class:`Session`; sessions are reused
+across input samples.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import Any, Mapping
+
+import onnx
+
+from surgeon.errors import BackendError, UsageError
+
+
+class Session(abc.ABC):
+    """A model prepared on one backend."""
+
+    output_names: list[str]
+
+    @abc.abstractmethod
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Run once; outputs keyed by name in the model's output order."""
+
+
+class Backend(abc.ABC):
+    """A way to run models. ``fuses``: marking intermediate tensors as outputs can change
+    what it computes (true for TensorRT and ONNX Runtime with graph optimizations), so
+    bisect marks tensors in small blocks rather than all at once."""
+
+    name: str = ""
+    fuses: bool = True
+
+    @abc.abstractmethod
+    def session(self, model: onnx.ModelProto) -> Session:
+        ...
+
+    def describe(self) -> str:
+        return self.name
+
+
+# name -> "module:factory"; the factory takes keyword options and returns a Backend.
+_FACTORIES: dict[str, str] = {
+    "onnxrt": "surgeon.debug.backends.onnxrt:OnnxRuntimeBackend",
+    "onnxrt-noopt": "surgeon.debug.backends.onnxrt:no_optimization_backend",
+}
+
+
+def register_backend(name: str, target: str) -> None:
+    """Add a backend factory by import path (used by the backend modules themselves)."""
+    _FACTORIES[name] = target
+
+
+def names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def create(name: str, **options: Any) -> Backend:
+    """Create a backend by name; unknown names and missing libraries are clear errors."""
+    if name not in _FACTORIES:
+        raise UsageError(f"unknown backend '{name}'; known backends: {', '.join(names())}")
+    module_name, attr = _FACTORIES[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendError(f"backend '{name}' cannot be loaded: {exc}") from exc
+    return getattr(module, attr)(**options)

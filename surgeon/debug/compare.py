@@ -1,0 +1,201 @@
+"""Elementwise comparison of two runs' outputs.
+
+The rule, stated once and used everywhere (verification, compare, bisect):
+an element matches when ``|test - ref| <= atol + rtol * |ref|``; NaN matches NaN and
++/-Inf matches the same Inf only when ``nan_equal`` is set (the default for
+verification, since a pass must not change where NaNs appear). Integer and boolean
+outputs must be equal. Tolerances default per dtype and are always reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+# (atol, rtol) per dtype when the user gives none. float32 allows for reassociation
+# (folding Conv+BN changes rounding by a few ulps of the weights' magnitude).
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    "float64": (1e-7, 1e-6),
+    "float32": (1e-4, 1e-3),
+    "float16": (1e-2, 1e-2),
+    "bfloat16": (5e-2, 5e-2),
+}
+EXACT = (0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+    def __post_init__(self):
+        if self.atol < 0 or self.rtol < 0:
+            raise ValueError("tolerances must be non-negative")
+
+
+def tolerance_for(dtype: Any, atol: float | None = None, rtol: float | None = None) -> Tolerance:
+    name = str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype
+    d_atol, d_rtol = DEFAULT_TOLERANCES.get(name, EXACT)
+    return Tolerance(d_atol if atol is None else atol, d_rtol if rtol is None else rtol)
+
+
+@dataclass
+class OutputDiff:
+    """How one output of the test run differs from the reference run."""
+
+    name: str
+    passed: bool
+    reason: str = ""
+    ref_shape: list[int] | None = None
+    test_shape: list[int] | None = None
+    dtype: str = ""
+    atol: float = 0.0
+    rtol: float = 0.0
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    mean_abs: float = 0.0
+    median_abs: float = 0.0
+    p99_abs: float = 0.0
+    mean_rel: float = 0.0
+    median_rel: float = 0.0
+    p99_rel: float = 0.0
+    elements: int = 0
+    mismatches: int = 0
+    nan_mismatches: int = 0
+    inf_mismatches: int = 0
+    first_mismatches: list[list[int]] = field(default_factory=list)
+    worst_index: list[int] | None = None
+    worst_ref: float | None = None
+    worst_test: float | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _finite_stats(values: np.ndarray) -> tuple[float, float, float, float]:
+    if values.size == 0:
+        return 0.0, 0.0, 0.0, 0.0
+    v = values.astype(np.float64, copy=False)
+    return float(v.max()), float(v.mean()), float(np.median(v)), float(np.percentile(v, 99))
+
+
+def diff_arrays(name: str, ref: Any, test: Any, tol: Tolerance, *, nan_equal: bool = True, max_positions: int = 5) -> OutputDiff:
+    ref = np.asarray(ref)
+    test = np.asarray(test)
+    d = OutputDiff(name, True, ref_shape=list(ref.shape), test_shape=list(test.shape), dtype=str(ref.dtype),
+                   atol=tol.atol, rtol=tol.rtol, elements=int(ref.size))
+    if ref.shape != test.shape:
+        d.passed, d.reason = False, f"shape {list(test.shape)} differs from the reference {list(ref.shape)}"
+        return d
+    if ref.dtype != test.dtype and not (ref.dtype.kind in "fc" and test.dtype.kind in "fc"):
+        d.passed, d.reason = False, f"dtype {test.dtype} differs from the reference {ref.dtype}"
+        return d
+    if ref.dtype.kind in "OUS":
+        bad = ref != test
+        d.mismatches = int(np.count_nonzero(bad))
+        d.passed = d.mismatches == 0
+        if not d.passed:
+            d.reason = f"{d.mismatches} of {ref.size} elements differ"
+            d.first_mismatches = [list(map(int, i)) for i in np.argwhere(bad)[:max_positions]]
+        return d
+    r = ref.astype(np.float64)
+    t = test.astype(np.float64)
+    r_nan, t_nan = np.isnan(r), np.isnan(t)
+    r_inf, t_inf = np.isinf(r), np.isinf(t)
+    both_finite = ~(r_nan | t_nan | r_inf | t_inf)
+    with np.errstate(invalid="ignore", over="ignore"):
+        abs_err = np.abs(t - r)
+        rel_err = abs_err / np.maximum(np.abs(r), np.finfo(np.float64).tiny)
+    ok = np.zeros(r.shape, dtype=bool)
+    ok[both_finite] = abs_err[both_finite] <= tol.atol + tol.rtol * np.abs(r[both_finite])
+    same_nan = r_nan & t_nan
+    same_inf = r_inf & t_inf & (np.sign(r) == np.sign(t))
+    if nan_equal:
+        ok |= same_nan | same_inf
+    else:
+        ok |= same_inf
+    d.nan_mismatches = int(np.count_nonzero((r_nan ^ t_nan) | (same_nan & ~ok)))
+    d.inf_mismatches = int(np.count_nonzero((r_inf | t_inf) & ~(r_nan | t_nan) & ~ok))
+    fin_abs, fin_rel = abs_err[both_finite], rel_err[both_finite]
+    d.max_abs, d.mean_abs, d.median_abs, d.p99_abs = _finite_stats(fin_abs)
+    d.max_rel, d.mean_rel, d.median_rel, d.p99_rel = _finite_stats(fin_rel)
+    bad = ~ok
+    d.mismatches = int(np.count_nonzero(bad))
+    d.passed = d.mismatches == 0
+    if r.size and both_finite.any():
+        masked = np.where(both_finite, abs_err, -1.0)
+        worst = np.unravel_index(int(np.argmax(masked)), r.shape)
+        d.worst_index = [int(i) for i in worst]
+        d.worst_ref, d.worst_test = float(r[worst]), float(t[worst])
+    if not d.passed:
+        d.first_mismatches = [list(map(int, i)) for i in np.argwhere(bad)[:max_positions]]
+        parts = [f"{d.mismatches} of {r.size} elements outside atol={tol.atol:g} rtol={tol.rtol:g}"]
+        if d.nan_mismatches:
+            parts.append(f"{d.nan_mismatches} NaN mismatches")
+        if d.inf_mismatches:
+            parts.append(f"{d.inf_mismatches} Inf mismatches")
+        parts.append(f"max abs error {d.max_abs:.3g}, max rel error {d.max_rel:.3g}")
+        d.reason = "; ".join(parts)
+    return d
+
+
+def diff_values(name: str, ref: Any, test: Any, tol: Tolerance, *, nan_equal: bool = True) -> OutputDiff:
+    """Compare tensors elementwise and sequences/maps structurally (ZipMap outputs)."""
+    if isinstance(ref, Mapping) or isinstance(test, Mapping):
+        if not (isinstance(ref, Mapping) and isinstance(test, Mapping)) or set(ref) != set(test):
+            return OutputDiff(name, False, reason="map keys differ")
+        worst = OutputDiff(name, True)
+        for key in ref:
+            sub = diff_values(f"{name}[{key!r}]", ref[key], test[key], tol, nan_equal=nan_equal)
+            worst = _merge(worst, sub, name)
+        return worst
+    if isinstance(ref, (list, tuple)) or isinstance(test, (list, tuple)):
+        if not (isinstance(ref, (list, tuple)) and isinstance(test, (list, tuple))) or len(ref) != len(test):
+            return OutputDiff(name, False, reason="sequence lengths differ")
+        worst = OutputDiff(name, True)
+        for i, (a, b) in enumerate(zip(ref, test)):
+            worst = _merge(worst, diff_values(f"{name}[{i}]", a, b, tol, nan_equal=nan_equal), name)
+        return worst
+    if isinstance(ref, np.ndarray) or isinstance(test, np.ndarray) or np.isscalar(ref):
+        return diff_arrays(name, ref, test, tol, nan_equal=nan_equal)
+    same = ref == test
+    return OutputDiff(name, bool(same), reason="" if same else "values differ")
+
+
+def _merge(acc: OutputDiff, sub: OutputDiff, name: str) -> OutputDiff:
+    out = OutputDiff(name, acc.passed and sub.passed, reason=acc.reason or sub.reason,
+                     dtype=sub.dtype or acc.dtype, atol=sub.atol, rtol=sub.rtol)
+    out.max_abs = max(acc.max_abs, sub.max_abs)
+    out.max_rel = max(acc.max_rel, sub.max_rel)
+    out.elements = acc.elements + sub.elements
+    out.mismatches = acc.mismatches + sub.mismatches
+    out.nan_mismatches = acc.nan_mismatches + sub.nan_mismatches
+    out.inf_mismatches = acc.inf_mismatches + sub.inf_mismatches
+    return out
+
+
+def output_dtype(value: Any) -> str:
+    return str(value.dtype) if isinstance(value, np.ndarray) else type(value).__name__
+
+
+def diff_outputs(
+    ref: Mapping[str, Any],
+    test: Mapping[str, Any],
+    *,
+    atol: float | Mapping[str, float] | None = None,
+    rtol: float | Mapping[str, float] | None = None,
+    nan_equal: bool = True,
+) -> list[OutputDiff]:
+    """Diff every reference output; per-output tolerances by name, else global, else per dtype."""
+    diffs = []
+    for name, r in ref.items():
+        if name not in test:
+            diffs.append(OutputDiff(name, False, reason="missing from the test run"))
+            continue
+        a = atol.get(name) if isinstance(atol, Mapping) else atol
+        rt = rtol.get(name) if isinstance(rtol, Mapping) else rtol
+        dtype = r.dtype if isinstance(r, np.ndarray) else "float32"
+        diffs.append(diff_values(name, r, test[name], tolerance_for(dtype, a, rt), nan_equal=nan_equal))
+    return diffs

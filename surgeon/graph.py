@@ -1,0 +1,159 @@
+"""onnx-graphsurgeon in the middle, protobuf at the edges.
+
+Passes work on ``gs.Graph``. onnx-graphsurgeon drops each node's ``metadata_props`` on
+import and export, and surgeon relies on them for provenance (which pass and rule made
+a node), so this module carries them across: on import it copies them to
+``node.meta`` (a plain dict), on export it writes ``node.meta`` back. Everything else
+about a model that gs does not model (IR version, model metadata, opset imports of
+domains nobody touched) is copied from the original model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterator
+
+import onnx
+import onnx_graphsurgeon as gs
+
+META = "meta"  # name of the attribute holding a node's metadata_props as a dict
+
+PROVENANCE_PASS = "surgeon.pass"
+PROVENANCE_RULE = "surgeon.rule"
+PROVENANCE_FROM = "surgeon.from"
+
+
+def _walk_proto_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _walk_proto_nodes(attr.g)
+            for sub in attr.graphs:
+                yield from _walk_proto_nodes(sub)
+
+
+def _walk_gs_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
+    for node in graph.nodes:
+        yield node
+        for value in node.attrs.values():
+            if isinstance(value, gs.Graph):
+                yield from _walk_gs_nodes(value)
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    if isinstance(item, gs.Graph):
+                        yield from _walk_gs_nodes(item)
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Import a model into onnx-graphsurgeon, keeping each node's metadata_props."""
+    graph = gs.import_onnx(model)
+    proto_nodes = list(_walk_proto_nodes(model.graph))
+    gs_nodes = list(_walk_gs_nodes(graph))
+    assert len(proto_nodes) == len(gs_nodes), "graphsurgeon imported a different number of nodes"
+    for proto, node in zip(proto_nodes, gs_nodes):
+        setattr(node, META, {p.key: p.value for p in proto.metadata_props})
+    return graph
+
+
+def meta(node: gs.Node) -> dict[str, str]:
+    """A node's metadata dict (created empty for nodes made by a pass)."""
+    if not hasattr(node, META):
+        setattr(node, META, {})
+    return getattr(node, META)
+
+
+def stamp(node: gs.Node, pass_name: str, rule: str, sources: list[str] | str) -> gs.Node:
+    """Record which pass and rule created ``node`` and from which original nodes."""
+    if isinstance(sources, str):
+        sources = [sources]
+    m = meta(node)
+    m[PROVENANCE_PASS] = pass_name
+    m[PROVENANCE_RULE] = rule
+    m[PROVENANCE_FROM] = ",".join(s for s in sources if s)
+    return node
+
+
+def export_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph`` as a model that keeps everything of ``like`` gs does not model."""
+    out = gs.export_onnx(graph, do_type_check=False)
+    for proto, node in zip(_walk_proto_nodes(out.graph), _walk_gs_nodes(graph)):
+        del proto.metadata_props[:]
+        for key, value in getattr(node, META, {}).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+    out.ir_version = like.ir_version
+    out.producer_name = like.producer_name
+    out.producer_version = like.producer_version
+    out.domain = like.domain
+    out.model_version = like.model_version
+    out.doc_string = like.doc_string
+    del out.metadata_props[:]
+    out.metadata_props.extend(like.metadata_props)
+    # Keep the original opset imports (custom domains stay declared even if unused
+    # now), and add the ones a pass introduced.
+    original = {o.domain: o.version for o in like.opset_import}
+    added = {o.domain: o.version for o in out.opset_import if o.domain not in original}
+    del out.opset_import[:]
+    for domain, version in {**original, **added}.items():
+        out.opset_import.append(onnx.helper.make_opsetid(domain, version))
+    if not graph.functions:
+        del out.functions[:]
+        out.functions.extend(like.functions)
+    return out
+
+
+def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """The graph and every subgraph (If/Loop/Scan bodies), outer first."""
+    yield graph
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            subs = value if isinstance(value, (list, tuple)) else [value]
+            for sub in subs:
+                if isinstance(sub, gs.Graph):
+                    yield from iter_graphs(sub)
+
+
+def count_nodes(model: onnx.ModelProto) -> int:
+    """Nodes in the model, subgraphs included."""
+    return sum(1 for _ in _walk_proto_nodes(model.graph))
+
+
+def op_histogram(model: onnx.ModelProto) -> Counter:
+    """``domain::op`` (``op`` for the default domain) → count, subgraphs included."""
+    return Counter(
+        (f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type)
+        for n in _walk_proto_nodes(model.graph)
+    )
+
+
+def iter_proto_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    return _walk_proto_nodes(model.graph)
+
+
+def opset_version(model: onnx.ModelProto, domain: str = "") -> int | None:
+    for o in model.opset_import:
+        if o.domain == domain or (domain == "" and o.domain == "ai.onnx"):
+            return o.version
+    return None
+
+
+def outer_scope_names(graph: gs.Graph) -> set[str]:
+    """Names a subgraph reads from enclosing graphs (gs keeps them as shared tensors).
+
+    A pass that removes or renames a tensor must check this set for every subgraph of
+    the graph it edits: a body may read the tensor without a visible edge.
+    """
+    produced = {t.name for node in graph.nodes for t in node.outputs}
+    produced |= {t.name for t in graph.inputs}
+    used = set()
+    for node in graph.nodes:
+        for t in node.inputs:
+            if t.name and t.name not in produced and not isinstance(t, gs.Constant):
+                used.add(t.name)
+        for value in node.attrs.values():
+            subs = value if isinstance(value, (list, tuple)) else [value]
+            for sub in subs:
+                if isinstance(sub, gs.Graph):
+                    used |= outer_scope_names(sub) - produced
+    return used

@@ -1,0 +1,121 @@
+"""The pass contract.
+
+A pass gets a private copy of the model and returns a new model or ``None`` ("nothing
+changed"). It never verifies itself: the pipeline checks and, if needed, rolls back.
+What a pass did is recorded through its :class:`PassLog` (counts per rule or action,
+near-miss notes); the pipeline turns that into the user-facing report and refuses a
+pass that changes the model without counting anything.
+
+Rewrite applications are numbered through :class:`RewriteBudget` (LLVM's opt-bisect):
+a pass asks ``ctx.permit(...)`` before each rewrite, so ``--bisect-limit N`` applies only
+the first N rewrites of a whole pipeline run and ``surgeon isolate`` can search them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from surgeon import graph as G
+
+
+@dataclass(frozen=True)
+class Application:
+    """One rewrite a pass asked to make, numbered in pipeline order."""
+
+    index: int
+    pass_name: str
+    rule: str
+    node: str
+    applied: bool
+
+    @property
+    def key(self) -> str:
+        """Stable identity for exclusion lists (index numbering shifts when rules change)."""
+        return f"{self.pass_name}:{self.rule}:{self.node}"
+
+
+@dataclass
+class RewriteBudget:
+    """Numbers rewrite applications; ``limit`` and ``excluded`` decide which are allowed."""
+
+    limit: int | None = None
+    excluded: frozenset[str] = frozenset()
+    applications: list[Application] = field(default_factory=list)
+
+    def permit(self, pass_name: str, rule: str, node: str) -> bool:
+        index = len(self.applications)
+        key = f"{pass_name}:{rule}:{node}"
+        allowed = (self.limit is None or index < self.limit) and key not in self.excluded
+        self.applications.append(Application(index, pass_name, rule, node, allowed))
+        return allowed
+
+
+@dataclass
+class PassContext:
+    """What a pass may read besides the model: options and the rewrite budget."""
+
+    budget: RewriteBudget = field(default_factory=RewriteBudget)
+    options: dict[str, Any] = field(default_factory=dict)
+    pass_name: str = ""
+
+    def permit(self, rule: str, node: str) -> bool:
+        """Ask before each rewrite; False means skip this one (bisect limit or exclusion)."""
+        return self.budget.permit(self.pass_name, rule, node)
+
+
+@dataclass
+class PassLog:
+    """What one pass run did: counted actions and near-miss notes."""
+
+    counts: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, what: str, n: int = 1) -> None:
+        self.counts[what] += n
+
+    def note(self, message: str) -> None:
+        if message not in self.notes:
+            self.notes.append(message)
+
+
+class Pass(abc.ABC):
+    """Base of every pass. Subclasses set ``name`` (kebab-case, stable) and ``summary``.
+
+    ``default_order``: position in the default pipeline, or None to leave the pass out of it.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    default_order: ClassVar[int | None] = None
+
+    @abc.abstractmethod
+    def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
+        """Return the rewritten model, or None when nothing changed."""
+
+
+class GraphPass(Pass):
+    """A pass over the onnx-graphsurgeon graph, applied to the main graph and every subgraph.
+
+    ``run_on_graph`` returns True when it changed ``graph``. Subgraphs share tensor
+    objects with their enclosing graph, so outer-scope references stay intact as long as
+    a pass does not remove a tensor that :func:`surgeon.graph.outer_scope_names` reports.
+    """
+
+    @abc.abstractmethod
+    def run_on_graph(self, graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
+        ...
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
+        graph = G.import_graph(model)
+        changed = False
+        for g in list(G.iter_graphs(graph)):
+            changed |= bool(self.run_on_graph(g, ctx, log))
+        if not changed:
+            return None
+        return G.export_model(graph, like=model)

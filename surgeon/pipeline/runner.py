@@ -1,0 +1,191 @@
+"""The verified pipeline: run passes in order, check each, roll back what breaks.
+
+Verification belongs here, not in the passes: after each pass that changed the model
+the candidate is checked (interface, onnx checker, ONNX Runtime, outputs against the
+model before the pass on seeded samples). A failing candidate is dropped, the failure
+reported, and the pipeline goes on from the model before that pass. Rounds repeat the
+whole list until a round changes nothing (a fixed point) or ``rounds`` is reached.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping
+
+import onnx
+
+from surgeon import graph as G
+from surgeon import model as model_io
+from surgeon.errors import SurgeonError
+from surgeon.pipeline import registry
+from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
+from surgeon.verify import Verifier
+
+log = logging.getLogger(__name__)
+
+APPLIED, UNCHANGED, ROLLED_BACK = "applied", "unchanged", "rolled-back"
+
+
+@dataclass
+class PassReport:
+    name: str
+    round: int
+    status: str
+    nodes_before: int
+    nodes_after: int
+    seconds: float
+    op_delta: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    reason: str = ""
+    max_abs: float | None = None
+    max_rel: float | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.status == APPLIED
+
+
+@dataclass
+class FixReport:
+    passes: list[PassReport]
+    nodes_before: int
+    nodes_after: int
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    verification: str  # "numeric", or why only structural checks ran
+    samples: list[str]
+    seconds: float
+    applications: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rolled_back(self) -> list[PassReport]:
+        return [p for p in self.passes if p.status == ROLLED_BACK]
+
+    @property
+    def changed(self) -> bool:
+        return any(p.changed for p in self.passes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["rolled_back"] = [p.name for p in self.rolled_back]
+        return d
+
+
+def _op_delta(before: Counter, after: Counter) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after)) if after.get(k, 0) != before.get(k, 0)}
+
+
+def _same_bytes(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    if a.ByteSize() != b.ByteSize():
+        return False
+    if model_io.needs_external_data(a):
+        return False  # too large to serialize; trust the pass
+    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def fix(
+    model: onnx.ModelProto,
+    passes: str | list[str] | None = None,
+    *,
+    verify: bool = True,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    samples: list[dict[str, Any]] | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+    seed: int = 0,
+    fix_shapes: bool = False,
+    rounds: int = 2,
+    bisect_limit: int | None = None,
+    exclude: frozenset[str] | set[str] = frozenset(),
+    options: Mapping[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[onnx.ModelProto, FixReport]:
+    """Run a verified pipeline over ``model`` (not modified) and return (new model, report).
+
+    ``passes``: names or "a,b,c" (None: the default pipeline). ``input_shapes`` pins
+    dynamic dims for verification; with ``fix_shapes`` they are also written into the
+    model. ``bisect_limit``/``exclude`` restrict rewrite applications (see RewriteBudget).
+    """
+    names = registry.parse_pipeline(passes)
+    start = time.perf_counter()
+    current = model_io.copy(model)
+    if fix_shapes:
+        if not input_shapes:
+            raise SurgeonError("--fix-shapes needs --input-shapes")
+        from surgeon.shapes import pin_input_shapes
+
+        current = pin_input_shapes(current, input_shapes)
+    nodes_before, ops_before = G.count_nodes(model), G.op_histogram(model)
+    verifier = Verifier(current, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol, seed=seed)
+    budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude))
+    reports: list[PassReport] = []
+    for round_no in range(1, max(1, rounds) + 1):
+        round_changed = False
+        for name in names:
+            if progress:
+                progress(f"round {round_no}: {name}")
+            instance = registry.get(name)()
+            ctx = PassContext(budget=budget, options=dict(options or {}), pass_name=name)
+            plog = PassLog()
+            t0 = time.perf_counter()
+            before_nodes, before_ops = G.count_nodes(current), G.op_histogram(current)
+            try:
+                candidate = instance.run(model_io.copy(current), ctx, plog)
+            except SurgeonError:
+                raise
+            except Exception as exc:  # a bug in a pass must not lose the user's run
+                log.exception("pass %s crashed", name)
+                candidate = None
+                plog.note(f"pass crashed and was skipped: {type(exc).__name__}: {exc}")
+                reports.append(PassReport(name, round_no, ROLLED_BACK, before_nodes, before_nodes,
+                                          time.perf_counter() - t0, notes=plog.notes,
+                                          reason=f"{type(exc).__name__}: {exc}"))
+                continue
+            if candidate is not None and _same_bytes(candidate, current):
+                candidate = None
+            if candidate is None:
+                if round_no == 1 or plog.notes:
+                    reports.append(PassReport(name, round_no, UNCHANGED, before_nodes, before_nodes,
+                                              time.perf_counter() - t0, counts=dict(plog.counts), notes=plog.notes))
+                continue
+            if not plog.counts:
+                result_reason = "the pass changed the model but reported no change (contract violation)"
+                verdict = None
+            else:
+                verdict = verifier.check(current, candidate)
+                result_reason = verdict.reason
+            elapsed = time.perf_counter() - t0
+            after_nodes = G.count_nodes(candidate)
+            if verdict is not None and verdict.ok:
+                verifier.accept(verdict)
+                reports.append(PassReport(name, round_no, APPLIED, before_nodes, after_nodes, elapsed,
+                                          _op_delta(before_ops, G.op_histogram(candidate)), dict(plog.counts),
+                                          plog.notes, "", verdict.max_abs, verdict.max_rel))
+                current = candidate
+                round_changed = True
+            else:
+                log.info("pass %s rolled back: %s", name, result_reason)
+                reports.append(PassReport(name, round_no, ROLLED_BACK, before_nodes, before_nodes, elapsed,
+                                          {}, dict(plog.counts), plog.notes, result_reason,
+                                          verdict.max_abs if verdict else None, verdict.max_rel if verdict else None))
+        if not round_changed:
+            break
+    notes = [verifier.note] if verifier.note else []
+    report = FixReport(
+        passes=reports,
+        nodes_before=nodes_before,
+        nodes_after=G.count_nodes(current),
+        ops_before=dict(ops_before),
+        ops_after=dict(G.op_histogram(current)),
+        verification="numeric" if verifier.numeric else (verifier.skipped or "structural only"),
+        samples=verifier.sample_shapes(),
+        seconds=time.perf_counter() - start,
+        applications=[asdict(a) for a in budget.applications],
+        notes=notes,
+    )
+    return current, report

@@ -1,0 +1,163 @@
+"""Is the rewritten model still the same function? (The pipeline's gatekeeper.)
+
+A candidate passes when: its graph inputs and outputs keep their names, order, element
+types and dynamic dims; the onnx checker accepts it; ONNX Runtime loads it; and on every
+seeded sample its outputs match the current reference within tolerance. Samples exercise
+every dynamic dimension at two sizes, so a pass that bakes a size in fails here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import onnx
+
+from surgeon import model as model_io
+from surgeon.debug import backends, data
+from surgeon.debug.compare import diff_outputs
+from surgeon.errors import BackendError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    reason: str = ""
+    max_abs: float | None = None
+    max_rel: float | None = None
+    numeric: bool = False  # whether outputs were compared (False: structural checks only)
+    outputs: list[dict[str, Any]] | None = field(default=None, repr=False)  # per sample, kept for accept()
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "reason": self.reason, "max_abs": self.max_abs, "max_rel": self.max_rel, "numeric": self.numeric}
+
+
+def _signature(vis, *, keep_dims: bool) -> list[tuple]:
+    sig = []
+    for vi in vis:
+        t = vi.type
+        kind = t.WhichOneof("value")
+        elem = t.tensor_type.elem_type if kind == "tensor_type" else None
+        dims = None
+        if keep_dims and kind == "tensor_type" and t.tensor_type.HasField("shape"):
+            # Only dynamic-ness is part of the contract: a dim that was dynamic must stay so.
+            dims = tuple("dyn" if not d.HasField("dim_value") else "static" for d in t.tensor_type.shape.dim)
+        sig.append((vi.name, kind, elem, dims))
+    return sig
+
+
+def io_problem(before: onnx.ModelProto, after: onnx.ModelProto) -> str | None:
+    """Why ``after`` does not keep ``before``'s interface, or None."""
+    inits_b = {t.name for t in before.graph.initializer}
+    inits_a = {t.name for t in after.graph.initializer}
+    ins_b = [vi for vi in before.graph.input if vi.name not in inits_b]
+    ins_a = [vi for vi in after.graph.input if vi.name not in inits_a]
+    if _signature(ins_b, keep_dims=True) != _signature(ins_a, keep_dims=True):
+        return "graph inputs changed (names, order, types or dynamic dims)"
+    outs_b = _signature(before.graph.output, keep_dims=False)
+    outs_a = _signature(after.graph.output, keep_dims=False)
+    if [o[:3] for o in outs_b] != [o[:3] for o in outs_a]:
+        return "graph outputs changed (names, order or types)"
+    for vb, va in zip(before.graph.output, after.graph.output):
+        db = vb.type.tensor_type.shape.dim if vb.type.tensor_type.HasField("shape") else []
+        da = va.type.tensor_type.shape.dim if va.type.tensor_type.HasField("shape") else []
+        for axis, (x, y) in enumerate(zip(db, da)):
+            if not x.HasField("dim_value") and y.HasField("dim_value"):
+                return f"output '{vb.name}' axis {axis} was dynamic and is now fixed to {y.dim_value}"
+    return None
+
+
+class Verifier:
+    """Holds the seeded samples and the reference outputs of the last accepted model."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        *,
+        numeric: bool = True,
+        input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+        samples: list[dict[str, Any]] | None = None,
+        atol: float | None = None,
+        rtol: float | None = None,
+        seed: int = 0,
+    ):
+        self.atol, self.rtol = atol, rtol
+        self.backend = backends.create("onnxrt", optimization="basic")
+        self.samples: list[dict[str, Any]] = []
+        self.reference: list[dict[str, Any]] = []
+        self.skipped: str | None = None if numeric else "numeric verification disabled (--no-verify)"
+        self.note: str | None = None
+        self.full_check = True
+        try:
+            model_io.check_model(model, full=True)
+        except ModelLoadError:
+            self.full_check = False  # the input itself only passes the basic checker
+        if not numeric:
+            return
+        try:
+            session = self.backend.session(model)
+        except BackendError as exc:
+            self.skipped = f"verification skipped: {exc}"
+            return
+
+        def runs(feeds):
+            try:
+                session.run(feeds)
+                return True
+            except BackendError:
+                return False
+
+        if samples is None:
+            samples, self.note = data.verification_samples(model, input_shapes, seed, runs)
+        if not samples:
+            self.skipped = f"verification skipped: {self.note}"
+            return
+        try:
+            self.reference = [session.run(feeds) for feeds in samples]
+        except BackendError as exc:
+            self.skipped = f"verification skipped: the input model fails on the given inputs ({exc})"
+            return
+        self.samples = samples
+
+    @property
+    def numeric(self) -> bool:
+        return self.skipped is None
+
+    def sample_shapes(self) -> list[str]:
+        return [data.describe_feeds(s) for s in self.samples]
+
+    def check(self, before: onnx.ModelProto, candidate: onnx.ModelProto) -> VerifyResult:
+        problem = io_problem(before, candidate)
+        if problem:
+            return VerifyResult(False, problem)
+        try:
+            model_io.check_model(candidate, what="the rewritten model", full=self.full_check)
+        except ModelLoadError as exc:
+            return VerifyResult(False, str(exc))
+        if not self.numeric:
+            return VerifyResult(True)
+        try:
+            session = self.backend.session(candidate)
+            outputs = [session.run(feeds) for feeds in self.samples]
+        except BackendError as exc:
+            return VerifyResult(False, str(exc))
+        max_abs = max_rel = 0.0
+        for i, (ref, out) in enumerate(zip(self.reference, outputs)):
+            for d in diff_outputs(ref, out, atol=self.atol, rtol=self.rtol, nan_equal=True):
+                max_abs, max_rel = max(max_abs, d.max_abs), max(max_rel, d.max_rel)
+                if not d.passed:
+                    return VerifyResult(
+                        False,
+                        f"output '{d.name}' differs on sample {i + 1} ({data.describe_feeds(self.samples[i])}): {d.reason}",
+                        max_abs, max_rel, True,
+                    )
+        return VerifyResult(True, "", max_abs, max_rel, True, outputs)
+
+    def accept(self, result: VerifyResult) -> None:
+        """Make the accepted candidate's outputs the reference for the next pass."""
+        if result.outputs is not None:
+            self.reference = result.outputs
+            result.outputs = None
