@@ -67,6 +67,37 @@ def _add_common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
 
 
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """Input-data and tolerance options shared by compare, doctor, bisect, scan and isolate."""
+    _add_common_model_args(p)
+    p.add_argument("--val-range", nargs="+", default=[], metavar="NAME:[LO,HI]", help="value range for generated inputs")
+    p.add_argument("--iterations", type=int, default=1, help="number of input samples (default 1)")
+    p.add_argument("--load-inputs", metavar="FILE", help="inputs from .npz or Polygraphy JSON (polygraphy run --save-inputs)")
+    p.add_argument("--save-inputs", metavar="FILE", help="write the inputs used (.npz or .json, Polygraphy's format)")
+    p.add_argument("--nan-equal", action="store_true", help="count NaN in both runs at the same place as a match")
+
+
+def _samples_from_args(args, model, runs=None) -> list:
+    """The input samples a debug command runs on: loaded from a file, or generated and seeded."""
+    from surgeon.debug import data
+
+    if getattr(args, "load_inputs", None):
+        from surgeon.debug import inputs_io
+
+        samples = inputs_io.load_inputs(args.load_inputs)
+    else:
+        samples = data.make_samples(
+            model, input_shapes=data.parse_shape_args(args.input_shapes),
+            value_ranges=data.parse_value_ranges(args.val_range), iterations=args.iterations,
+            seed=args.seed, runs=runs,
+        )
+    if getattr(args, "save_inputs", None):
+        from surgeon.debug import inputs_io
+
+        inputs_io.save_inputs(args.save_inputs, samples)
+    return samples
+
+
 # --- fix -----------------------------------------------------------------------------
 
 def _add_fix(sub) -> None:
@@ -82,6 +113,8 @@ def _add_fix(sub) -> None:
     p.add_argument("--rules", nargs="+", default=[], metavar="RULES.py", help="user rule files for replace-custom-ops")
     p.add_argument("--bisect-limit", type=int, metavar="N", help="apply only the first N rewrites (opt-bisect)")
     p.add_argument("--exclude-rewrites", metavar="FILE", help="file of PASS:RULE:NODE rewrite keys not to apply")
+    p.add_argument("--load-inputs", metavar="FILE",
+                   help="verify on these inputs (.npz or Polygraphy JSON) instead of generated ones")
     _add_common_model_args(p)
     p.set_defaults(func=_cmd_fix)
 
@@ -108,16 +141,22 @@ def _cmd_fix(args) -> int:
     model_io.check_output_path(args.model, args.output)
     if args.report:
         model_io.check_output_path(args.model, args.report)
+    samples = None
+    if args.load_inputs:
+        from surgeon.debug import inputs_io
+
+        samples = inputs_io.load_inputs(args.load_inputs)
     from rich.status import Status
 
     with Status("running passes", console=_stderr_console()) as status:
         new_model, report = surgeon.fix(
-            model, passes, verify=not args.no_verify, input_shapes=shapes, seed=args.seed,
+            model, passes, verify=not args.no_verify, input_shapes=shapes, samples=samples, seed=args.seed,
             atol=_tolerances(args.atol), rtol=_tolerances(args.rtol), fix_shapes=args.fix_shapes,
             rounds=args.rounds, bisect_limit=args.bisect_limit, exclude=_read_exclusions(args.exclude_rewrites),
             options={"rules": args.rules}, progress=lambda msg: status.update(msg),
         )
-    surgeon.save(new_model, args.output)
+    # Keep the input's layout: a model that came with external data is saved with it.
+    surgeon.save(new_model, args.output, external=True if model_io.external_data_paths(args.model) else None)
     if args.report:
         from surgeon.report import write_json
 
@@ -165,6 +204,21 @@ def _stderr_console():
     return console(stderr=True)
 
 
+def _quiet_libraries(verbose: int) -> None:
+    """onnx-graphsurgeon and Polygraphy print warnings to stdout; the CLI's stdout is the report."""
+    if verbose:
+        return
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = {"": G_LOGGER.ERROR}
+    try:
+        from onnx_graphsurgeon.logger import G_LOGGER as GS_LOGGER
+
+        GS_LOGGER.severity = GS_LOGGER.ERROR
+    except ImportError:
+        pass
+
+
 _COMMANDS = [_add_fix, _add_passes]
 
 
@@ -182,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
+    _quiet_libraries(args.verbose)
     try:
         return args.func(args)
     except SurgeonError as exc:

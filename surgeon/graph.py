@@ -100,7 +100,39 @@ def export_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     if not graph.functions:
         del out.functions[:]
         out.functions.extend(like.functions)
+    keep_initializer_inputs(out, like)
     return out
+
+
+def keep_initializer_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    """Put back initializers that ``like`` listed as graph inputs (in place, on ``out``).
+
+    Why: before IR 4 every initializer must also be a graph input (an overridable
+    default), and later IRs still allow it. onnx-graphsurgeon drops such entries on
+    import, which makes an IR 3 model invalid and removes a default a user may feed.
+    The original input order is kept; an initializer that no longer exists is not put
+    back (no stale required input). Under IR 3 a new initializer is listed too.
+    """
+    inits = {t.name for t in out.graph.initializer}
+    like_inits = {t.name for t in like.graph.initializer}
+    listed = [vi for vi in like.graph.input if vi.name in like_inits]
+    if not listed and out.ir_version >= 4:
+        return
+    current = {vi.name: vi for vi in out.graph.input}
+    new_inputs = []
+    for vi in like.graph.input:
+        if vi.name in current:
+            new_inputs.append(current.pop(vi.name))
+        elif vi.name in like_inits and vi.name in inits:
+            new_inputs.append(vi)
+    new_inputs.extend(current.values())  # inputs a pass added
+    if out.ir_version < 4:
+        named = {vi.name for vi in new_inputs}
+        for t in out.graph.initializer:
+            if t.name not in named:
+                new_inputs.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    del out.graph.input[:]
+    out.graph.input.extend(new_inputs)
 
 
 def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:

@@ -141,9 +141,14 @@ class Verifier:
             return VerifyResult(True)
         try:
             session = self.backend.session(candidate)
-            outputs = [session.run(feeds) for feeds in self.samples]
         except BackendError as exc:
             return VerifyResult(False, str(exc))
+        outputs = []
+        for i, feeds in enumerate(self.samples):
+            try:
+                outputs.append(session.run(feeds))
+            except BackendError as exc:
+                return VerifyResult(False, f"on sample {i + 1} ({data.describe_feeds(feeds)}): {exc}")
         max_abs = max_rel = 0.0
         for i, (ref, out) in enumerate(zip(self.reference, outputs)):
             for d in diff_outputs(ref, out, atol=self.atol, rtol=self.rtol, nan_equal=True):

@@ -23,10 +23,12 @@ Dim = int | str  # a static size, or a symbol key for a dynamic dim
 DEFAULT_FLOAT_RANGE = (-1.0, 1.0)
 DEFAULT_INT_RANGE = (1, 4)  # inclusive; small positive ints are valid indices, counts and trip counts
 
-# Sizes tried for dynamic dims, smallest first: (scale, batch sizes). Each attempt
-# gives every dynamic symbol two different sizes, and different symbols different
-# sizes, so a pass that bakes in or mixes up a dimension is caught.
-_SIZE_LADDER = (1, 4, 16, 32)
+# Scales tried for dynamic dims, in order. Each attempt gives every dynamic symbol two
+# different sizes, and different symbols different sizes, so a pass that bakes in or
+# mixes up a dimension is caught. Scale 32 comes first: image models downsample by 32,
+# and at tiny sizes every feature map is 1x1, where a baked-in H/32 would go unnoticed.
+# 256 covers audio-length dims (STFT windows); 1 covers models that need tiny sizes.
+_SIZE_LADDER = (32, 8, 256, 1)
 _BATCH_SIZES = (2, 3)
 
 
@@ -241,9 +243,65 @@ def verification_samples(
     for pair in tried:
         f = make_feeds(specs, pair[0], pins, np.random.default_rng(seed))
         if runs(f):
-            return [f], "only one size of the dynamic dimensions could be run; pin them with --input-shapes"
-    return [], "no generated input sizes run on the model; give shapes with --input-shapes"
+            return [f], "only one size of the dynamic dimensions could be run; give --input-shapes or --load-inputs"
+    return [], "no generated input sizes run on the model; give --input-shapes or --load-inputs"
 
 
 def describe_feeds(feeds: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}{list(np.shape(v))}" for k, v in feeds.items())
+
+
+def parse_value_ranges(items: list[str] | None) -> dict[str, tuple[float, float]]:
+    """``NAME:[lo,hi]`` → {NAME: (lo, hi)}; a bare ``[lo,hi]`` applies to every input (key '')."""
+    out: dict[str, tuple[float, float]] = {}
+    for item in items or []:
+        name, sep, rng = item.rpartition(":") if not item.startswith("[") else ("", "", item)
+        rng = rng.strip()
+        try:
+            if not (rng.startswith("[") and rng.endswith("]")):
+                raise ValueError
+            lo_s, hi_s = rng[1:-1].split(",")
+            lo, hi = float(lo_s), float(hi_s)
+        except ValueError:
+            raise InputDataError(f"cannot parse value range '{item}': expected NAME:[LOW,HIGH]") from None
+        if lo > hi:
+            raise InputDataError(f"value range '{item}' has LOW above HIGH")
+        out[name] = (lo, hi)
+    return out
+
+
+def make_samples(
+    model: onnx.ModelProto,
+    *,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    value_ranges: Mapping[str, tuple[float, float]] | None = None,
+    iterations: int = 1,
+    seed: int = 0,
+    runs: Callable[[dict[str, np.ndarray]], bool] | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """Seeded input samples for compare/bisect/isolate (the same seed gives the same data).
+
+    Dynamic dims not pinned get the first generated sizes the model accepts (``runs``
+    probes that; without it the smallest sizes are used). Sample *i* uses seed + i.
+    """
+    pins = dict(input_shapes or {})
+    specs = input_specs(model)
+    check_pins(specs, pins)
+    ranges = dict(value_ranges or {})
+    unknown = [n for n in ranges if n and n not in {s.name for s in specs}]
+    if unknown:
+        raise InputDataError(f"--val-range names '{unknown[0]}', which is not an input of the model")
+    if "" in ranges:
+        default = ranges.pop("")
+        ranges = {s.name: ranges.get(s.name, default) for s in specs}
+    sizes = pinned_sizes(specs, pins)
+    if any(s not in sizes for s in symbols(specs)):
+        candidates = [pair[0] for pair in size_attempts(specs, pins)]
+        chosen = candidates[0]
+        if runs is not None:
+            for cand in candidates:
+                if runs(make_feeds(specs, cand, pins, np.random.default_rng(seed), ranges)):
+                    chosen = cand
+                    break
+        sizes = chosen
+    return [make_feeds(specs, sizes, pins, np.random.default_rng(seed + i), ranges) for i in range(max(1, iterations))]

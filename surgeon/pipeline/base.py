@@ -46,12 +46,14 @@ class RewriteBudget:
 
     limit: int | None = None
     excluded: frozenset[str] = frozenset()
+    only: frozenset[str] | None = None  # when set, only these keys are allowed (isolate's candidates)
     applications: list[Application] = field(default_factory=list)
 
     def permit(self, pass_name: str, rule: str, node: str) -> bool:
         index = len(self.applications)
         key = f"{pass_name}:{rule}:{node}"
         allowed = (self.limit is None or index < self.limit) and key not in self.excluded
+        allowed = allowed and (self.only is None or key in self.only)
         self.applications.append(Application(index, pass_name, rule, node, allowed))
         return allowed
 
@@ -64,8 +66,14 @@ class PassContext:
     options: dict[str, Any] = field(default_factory=dict)
     pass_name: str = ""
 
-    def permit(self, rule: str, node: str) -> bool:
-        """Ask before each rewrite; False means skip this one (bisect limit or exclusion)."""
+    def permit(self, rule: str, node: "str | gs.Node") -> bool:
+        """Ask before each rewrite; False means skip this one (bisect limit or exclusion).
+
+        ``node`` is the (first) node the rewrite starts from, or its name. Unnamed nodes
+        are identified by their first output, so exclusion keys stay stable.
+        """
+        if isinstance(node, gs.Node):
+            node = node.name or (node.outputs[0].name if node.outputs else "")
         return self.budget.permit(self.pass_name, rule, node)
 
 

@@ -102,6 +102,7 @@ def fix(
     rounds: int = 2,
     bisect_limit: int | None = None,
     exclude: frozenset[str] | set[str] = frozenset(),
+    only: frozenset[str] | set[str] | None = None,
     options: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[onnx.ModelProto, FixReport]:
@@ -109,7 +110,7 @@ def fix(
 
     ``passes``: names or "a,b,c" (None: the default pipeline). ``input_shapes`` pins
     dynamic dims for verification; with ``fix_shapes`` they are also written into the
-    model. ``bisect_limit``/``exclude`` restrict rewrite applications (see RewriteBudget).
+    model. ``bisect_limit``/``exclude``/``only`` restrict rewrite applications (see RewriteBudget).
     """
     names = registry.parse_pipeline(passes)
     start = time.perf_counter()
@@ -122,7 +123,8 @@ def fix(
         current = pin_input_shapes(current, input_shapes)
     nodes_before, ops_before = G.count_nodes(model), G.op_histogram(model)
     verifier = Verifier(current, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol, seed=seed)
-    budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude))
+    budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude),
+                           only=None if only is None else frozenset(only))
     reports: list[PassReport] = []
     for round_no in range(1, max(1, rounds) + 1):
         round_changed = False

@@ -52,9 +52,10 @@ class OnnxRuntimeBackend(Backend):
     def _options(self) -> Any:
         import onnxruntime as ort
 
+        ort.set_default_logger_severity(4)  # errors reach the user through BackendError, not ORT's log
         so = ort.SessionOptions()
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.optimization])
-        so.log_severity_level = 3
+        so.log_severity_level = 4
         if self.threads:
             so.intra_op_num_threads = self.threads
         return so
