@@ -184,11 +184,490 @@ def _cmd_passes(args) -> int:
 
 # --- match (replace-custom-ops) -----------------------------------------------------
 
+def _add_match(sub) -> None:
+    p = sub.add_parser("match", help="list what replace-custom-ops rules would replace (writes nothing)")
+    p.add_argument("model", help="input .onnx file")
+    p.add_argument("--rules", nargs="+", default=[], metavar="RULES.py", help="user rule files (tried before the built-in packs)")
+    p.add_argument("--no-builtin", action="store_true", help="leave out the built-in rule packs (contrib ops, LayerNorm)")
+    p.add_argument("--report", metavar="REPORT.json", help="also write the listing as JSON")
+    p.set_defaults(func=_cmd_match)
+
+
+def _cmd_match(args) -> int:
+    import surgeon
+    from surgeon.pipeline import registry
+    from surgeon.report import table
+    from surgeon.rewrite import find_matches
+
+    model = surgeon.load(args.model)
+    if args.report:
+        surgeon.model.check_output_path(args.model, args.report)
+    rules = registry.get("replace-custom-ops").collect_rules({"rules": args.rules, "builtin_rules": not args.no_builtin})
+    report = find_matches(model, rules)
+    out = _stdout_console()
+    rows = [[f.graph, f.node, f.op, f.rule, "would replace" if f.status == "replace" else f.status,
+             ", ".join(f.inputs), ", ".join(f.outputs), f.reason] for f in report.findings]
+    out.print(table(f"surgeon match ({len(rules)} rules)", ["graph", "node", "op", "rule", "result", "inputs", "outputs",
+                                                            "reason"], rows))
+    replaced = sum(f.status == "replace" for f in report.findings)
+    out.print(f"{replaced} replacement(s), {len(report.findings) - replaced} refusal(s)", markup=False)
+    for op, n in report.untouched.items():
+        out.print(f"untouched custom op: {op} x{n}", markup=False)
+    if args.report:
+        from surgeon.report import write_json
+
+        write_json(args.report, report.to_dict())
+    return EXIT_OK
+
+
 # --- compare / doctor ---------------------------------------------------------------
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    """Options of the test backend (each applies to the backends named in its help)."""
+    p.add_argument("--fp16-keep", nargs="+", default=[], metavar="OPTYPE/NODE",
+                   help="fp16: op types or node names kept in float32 (like TensorRT per-layer precision)")
+    for flag in ("fp16", "bf16", "int8", "tf32"):
+        p.add_argument(f"--{flag}", action="store_true", help=f"trt: enable {flag.upper()} in the engine")
+    for which in ("min", "opt", "max"):
+        p.add_argument(f"--trt-{which}-shapes", nargs="+", default=[], metavar="NAME:1x3x224x224",
+                       help=f"trt: {which} shapes of the optimization profile")
+    p.add_argument("--save-engine", metavar="FILE", help="trt: write the built engine")
+    p.add_argument("--load-engine", metavar="FILE", help="trt: run this engine instead of building one")
+
+
+def _backend_options(args, name: str | None) -> dict:
+    """Keyword options for ``backends.create(name, ...)``; options for another backend are an error."""
+    from surgeon.debug import data
+    from surgeon.errors import UsageError
+
+    given = {"--fp16-keep": bool(args.fp16_keep), "--fp16": args.fp16, "--bf16": args.bf16, "--int8": args.int8,
+             "--tf32": args.tf32, "--trt-*-shapes": bool(args.trt_min_shapes or args.trt_opt_shapes or args.trt_max_shapes),
+             "--save-engine": bool(args.save_engine), "--load-engine": bool(args.load_engine)}
+    allowed = {"fp16": {"--fp16-keep"}, "trt": set(given) - {"--fp16-keep"}, "trt-rtx": set(given) - {"--fp16-keep"}}
+    wrong = [flag for flag, on in given.items() if on and flag not in allowed.get(name or "", set())]
+    if wrong:
+        raise UsageError(f"{wrong[0]} does not apply to {'--test ' + name if name else 'a comparison without --test'}")
+    if name == "fp16":
+        return {"keep": list(args.fp16_keep)} if args.fp16_keep else {}
+    if name not in ("trt", "trt-rtx"):
+        return {}
+    opts: dict = {k: True for k in ("fp16", "bf16", "int8", "tf32") if getattr(args, k)}
+    shapes = [data.parse_shape_args(getattr(args, f"trt_{w}_shapes")) for w in ("min", "opt", "max")]
+    if any(shapes):
+        if not all(shapes) or len({frozenset(s) for s in shapes}) != 1:
+            raise UsageError("--trt-min-shapes, --trt-opt-shapes and --trt-max-shapes must all name the same inputs")
+        opts["profiles"] = [{n: (shapes[0][n], shapes[1][n], shapes[2][n]) for n in shapes[0]}]
+    if args.save_engine:
+        opts["save_engine"] = args.save_engine
+    if args.load_engine:
+        opts["load_engine"] = args.load_engine
+    return opts
+
+
+def _check_outputs(model_path: str, *paths: str | None) -> None:
+    from surgeon import model as model_io
+
+    for path in paths:
+        if path:
+            model_io.check_output_path(model_path, path)
+
+
+def _probe_runs(backend_name: str, model):
+    """``runs(feeds)`` for data.make_samples: whether the reference backend accepts a feed."""
+    from surgeon.debug import backends
+    from surgeon.errors import BackendError
+
+    session = backends.create(backend_name).session(model)
+
+    def runs(feeds) -> bool:
+        try:
+            session.run(feeds)
+            return True
+        except BackendError:
+            return False
+
+    return runs
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="run a model on two backends (or two models) and compare every output")
+    p.add_argument("model", help="the .onnx model (run on --ref)")
+    p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx")
+    which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend")
+    _add_data_args(p)
+    p.add_argument("--save-outputs", metavar="FILE", help="write both runs' outputs (.npz, or .json: Polygraphy RunResults)")
+    p.add_argument("--report", metavar="REPORT.json", help="write the report as JSON")
+    p.add_argument("--plot", metavar="DIR", help="write one PNG per mismatching output into DIR")
+    _add_backend_args(p)
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args) -> int:
+    import surgeon
+    from surgeon.debug import backends, inputs_io
+    from surgeon.debug.compare_run import compare, render_compare
+
+    _check_outputs(args.model, args.report, args.save_outputs, args.save_inputs)
+    test_options = _backend_options(args, args.test)
+    test_backend = backends.create(args.test, **test_options) if args.test else None
+    for path, what in ((args.save_inputs, "input data"), (args.save_outputs, "output data"), (args.load_inputs, "input data")):
+        if path:
+            inputs_io.check_path(path, what)
+    model = surgeon.load(args.model)
+    if args.against:
+        surgeon.load(args.against)  # a missing or broken second model is an input error before anything runs
+    if hasattr(test_backend, "check"):
+        test_backend.check(model)
+    samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
+    report = compare(args.model, ref=args.ref, test=test_backend, against=args.against, samples=samples,
+                     atol=_tolerances(args.atol), rtol=_tolerances(args.rtol), nan_equal=args.nan_equal,
+                     plot_dir=args.plot)
+    report.model = args.model
+    if args.save_outputs:
+        runs = {f"ref:{args.ref}": report.runs.get("ref", [])}
+        if "test" in report.runs:
+            runs[f"test:{args.test or 'against'}"] = report.runs["test"]
+        report.notes.extend(inputs_io.save_outputs(args.save_outputs, runs))
+    if args.report:
+        from surgeon.report import write_json
+
+        write_json(args.report, report.to_dict())
+    render_compare(report, _stdout_console())
+    return EXIT_OK if report.passed else EXIT_FAIL
+
+
+def _add_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="fix a model, then compare the result with the original (and on --test)")
+    p.add_argument("model", help="input .onnx file (never modified)")
+    p.add_argument("-o", "--output", required=True, help="the fixed model (written atomically)")
+    p.add_argument("--passes", help="comma-separated pass names (default: the default pipeline)")
+    p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
+    p.add_argument("--test", metavar="BACKEND", help="also run on this backend: fp16, reference, trt, ...")
+    p.add_argument("--test-original", action="store_true", help="run the original model on --test, not the fixed one")
+    p.add_argument("--report", metavar="REPORT.json", help="write the combined report as JSON")
+    _add_data_args(p)
+    _add_backend_args(p)
+    p.set_defaults(func=_cmd_doctor)
+
+
+def _cmd_doctor(args) -> int:
+    import surgeon
+    from surgeon.debug.compare_run import render_compare
+    from surgeon.doctor import doctor
+    from surgeon.fix_report import render_fix
+
+    _check_outputs(args.model, args.output, args.report, args.save_inputs)
+    test_options = _backend_options(args, args.test)
+    surgeon.pipeline.registry.parse_pipeline(args.passes)  # unknown pass names fail before any work
+    model = surgeon.load(args.model)
+    samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
+    from rich.status import Status
+
+    with Status("doctor", console=_stderr_console()) as status:
+        report = doctor(args.model, args.output, passes=args.passes, ref=args.ref, test=args.test,
+                        test_options=test_options, test_original=args.test_original, samples=samples,
+                        input_shapes=_data_shapes(args), atol=_tolerances(args.atol), rtol=_tolerances(args.rtol),
+                        nan_equal=args.nan_equal, seed=args.seed, progress=lambda msg: status.update(msg))
+    if args.report:
+        from surgeon.report import write_json
+
+        write_json(args.report, report.to_dict())
+    out = _stdout_console()
+    render_fix(report.fix, out)
+    for what, comparison in report.comparisons:
+        render_compare(comparison, out, title=f"surgeon doctor: {what}")
+    verdict = "[bold green]OK[/]" if report.passed else "[bold red]MISMATCH[/]"
+    out.print(f"doctor: {verdict}: wrote {args.output}; {len(report.comparisons)} comparison(s), "
+              f"{sum(c.passed for _, c in report.comparisons)} matched")
+    return EXIT_OK if report.passed else EXIT_FAIL
+
+
+def _data_shapes(args) -> dict:
+    from surgeon.debug import data
+
+    return data.parse_shape_args(args.input_shapes)
+
 
 # --- bisect / scan --------------------------------------------------------------------
 
+def _add_bisect(sub) -> None:
+    p = sub.add_parser("bisect", help="find the first node where a backend (or a second model) goes wrong and cut the model down to it")
+    p.add_argument("model", help="the .onnx model (never modified)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx")
+    which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend; tensors matched by name")
+    which.add_argument("--check", metavar="CMD",
+                       help="shell command as the oracle: exit 0 = good, other = fails; '{model}' is replaced by the "
+                            "candidate's path, '{inputs}' by an .npz of the reference values of its inputs")
+    p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
+    p.add_argument("-o", "--outdir", required=True, help="output folder: reduced.onnx, inputs.npz, expected.npz, report.json, REPRO.md")
+    p.add_argument("--block-size", type=int, default=32, metavar="N",
+                   help="tensors marked as outputs per run on a fusing backend (default 32)")
+    p.add_argument("--check-timeout", type=float, default=600.0, metavar="S", help="--check: seconds before a run counts as failing")
+    _add_data_args(p)
+    _add_backend_args(p)
+    p.set_defaults(func=_cmd_bisect)
+
+
+def _bisect_tolerances(args, test_backend):
+    """The user's tolerances, else the looser defaults of the precision the test backend computes in."""
+    atol, rtol = _tolerances(args.atol), _tolerances(args.rtol)
+    if test_backend is not None and atol is None and rtol is None:
+        from surgeon.debug.compare import DEFAULT_TOLERANCES
+        from surgeon.debug.compare_run import backend_precision
+
+        precision = backend_precision(test_backend)
+        if precision in DEFAULT_TOLERANCES:
+            atol, rtol = DEFAULT_TOLERANCES[precision]
+    return atol, rtol
+
+
+def _repro_command(args, atol, rtol) -> str:
+    import shlex
+
+    if args.check:
+        return args.check.replace("{model}", "reduced.onnx").replace("{inputs}", "inputs.npz")
+    parts = ["surgeon", "compare", "reduced.onnx"]
+    parts += ["--test", args.test] if args.test else ["--against", "reduced_against.onnx"]
+    parts += ["--ref", args.ref, "--load-inputs", "inputs.npz"]
+    for flag, value in (("--atol", atol), ("--rtol", rtol)):
+        if isinstance(value, (int, float)):
+            parts += [flag, f"{value:g}"]
+    if args.nan_equal:
+        parts.append("--nan-equal")
+    if args.fp16_keep:
+        parts += ["--fp16-keep", *args.fp16_keep]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _cmd_bisect(args) -> int:
+    import surgeon
+    from surgeon.debug import backends
+    from surgeon.debug.bisect import artifacts, bisect_model, repro_text
+    from surgeon.errors import UsageError
+
+    if args.block_size < 1:
+        raise UsageError("--block-size must be at least 1")
+    test_backend = backends.create(args.test, **_backend_options(args, args.test)) if args.test else None
+    model = surgeon.load(args.model)
+    against = surgeon.load(args.against) if args.against else None
+    ref = backends.create(args.ref)
+    samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
+    atol, rtol = _bisect_tolerances(args, test_backend)
+    outdir = artifacts.prepare_outdir(args.outdir)
+    from rich.status import Status
+
+    with Status("bisect: starting", console=_stderr_console()) as status:
+        result = bisect_model(model, samples, ref=ref, test=test_backend if test_backend is not None else ref, against=against,
+                              check=args.check, atol=atol, rtol=rtol, nan_equal=args.nan_equal, block_size=args.block_size,
+                              timeout=args.check_timeout, outdir=outdir, progress=lambda msg: status.update(f"bisect: {msg}"))
+    from surgeon.report import table, write_json
+
+    out = _stdout_console()
+    report = {"model": args.model, "tolerance": {"atol": atol, "rtol": rtol}, **result.to_dict()}
+    if not result.failed:
+        write_json(str(outdir / "report.json"), report)
+        out.print(f"[bold green]no failure[/]: {result.oracle}: the full model passes ({result.confirm.detail}); nothing to bisect")
+        return EXIT_OK
+    command = _repro_command(args, atol, rtol)
+    report["repro"] = command
+    artifacts.write_bundle(outdir, reduced=result.reduced_model, inputs=result.inputs, expected=result.expected,
+                           ref_name=args.ref, report=report, repro=repro_text(result, command, model_path=args.model),
+                           against=result.reduced_against)
+    rows = []
+    for c in result.culprits:
+        err = c.get("error") or {}
+        prov = c.get("provenance") or {}
+        short = "introduced here" if c["introduced"] else (f"with {len(c['subgraph']) - 1} upstream" if len(c["subgraph"]) < result.nodes else "not isolated")
+        error = f"max abs {err['max_abs']:.3g}, {err['mismatches']}/{err['elements']} off" if "max_abs" in err else err.get("reason", "")
+        rows.append([c["node"], c["op_type"], short, error, f"{prov.get('pass')} / {prov.get('rule')}" if prov.get("pass") else "-"])
+    out.print(table("surgeon bisect: culprits", ["node", "op", "verdict", "error", "made by"], rows))
+    out.print(f"[bold red]FAILS[/]: reduced {result.nodes} nodes to {len(result.reduced_nodes)} in {outdir}/reduced.onnx "
+              f"({result.calls} oracle calls, {result.wall_s:.1f} s); see {outdir}/REPRO.md")
+    return EXIT_FAIL
+
+
+def _add_scan(sub) -> None:
+    p = sub.add_parser("scan", help="one reference run with every tensor inspected: NaN/Inf, float16 range, scatter and division hazards")
+    p.add_argument("model", help="the .onnx model (never modified)")
+    p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="backend for the run (default onnxrt)")
+    p.add_argument("--report", metavar="REPORT.json", help="write the findings as JSON")
+    p.add_argument("--near-zero", type=float, default=1e-6, metavar="EPS", help="divisor magnitude counted as near zero (default 1e-6)")
+    _add_data_args(p)
+    p.set_defaults(func=_cmd_scan)
+
+
+def _cmd_scan(args) -> int:
+    import surgeon
+    from surgeon.debug import backends
+    from surgeon.debug.scan import scan_model
+    from surgeon.report import table, write_json
+
+    _check_outputs(args.model, args.report)
+    model = surgeon.load(args.model)
+    backend = backends.create(args.ref)
+    samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
+    report = scan_model(model, samples, backend, near_zero=args.near_zero)
+    if args.report:
+        write_json(args.report, {"model": args.model, **report.to_dict()})
+    out = _stdout_console()
+    if report.clean:
+        out.print(f"[bold green]clean[/]: no NaN/Inf, nothing outside float16's range, no scatter or division hazards "
+                  f"({report.tensors} tensors, {report.constants} constants, {report.samples} sample(s))")
+        return EXIT_OK
+    rows = [[f.node, f.op_type, f.kind, f.tensor, f.message.split(": ", 1)[-1]] for f in report.findings]
+    out.print(table(f"surgeon scan: {len(report.findings)} finding(s)", ["node", "op", "kind", "tensor", "detail"], rows))
+    for note in report.notes:
+        out.print(f"note: {note}")
+    return EXIT_FAIL
+
+
 # --- isolate ----------------------------------------------------------------------------
+
+_ISOLATE_TARGETS = ("passes", "onnxrt-optimizers", "trt-tactics")
+
+
+def _add_isolate(sub) -> None:
+    p = sub.add_parser("isolate", help="find the minimal set of rewrites / ORT optimizers / TensorRT tactics that breaks a model")
+    p.add_argument("model", help="input .onnx file (never modified)")
+    p.add_argument("--target", required=True, choices=_ISOLATE_TARGETS,
+                   help="what to search: our own rewrite applications, ONNX Runtime optimizers, or TensorRT tactics")
+    p.add_argument("-o", "--outdir", required=True, help="output folder: report.json, the oracle-call log, and the avoid-file")
+    p.add_argument("--passes", help="passes target: the pipeline to search (default: the default pipeline)")
+    p.add_argument("--rules", nargs="+", default=[], metavar="RULES.py", help="passes target: user rule files for replace-custom-ops")
+    p.add_argument("--check", metavar="CMD",
+                   help="passes target: judge each candidate with a command instead of comparing outputs; "
+                        "'{model}' is replaced by the candidate's path; exit 0 = good, 125 = cannot tell, other = bad")
+    p.add_argument("--reference", choices=("onnxrt-noopt", "reference"), default="onnxrt-noopt",
+                   help="what the candidate is compared with (default: ONNX Runtime with optimizations off)")
+    p.add_argument("--optimizers", nargs="+", metavar="NAME", help="onnxrt-optimizers target: search only these names")
+    p.add_argument("--layers", nargs="+", default=[], metavar="NAME", help="trt-tactics target: layers/ONNX nodes bisect flagged")
+    p.add_argument("--fp16", action="store_true", help="trt-tactics target: build with FP16 enabled")
+    p.add_argument("--max-sets", type=int, default=4, help="independent culprit sets to look for at most (default 4)")
+    p.add_argument("--confirm-repeats", type=int, default=2, help="times each final confirmation is re-run (default 2)")
+    p.add_argument("--fresh", action="store_true", help="ignore verdicts recorded by an earlier run in OUTDIR")
+    _add_data_args(p)
+    p.set_defaults(func=_cmd_isolate)
+
+
+class _CheckCommand:
+    """An external oracle for the passes target: run CMD on each candidate model file."""
+
+    def __init__(self, target, command: str):
+        import shlex
+
+        self.target, self.argv = target, shlex.split(command)
+        if not self.argv:
+            raise SurgeonError("--check is empty")
+        self.name, self.choices, self.describe, self.label = target.name, target.choices, target.describe, target.label
+        self.write_avoid = target.write_avoid
+        self.mechanism = target.mechanism.split(",")[0] + f", judged by: {command}"
+
+    def __call__(self, subset):
+        import subprocess
+        import tempfile
+
+        from surgeon import model as model_io
+        from surgeon.debug.isolate import Verdict
+
+        model = self.target.candidate(subset)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "candidate.onnx"
+            model_io.save(model, path)
+            argv = [a.replace("{model}", str(path)) for a in self.argv]
+            if argv == self.argv:
+                argv.append(str(path))
+            try:
+                rc = subprocess.run(argv, capture_output=True).returncode
+            except OSError as exc:
+                raise SurgeonError(f"cannot run the --check command '{argv[0]}': {exc.strerror}") from exc
+        return Verdict.UNRESOLVED if rc == 125 else (Verdict.PASS if rc == 0 else Verdict.FAIL)
+
+
+def _cmd_isolate(args) -> int:
+    import surgeon
+    from surgeon.debug import isolate
+    from surgeon.debug.compare import diff_outputs
+
+    if args.max_sets < 1 or args.confirm_repeats < 1:
+        raise SurgeonError("--max-sets and --confirm-repeats must be at least 1")
+    if args.check and args.target != "passes":
+        raise SurgeonError("--check is supported with --target passes only")
+    for flag, value, target in (("--optimizers", args.optimizers, "onnxrt-optimizers"), ("--layers", args.layers, "trt-tactics"),
+                                ("--rules", args.rules, "passes"), ("--passes", args.passes, "passes")):
+        if value and args.target != target:
+            raise SurgeonError(f"{flag} applies to --target {target} only")
+    out = Path(args.outdir)
+    if out.exists() and not out.is_dir():
+        raise SurgeonError(f"output directory '{out}' exists and is not a directory")
+    model = surgeon.load(args.model)
+    atol, rtol = _tolerances(args.atol), _tolerances(args.rtol)
+    from rich.status import Status
+
+    with Status("preparing", console=_stderr_console()) as status:
+        samples = _samples_from_args(args, model)
+        if args.target == "passes":
+            from surgeon.debug.isolate.passes_target import PassesTarget
+            from surgeon.pipeline import registry
+
+            registry.parse_pipeline(args.passes)
+            status.update("first full run of the pipeline (numbering rewrite applications)")
+            target = PassesTarget(model, samples, passes=args.passes, options={"rules": args.rules}, backend=args.reference,
+                                  atol=atol, rtol=rtol, nan_equal=args.nan_equal)
+            if args.check:
+                target = _CheckCommand(target, args.check)
+        elif args.target == "onnxrt-optimizers":
+            from surgeon.debug.isolate.ort_optimizers import OrtOptimizersTarget
+
+            status.update("asking ONNX Runtime which optimizers it runs on this model")
+            target = OrtOptimizersTarget(model, samples, reference=args.reference, optimizers=args.optimizers,
+                                         atol=atol, rtol=rtol, nan_equal=args.nan_equal)
+        else:
+            from surgeon.debug import backends
+            from surgeon.debug.isolate import trt_tactics
+
+            version = trt_tactics.tensorrt_version()
+            status.update(f"TensorRT {version}: {trt_tactics.mechanism_for(version)}; first build")
+            session = backends.create(args.reference).session(model)
+            reference = [session.run(f) for f in samples]
+
+            def agree(ref, test):
+                return all(d.passed for d in diff_outputs(ref, test, atol=atol, rtol=rtol, nan_equal=args.nan_equal))
+
+            target = trt_tactics.TrtTacticsTarget(model, samples, reference_outputs=reference, compare=agree,
+                                                  flagged=args.layers, fp16=args.fp16)
+        result, report = isolate.run(target, args.outdir, max_sets=args.max_sets, confirm_repeats=args.confirm_repeats,
+                                     resume=not args.fresh, progress=lambda msg: status.update(msg))
+    _render_isolate(report, args.outdir)
+    if result.status == isolate.NO_DIVERGENCE:
+        return EXIT_OK
+    return EXIT_FAIL
+
+
+def _render_isolate(report: dict, outdir: str) -> None:
+    from surgeon.report import table
+
+    con = _stdout_console()
+    con.print(f"surgeon isolate --target {report['target']}: {report['mechanism']}", markup=False)
+    rows = []
+    for n, cset in enumerate(report["culprit_sets"], 1):
+        for c in cset:
+            rows.append([str(n), c["label"]])
+    if rows:
+        con.print(table("culprits (minimal failing sets)", ["set", "choice"], rows))
+    if report["confirmations"]:
+        con.print(table("confirmation runs", ["run", "applied", "expected", "got"],
+                        [[c["what"], f"{c['applied']} of {report['choices']}", c["expected"], ", ".join(c["verdicts"])]
+                         for c in report["confirmations"]]))
+    con.print(f"{report['status']}: {report['message']}", markup=False)
+    con.print(f"{report['oracle_calls']} oracle calls over {report['choices']} choices "
+              f"({report['cache_hits']} answered from cache, {report['resumed_verdicts']} resumed)", markup=False)
+    if report["avoid"]:
+        con.print(f"avoid them: {report['avoid']['file']}  ->  {report['avoid']['how']}", markup=False)
+    con.print(f"report: {Path(outdir) / 'report.json'}", markup=False)
+
 
 # --- shared plumbing -----------------------------------------------------------------------
 
@@ -219,7 +698,7 @@ def _quiet_libraries(verbose: int) -> None:
         pass
 
 
-_COMMANDS = [_add_fix, _add_passes]
+_COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_isolate, _add_bisect, _add_scan]
 
 
 def build_parser() -> argparse.ArgumentParser:

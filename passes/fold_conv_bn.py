@@ -361,12 +361,11 @@ def _stamp(node: gs.Node, rule: str, sources: list[str]) -> None:
 
 
 def _detach(graph: gs.Graph, node: gs.Node, local: dict[int, gs.Node]) -> list[gs.Tensor]:
-    """Remove ``node`` from ``graph``; return its former inputs (to look for dead Constants)."""
+    """Disconnect ``node`` and drop it from ``local`` (``graph.nodes`` is filtered once at the end,
+    which keeps a pass over a large graph linear); return its former inputs."""
     inputs = list(node.inputs)
     node.inputs.clear()
     node.outputs.clear()
-    index = next(i for i, n in enumerate(graph.nodes) if n is node)
-    del graph.nodes[index]
     local.pop(id(node), None)
     return inputs
 
@@ -527,6 +526,8 @@ def _fold_graph(graph: gs.Graph, ctx: PassContext, log: PassLog, names: set[str]
                 continue
             reasons.append(f"into the following Conv: {reason}")
         log.note(f"BatchNormalization {_label(node)} not folded: {'; '.join(reasons)}")
+    if changed:
+        graph.nodes = [n for n in graph.nodes if id(n) in local]
     return changed
 
 

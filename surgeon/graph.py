@@ -101,7 +101,40 @@ def export_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
         del out.functions[:]
         out.functions.extend(like.functions)
     keep_initializer_inputs(out, like)
+    _hoist_outer_initializers(out, like)
     return out
+
+
+def _subgraph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    for node in graph.node:
+        for attr in node.attribute:
+            subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+            for sub in subs:
+                yield sub
+                yield from _subgraph_protos(sub)
+
+
+def _hoist_outer_initializers(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    """Move main-graph initializers that graphsurgeon copied into bodies back out (in place).
+
+    Why: on export graphsurgeon writes a constant a body reads from the outer scope as an
+    initializer of that body, and of every body that reads it: weights shared by two
+    branches would be stored twice, and the model's layout changes for no reason.
+    """
+    outer = {t.name for t in like.graph.initializer}
+    local = {t.name for sub in _subgraph_protos(like.graph) for t in sub.initializer}
+    present = {t.name for t in out.graph.initializer}
+    for sub in _subgraph_protos(out.graph):
+        moved = [t for t in sub.initializer if t.name in outer and t.name not in local]
+        if not moved:
+            continue
+        keep = [t for t in sub.initializer if not (t.name in outer and t.name not in local)]
+        for t in moved:
+            if t.name not in present:
+                out.graph.initializer.append(t)
+                present.add(t.name)
+        del sub.initializer[:]
+        sub.initializer.extend(keep)
 
 
 def keep_initializer_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> None:

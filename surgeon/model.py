@@ -124,10 +124,19 @@ def load(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
     return model
 
 
+def byte_size(model: onnx.ModelProto) -> int:
+    """Serialized size, estimated tensor by tensor: ``ModelProto.ByteSize()`` itself
+    raises once the model passes 2 GB, which is exactly when the answer matters."""
+    tensors = sum(t.ByteSize() for t in _iter_all_tensors(model))
+    if tensors > EXTERNAL_THRESHOLD:
+        return tensors
+    return model.ByteSize()
+
+
 def check_model(model: onnx.ModelProto, *, what: str = "the model", full: bool = False) -> None:
     """Run the onnx checker; large models are checked from a temporary file."""
     try:
-        if model.ByteSize() > EXTERNAL_THRESHOLD:
+        if needs_external_data(model):
             with materialized(model) as path:
                 onnx.checker.check_model(str(path), full_check=full)
         else:
@@ -144,7 +153,7 @@ def copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    return model.ByteSize() > EXTERNAL_THRESHOLD
+    return byte_size(model) > EXTERNAL_THRESHOLD
 
 
 def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathLike) -> None:
@@ -161,6 +170,13 @@ def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathL
         raise UsageError(f"the output '{output_path}' would overwrite the input model's external data")
     if not dst.parent.is_dir():
         raise UsageError(f"the output folder '{dst.parent}' does not exist")
+
+
+def _umask_mode() -> int:
+    """0o666 minus the process umask: what a plain open() would have given the file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | None = None) -> Path:
@@ -187,8 +203,11 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | No
         else:
             with open(tmp_model, "wb") as f:
                 f.write(model.SerializeToString())
+        mode = _umask_mode()
         if external and (Path(tmpdir) / data_name).exists():
+            os.chmod(Path(tmpdir) / data_name, mode)
             os.replace(Path(tmpdir) / data_name, dst.parent / data_name)
+        os.chmod(tmp_model, mode)
         os.replace(tmp_model, dst)
     except (OSError, ValueError) as exc:
         raise ModelSaveError(f"cannot write '{path}': {exc}") from exc
@@ -208,6 +227,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, dst)
     except BaseException:
         with contextlib.suppress(OSError):

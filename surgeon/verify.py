@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import onnx
 
@@ -30,6 +30,8 @@ class VerifyResult:
     max_rel: float | None = None
     numeric: bool = False  # whether outputs were compared (False: structural checks only)
     outputs: list[dict[str, Any]] | None = field(default=None, repr=False)  # per sample, kept for accept()
+    note: str = ""  # for the pass report, e.g. why only structural checks were possible
+    opaque: tuple[str, ...] = ()  # declared ops ONNX Runtime could not run (numeric checks end here)
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "reason": self.reason, "max_abs": self.max_abs, "max_rel": self.max_rel, "numeric": self.numeric}
@@ -129,7 +131,8 @@ class Verifier:
     def sample_shapes(self) -> list[str]:
         return [data.describe_feeds(s) for s in self.samples]
 
-    def check(self, before: onnx.ModelProto, candidate: onnx.ModelProto) -> VerifyResult:
+    def check(self, before: onnx.ModelProto, candidate: onnx.ModelProto, opaque: Iterable[str] = ()) -> VerifyResult:
+        """``opaque``: ``domain::Op`` the pass added on purpose (see PassLog.opaque_ops)."""
         problem = io_problem(before, candidate)
         if problem:
             return VerifyResult(False, problem)
@@ -142,7 +145,15 @@ class Verifier:
         try:
             session = self.backend.session(candidate)
         except BackendError as exc:
-            return VerifyResult(False, str(exc))
+            blocking = _new_ops(before, candidate, opaque)
+            if not blocking:
+                return VerifyResult(False, str(exc))
+            problem = inferred_output_problem(before, candidate)
+            if problem:
+                return VerifyResult(False, problem)
+            return VerifyResult(True, numeric=False, opaque=tuple(blocking), note=(
+                f"numeric verification was not possible: ONNX Runtime cannot run {', '.join(blocking)}; "
+                "checked structurally (checker, output names, types and shapes by shape inference)"))
         outputs = []
         for i, feeds in enumerate(self.samples):
             try:
@@ -166,3 +177,55 @@ class Verifier:
         if result.outputs is not None:
             self.reference = result.outputs
             result.outputs = None
+        if result.opaque and self.skipped is None:
+            self.skipped = (f"numeric until the model gained {', '.join(result.opaque)} (ONNX Runtime cannot run it); "
+                            "structural checks after that")
+
+
+def _new_ops(before: onnx.ModelProto, candidate: onnx.ModelProto, declared: Iterable[str]) -> list[str]:
+    """Declared opaque ops that the candidate has and ``before`` did not."""
+    from surgeon.graph import op_histogram
+
+    declared = set(declared)
+    if not declared:
+        return []
+    had, has = op_histogram(before), op_histogram(candidate)
+    return sorted(op for op in declared if has.get(op, 0) > had.get(op, 0))
+
+
+def inferred_output_problem(before: onnx.ModelProto, candidate: onnx.ModelProto) -> str | None:
+    """Why shape inference gives ``candidate``'s outputs other types/shapes than ``before``'s, or None.
+
+    Used when the candidate cannot run: inference must get past the new ops (their
+    outputs carry value_info) and agree with the model before the pass on every output.
+    """
+    def outputs(m: onnx.ModelProto) -> dict[str, tuple]:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+        except Exception:  # inference failing on the input is not the candidate's fault
+            inferred = m
+        known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+        out = {}
+        for o in m.graph.output:
+            vi = known.get(o.name, o)
+            tt = vi.type.tensor_type
+            dims = None
+            if tt.HasField("shape"):
+                dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+            out[o.name] = (tt.elem_type, dims)
+        return out
+
+    ref, got = outputs(before), outputs(candidate)
+    for name, (elem, dims) in ref.items():
+        g_elem, g_dims = got.get(name, (0, None))
+        if elem and g_elem and elem != g_elem:
+            return f"shape inference gives output '{name}' element type {g_elem}, was {elem}"
+        if dims is not None and g_dims is not None:
+            if len(dims) != len(g_dims):
+                return f"shape inference gives output '{name}' rank {len(g_dims)}, was {len(dims)}"
+            for axis, (a, b) in enumerate(zip(dims, g_dims)):
+                if a is not None and b is not None and a != b:
+                    return f"shape inference gives output '{name}' axis {axis} size {b}, was {a}"
+        if dims is not None and g_dims is None:
+            return f"shape inference cannot get to output '{name}' any more (no value_info past the new ops?)"
+    return None

@@ -92,4 +92,4 @@ def requires_corpus(name: str | None = None):
         return pytest.mark.skip(reason=f"real-model corpus not found at {CORPUS} (needs ../shared beside the checkout)")
     if name and not (CORPUS / name).is_file():
         return pytest.mark.skip(reason=f"corpus model {name} not found in {CORPUS}")
-    return pytest.mark.usefixtures()
+    return pytest.mark.skipif(False, reason="corpus present")

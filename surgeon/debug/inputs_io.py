@@ -41,6 +41,11 @@ def _format(path: str | os.PathLike, what: str) -> str:
     return suffix
 
 
+def check_path(path: str | os.PathLike, what: str = "data") -> None:
+    """Refuse a file name whose format we cannot tell, before any work is done."""
+    _format(path, what)
+
+
 def load_inputs(path: str | os.PathLike) -> list[dict[str, np.ndarray]]:
     """Input samples from ``.npz`` or Polygraphy JSON; one sentence on any problem."""
     p = Path(path)

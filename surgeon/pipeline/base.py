@@ -83,9 +83,19 @@ class PassLog:
 
     counts: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    opaque: set[str] = field(default_factory=set)  # ops added on purpose that ONNX Runtime cannot run
 
     def count(self, what: str, n: int = 1) -> None:
         self.counts[what] += n
+
+    def opaque_ops(self, *ops: str) -> None:
+        """Declare ``domain::Op`` nodes this pass added on purpose (plugin nodes).
+
+        When the candidate then fails to load in ONNX Runtime because of them, the
+        verifier checks it structurally (interface, types and shapes by shape inference)
+        instead of rolling it back; without a declaration a load failure is a failure.
+        """
+        self.opaque.update(ops)
 
     def note(self, message: str) -> None:
         if message not in self.notes:

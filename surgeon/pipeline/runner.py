@@ -81,10 +81,10 @@ def _op_delta(before: Counter, after: Counter) -> dict[str, int]:
 
 
 def _same_bytes(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    if model_io.needs_external_data(a) or model_io.needs_external_data(b):
+        return False  # too large to serialize; trust the pass
     if a.ByteSize() != b.ByteSize():
         return False
-    if model_io.needs_external_data(a):
-        return False  # too large to serialize; trust the pass
     return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
 
 
@@ -159,8 +159,10 @@ def fix(
                 result_reason = "the pass changed the model but reported no change (contract violation)"
                 verdict = None
             else:
-                verdict = verifier.check(current, candidate)
+                verdict = verifier.check(current, candidate, opaque=plog.opaque)
                 result_reason = verdict.reason
+                if verdict.ok and verdict.note:
+                    plog.note(verdict.note)
             elapsed = time.perf_counter() - t0
             after_nodes = G.count_nodes(candidate)
             if verdict is not None and verdict.ok:

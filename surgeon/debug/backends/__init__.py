@@ -47,6 +47,10 @@ class Backend(abc.ABC):
 _FACTORIES: dict[str, str] = {
     "onnxrt": "surgeon.debug.backends.onnxrt:OnnxRuntimeBackend",
     "onnxrt-noopt": "surgeon.debug.backends.onnxrt:no_optimization_backend",
+    "reference": "surgeon.debug.backends.reference:ReferenceBackend",
+    "fp16": "surgeon.debug.backends.fp16:create",
+    "trt": "surgeon.debug.backends.trt:create",
+    "trt-rtx": "surgeon.debug.backends.trt:create_rtx",
 }
 
 

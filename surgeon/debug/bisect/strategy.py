@@ -118,9 +118,13 @@ class Search:
     reduced: frozenset[int] = frozenset()
     reduced_verified: bool = False
     judged: dict[tuple[str, frozenset[int]], object] = field(default_factory=dict)
+    _succs: list[set[int]] = field(default_factory=list, repr=False)  # derived from dag in __post_init__
     _gen: Iterator[Candidate] | None = field(default=None, repr=False)
     _pending: Candidate | None = field(default=None, repr=False)
     _last: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._succs = self.dag.succs()
 
     # -- driver interface ---------------------------------------------------------------
 
@@ -206,14 +210,6 @@ class Search:
                 out.add(u)
         return frozenset(out)
 
-    @property
-    def _succs(self) -> list[set[int]]:
-        cached = getattr(self, "_succ_cache", None)
-        if cached is None:
-            cached = self.dag.succs()
-            object.__setattr__(self, "_succ_cache", cached)  # derived from dag only, never stale
-        return cached
-
     def _localize_marking(self) -> Iterator[Candidate]:
         """Cut bisection on the whole model with small blocks of marked outputs."""
         dag = self.dag
@@ -229,7 +225,11 @@ class Search:
             bad = yield from self._ask("mark", last, "look for divergence outside known culprits")
             if not bad:
                 break
-            lo, hi = 0, len(positions) - 1  # the first index whose frontier diverges is in [lo, hi]
+            # everything up to the previous suspect was seen clean; the next one is later
+            later = [i for i, p in enumerate(positions) if not suspects or p > suspects[-1]]
+            if not later:
+                break
+            lo, hi = later[0], len(positions) - 1  # the first index whose frontier diverges is in [lo, hi]
             while lo < hi:
                 mid = (lo + hi) // 2
                 front = self._frontier(positions[mid], excluded)
@@ -262,7 +262,10 @@ class Search:
                 failing = yield from self._ask("subgraph", rest, "look for failures outside known culprits")
                 if not failing:
                     break
-            lo, hi = 0, len(positions) - 1
+            later = [i for i, p in enumerate(positions) if not suspects or p > suspects[-1]]
+            if not later:
+                break
+            lo, hi = later[0], len(positions) - 1
             while lo < hi:
                 mid = (lo + hi) // 2
                 prefix = frozenset(p for p in positions if p <= positions[mid])

@@ -239,8 +239,8 @@ def isolate(
 
 def _confirm(asker: _Asker, result: IsolateResult, culprits: Subset, remaining: list[int], repeats: int) -> None:
     """Uncached re-runs: with the culprits alone it fails, with everything else it passes."""
-    label = "+".join(str(i) for i in culprits)
-    with_c = Confirmation(f"only culprits {label} applied", culprits, Verdict.FAIL,
+    number = result.culprit_sets.index(culprits) + 1
+    with_c = Confirmation(f"only culprit set {number} applied", culprits, Verdict.FAIL,
                           [asker.raw(culprits, "confirm") for _ in range(repeats)])
     result.confirmations.append(with_c)
     rest = tuple(remaining)

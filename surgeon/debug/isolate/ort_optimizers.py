@@ -191,3 +191,9 @@ class OrtOptimizersTarget:
 
     def label(self, index: int) -> str:
         return self.choices[index]
+
+    def write_avoid(self, culprits: Subset, art) -> tuple[str, str]:
+        """``disabled_optimizers.txt``: one name a line, ready for ``disabled_optimizers=``."""
+        names = [self.choices[i] for i in culprits]
+        path = art.write_text("disabled_optimizers.txt", "\n".join(names) + "\n")
+        return str(path), f"onnxruntime.InferenceSession(MODEL, disabled_optimizers={names!r})"

@@ -95,3 +95,10 @@ class PassesTarget:
     def label(self, index: int) -> str:
         app = self.applications[self.choices[index]]
         return f"#{app['index']} {app['pass_name']} / {app['rule']} @ {app['node']}"
+
+    def write_avoid(self, culprits: Subset, art) -> tuple[str, str]:
+        """``exclude-rewrites.txt``: the culprit keys, for ``surgeon fix --exclude-rewrites``."""
+        lines = ["# rewrites found by surgeon isolate --target passes; pass to surgeon fix --exclude-rewrites"]
+        lines += [self.choices[i] for i in culprits]
+        path = art.write_text("exclude-rewrites.txt", "\n".join(lines) + "\n")
+        return str(path), f"surgeon fix MODEL -o OUT.onnx --exclude-rewrites {path}"

@@ -1,0 +1,12 @@
+"""Built-in rule packs of ``replace-custom-ops``, on by default.
+
+Each module exports ``RULES``, the same contract as a user rule file.
+"""
+
+from passes.rulepacks import layernorm, ms_contrib
+
+BUILTIN_PACKS = {"ms-contrib": ms_contrib.RULES, "layernorm": layernorm.RULES}
+
+
+def builtin_rules() -> list:
+    return [r for rules in BUILTIN_PACKS.values() for r in rules]

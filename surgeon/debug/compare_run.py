@@ -1,0 +1,365 @@
+"""``surgeon compare``: run one model on two backends (or two models on one) and judge.
+
+The judging rule is :mod:`surgeon.debug.compare`'s (``|test-ref| <= atol + rtol*|ref|``),
+the same one the fix pipeline verifies with. This module adds what a person debugging a
+deployment needs around it: inputs (generated, seeded, or loaded), every sample run on
+both sides, per-output statistics over all samples, the tolerances that were actually
+used (per dtype, loosened for reduced-precision backends, or given), and one verdict.
+
+A failure of the *reference* run is an input problem (exit 2); a failure of the *test*
+run is a verdict (the engine under test cannot run the model), reported as a mismatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from surgeon import model as model_io
+from surgeon.debug import backends, data
+from surgeon.debug.compare import DEFAULT_TOLERANCES, OutputDiff, diff_values, tolerance_for
+from surgeon.errors import BackendError, InputDataError, UsageError
+from surgeon.report import table
+
+log = logging.getLogger(__name__)
+
+RULE = "|test - ref| <= atol + rtol * |ref| (elementwise)"
+MATCH, MISMATCH = "match", "mismatch"
+
+# The precision a backend computes in, when it is not the model's own: tolerances for
+# float outputs default to at least this dtype's defaults.
+_PRECISION_OPTIONS = (("int8", "int8"), ("fp16", "float16"), ("bf16", "bfloat16"))
+_INT8_TOLERANCE = (1e-1, 1e-1)
+
+
+@dataclass
+class OutputResult:
+    """One output over all samples: the worst sample's statistics and every sample's diff."""
+
+    name: str
+    passed: bool
+    worst: OutputDiff
+    worst_sample: int
+    per_sample: list[OutputDiff] = field(default_factory=list)
+    ref_dtype: str = ""
+    test_dtype: str = ""
+
+    def to_dict(self) -> dict:
+        d = self.worst.to_dict()
+        d.update(name=self.name, passed=self.passed, worst_sample=self.worst_sample,
+                 ref_dtype=self.ref_dtype, test_dtype=self.test_dtype,
+                 samples=[s.to_dict() for s in self.per_sample])
+        return d
+
+
+@dataclass
+class CompareReport:
+    model: str
+    ref: str
+    test: str
+    against: str | None
+    outputs: list[OutputResult]
+    samples: list[str]
+    seconds: float
+    error: str | None = None  # the test run failed (a verdict, not a usage error)
+    notes: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+    runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)  # outputs, for --save-outputs
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(o.passed for o in self.outputs)
+
+    @property
+    def verdict(self) -> str:
+        return MATCH if self.passed else MISMATCH
+
+    @property
+    def mismatching(self) -> list[str]:
+        return [o.name for o in self.outputs if not o.passed]
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "model": self.model, "against": self.against, "ref": self.ref,
+                "test": self.test, "rule": RULE, "error": self.error, "samples": self.samples,
+                "outputs": [o.to_dict() for o in self.outputs], "mismatching": self.mismatching,
+                "notes": self.notes, "plots": self.plots, "seconds": round(self.seconds, 3)}
+
+
+def _load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "<model>"
+    return model_io.load(model), str(model)
+
+
+def _backend(spec: str | backends.Backend, options: Mapping[str, Any] | None) -> backends.Backend:
+    if isinstance(spec, backends.Backend):
+        return spec
+    return backends.create(spec, **dict(options or {}))
+
+
+def backend_precision(backend: backends.Backend) -> str | None:
+    """The reduced precision a backend computes in (None: the model's own)."""
+    if getattr(backend, "name", "") == "fp16":
+        return "float16"
+    for attr, precision in _PRECISION_OPTIONS:
+        if getattr(backend, attr, False) is True:
+            return precision
+    return None
+
+
+def check_feeds(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], what: str = "the model") -> None:
+    """Loaded samples must name exactly the model's inputs, with their dtypes and ranks."""
+    specs = {s.name: s for s in data.input_specs(model)}
+    for i, sample in enumerate(samples):
+        extra = [n for n in sample if n not in specs]
+        if extra:
+            raise InputDataError(f"sample {i} has data for '{extra[0]}', which is not an input of {what}; inputs: {', '.join(specs)}")
+        missing = [n for n in specs if n not in sample]
+        if missing:
+            raise InputDataError(f"sample {i} has no data for input '{missing[0]}' of {what}")
+        for name, value in sample.items():
+            spec = specs[name]
+            if not spec.is_tensor or not isinstance(value, np.ndarray):
+                continue
+            if value.dtype != spec.dtype:
+                raise InputDataError(f"input '{name}' of sample {i} is {value.dtype}, but {what} expects {spec.dtype}")
+            if spec.shape is not None:
+                if value.ndim != len(spec.shape):
+                    raise InputDataError(f"input '{name}' of sample {i} has rank {value.ndim}, but {what} expects {len(spec.shape)}")
+                for axis, (want, have) in enumerate(zip(spec.shape, value.shape)):
+                    if isinstance(want, int) and want != have:
+                        raise InputDataError(f"input '{name}' of sample {i} has size {have} on axis {axis}, but {what} expects {want}")
+
+
+def _tolerance(name: str, value: Any, given: float | Mapping[str, float] | None, precision: str | None, which: int) -> float | None:
+    if isinstance(given, Mapping) and name in given:
+        return given[name]  # named for this output: used as given
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biu":
+        return 0.0  # integer and boolean outputs must be equal, whatever the global tolerance
+    if isinstance(given, Mapping):
+        got = given.get(name)
+        if got is not None:
+            return got
+    elif given is not None:
+        return given
+    if precision is None or not isinstance(value, np.ndarray) or value.dtype.kind not in "fc":
+        return None  # per-dtype default
+    base = tolerance_for(value.dtype)
+    loose = _INT8_TOLERANCE if precision == "int8" else DEFAULT_TOLERANCES[precision]
+    return max((base.atol, base.rtol)[which], loose[which])
+
+
+def _check_tolerance_names(tol: Any, outputs: list[str], flag: str) -> None:
+    if isinstance(tol, Mapping):
+        unknown = [n for n in tol if n not in outputs]
+        if unknown:
+            raise UsageError(f"{flag} names '{unknown[0]}', which is not an output of the model; outputs: {', '.join(outputs)}")
+
+
+def _run_all(session: backends.Session, samples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [session.run(s) for s in samples]
+
+
+def _dtype(value: Any) -> str:
+    return str(value.dtype) if isinstance(value, np.ndarray) else type(value).__name__
+
+
+def _judge(name: str, refs: list[Any], tests: list[Any], atol, rtol, nan_equal: bool) -> OutputResult:
+    per = []
+    for r, t in zip(refs, tests):
+        d = diff_values(name, r, t, tolerance_for(r.dtype if isinstance(r, np.ndarray) else "float32", atol, rtol),
+                        nan_equal=nan_equal)
+        if isinstance(r, np.ndarray) and isinstance(t, np.ndarray) and r.dtype != t.dtype:
+            d.passed = False
+            d.reason = f"dtype {t.dtype} differs from the reference {r.dtype}" + (f"; {d.reason}" if d.reason else "")
+        per.append(d)
+    failing = [i for i, d in enumerate(per) if not d.passed]
+    if failing:
+        worst = max(failing, key=lambda i: (per[i].mismatches, per[i].max_abs))
+    else:
+        worst = max(range(len(per)), key=lambda i: per[i].max_abs)
+    return OutputResult(name, not failing, per[worst], worst, per, _dtype(refs[worst]), _dtype(tests[worst]))
+
+
+def compare(
+    model: str | os.PathLike | onnx.ModelProto,
+    *,
+    ref: str | backends.Backend = "onnxrt",
+    test: str | backends.Backend | None = None,
+    against: str | os.PathLike | onnx.ModelProto | None = None,
+    ref_options: Mapping[str, Any] | None = None,
+    test_options: Mapping[str, Any] | None = None,
+    samples: Sequence[Mapping[str, Any]] | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    value_ranges: Mapping[str, tuple[float, float]] | None = None,
+    iterations: int = 1,
+    seed: int = 0,
+    atol: float | Mapping[str, float] | None = None,
+    rtol: float | Mapping[str, float] | None = None,
+    nan_equal: bool = False,
+    plot_dir: str | os.PathLike | None = None,
+) -> CompareReport:
+    """Run ``model`` on ``ref`` and on ``test`` (or ``against`` on ``ref``) and judge every output.
+
+    With both ``test`` and ``against``, the second model runs on the test backend.
+
+    ``samples``: input samples to use (else seeded random ones from the model's inputs,
+    ``input_shapes`` and ``value_ranges``). Tolerances: one number, a per-output mapping,
+    or None (per dtype; at least the float16/bfloat16 defaults when the test backend
+    computes in that precision). Returns a :class:`CompareReport`; raises SurgeonError
+    for usage or input problems.
+    """
+    if test is None and against is None:
+        raise UsageError("give a test backend (--test) or a second model (--against)")
+    if iterations < 1:
+        raise UsageError("--iterations must be at least 1")
+    start = time.perf_counter()
+    ref_model, model_label = _load(model)
+    ref_backend = _backend(ref, ref_options)
+    if against is not None:
+        # The second model runs on the test backend when one is given, else on the reference backend.
+        test_model, against_label = _load(against)
+        test_backend = _backend(ref, ref_options) if test is None else _backend(test, test_options)
+        test_label = f"{against_label} on {test_backend.describe()}"
+    else:
+        test_model, against_label = ref_model, None
+        test_backend = _backend(test, test_options)
+        test_label = test_backend.describe()
+    out_names = [o.name for o in ref_model.graph.output]
+    _check_tolerance_names(atol, out_names, "--atol")
+    _check_tolerance_names(rtol, out_names, "--rtol")
+    notes: list[str] = []
+
+    ref_session = ref_backend.session(ref_model)
+    if samples is None:
+        def runs(feeds: dict[str, np.ndarray]) -> bool:
+            try:
+                ref_session.run(feeds)
+                return True
+            except BackendError:
+                return False
+
+        samples = data.make_samples(ref_model, input_shapes=input_shapes, value_ranges=value_ranges,
+                                    iterations=iterations, seed=seed, runs=runs)
+    else:
+        samples = [dict(s) for s in samples]
+        check_feeds(ref_model, samples)
+        if input_shapes or value_ranges:
+            notes.append("inputs were loaded: --input-shapes and --val-range were not used")
+    if against is not None:
+        check_feeds(test_model, samples, what=f"'{against_label}'")
+        missing = [n for n in out_names if n not in {o.name for o in test_model.graph.output}]
+        if missing:
+            notes.append(f"'{against_label}' has no output '{missing[0]}'")
+
+    ref_runs = _run_all(ref_session, samples)  # a failing reference run is an input problem: raise
+    ref_label = f"{model_label} on {ref_backend.describe()}" if against is not None else ref_backend.describe()
+    report = CompareReport(model_label, ref_label, test_label, against_label, [],
+                           [data.describe_feeds(s) for s in samples], 0.0, notes=notes)
+    report.runs["ref"] = ref_runs
+    try:
+        test_session = test_backend.session(test_model)
+        plan = getattr(test_session, "plan", None)
+        if plan is not None:
+            report.notes.append(f"fp16 emulation: {len(plan.converted)} nodes in FP16, {len(plan.kept)} kept in float32, "
+                                f"{plan.rounded_tensors} tensors rounded")
+            clamped = [w for w in plan.weights if "clamped" in w]
+            raised = [w for w in plan.weights if "raised" in w]
+            if clamped:
+                report.notes.append(f"fp16 emulation: {len(clamped)} weight(s) had values beyond +/-65504, clamped "
+                                    f"as TensorRT does (first: {clamped[0]})")
+            if raised:
+                report.notes.append(f"fp16 emulation: {len(raised)} weight(s) had nonzero values below the smallest "
+                                    f"float16 subnormal, raised to it (first: {raised[0]})")
+        test_runs = _run_all(test_session, samples)
+    except BackendError as exc:
+        report.error = str(exc)
+        report.seconds = time.perf_counter() - start
+        return report
+    report.runs["test"] = test_runs
+
+    precision = backend_precision(test_backend)
+    extra = [n for n in test_runs[0] if n not in ref_runs[0]]
+    if extra:
+        report.notes.append(f"the test run has outputs the reference lacks: {', '.join(extra)}")
+    for name in out_names:
+        refs = [r[name] for r in ref_runs]
+        if any(name not in t for t in test_runs):
+            report.outputs.append(OutputResult(name, False, OutputDiff(name, False, reason="missing from the test run"), 0,
+                                               ref_dtype=_dtype(refs[0])))
+            continue
+        tests = [t[name] for t in test_runs]
+        a = _tolerance(name, refs[0], atol, precision, 0)
+        r = _tolerance(name, refs[0], rtol, precision, 1)
+        report.outputs.append(_judge(name, refs, tests, a, r, nan_equal))
+
+    if plot_dir is not None and not report.passed:
+        from surgeon.debug import plot
+
+        Path(plot_dir).mkdir(parents=True, exist_ok=True)
+        for o in report.outputs:
+            if o.passed or o.name not in ref_runs[o.worst_sample] or o.name not in test_runs[o.worst_sample]:
+                continue
+            r_arr, t_arr = ref_runs[o.worst_sample][o.name], test_runs[o.worst_sample][o.name]
+            if isinstance(r_arr, np.ndarray) and isinstance(t_arr, np.ndarray) and r_arr.shape == t_arr.shape and r_arr.size:
+                report.plots.append(str(plot.plot_output(plot_dir, o.name, r_arr, t_arr, o.worst)))
+            else:
+                report.notes.append(f"no plot for '{o.name}': not two tensors of one shape")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+# --- terminal rendering ---------------------------------------------------------------------
+
+
+def _shape(d: OutputDiff) -> str:
+    if d.ref_shape is None:
+        return "-"
+    if d.test_shape is not None and d.test_shape != d.ref_shape:
+        return f"{d.ref_shape} vs {d.test_shape}"
+    return str(d.ref_shape)
+
+
+def _e(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
+def render_compare(report: CompareReport, out: Any, title: str | None = None) -> None:
+    rows = []
+    for o in report.outputs:
+        d = o.worst
+        dtype = o.ref_dtype if o.ref_dtype == o.test_dtype or not o.test_dtype else f"{o.ref_dtype} vs {o.test_dtype}"
+        naninf = f"{d.nan_mismatches}/{d.inf_mismatches}"
+        abs_err = "\n".join(_e(v) for v in (d.max_abs, d.p99_abs, d.median_abs, d.mean_abs))
+        rel_err = "\n".join(_e(v) for v in (d.max_rel, d.p99_rel, d.median_rel, d.mean_rel))
+        rows.append([o.name, "ok" if o.passed else "MISMATCH", f"{_shape(d)}\n{dtype}", abs_err, rel_err,
+                     f"{d.mismatches}/{d.elements}", naninf, f"{d.atol:g}\n{d.rtol:g}"])
+    title = title or f"surgeon compare: {report.test} vs {report.ref}"
+    out.print(table(title, ["output", "verdict", "shape / dtype", "abs err max p99 med mean",
+                            "rel err max p99 med mean", "outside", "NaN/Inf",
+                            "atol / rtol"], rows))
+    for o in report.outputs:
+        if not o.passed:
+            where = f" (sample {o.worst_sample})" if len(report.samples) > 1 else ""
+            pos = f"; first at {o.worst.first_mismatches[:3]}" if o.worst.first_mismatches else ""
+            out.print(f"  {o.name}{where}: {o.worst.reason}{pos}", markup=False)
+    for n in report.notes:
+        out.print(f"note: {n}", markup=False)
+    for p in report.plots:
+        out.print(f"plot: {p}", markup=False)
+    out.print(f"inputs: {' | '.join(report.samples[:3])}{' ...' if len(report.samples) > 3 else ''}", markup=False)
+    if report.error:
+        out.print(f"[bold red]MISMATCH[/]: the test run failed: {report.error}")
+    elif report.passed:
+        out.print(f"[bold green]MATCH[/]: all {len(report.outputs)} outputs agree within tolerance on "
+                  f"{len(report.samples)} sample(s) ({RULE})")
+    else:
+        bad = report.mismatching
+        out.print(f"[bold red]MISMATCH[/]: {len(bad)} of {len(report.outputs)} outputs differ: {', '.join(bad)}")

@@ -1,0 +1,93 @@
+"""``surgeon doctor``: fix a model, then prove the result on the backends that matter.
+
+Why a separate command: the usual session is "clean the export up, check nothing
+changed, check it runs right where it will be deployed". Doctor does the three in one
+go with one report and one exit code: the default (or given) pass pipeline, a comparison
+of the fixed model against the original on the reference backend (independent of the
+pipeline's own per-pass verification, and on the same inputs the user asked for), and,
+with a test backend, the fixed model (or the original) on that backend against the
+original on the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from surgeon import model as model_io
+from surgeon.debug.compare_run import CompareReport, compare
+
+
+@dataclass
+class DoctorReport:
+    model: str
+    output: str
+    fix: Any  # FixReport
+    comparisons: list[tuple[str, CompareReport]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for _, c in self.comparisons)
+
+    @property
+    def verdict(self) -> str:
+        return "ok" if self.passed else "mismatch"
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "model": self.model, "output": self.output, "fix": self.fix.to_dict(),
+                "comparisons": [{"check": what, **c.to_dict()} for what, c in self.comparisons],
+                "seconds": round(self.seconds, 3)}
+
+
+def doctor(
+    model_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    passes: str | list[str] | None = None,
+    ref: str = "onnxrt",
+    test: str | None = None,
+    test_options: Mapping[str, Any] | None = None,
+    test_original: bool = False,
+    samples: Sequence[Mapping[str, Any]] | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    value_ranges: Mapping[str, tuple[float, float]] | None = None,
+    iterations: int = 1,
+    seed: int = 0,
+    atol: float | Mapping[str, float] | None = None,
+    rtol: float | Mapping[str, float] | None = None,
+    nan_equal: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> DoctorReport:
+    """Fix ``model_path`` into ``output_path`` and compare; see the module docstring."""
+    import surgeon
+
+    from surgeon.debug import backends
+
+    start = time.perf_counter()
+    model_io.check_output_path(model_path, output_path)
+    original = model_io.load(model_path)
+    # Create the test backend first: a missing TensorRT must stop us before anything is written.
+    test_backend = backends.create(test, **dict(test_options or {})) if test else None
+    say = progress or (lambda _msg: None)
+    say("running passes")
+    fixed, fix_report = surgeon.fix(original, passes, input_shapes=input_shapes, seed=seed,
+                                    atol=atol if not isinstance(atol, Mapping) else None,
+                                    rtol=rtol if not isinstance(rtol, Mapping) else None, progress=progress)
+    model_io.save(fixed, output_path)
+    report = DoctorReport(str(model_path), str(output_path), fix_report)
+    common = dict(samples=samples, input_shapes=input_shapes, value_ranges=value_ranges, iterations=iterations,
+                  seed=seed, atol=atol, rtol=rtol, nan_equal=nan_equal)
+    say(f"comparing the fixed model with the original on {ref}")
+    report.comparisons.append(("fixed vs original", compare(original, ref=ref, against=fixed, **common)))
+    if test:
+        what = "original" if test_original else "fixed"
+        say(f"running the {what} model on {test}")
+        report.comparisons.append((f"{what} on {test} vs original on {ref}",
+                                   compare(original, ref=ref, test=test_backend,
+                                           against=None if test_original else fixed, **common)))
+    report.seconds = time.perf_counter() - start
+    return report
+

@@ -1,0 +1,89 @@
+"""How a rule's rewrite makes new nodes without touching the graph itself.
+
+The builder only creates nodes and constants; it records them so the engine can insert
+them in one place, stamp their provenance, declare new domains and, if the rewrite
+fails half way, disconnect them again. Names are generated from the matched root node
+and made unique against every name in the model, subgraphs included.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from surgeon.rewrite.rule import Match, RuleContext
+
+
+class Names:
+    """Unique node and tensor names within one model (ONNX needs unique tensor names)."""
+
+    def __init__(self, taken: set[str]):
+        self.taken = taken
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            name = f"{base}_{k}"
+            k += 1
+        self.taken.add(name)
+        return name
+
+
+class Builder:
+    """Makes the replacement of one match. ``ctx`` gives opsets and types to the rewrite."""
+
+    def __init__(self, match: Match, ctx: RuleContext, names: Names):
+        self.match = match
+        self.ctx = ctx
+        self.names = names
+        self.nodes: list[gs.Node] = []
+        base = match.root.name or (match.root.outputs[0].name if match.root.outputs else match.root.op)
+        self._base = f"{base}/{match.rule}"
+
+    @property
+    def opset(self) -> int:
+        return self.ctx.opset
+
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[gs.Tensor | None],
+        attrs: Mapping[str, Any] | None = None,
+        *,
+        domain: str = "",
+        outputs: int = 1,
+        name: str | None = None,
+    ) -> gs.Variable | list[gs.Variable]:
+        """Add a node; returns its output (or a list when ``outputs`` > 1).
+
+        ``None`` in ``inputs`` is an omitted optional input.
+        """
+        node_name = self.names.fresh(name or f"{self._base}/{op_type}")
+        outs = [gs.Variable(self.names.fresh(f"{node_name}_out{i}" if outputs > 1 else f"{node_name}_out"))
+                for i in range(outputs)]
+        ins = [gs.Variable.empty() if t is None else t for t in inputs]
+        node = gs.Node(op_type, name=node_name, attrs=dict(attrs or {}), inputs=ins, outputs=outs,
+                       domain=domain or None)
+        self.nodes.append(node)
+        return outs[0] if outputs == 1 else outs
+
+    def const(self, value: Any, dtype: Any = None, name: str = "const") -> gs.Constant:
+        """An initializer; ``dtype`` defaults to the array's own (pass the input's dtype)."""
+        array = np.asarray(value, dtype=dtype)
+        return gs.Constant(self.names.fresh(f"{self._base}/{name}"), array)
+
+    def like(self, tensor: gs.Tensor, value: Any, name: str = "const") -> gs.Constant:
+        """A constant with ``tensor``'s element type (the rule's check made sure it is known)."""
+        dtype = self.ctx.dtype(tensor)
+        if dtype is None:
+            raise ValueError(f"the element type of '{tensor.name}' is unknown")
+        return self.const(value, dtype, name)
+
+    def discard(self) -> None:
+        """Disconnect everything made so far (the rewrite failed)."""
+        for node in self.nodes:
+            node.inputs.clear()
+            node.outputs.clear()
+        self.nodes.clear()

@@ -1,0 +1,337 @@
+"""Applying rules to a model: find, check, permit, rewrite, rewire, count.
+
+The engine owns everything a rule should not have to get right: outputs keep their
+names (the last new node writes into the original output tensor, so value_info, graph
+outputs and outer-scope uses stay valid), new nodes are stamped with provenance and
+inserted where the match was, custom domains get their opset import, plugin outputs
+get value_info so shape inference continues past them, and every If/Loop/Scan body is
+visited. A sweep applies each rule at most once per node; sweeps repeat (with freshly
+inferred types) until one applies nothing, so a contrib op whose input type was only
+known after lowering its producer is handled in the same pass run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from surgeon import graph as G
+from surgeon import model as model_io
+from surgeon.pipeline.base import PassContext, PassLog
+from surgeon.rewrite.builder import Builder, Names
+from surgeon.rewrite.rule import STANDARD_DOMAINS, Match, Rule, RuleContext, Scope, node_domain, op_label
+
+log = logging.getLogger(__name__)
+
+MAX_SWEEPS = 8
+
+
+class RewriteFailed(Exception):
+    """A rule's rewrite raised or returned something unusable; the match is left alone."""
+
+
+@dataclass
+class Finding:
+    """One match of one rule at one node, and what became of it."""
+
+    graph: str
+    node: str
+    op: str
+    rule: str
+    status: str  # "replace" (dry run), "applied", "refused", "skipped" (permit said no), "failed"
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass
+class MatchReport:
+    """What ``surgeon match`` lists: matches, refusals and custom ops no rule touched."""
+
+    findings: list[Finding]
+    untouched: dict[str, int]
+    rules: list[str]
+
+    def to_dict(self) -> dict:
+        return {"rules": self.rules, "findings": [asdict(f) for f in self.findings], "untouched": self.untouched}
+
+
+# --- model-level facts -------------------------------------------------------------------
+
+def _vi_type(vi: onnx.ValueInfoProto) -> tuple[int, tuple | None] | None:
+    if vi.type.WhichOneof("value") != "tensor_type":
+        return None
+    tt = vi.type.tensor_type
+    shape = None
+    if tt.HasField("shape"):
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim)
+    return tt.elem_type, shape
+
+
+def infer_types(model: onnx.ModelProto) -> dict[str, tuple[int, tuple | None]]:
+    """Tensor name → (elem type, dims) from onnx shape inference (subgraphs included).
+
+    Inference stops at ops it has no schema for (custom domains); their outputs are
+    simply absent. Huge models are not inferred (the rules then see declared types only).
+    """
+    if model_io.needs_external_data(model):
+        return {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception as exc:  # inference is a help for rules, never a requirement
+        log.debug("shape inference failed: %s", exc)
+        inferred = model
+    types: dict[str, tuple[int, tuple | None]] = {}
+
+    def visit(g: onnx.GraphProto) -> None:
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            t = _vi_type(vi)
+            if t is not None and t[0]:
+                types.setdefault(vi.name, t)
+        for init in g.initializer:
+            types.setdefault(init.name, (init.data_type, tuple(init.dims)))
+        for node in g.node:
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    visit(sub)
+
+    visit(inferred.graph)
+    return types
+
+
+def rule_context(model: onnx.ModelProto) -> RuleContext:
+    opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
+    return RuleContext(opsets=opsets, types=infer_types(model))
+
+
+def _all_names(graph: gs.Graph) -> set[str]:
+    names: set[str] = set()
+    for g in G.iter_graphs(graph):
+        names.update(g.tensors().keys())
+        names.update(n.name for n in g.nodes if n.name)
+    return names
+
+
+def _untouched(graph: gs.Graph, pass_name: str | None) -> dict[str, int]:
+    counts: Counter = Counter()
+    for g in G.iter_graphs(graph):
+        for n in g.nodes:
+            if node_domain(n) in STANDARD_DOMAINS:
+                continue
+            if pass_name and G.meta(n).get(G.PROVENANCE_PASS) == pass_name:
+                continue  # a plugin node this pass made earlier, not a custom op it found
+            counts[op_label(n)] += 1
+    return dict(sorted(counts.items()))
+
+
+def _graph_label(g: gs.Graph, root: gs.Graph) -> str:
+    return "main" if g is root else (g.name or "subgraph")
+
+
+# --- matching ------------------------------------------------------------------------------
+
+def _candidates(scope: Scope, node: gs.Node, rules: Sequence[Rule], ctx: RuleContext):
+    """(rule, match, refusal reason) for each rule whose pattern starts at ``node``."""
+    for rule in rules:
+        try:
+            match = rule.match(node, scope)
+            if match is None:
+                continue
+            reason = rule.outputs_problem(match) or rule.check(match, ctx)
+        except Exception as exc:  # a user rule's bug must not take the run down
+            log.debug("rule %s crashed on %s", rule.name, node.name, exc_info=True)
+            yield rule, None, f"rule raised {type(exc).__name__}: {exc}"
+            continue
+        yield rule, match, reason
+
+
+def _finding(g: gs.Graph, root: gs.Graph, node: gs.Node, rule: Rule, match: Match | None, status: str,
+             reason: str = "") -> Finding:
+    return Finding(
+        graph=_graph_label(g, root), node=node.name, op=op_label(node), rule=rule.name, status=status,
+        inputs=[t.name for t in match.inputs] if match else [], outputs=[t.name for t in match.outputs] if match else [],
+        reason=reason,
+    )
+
+
+def find_matches(model: onnx.ModelProto, rules: Sequence[Rule]) -> MatchReport:
+    """Dry run: what the rules would replace in ``model`` (which is not modified).
+
+    The rules are applied to a copy, sweep after sweep as the pass does, so a match that
+    only becomes possible after another (a contrib op whose input type is known once its
+    producer is lowered) is listed too; refusals are those of the last sweep.
+    """
+    ctx = PassContext(pass_name="match")
+    findings: list[Finding] = []
+    untouched = _untouched(G.import_graph(model), None)
+    _run(model_io.copy(model), rules, ctx, PassLog(), findings)
+    return MatchReport(findings, untouched_after(untouched, findings), [r.name for r in rules])
+
+
+def untouched_after(before: dict[str, int], findings: list[Finding]) -> dict[str, int]:
+    """Custom ops of the input that no listed replacement consumes."""
+    left = Counter(before)
+    for f in findings:
+        if f.status == "replace" and f.op in left:
+            left[f.op] -= 1
+    return {k: v for k, v in sorted(left.items()) if v > 0}
+
+
+# --- rewriting ---------------------------------------------------------------------------
+
+def _index_of(items, obj) -> int:
+    for i, x in enumerate(items):
+        if x is obj:
+            return i
+    raise ValueError("not found")
+
+
+def _apply(rule: Rule, match: Match, ctx: RuleContext, names: Names, pass_name: str) -> list[gs.Node]:
+    """Replace ``match`` by the rule's rewrite in place; returns the new nodes."""
+    b = Builder(match, ctx, names)
+    try:
+        produced = rule.rewrite(match, b)
+    except Exception as exc:
+        b.discard()
+        raise RewriteFailed(f"rewrite raised {type(exc).__name__}: {exc}") from exc
+    if isinstance(produced, gs.Tensor):
+        produced = [produced]
+    produced = list(produced or [])
+    if len(produced) != len(match.outputs) or not all(isinstance(t, gs.Tensor) for t in produced):
+        b.discard()
+        raise RewriteFailed(f"rewrite returned {len(produced)} tensor(s) for {len(match.outputs)} output(s) "
+                            f"({', '.join(t.name for t in match.outputs)})")
+    new_ids = {id(n) for n in b.nodes}
+    pairs: list[tuple[gs.Tensor, gs.Tensor]] = []
+    for old, new in zip(match.outputs, produced):
+        producer = new.inputs[0] if isinstance(new, gs.Variable) and new.inputs else None
+        if producer is None or id(producer) not in new_ids or any(new is p for _, p in pairs):
+            new = b.op("Identity", [new])  # an existing tensor passed through, or one used twice
+        pairs.append((old, new))
+    matched = {id(n) for n in match.nodes}
+    graph = match.graph
+    position = _index_of(graph.nodes, match.root)
+    for n in match.nodes:
+        n.inputs.clear()
+        n.outputs.clear()
+    for old, new in pairs:
+        producer = new.inputs[0]
+        producer.outputs[_index_of(producer.outputs, new)] = old
+        for n in b.nodes:
+            for i, t in enumerate(n.inputs):
+                if t is new:
+                    n.inputs[i] = old
+        if node_domain(producer) not in STANDARD_DOMAINS and old.dtype is None:
+            known = ctx.types.get(old.name)  # value_info lets shape inference continue past a plugin
+            if known:
+                old.dtype = onnx.helper.tensor_dtype_to_np_dtype(known[0])
+                old.shape = [d if isinstance(d, int) else (None if d == "?" else d) for d in known[1]] \
+                    if known[1] is not None else None
+    for n in b.nodes:
+        G.stamp(n, pass_name, rule.name, [m.name for m in match.nodes])
+    graph.nodes[position:position + 1] = b.nodes
+    graph.nodes[:] = [n for n in graph.nodes if id(n) not in matched]
+    # Constant nodes that only fed the match are dead now.
+    dead = {id(t.inputs[0]) for t in match.inputs
+            if isinstance(t, gs.Variable) and len(t.inputs) == 1 and t.inputs[0].op == "Constant"
+            and not t.outputs and not match.scope.is_graph_output(t)}
+    if dead:
+        graph.nodes[:] = [n for n in graph.nodes if id(n) not in dead]
+    _restore_order(graph, b.nodes, [old for old, _ in pairs])
+    return b.nodes
+
+
+def _restore_order(graph: gs.Graph, new_nodes: list[gs.Node], outputs: list[gs.Tensor]) -> None:
+    """New nodes sit where the root was; a use of an earlier matched output may precede them."""
+    pos = {id(n): i for i, n in enumerate(graph.nodes)}
+    first_new = min((pos[id(n)] for n in new_nodes), default=0)
+    for t in outputs:
+        for c in t.outputs:
+            if id(c) in pos and pos[id(c)] < first_new:
+                graph.toposort(recurse_subgraphs=False)
+                return
+
+
+def _sweep(graph: gs.Graph, rules: Sequence[Rule], rctx: RuleContext, names: Names, ctx: PassContext,
+           plog: PassLog, asked: dict[str, bool]) -> tuple[list[Finding], dict[str, int]]:
+    """One pass over every graph; returns (findings, new custom domains → opset version)."""
+    findings, domains = [], {}
+    for g in list(G.iter_graphs(graph)):
+        scope = Scope(g)
+        gone: set[int] = set()
+        for node in list(g.nodes):
+            if id(node) in gone:
+                continue
+            for rule, match, reason in _candidates(scope, node, rules, rctx):
+                if reason:
+                    findings.append(_finding(g, graph, node, rule, match, "refused", reason))
+                    continue
+                label = node.name or (node.outputs[0].name if node.outputs else node.op)
+                key = f"{rule.name}:{label}"
+                if key not in asked:  # each application is numbered once, however many sweeps
+                    asked[key] = ctx.permit(rule.name, label)
+                if not asked[key]:
+                    break
+                finding = _finding(g, graph, node, rule, match, "replace")
+                try:
+                    new_nodes = _apply(rule, match, rctx, names, ctx.pass_name)
+                except RewriteFailed as exc:
+                    findings.append(_finding(g, graph, node, rule, match, "failed", str(exc)))
+                    continue
+                findings.append(finding)
+                plog.count(rule.name)
+                gone.update(id(n) for n in match.nodes)
+                for n in new_nodes:
+                    d = node_domain(n)
+                    if d not in STANDARD_DOMAINS:
+                        domains.setdefault(d, int(rule.domains.get(d, 1)))
+                        if hasattr(plog, "opaque_ops"):
+                            plog.opaque_ops(op_label(n))
+                scope = Scope(g)
+                break
+    return findings, domains
+
+
+def _run(model: onnx.ModelProto, rules: Sequence[Rule], ctx: PassContext, plog: PassLog,
+         applied: list[Finding]) -> tuple[onnx.ModelProto, bool, list[Finding], gs.Graph | None]:
+    """Sweeps until one applies nothing; ``applied`` collects the replacements made."""
+    current, changed, last = model, False, []
+    asked: dict[str, bool] = {}
+    graph = None
+    for _ in range(MAX_SWEEPS):
+        graph = G.import_graph(current)
+        rctx = rule_context(current)
+        found, domains = _sweep(graph, rules, rctx, Names(_all_names(graph)), ctx, plog, asked)
+        done = [f for f in found if f.status == "replace"]
+        last = [f for f in found if f.status != "replace"]
+        applied.extend(done)
+        if not done:
+            break
+        present = {o.domain for o in graph.import_domains or []}
+        for domain, version in domains.items():
+            if domain not in present:
+                graph.import_domains = list(graph.import_domains or []) + [onnx.helper.make_opsetid(domain, version)]
+        current, changed = G.export_model(graph, like=current), True
+        graph = None
+    applied.extend(last)
+    return current, changed, last, graph
+
+
+def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], ctx: PassContext, plog: PassLog) -> onnx.ModelProto | None:
+    """Apply ``rules`` everywhere in ``model``; None when nothing changed."""
+    current, changed, last, graph = _run(model, rules, ctx, plog, [])
+    for f in last:
+        plog.note(f"{f.node}: rule {f.rule} {f.status}: {f.reason}")
+    final = graph if graph is not None else G.import_graph(current)
+    for label, count in _untouched(final, ctx.pass_name).items():
+        plog.note(f"untouched custom op: {label} x{count}")
+    return current if changed else None
+
+
+def rule_names(rules: Iterable[Rule]) -> list[str]:
+    return [r.name for r in rules]

@@ -1,0 +1,279 @@
+"""What a rule is: pattern → check → rewrite, over onnx-graphsurgeon nodes.
+
+A rule is an object with three parts, each testable alone:
+
+- ``match(node, scope)`` is structural: does the pattern start at ``node``? The default
+  follows ``pattern``, a chain of :class:`Op` where each node consumes the first output
+  of the one before. Rules for a small DAG (the decomposed LayerNorm) override it.
+- ``check(match, ctx)`` is pure and returns a sentence saying why the rule refuses
+  (opset too old, attribute unsupported, a type unknown), or None. That sentence is
+  what the user reads as a near miss, so it names the reason, not the code path.
+- ``rewrite(match, b)`` builds the replacement through a :class:`~surgeon.rewrite.builder.Builder`
+  and returns one tensor per ``match.outputs``. The engine, not the rule, rewires the
+  graph, keeps output names, stamps provenance and adds opset imports.
+
+Nothing is kept on the rule between the three calls: whatever ``match`` finds travels in
+the :class:`Match` it returns (``roles`` for named parts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"})
+
+
+def node_domain(node: gs.Node) -> str:
+    """The node's domain with the default-domain spellings folded to ``""``."""
+    d = node.domain or ""
+    return "" if d == "ai.onnx" else d
+
+
+def op_label(node: gs.Node) -> str:
+    d = node_domain(node)
+    return f"{d}::{node.op}" if d else node.op
+
+
+@dataclass(frozen=True)
+class Op:
+    """One node of a pattern: op type(s), domain and required attribute values.
+
+    An attribute value may be a callable predicate (``{"alpha": lambda a: a > 0}``);
+    otherwise it must be equal. A missing attribute never matches a required value.
+    """
+
+    op_type: str | tuple[str, ...]
+    domain: str = ""
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    def matches(self, node: gs.Node) -> bool:
+        types = (self.op_type,) if isinstance(self.op_type, str) else tuple(self.op_type)
+        domain = "" if self.domain == "ai.onnx" else self.domain
+        if node.op not in types or node_domain(node) != domain:
+            return False
+        for key, want in self.attrs.items():
+            if key not in node.attrs:
+                return False
+            have = node.attrs[key]
+            if callable(want):
+                if not want(have):
+                    return False
+            elif have != want:
+                return False
+        return True
+
+
+class Scope:
+    """The graph a match lives in, with the questions matchers ask about it.
+
+    Tensors are shared between a graph and its subgraphs in onnx-graphsurgeon, so a
+    tensor's producer or consumer may sit in another graph; ``producer`` only answers
+    for nodes of this graph, and ``consumers`` lists all (a use inside a body counts).
+    """
+
+    def __init__(self, graph: gs.Graph):
+        self.graph = graph
+        self._index = {id(n): i for i, n in enumerate(graph.nodes)}
+        self._outputs = {id(t) for t in graph.outputs}
+
+    def contains(self, node: gs.Node) -> bool:
+        return id(node) in self._index
+
+    def position(self, node: gs.Node) -> int:
+        return self._index[id(node)]
+
+    def producer(self, tensor: gs.Tensor) -> gs.Node | None:
+        if isinstance(tensor, gs.Constant) or not tensor.inputs:
+            return None
+        node = tensor.inputs[0]
+        return node if self.contains(node) else None
+
+    def consumers(self, tensor: gs.Tensor) -> list[gs.Node]:
+        return list(tensor.outputs)
+
+    def is_graph_output(self, tensor: gs.Tensor) -> bool:
+        return id(tensor) in self._outputs
+
+    def single_consumer(self, tensor: gs.Tensor) -> gs.Node | None:
+        """The only consumer of ``tensor`` in this graph, if it has exactly one use overall."""
+        if self.is_graph_output(tensor) or len(tensor.outputs) != 1:
+            return None
+        node = tensor.outputs[0]
+        return node if self.contains(node) else None
+
+
+@dataclass
+class Match:
+    """A found occurrence of a pattern; everything ``check`` and ``rewrite`` need.
+
+    ``nodes`` are in graph order; ``root`` (the last) is the node the replacement is
+    named after. ``inputs`` are the tensors the matched nodes read from outside the
+    match (in order of first use); ``outputs`` are the matched nodes' tensors that are
+    used outside it (or are graph outputs) — the rewrite must produce one for each.
+    """
+
+    rule: str
+    scope: Scope
+    nodes: list[gs.Node]
+    roles: dict[str, Any] = field(default_factory=dict)
+    inputs: list[gs.Tensor] = field(default_factory=list)
+    outputs: list[gs.Tensor] = field(default_factory=list)
+
+    @property
+    def graph(self) -> gs.Graph:
+        return self.scope.graph
+
+    @property
+    def root(self) -> gs.Node:
+        return self.nodes[-1]
+
+    @property
+    def anchor(self) -> gs.Node:
+        return self.nodes[0]
+
+    @classmethod
+    def of(cls, rule: str, scope: Scope, nodes: Sequence[gs.Node], roles: Mapping[str, Any] | None = None) -> "Match":
+        ordered = sorted(nodes, key=scope.position)
+        inside = {id(n) for n in ordered}
+        produced = {id(t) for n in ordered for t in n.outputs}
+        inputs, seen = [], set()
+        for n in ordered:
+            for t in n.inputs:
+                if t.name and id(t) not in produced and id(t) not in seen:
+                    seen.add(id(t))
+                    inputs.append(t)
+        outputs = [
+            t for n in ordered for t in n.outputs
+            if scope.is_graph_output(t) or any(id(c) not in inside for c in t.outputs)
+        ]
+        return cls(rule, scope, ordered, dict(roles or {}), inputs, outputs)
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What a rule may read about the whole model: opsets and inferred tensor types."""
+
+    opsets: Mapping[str, int]
+    types: Mapping[str, tuple[int, tuple | None]] = field(default_factory=dict)
+
+    @property
+    def opset(self) -> int:
+        return self.opsets.get("", 1)
+
+    def dtype(self, tensor: gs.Tensor) -> np.dtype | None:
+        """The tensor's element type (declared or inferred), None when unknown."""
+        if tensor.dtype is not None:
+            try:
+                return np.dtype(tensor.dtype)
+            except TypeError:
+                return None
+        known = self.types.get(tensor.name)
+        if known and known[0]:
+            try:
+                return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(known[0]))
+            except (KeyError, TypeError):
+                return None
+        return None
+
+    def shape(self, tensor: gs.Tensor) -> tuple | None:
+        """Dims (int, or str for symbolic/unknown), None when even the rank is unknown."""
+        if isinstance(tensor, gs.Constant):
+            return tuple(tensor.values.shape)
+        if tensor.shape is not None:
+            return tuple(d if isinstance(d, int) and d >= 0 else str(d) for d in tensor.shape)
+        known = self.types.get(tensor.name)
+        return known[1] if known else None
+
+    def rank(self, tensor: gs.Tensor) -> int | None:
+        s = self.shape(tensor)
+        return None if s is None else len(s)
+
+    def constant(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """The value of an initializer or of a Constant node's output; None otherwise."""
+        if isinstance(tensor, gs.Constant):
+            return np.asarray(tensor.values)
+        if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant" and not tensor.inputs[0].domain:
+            value = tensor.inputs[0].attrs.get("value")
+            if isinstance(value, gs.Constant):
+                return np.asarray(value.values)
+        return None
+
+
+class Rule:
+    """Base of every rule. Subclasses set ``name`` and either ``pattern`` or ``match``.
+
+    ``domains`` declares opset versions for custom domains the rewrite emits (a domain
+    not declared gets version 1). ``max_output_from_root`` style restrictions live in
+    :meth:`outputs_problem`: by default only the root node's outputs may be used
+    outside the match.
+    """
+
+    name: str = ""
+    pattern: tuple[Op, ...] = ()
+    domains: Mapping[str, int] = {}
+
+    def match(self, node: gs.Node, scope: Scope) -> Match | None:
+        """Follow ``pattern`` as a chain starting at ``node``."""
+        if not self.pattern or not self.pattern[0].matches(node):
+            return None
+        nodes = [node]
+        for op in self.pattern[1:]:
+            if not nodes[-1].outputs:
+                return None
+            # Follow a consumer of this graph that fits; other uses of the intermediate
+            # are caught by outputs_problem, so the user hears why it was not replaced.
+            nxt = next((c for c in nodes[-1].outputs[0].outputs if scope.contains(c) and op.matches(c)), None)
+            if nxt is None or any(nxt is n for n in nodes):
+                return None
+            nodes.append(nxt)
+        return Match.of(self.name, scope, nodes)
+
+    def outputs_problem(self, match: Match) -> str | None:
+        for t in match.outputs:
+            if not any(t is o for o in match.root.outputs):
+                return f"intermediate tensor '{t.name}' is also used outside the pattern"
+        return None
+
+    def check(self, match: Match, ctx: RuleContext) -> str | None:
+        return None
+
+    def rewrite(self, match: Match, b) -> Sequence[gs.Tensor]:
+        raise NotImplementedError(f"rule {self.name} has no rewrite")
+
+    def __repr__(self) -> str:
+        return f"<rule {self.name}>"
+
+
+class FunctionRule(Rule):
+    """A rule made of plain functions: the convenient form for user rule files."""
+
+    def __init__(
+        self,
+        name: str,
+        pattern: Sequence[Op] | Op,
+        rewrite: Callable[[Match, Any], Sequence[gs.Tensor]],
+        *,
+        check: Callable[[Match, RuleContext], str | None] | None = None,
+        domains: Mapping[str, int] | None = None,
+    ):
+        self.name = name
+        self.pattern = (pattern,) if isinstance(pattern, Op) else tuple(pattern)
+        self._rewrite = rewrite
+        self._check = check
+        self.domains = dict(domains or {})
+
+    def check(self, match: Match, ctx: RuleContext) -> str | None:
+        return self._check(match, ctx) if self._check else None
+
+    def rewrite(self, match: Match, b) -> Sequence[gs.Tensor]:
+        return self._rewrite(match, b)
+
+
+def rule(name: str, pattern: Sequence[Op] | Op, rewrite, *, check=None, domains=None) -> Rule:
+    """Build a rule from a pattern and functions (see :class:`FunctionRule`)."""
+    return FunctionRule(name, pattern, rewrite, check=check, domains=domains)

@@ -1,0 +1,497 @@
+"""fold-shape-chains: exporter shape chains fold to constants that mean the same for every size.
+
+Each positive case checks the structure (which nodes are gone, which constant was
+written) and numeric equivalence at several sizes of every dynamic dim; negative cases
+check the model comes back untouched (None) with a note saying why.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import surgeon
+from helpers import CORPUS, assert_equivalent, model_from_text, op_types, requires_corpus
+from passes.fold_shape_chains import FoldShapeChains
+from surgeon.graph import count_nodes, iter_proto_nodes, op_histogram
+from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
+
+TOL = dict(atol=1e-6, rtol=1e-6)
+INT64_MAX = 2**63 - 1
+
+
+def run_pass(model, limit=None):
+    log = PassLog()
+    ctx = PassContext(budget=RewriteBudget(limit=limit), pass_name="fold-shape-chains")
+    before = model.SerializeToString()
+    out = FoldShapeChains().run(surgeon.model.copy(model), ctx, log)
+    assert model.SerializeToString() == before, "the pass modified its input"
+    if out is not None:
+        onnx.checker.check_model(out, full_check=True)
+    return out, log
+
+
+def init_value(model, name):
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t).tolist()
+    raise KeyError(name)
+
+
+def node_of(model, op):
+    found = [n for n in model.graph.node if n.op_type == op]
+    assert len(found) == 1, f"expected one {op}, found {len(found)}"
+    return found[0]
+
+
+def unsqueeze(opset, src, dst, axes_name="ax0"):
+    return f"{dst} = Unsqueeze<axes = [0]>({src})" if opset < 13 else f"{dst} = Unsqueeze({src}, {axes_name})"
+
+
+# ------------------------------------------------------------------ flatten / view
+
+
+@pytest.mark.parametrize("opset", [11, 12, 13, 17])
+@pytest.mark.parametrize("batch", ["N", "2"])
+def test_flatten_2_3_keeps_dynamic_batch(opset, batch):
+    """torch.flatten(x, 2, 3) at opset 12: Shape→Slice→Concat(-1)→Reshape becomes [0, 0, -1]."""
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : {opset}]>
+    g (float[{batch},3,4,5] x) => (float[{batch},3,20] y) {{
+      r = Relu(x)
+      s = Shape(r)
+      z = Constant<value = int64[1] {{0}}>()
+      two = Constant<value = int64[1] {{2}}>()
+      h = Slice(s, z, two, z)
+      m1 = Constant<value = int64[1] {{-1}}>()
+      t = Concat<axis = 0>(h, m1)
+      y = Reshape(r, t)
+    }}""")
+    out, log = run_pass(m)
+    assert op_types(out) == ["Relu", "Reshape"]
+    target = init_value(out, node_of(out, "Reshape").input[1])
+    assert target == ([0, 3, -1] if batch == "N" else [2, 3, -1])  # static dims stay literal
+    assert log.counts["reshape-target"] == 1
+    sizes = [{"x": (1, 3, 4, 5)}, {"x": (4, 3, 4, 5)}] if batch == "N" else [{"x": (2, 3, 4, 5)}]
+    assert_equivalent(m, out, sizes, **TOL)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_view_n_minus_one_from_gather_unsqueeze(opset):
+    """x.view(x.size(0), -1): Shape→Gather→Unsqueeze→Concat→Reshape becomes [0, -1]."""
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : {opset}]>
+    g (float[N,3,4] x) => (float[N,12] y) {{
+      s = Shape(x)
+      i0 = Constant<value = int64 {{0}}>()
+      {"" if opset < 13 else "ax0 = Constant<value = int64[1] {0}>()"}
+      b = Gather<axis = 0>(s, i0)
+      {unsqueeze(opset, "b", "bu")}
+      m1 = Constant<value = int64[1] {{-1}}>()
+      t = Concat<axis = 0>(bu, m1)
+      y = Reshape(x, t)
+    }}""")
+    out, log = run_pass(m)
+    assert op_types(out) == ["Reshape"]
+    assert init_value(out, out.graph.node[0].input[1]) == [0, -1]
+    assert_equivalent(m, out, [{"x": (1, 3, 4)}, {"x": (5, 3, 4)}], **TOL)
+
+
+def test_batch_from_another_tensor_uses_symbol_equality_and_minus_one():
+    """ViT attention: q.view(h.size(0), h.size(1), heads, -1); batch and seq match q by symbol."""
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,S,8] h) => (float[N,S,2,4] y) <float[8,8] w = {1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0, 0.0,1.0,0.0,0.0,0.0,0.0,0.0,0.0, 0.0,0.0,1.0,0.0,0.0,0.0,0.0,0.0, 0.0,0.0,0.0,1.0,0.0,0.0,0.0,0.0, 0.0,0.0,0.0,0.0,1.0,0.0,0.0,0.0, 0.0,0.0,0.0,0.0,0.0,1.0,0.0,0.0, 0.0,0.0,0.0,0.0,0.0,0.0,1.0,0.0, 0.0,0.0,0.0,0.0,0.0,0.0,0.0,2.0}> {
+      q = MatMul(h, w)
+      s = Shape(h)
+      i0 = Constant<value = int64 {0}>()
+      i1 = Constant<value = int64 {1}>()
+      ax = Constant<value = int64[1] {0}>()
+      b = Gather<axis = 0>(s, i0)
+      n = Gather<axis = 0>(s, i1)
+      bu = Unsqueeze(b, ax)
+      nu = Unsqueeze(n, ax)
+      heads = Constant<value = int64[1] {2}>()
+      m1 = Constant<value = int64[1] {-1}>()
+      t = Concat<axis = 0>(bu, nu, heads, m1)
+      y = Reshape(q, t)
+    }""")
+    out, _ = run_pass(m)
+    assert op_types(out) == ["MatMul", "Reshape"]
+    assert init_value(out, node_of(out, "Reshape").input[1]) == [0, 0, 2, -1]
+    assert_equivalent(m, out, [{"h": (1, 3, 8)}, {"h": (2, 5, 8)}], **TOL)
+
+
+def test_two_unknown_entries_stay_with_a_note():
+    """Target [N*S, C] cannot be written with one -1 (two entries are not dims of x at their position)."""
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,S] x, float[A,B] other) => (float[?,?] y) {
+      s = Shape(other)
+      y = Reshape(x, s)
+    }""")
+    out, log = run_pass(m)
+    assert out is None
+    assert any("Reshape" in n and "keeps its shape chain" in n for n in log.notes)
+
+
+def test_allowzero_blocks_copy_semantics():
+    """With allowzero=1 a 0 means zero, so dim-equal entries cannot become 0 (two unknowns: keep)."""
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,S,4] x) => (float[N,S,4] y) {
+      s = Shape(x)
+      st = Constant<value = int64[1] {0}>()
+      en = Constant<value = int64[1] {2}>()
+      h = Slice(s, st, en)
+      four = Constant<value = int64[1] {4}>()
+      t = Concat<axis = 0>(h, four)
+      y = Reshape<allowzero = 1>(x, t)
+    }""")
+    out, _ = run_pass(m)
+    assert out is None
+
+
+def test_noop_reshape_is_removed_and_graph_output_kept():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3] x) => (float[N,3] y, float[N,3] z) {
+      r = Relu(x)
+      s = Shape(r)
+      q = Reshape(r, s)
+      y = Sigmoid(q)
+      z = Reshape(y, s)
+    }""")
+    out, log = run_pass(m)
+    # q is an intermediate (removed); z is a graph output, so its no-op Reshape stays (constant target)
+    assert [o.name for o in out.graph.output] == ["y", "z"]
+    assert op_histogram(out)["Reshape"] == 1 and op_histogram(out).get("Shape", 0) == 0
+    assert log.counts["reshape-noop"] == 1
+    assert any("graph output" in n for n in log.notes)
+    assert_equivalent(m, out, [{"x": (1, 3)}, {"x": (6, 3)}], **TOL)
+
+
+# ------------------------------------------------------------------ expand / tile / constant-of-shape
+
+
+def test_expand_of_learned_token_to_the_batch_stays():
+    """cls_token.expand(B, -1, -1): the batch value is genuinely size-dependent."""
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,4] x) => (float[N,4,4] y) <float[1,1,4] cls = {1.0, 2.0, 3.0, 4.0}> {
+      s = Shape(x)
+      i0 = Constant<value = int64 {0}>()
+      ax = Constant<value = int64[1] {0}>()
+      b = Gather<axis = 0>(s, i0)
+      bu = Unsqueeze(b, ax)
+      ones = Constant<value = int64[2] {1, 1}>()
+      t = Concat<axis = 0>(bu, ones)
+      e = Expand(cls, t)
+      y = Concat<axis = 1>(e, x)
+    }""")
+    out, log = run_pass(m)
+    assert any("Expand" in n and "depends on an input size" in n for n in log.notes)
+    # the Expand keeps a run-time shape; its chain is only rebuilt shorter: Shape(x)[0:1] ++ [1, 1]
+    expand = node_of(out, "Expand")
+    assert expand.input[1] not in {t.name for t in out.graph.initializer}
+    assert sorted(op_types(out)) == ["Concat", "Concat", "Expand", "Shape"]
+    assert node_of(out, "Shape").attribute[0].name in ("start", "end")
+    assert log.counts["materialize-shape"] == 1
+    assert_equivalent(m, out, [{"x": (1, 3, 4)}, {"x": (5, 3, 4)}], **TOL)
+
+
+def test_expand_to_batch_with_nothing_shorter_stays_bit_for_bit():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,4] x) => (float[N,1,4] y) <float[1,1,4] cls = {1.0, 2.0, 3.0, 4.0}, int64[2] ones = {1, 4}> {
+      s = Shape<start = 0, end = 1>(x)
+      t = Concat<axis = 0>(s, ones)
+      y = Expand(cls, t)
+    }""")
+    out, log = run_pass(m)
+    assert out is None, "a size-dependent Expand with a minimal chain must stay bit-for-bit"
+    assert any("Expand" in n and "depends on an input size" in n for n in log.notes)
+
+
+def test_expand_to_own_shape_is_removed():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 15]>
+    g (float[N,3] x, float[N,3] w) => (float[N,3] y) {
+      s = Shape(w)
+      e = Expand(x, s)
+      y = Add(e, w)
+    }""")
+    out, log = run_pass(m)
+    assert op_types(out) == ["Add"]
+    assert log.counts["expand-noop"] == 1
+    assert_equivalent(m, out, [{"x": (1, 3), "w": (1, 3)}, {"x": (4, 3), "w": (4, 3)}], **TOL)
+
+
+def test_expand_entry_equal_to_input_dim_becomes_one():
+    """Expand(x[N,1], [N, 5]) → Expand(x, [1, 5]): constant shape, batch stays dynamic."""
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 15]>
+    g (float[N,1] x) => (float[N,5] y) {
+      s = Shape(x)
+      st = Constant<value = int64[1] {0}>()
+      en = Constant<value = int64[1] {1}>()
+      b = Slice(s, st, en)
+      five = Constant<value = int64[1] {5}>()
+      t = Concat<axis = 0>(b, five)
+      y = Expand(x, t)
+    }""")
+    out, _ = run_pass(m)
+    assert op_types(out) == ["Expand"]
+    assert init_value(out, out.graph.node[0].input[1]) == [1, 5]
+    assert_equivalent(m, out, [{"x": (1, 1)}, {"x": (7, 1)}], **TOL)
+
+
+def test_static_chain_folds_constant_of_shape_and_tile():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,3] x) => (float[2,3] y, float[4,3] z) {
+      s = Shape(x)
+      c = ConstantOfShape<value = float[1] {0.5}>(s)
+      y = Add(x, c)
+      st = Constant<value = int64[1] {0}>()
+      en = Constant<value = int64[1] {1}>()
+      r = Slice(s, st, en)
+      one = Constant<value = int64[1] {1}>()
+      reps = Concat<axis = 0>(r, one)
+      z = Tile(x, reps)
+    }""")
+    out, log = run_pass(m)
+    assert op_types(out) == ["Add", "Tile"]
+    assert log.counts["constant-of-shape"] == 1 and log.counts["tile-repeats"] == 1
+    assert init_value(out, node_of(out, "Tile").input[1]) == [2, 1]
+    assert_equivalent(m, out, [{"x": (2, 3)}], **TOL)
+
+
+# ------------------------------------------------------------------ resize
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_resize_sizes_from_shape_times_two_become_scales(opset):
+    """F.interpolate(x, scale_factor=2) legacy export: sizes = Shape(x)[2:] * 2 → scales [1,1,2,2]."""
+    roi = 'roi = Constant<value = float[0] {}>()' if opset < 13 else ""
+    roi_in = "roi" if opset < 13 else '""'
+    empty = 'sc = Constant<value = float[0] {}>()'
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : {opset}]>
+    g (float[N,2,H,W] x) => (float[N,2,?,?] y) {{
+      s = Shape(x)
+      a = Constant<value = int64[1] {{0}}>()
+      b = Constant<value = int64[1] {{2}}>()
+      c = Constant<value = int64[1] {{4}}>()
+      nc = Slice(s, a, b)
+      hw = Slice(s, b, c)
+      hwf = Cast<to = 1>(hw)
+      k = Constant<value = float[2] {{2.0, 2.0}}>()
+      m = Mul(hwf, k)
+      fl = Floor(m)
+      hwi = Cast<to = 7>(fl)
+      sizes = Concat<axis = 0>(nc, hwi)
+      {roi}
+      {empty}
+      y = Resize<mode = "nearest">(x, {roi_in}, sc, sizes)
+    }}""")
+    out, log = run_pass(m)
+    resize = node_of(out, "Resize")
+    assert len(resize.input) == 3
+    assert init_value(out, resize.input[2]) == [1.0, 1.0, 2.0, 2.0]
+    assert "Shape" not in op_types(out)
+    assert {p.key: p.value for p in resize.metadata_props}["surgeon.rule"] == "resize-scales"
+    assert_equivalent(m, out, [{"x": (1, 2, 3, 5)}, {"x": (2, 2, 4, 6)}], **TOL)
+
+
+def test_resize_non_integer_factor_stays():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N,2,H,W] x) => (float[N,2,?,?] y) {
+      s = Shape(x)
+      a = Constant<value = int64[1] {0}>()
+      b = Constant<value = int64[1] {2}>()
+      c = Constant<value = int64[1] {4}>()
+      nc = Slice(s, a, b)
+      hw = Slice(s, b, c)
+      hwf = Cast<to = 1>(hw)
+      k = Constant<value = float[2] {1.5, 1.5}>()
+      m = Mul(hwf, k)
+      hwi = Cast<to = 7>(m)
+      sizes = Concat<axis = 0>(nc, hwi)
+      y = Resize<mode = "nearest">(x, "", "", sizes)
+    }""")
+    out, log = run_pass(m)
+    assert out is None
+    assert any("Resize" in n and "integer multiple" in n for n in log.notes)
+
+
+# ------------------------------------------------------------------ casts, slices, clamping
+
+
+def test_noop_cast_and_full_slice_removed_and_int64_bounds_clamped():
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,6] x) => (float[N,6] y, float[N,6] z) {{
+      c = Cast<to = 1>(x)
+      st = Constant<value = int64[1] {{0}}>()
+      big = Constant<value = int64[1] {{{INT64_MAX}}}>()
+      ax = Constant<value = int64[1] {{1}}>()
+      full = Slice(c, st, big, ax)
+      y = Relu(full)
+      m1 = Constant<value = int64[1] {{-1}}>()
+      low = Constant<value = int64[1] {{-{INT64_MAX}}}>()
+      rev = Slice(x, m1, low, ax, m1)
+      z = Neg(rev)
+    }}""")
+    out, log = run_pass(m)
+    assert [t for t in op_types(out) if t != "Constant"] == ["Relu", "Slice", "Neg"]
+    assert log.counts["cast-noop"] == 1 and log.counts["slice-noop"] == 1 and log.counts["clamp-int64"] == 1
+    rev = node_of(out, "Slice")
+    assert init_value(out, rev.input[2]) == [-(2**31)]
+    assert_equivalent(m, out, [{"x": (1, 6)}, {"x": (3, 6)}], **TOL)
+
+
+# ------------------------------------------------------------------ subgraphs, Q/DQ, contract
+
+
+def test_chain_inside_if_branch_reading_outer_tensor():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,4] x, bool c) => (float[N,12] y) {
+      r = Relu(x)
+      y = If(c) <
+        then_branch = t () => (float[N,12] yt) {
+          s = Shape(r)
+          i0 = Constant<value = int64 {0}>()
+          ax = Constant<value = int64[1] {0}>()
+          b = Gather<axis = 0>(s, i0)
+          bu = Unsqueeze(b, ax)
+          m1 = Constant<value = int64[1] {-1}>()
+          tt = Concat<axis = 0>(bu, m1)
+          yt = Reshape(r, tt)
+        },
+        else_branch = e () => (float[N,12] ye) {
+          k = Constant<value = int64[2] {-1, 12}>()
+          ye = Reshape(r, k)
+        }
+      >
+    }""")
+    out, log = run_pass(m)
+    then = out.graph.node[1].attribute[0].g if out.graph.node[1].attribute[0].name == "then_branch" else out.graph.node[1].attribute[1].g
+    assert [n.op_type for n in then.node] == ["Reshape"]
+    assert list(then.node[0].input)[0] == "r"  # outer-scope reference intact
+    assert log.counts["reshape-target"] == 1
+    for flag in (True, False):
+        from helpers import run_ort
+        for n in (1, 3):
+            feeds = {"x": np.random.default_rng(n).uniform(-1, 1, (n, 3, 4)).astype(np.float32), "c": np.array(flag)}
+            np.testing.assert_allclose(run_ort(out, feeds)["y"], run_ort(m, feeds)["y"], **TOL)
+
+
+def test_noop_reshape_between_qdq_is_kept():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y) <float sc = {0.1}, uint8 zp = {128}> {
+      q = QuantizeLinear(x, sc, zp)
+      d = DequantizeLinear(q, sc, zp)
+      s = Shape(x)
+      r = Reshape(d, s)
+      y = Relu(r)
+    }""")
+    out, log = run_pass(m)
+    assert out is None or [n.op_type for n in out.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Reshape")] \
+        == ["QuantizeLinear", "DequantizeLinear", "Reshape"]
+    assert any("Q/DQ" in n for n in log.notes)
+
+
+def test_nothing_to_do_returns_none_and_bisect_limit_zero_applies_nothing():
+    plain = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y) { y = Relu(x) }""")
+    assert run_pass(plain)[0] is None
+    chain = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,4] x) => (float[N,12] y) {
+      s = Shape(x)
+      st = Constant<value = int64[1] {0}>()
+      en = Constant<value = int64[1] {1}>()
+      b = Slice(s, st, en)
+      m1 = Constant<value = int64[1] {-1}>()
+      t = Concat<axis = 0>(b, m1)
+      y = Reshape(x, t)
+    }""")
+    out, log = run_pass(chain, limit=0)
+    assert out is None and not log.counts
+
+
+def test_shape_output_that_is_a_graph_output_survives():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,4] x) => (float[N,12] y, int64[2] t) {
+      s = Shape(x)
+      st = Constant<value = int64[1] {0}>()
+      en = Constant<value = int64[1] {1}>()
+      b = Slice(s, st, en)
+      m1 = Constant<value = int64[1] {-1}>()
+      t = Concat<axis = 0>(b, m1)
+      y = Reshape(x, t)
+    }""")
+    out, _ = run_pass(m)
+    assert [o.name for o in out.graph.output] == ["y", "t"]
+    assert "Concat" in op_types(out)
+    assert_equivalent(m, out, [{"x": (1, 3, 4)}, {"x": (2, 3, 4)}], **TOL)
+
+
+def test_verified_pipeline_accepts_the_rewrite_with_provenance():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 12]>
+    g (float[N,3,4,5] x) => (float[N,3,20] y) {
+      s = Shape(x)
+      z = Constant<value = int64[1] {0}>()
+      two = Constant<value = int64[1] {2}>()
+      h = Slice(s, z, two, z)
+      m1 = Constant<value = int64[1] {-1}>()
+      t = Concat<axis = 0>(h, m1)
+      y = Reshape(x, t)
+    }""")
+    out, report = surgeon.fix(m, ["fold-shape-chains"])
+    assert report.verification == "numeric" and not report.rolled_back
+    assert report.passes[0].counts["reshape-target"] == 1
+    meta = {p.key: p.value for p in out.graph.node[0].metadata_props}
+    assert meta == {"surgeon.pass": "fold-shape-chains", "surgeon.rule": "reshape-target", "surgeon.from": out.graph.node[0].name}
+
+
+# ------------------------------------------------------------------ real models
+
+
+@requires_corpus("tutorial_cnn_op12_dynbatch.onnx")
+@pytest.mark.parametrize("name", ["tutorial_cnn_op12_dynbatch.onnx", "tutorial_cnn_op12_static.onnx"])
+def test_corpus_tutorial_flatten_chain_folds(name):
+    m = surgeon.load(CORPUS / name)
+    out, report = surgeon.fix(m, ["fold-shape-chains"])
+    assert report.verification == "numeric" and not report.rolled_back
+    hist = op_histogram(out)
+    assert not {"Shape", "Slice", "Concat"} & set(hist)
+    assert count_nodes(out) == count_nodes(m) - 7
+
+
+@requires_corpus("magika_standard_v3_3.onnx")
+def test_corpus_magika_beats_onnxslim_node_count():
+    m = surgeon.load(CORPUS / "magika_standard_v3_3.onnx")
+    out, report = surgeon.fix(m, ["fold-shape-chains"])
+    assert report.verification == "numeric" and not report.rolled_back
+    assert count_nodes(out) <= 93 - 10  # onnxslim 0.1.98 leaves 93 nodes
+    assert op_histogram(out)["Expand"] <= 1
+
+
+@requires_corpus("vit_tiny_legacy_op17.onnx")
+def test_corpus_vit_keeps_cls_expand_and_folds_attention_views():
+    m = surgeon.load(CORPUS / "vit_tiny_legacy_op17.onnx")
+    out, log = run_pass(m)
+    hist = op_histogram(out)
+    assert hist["Expand"] == 1 and hist["Shape"] == 1  # only the CLS-token batch expand needs the shape
+    assert log.counts["reshape-target"] >= 48
+    assert_equivalent(m, out, [{"pixel_values": (1, 3, 224, 224)}, {"pixel_values": (2, 3, 224, 224)}], atol=1e-4, rtol=1e-4)
