@@ -460,9 +460,11 @@ def _cmd_bisect(args) -> int:
     from rich.status import Status
 
     with Status("bisect: starting", console=_stderr_console()) as status:
-        result = bisect_model(model, samples, ref=ref, test=test_backend if test_backend is not None else ref, against=against,
-                              check=args.check, atol=atol, rtol=rtol, nan_equal=args.nan_equal, block_size=args.block_size,
-                              timeout=args.check_timeout, outdir=outdir, progress=lambda msg: status.update(f"bisect: {msg}"))
+        result = bisect_model(model, samples, ref=ref, test=test_backend if test_backend is not None else ref,
+                              against=against, against_label=args.against or "B", check=args.check, atol=atol,
+                              rtol=rtol, nan_equal=args.nan_equal, block_size=args.block_size,
+                              timeout=args.check_timeout, outdir=outdir,
+                              progress=lambda msg: status.update(f"bisect: {msg}"))
     from surgeon.report import table, write_json
 
     out = _stdout_console()

@@ -35,6 +35,12 @@ def main() -> None:
     import onnx
 
     model = onnx.load(path)
+    # Every tool's libraries are imported before timing (each tool imports some lazily).
+    import numpy  # noqa: F401
+    import onnx_graphsurgeon  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import onnxsim  # noqa: F401
+    import onnxslim  # noqa: F401
     if tool.startswith("surgeon"):
         import surgeon
         import surgeon.pipeline.registry as registry

@@ -259,7 +259,11 @@ def compare(
         if missing:
             notes.append(f"'{against_label}' has no output '{missing[0]}'")
 
-    ref_runs = _run_all(ref_session, samples)  # a failing reference run is an input problem: raise
+    try:
+        ref_runs = _run_all(ref_session, samples)
+    except BackendError as exc:  # a failing reference run is an input problem (exit 2), with a way out
+        raise BackendError(f"the reference backend cannot run the model on inputs {data.describe_feeds(samples[0])} "
+                           f"({exc}); give --input-shapes and --val-range, or --load-inputs") from exc
     ref_label = f"{model_label} on {ref_backend.describe()}" if against is not None else ref_backend.describe()
     report = CompareReport(model_label, ref_label, test_label, against_label, [],
                            [data.describe_feeds(s) for s in samples], 0.0, notes=notes)
@@ -304,12 +308,13 @@ def compare(
         from surgeon.debug import plot
 
         Path(plot_dir).mkdir(parents=True, exist_ok=True)
+        taken: set[str] = set()
         for o in report.outputs:
             if o.passed or o.name not in ref_runs[o.worst_sample] or o.name not in test_runs[o.worst_sample]:
                 continue
             r_arr, t_arr = ref_runs[o.worst_sample][o.name], test_runs[o.worst_sample][o.name]
             if isinstance(r_arr, np.ndarray) and isinstance(t_arr, np.ndarray) and r_arr.shape == t_arr.shape and r_arr.size:
-                report.plots.append(str(plot.plot_output(plot_dir, o.name, r_arr, t_arr, o.worst)))
+                report.plots.append(str(plot.plot_output(plot_dir, o.name, r_arr, t_arr, o.worst, taken)))
             else:
                 report.notes.append(f"no plot for '{o.name}': not two tensors of one shape")
     report.seconds = time.perf_counter() - start

@@ -33,8 +33,10 @@ def _error_map(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
     return err
 
 
-def plot_output(folder: str | Path, name: str, ref: np.ndarray, test: np.ndarray, diff: OutputDiff) -> Path:
-    """Write ``<folder>/<name>.png`` and return its path."""
+def plot_output(folder: str | Path, name: str, ref: np.ndarray, test: np.ndarray, diff: OutputDiff,
+                taken: set[str] | None = None) -> Path:
+    """Write ``<folder>/<name>.png`` and return its path; ``taken`` (file names written by this
+    run) keeps two outputs whose names sanitize alike from overwriting each other."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -69,7 +71,13 @@ def plot_output(folder: str | Path, name: str, ref: np.ndarray, test: np.ndarray
     ax_m.set_title("worst at " + ", ".join(str(list(map(int, i))) for i in worst_idx[:3]))
     fig.suptitle(f"{name}: max abs {diff.max_abs:.3g}, NaN/Inf mismatches {diff.nan_mismatches}/{diff.inf_mismatches}")
     fig.tight_layout()
-    path = Path(folder) / f"{_safe(name)}.png"
+    stem, i = _safe(name), 1
+    while taken is not None and f"{stem}.png" in taken:
+        i += 1
+        stem = f"{_safe(name)}_{i}"
+    if taken is not None:
+        taken.add(f"{stem}.png")
+    path = Path(folder) / f"{stem}.png"
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=80)
     plt.close(fig)

@@ -211,3 +211,18 @@ def test_trt_worker_usage_error_exits_2():
     out = subprocess.run([sys.executable, "-m", "surgeon.debug.backends.trt_worker", "bogus"], capture_output=True,
                          text=True, cwd=ROOT)
     assert out.returncode == 2 and "usage" in out.stderr
+
+
+@pytest.mark.parametrize("script,needle", [
+    ("import os; os.abort()", "crashed during build (SIGABRT)"),
+    ("import sys; print('RuntimeError: no CUDA device', file=sys.stderr); sys.exit(1)", "TensorRT build failed: RuntimeError: no CUDA device"),
+])
+def test_trt_worker_crash_becomes_backend_error(monkeypatch, script, needle):
+    # The parent's handling of a dead or failing worker, with a stand-in worker (no TensorRT here).
+    monkeypatch.setattr(trt_mod, "available", lambda name="trt": True)
+    monkeypatch.setattr(trt_mod, "_worker_command", lambda: [sys.executable, "-c", script])
+    model = onnx.load(FIXTURES / "debug_multi_dynamic.onnx")
+    session = backends.create("trt", fp16=True).session(model)
+    with pytest.raises(BackendError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        session.run(_feeds(model, {"a": (2, 3), "b": (2, 3)}))
+    session.close()

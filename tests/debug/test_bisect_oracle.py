@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import FIXTURES, model_from_text, run_ort
+from helpers import FIXTURES, model_from_text, requires_corpus, run_ort
 from surgeon.debug import backends
 from surgeon.debug.bisect import artifacts, bisect_model, extract
 from surgeon.debug.bisect.oracle import CommandOracle, NumericOracle, Verdict
@@ -153,3 +153,38 @@ def test_state_is_ignored_for_another_fingerprint(tmp_path):
     artifacts.save_state(tmp_path, "abc", {key: Verdict(True, "x")})
     assert artifacts.load_state(tmp_path, "abc")[key].failed
     assert artifacts.load_state(tmp_path, "other") == {}
+
+
+def test_a_crash_in_the_second_model_is_localized_with_prefixes():
+    a = F.chain(12)
+    b = F.chain(12)
+    # B's node n6 reshapes to an impossible shape: running B crashes, there is nothing to compare
+    shape = onnx.numpy_helper.from_array(np.array([3, 5], np.int64), "bad_shape")
+    b.graph.initializer.append(shape)
+    node = next(n for n in b.graph.node if n.name == "n6")
+    node.op_type = "Reshape"
+    node.input[1] = "bad_shape"
+    ref = backends.create("onnxrt")
+    result = bisect_model(a, _samples(a), ref=ref, test=ref, against=b, atol=1e-5, rtol=1e-5)
+    assert result.failed and result.confirm.crashed and result.mode == "prefixes"
+    assert [c["node"] for c in result.culprits] == ["n6"] and result.culprits[0]["introduced"]
+    assert "Reshape" in result.culprits[0]["error"]["reason"] or "reshape" in result.culprits[0]["error"]["reason"].lower()
+
+
+@requires_corpus("tutorial_cnn_op12_static.onnx")
+def test_real_model_with_one_perturbed_conv():
+    from helpers import CORPUS
+
+    a = onnx.load(str(CORPUS / "tutorial_cnn_op12_static.onnx"))
+    b = onnx.ModelProto()
+    b.CopyFrom(a)
+    conv = [n for n in b.graph.node if n.op_type == "Conv"][1]
+    inits = {t.name: t for t in b.graph.initializer}
+    w = onnx.numpy_helper.to_array(inits[conv.input[1]]).copy()
+    w[0, 0, 0, 0] += 3.0
+    inits[conv.input[1]].CopyFrom(onnx.numpy_helper.from_array(w, conv.input[1]))
+    ref = backends.create("onnxrt")
+    result = bisect_model(a, _samples(a, 2), ref=ref, test=ref, against=b, atol=1e-4, rtol=1e-3)
+    assert [(c["node"], c["op_type"], c["introduced"]) for c in result.culprits] == [(conv.name, "Conv", True)]
+    assert result.reduced_nodes == [conv.name] and result.reduced_verified
+    assert result.calls <= 1 + 4 + 2

@@ -173,3 +173,17 @@ def test_cli_trt_missing_exit_2():
         pytest.skip("TensorRT is installed here")
     res = run_cli("compare", MULTI, "--test", "trt", "--fp16")
     assert res.returncode == 2 and "TensorRT is not installed" in res.stderr and "--test fp16" in res.stderr
+
+
+def test_plots_of_outputs_with_alike_names_do_not_overwrite(tmp_path):
+    model = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,8] x) => (float[2,8] "o/1", float[2,8] "o:1") {
+      k = Constant <value = float {400.0}> ()
+      b = Mul (x, k)
+      "o/1" = Mul (b, b)
+      "o:1" = Mul (b, k)
+    }""")
+    report = compare(model, test="fp16", plot_dir=tmp_path, value_ranges={"x": (0.5, 1.0)})
+    assert sorted(report.mismatching) == ["o/1", "o:1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o_1.png", "o_1_2.png"]

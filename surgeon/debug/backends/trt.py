@@ -63,6 +63,10 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
+def _worker_command() -> list[str]:
+    return [sys.executable, "-m", "surgeon.debug.backends.trt_worker"]
+
+
 class TrtSession(Session):
     """One model materialized in a private folder; engines cached per input-shape set."""
 
@@ -121,7 +125,7 @@ class TrtSession(Session):
         env = dict(os.environ)
         if self._backend.rtx:
             env["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"
-        cmd = [sys.executable, "-m", "surgeon.debug.backends.trt_worker", action, str(spec_path)]
+        cmd = [*_worker_command(), action, str(spec_path)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=self._backend.timeout)
         except subprocess.TimeoutExpired as exc:

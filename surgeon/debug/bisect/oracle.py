@@ -78,12 +78,13 @@ class NumericOracle:
 
     def __init__(self, view: extract.GraphView, ref_values: Sequence[Mapping[str, Any]], types: Mapping[str, onnx.TypeProto],
                  *, test: Any, against: onnx.ModelProto | None = None, atol: Any = None, rtol: Any = None,
-                 nan_equal: bool = False, block_size: int = 32):
+                 nan_equal: bool = False, block_size: int = 32, against_label: str = "B"):
         self.view = view
         self.ref = ref_values
         self.types = types
         self.test = test
         self.against = against
+        self.against_label = against_label
         self.atol, self.rtol, self.nan_equal = atol, rtol, nan_equal
         self.block_size = max(1, block_size)
         self.mark_all = not getattr(test, "fuses", True)
@@ -94,7 +95,7 @@ class NumericOracle:
             self._b_names = {o for n in g.node for o in n.output if o} | {i.name for i in g.input}
 
     def describe(self) -> str:
-        side = f"model {self.against.graph.name or 'B'} on {self.test.describe()}" if self.against is not None else self.test.describe()
+        side = f"{self.against_label} on {self.test.describe()}" if self.against is not None else self.test.describe()
         return f"{side} vs reference values"
 
     # -- running ----------------------------------------------------------------------------

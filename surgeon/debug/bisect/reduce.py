@@ -94,11 +94,11 @@ class BisectResult:
 
 def make_oracle(view: extract.GraphView, ref_values: list[dict], types: dict, *, test: Any = None,
                 against: onnx.ModelProto | None = None, check: str | None = None, atol: Any = None, rtol: Any = None,
-                nan_equal: bool = False, block_size: int = 32, timeout: float | None = None):
+                nan_equal: bool = False, block_size: int = 32, timeout: float | None = None, against_label: str = "B"):
     if check is not None:
         return CommandOracle(view, check, ref_values, types, timeout=timeout)
     return NumericOracle(view, ref_values, types, test=test, against=against, atol=atol, rtol=rtol,
-                         nan_equal=nan_equal, block_size=block_size)
+                         nan_equal=nan_equal, block_size=block_size, against_label=against_label)
 
 
 def bisect_model(
@@ -108,6 +108,7 @@ def bisect_model(
     ref: Any,
     test: Any = None,
     against: onnx.ModelProto | None = None,
+    against_label: str = "B",
     check: str | None = None,
     atol: Any = None,
     rtol: Any = None,
@@ -129,14 +130,14 @@ def bisect_model(
     if against is not None:
         types = {**extract.inferred_types(against), **types}
     oracle = make_oracle(view, ref_values, types, test=test, against=against, check=check, atol=atol, rtol=rtol,
-                         nan_equal=nan_equal, block_size=block_size, timeout=timeout)
+                         nan_equal=nan_equal, block_size=block_size, timeout=timeout, against_label=against_label)
     b_hash = hashlib.sha256(against.SerializeToString()).hexdigest() if against is not None else ""
     fp = artifacts.fingerprint(model, oracle.describe(), samples, extra=f"{atol!r}|{rtol!r}|{nan_equal}|{block_size}|{b_hash}")
     verdicts: dict = artifacts.load_state(outdir, fp) if outdir is not None else {}
     resumed = len(verdicts)
     search = _new_search(view, oracle.can_mark, oracle.mark_all, verdicts)
     steps: list[dict] = []
-    calls = 0
+    calls = 0  # candidates judged in this run (progress display)
     while (cand := search.next_candidate()) is not None:
         key = (cand.kind, cand.nodes)
         if key in verdicts:  # judged by an earlier, interrupted run
@@ -157,7 +158,8 @@ def bisect_model(
             continue
         search.record(v.for_strategy(cand.kind))
     confirm = _confirm_verdict(view, verdicts)
-    result = BisectResult(bool(search.failed), confirm, oracle.describe(), calls=calls, resumed=resumed, nodes=len(view.nodes),
+    # oracle.calls counts backend runs / commands (a wide cut on a fusing backend takes several blocks)
+    result = BisectResult(bool(search.failed), confirm, oracle.describe(), calls=oracle.calls, resumed=resumed, nodes=len(view.nodes),
                           samples=len(samples), mode=("mark all" if search.mark_all else "marked cuts") if search.can_mark else "prefixes")
     result.steps = steps
     if search.failed:

@@ -288,7 +288,19 @@ class Search:
         if not cone:
             return CulpritResult(s, False, frozenset(range(self.dag.n)), reduced=False)
         # with[j] = {s} ∪ cone[j:]; with[len] = alone (passes). Find the largest failing j.
+        # Gallop first (1, 3, 7, ... nearest ancestors): the context a fault needs is
+        # usually a few neighbours (a fused Conv+BN+Relu), so this beats plain bisection
+        # over a long upstream cone; then bisect inside the last doubling.
         lo, hi = 0, len(cone) - 1  # the answer, if any, is in [lo, hi]
+        size = 1
+        while size < len(cone):
+            j = len(cone) - size
+            failing = yield from self._ask("subgraph", {s, *cone[j:]}, f"node {s} with {size} ancestors")
+            if failing:
+                lo = j
+                break
+            hi = j - 1
+            size = 2 * size + 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
             failing = yield from self._ask("subgraph", {s, *cone[mid:]}, f"node {s} with {len(cone) - mid} ancestors")
