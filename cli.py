@@ -455,6 +455,10 @@ def _cmd_bisect(args) -> int:
     against = surgeon.load(args.against) if args.against else None
     ref = backends.create(args.ref)
     samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
+    if args.load_inputs:
+        from surgeon.debug.compare_run import check_feeds
+
+        check_feeds(model, samples, f"'{args.model}'")
     atol, rtol = _bisect_tolerances(args, test_backend)
     outdir = artifacts.prepare_outdir(args.outdir)
     from rich.status import Status
@@ -511,6 +515,10 @@ def _cmd_scan(args) -> int:
     model = surgeon.load(args.model)
     backend = backends.create(args.ref)
     samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
+    if args.load_inputs:
+        from surgeon.debug.compare_run import check_feeds
+
+        check_feeds(model, samples, f"'{args.model}'")
     report = scan_model(model, samples, backend, near_zero=args.near_zero)
     if args.report:
         write_json(args.report, {"model": args.model, **report.to_dict()})

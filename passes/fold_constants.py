@@ -60,7 +60,14 @@ def _quiet_graphsurgeon():
 
 
 def overridable_initializers(model: onnx.ModelProto) -> list[str]:
-    """Initializers also listed as graph inputs: defaults a user may feed, so not constants."""
+    """Initializers also listed as graph inputs: defaults a user may feed, so not constants.
+
+    Before IR 4 every initializer *must* be listed as an input, so the listing says
+    nothing, and ONNX Runtime treats them as constants (it does not even accept a feed
+    for one): none is overridable there.
+    """
+    if model.ir_version < 4:
+        return []
     inits = {t.name for t in model.graph.initializer}
     return [vi.name for vi in model.graph.input if vi.name in inits]
 

@@ -107,3 +107,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, needle):
 def test_oracle_is_required(tmp_path):
     r = run_cli("bisect", str(FIXTURES / "bisect" / "branches.onnx"), "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "one of the arguments" in r.stderr
+
+
+def test_small_blocks_and_a_resumed_run(tmp_path):
+    a = F.branches(6, fault_in=None, two_outputs=True)
+    onnx.save(a, tmp_path / "a.onnx")
+    onnx.save(F.perturbed(a, "a3"), tmp_path / "b.onnx")
+    out = tmp_path / "out"
+    argv = ["bisect", str(tmp_path / "a.onnx"), "--against", str(tmp_path / "b.onnx"), "-o", str(out), "--block-size", "1"]
+    r = run_cli(*argv)
+    assert r.returncode == 1, r.stderr
+    first = json.loads((out / "report.json").read_text())
+    assert [c["node"] for c in first["culprits"]] == ["a3"] and first["mode"] == "marked cuts"
+    marks = [s for s in first["steps"] if s["kind"] == "mark"]
+    assert any(s["nodes"] > 1 for s in marks)  # cuts across both branches: one run per marked tensor
+    assert first["oracle_calls"] > len(first["steps"])
+    r = run_cli(*argv)  # same inputs, same oracle: every verdict comes from bisect-state.json
+    again = json.loads((out / "report.json").read_text())
+    assert r.returncode == 1 and again["oracle_calls"] == 0 and again["verdicts_resumed"] == len(first["steps"])
+    assert again["culprits"] == first["culprits"]

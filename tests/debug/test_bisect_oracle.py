@@ -188,3 +188,18 @@ def test_real_model_with_one_perturbed_conv():
     assert [(c["node"], c["op_type"], c["introduced"]) for c in result.culprits] == [(conv.name, "Conv", True)]
     assert result.reduced_nodes == [conv.name] and result.reduced_verified
     assert result.calls <= 1 + 4 + 2
+
+
+@requires_corpus("tutorial_cnn_op12_static.onnx")
+def test_real_model_fp16_overflow_in_a_scaled_conv():
+    from helpers import CORPUS
+
+    model = onnx.load(str(CORPUS / "tutorial_cnn_op12_static.onnx"))
+    conv = [n for n in model.graph.node if n.op_type == "Conv"][1]
+    inits = {t.name: t for t in model.graph.initializer}
+    w = onnx.numpy_helper.to_array(inits[conv.input[1]]) * np.float32(1e5)
+    inits[conv.input[1]].CopyFrom(onnx.numpy_helper.from_array(w.astype(np.float32), conv.input[1]))
+    samples = [{"input": np.random.default_rng(i).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)} for i in range(2)]
+    result = bisect_model(model, samples, ref=backends.create("onnxrt"), test=backends.create("fp16"), atol=1e-2, rtol=1e-2)
+    assert [(c["node"], c["introduced"]) for c in result.culprits] == [(conv.name, True)]
+    assert result.culprits[0]["error"]["inf_mismatches"] > 0

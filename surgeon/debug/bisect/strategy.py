@@ -187,7 +187,6 @@ class Search:
             self.culprits.append(result)
         if not self.culprits:
             # divergence could not be pinned to a node (e.g. nondeterminism): keep the model whole
-            self.culprits = []
             self.reduced = everything
             self.reduced_verified = True
             return

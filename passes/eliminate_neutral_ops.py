@@ -1,0 +1,275 @@
+"""``eliminate-neutral-ops``: remove nodes whose output provably equals one of their inputs.
+
+Exporters leave many of these: ``x + 0`` and ``x * 1`` where a bias or scale is zero or
+one (random-init and pruned models, deduplicated initializers), ``Dropout`` in inference,
+``Cast`` to the type a tensor already has, a ``Transpose`` with the identity permutation,
+``Concat``/``Sum``/``Max`` of a single input, a ``Reshape``/``Expand``/``Slice``/``Tile``/
+``Pad`` that keeps everything. Each is a node TensorRT and ONNX Runtime must still
+schedule, and a layer a debug report has to name.
+
+"Provably" is the rule: the value must be an exact identity (``x + 0``, ``x * 1``, ``x - 0``,
+``x / 1``, ``x ** 1`` are exact in IEEE arithmetic; only the sign of a zero can change
+in ``-0 + 0``), and broadcasting must not change the shape: the constant has no more
+dims than ``x`` and each of its dims is 1 or equal to ``x``'s static dim. Only constants
+are read (initializers and ``Constant`` nodes, never an initializer a user may override).
+A refusal that is close to a rewrite (an all-zero bias that would broadcast ``x`` to a
+larger shape, a Dropout in training mode, a used Dropout mask) is reported as a note.
+
+The node is bypassed: readers of its output read its input. When the output is a graph
+output, the input's producer writes the output name instead, so graph outputs keep their
+names and order; where that is impossible (the output copies a graph input or a
+constant) the node stays. Bodies of If/Loop/Scan are handled like the main graph.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from passes import _rewire as R
+from surgeon import graph as G
+from surgeon.pipeline.base import Pass, PassContext, PassLog
+from surgeon.pipeline.registry import register
+
+logger = logging.getLogger(__name__)
+
+# op -> (neutral constant, operand positions the constant may take)
+_BINARY = {"Add": (0, (0, 1)), "Sub": (0, (1,)), "Mul": (1, (0, 1)), "Div": (1, (1,)), "Pow": (1, (1,))}
+_VARIADIC = ("Sum", "Mean", "Max", "Min", "Concat")
+_INT64_BIG = 2**31 - 1  # slice ends at or past this are "to the end" sentinels in practice
+
+
+def _rule_binary(node: gs.Node, ov: frozenset) -> tuple[str, gs.Tensor] | str | None:
+    """``x (+|-|*|/|**) neutral``: (rule, x) to bypass, a refusal note, or None (no match)."""
+    neutral, positions = _BINARY[node.op]
+    if len(node.inputs) != 2:
+        return None
+    for pos in positions:
+        c = R.constant_value(node.inputs[pos], ov)
+        if c is None or c.size == 0 or not np.all(c == neutral):
+            continue
+        x = node.inputs[1 - pos]
+        if isinstance(x, gs.Constant):
+            return None  # constant folding's job
+        if node.op == "Pow" and x.dtype is not None and node.outputs[0].dtype not in (None, x.dtype):
+            return None
+        if not R.broadcast_keeps_shape(R.shape_of(x), c.shape):
+            return (f"{node.op} {node.name} by neutral {neutral} kept: broadcasting with shape "
+                    f"{list(c.shape)} may change the shape of {x.name} ({R.shape_of(x)})")
+        return f"{node.op.lower()}-neutral", x
+    return None
+
+
+def _rule_dropout(node: gs.Node, ov: frozenset, opset: int) -> tuple[str, gs.Tensor] | str | None:
+    if opset < 7 and not node.attrs.get("is_test", 0):
+        return f"Dropout {node.name} kept: is_test=0 (training mode) at opset {opset}"
+    training = R.present(node, 2)
+    if training is not None:
+        value = R.constant_value(training, ov)
+        if value is None or bool(np.asarray(value).ravel()[0]):
+            return f"Dropout {node.name} kept: training_mode is not a constant false"
+    return "dropout-inference", node.inputs[0]
+
+
+def _np_dtype(onnx_type: int):
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(onnx_type))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _same_dtype(a, b) -> bool:
+    try:
+        return a is not None and b is not None and np.dtype(a) == np.dtype(b)
+    except TypeError:
+        return False
+
+
+def _rule_cast(node: gs.Node, ov: frozenset) -> tuple[str, gs.Tensor] | None:
+    x = node.inputs[0]
+    if isinstance(x, gs.Constant):
+        return None
+    if node.op == "Cast":
+        target = _np_dtype(node.attrs.get("to", 0))
+    else:  # CastLike
+        like = node.inputs[1] if len(node.inputs) > 1 else None
+        target = like.dtype if like is not None else None
+    return ("cast-same-type", x) if _same_dtype(x.dtype, target) else None
+
+
+def _rule_transpose(node: gs.Node) -> tuple[str, gs.Tensor] | None:
+    x = node.inputs[0]
+    perm = node.attrs.get("perm")
+    rank = None if R.shape_of(x) is None else len(R.shape_of(x))
+    if perm is None:
+        identity = rank is not None and rank <= 1
+    else:
+        identity = list(perm) == list(range(len(perm)))
+    return ("transpose-identity", x) if identity and not isinstance(x, gs.Constant) else None
+
+
+def _reshape_keeps(x_shape: list | None, target: np.ndarray, allowzero: int) -> bool:
+    """Whether ``Reshape(x, target)`` has ``x``'s shape: same rank, every entry a copy of
+    ``x``'s dim (0 without allowzero, or the equal static value), at most one ``-1``
+    (then it is the one dim left, so it equals ``x``'s dim there too)."""
+    if x_shape is None or target.ndim != 1 or len(target) != len(x_shape):
+        return False
+    free = 0
+    for xd, t in zip(x_shape, (int(v) for v in target)):
+        if t == 0 and not allowzero:
+            continue
+        if t == -1:
+            free += 1
+            continue
+        if not (isinstance(xd, (int, np.integer)) and int(xd) == t):
+            return False
+    return free <= 1
+
+
+def _rule_shape_ops(node: gs.Node, ov: frozenset, opset: int) -> tuple[str, gs.Tensor] | None:
+    """Reshape/Expand/Tile/Slice/Pad that keep the whole tensor."""
+    x = node.inputs[0]
+    if isinstance(x, gs.Constant):
+        return None
+    shape = R.shape_of(x)
+    op = node.op
+    if op == "Reshape" and len(node.inputs) >= 2:
+        target = R.constant_value(node.inputs[1], ov)
+        if target is not None and _reshape_keeps(shape, target.astype(np.int64), node.attrs.get("allowzero", 0)):
+            return "reshape-same-shape", x
+    elif op == "Expand" and len(node.inputs) == 2:
+        target = R.constant_value(node.inputs[1], ov)
+        if target is not None and target.ndim == 1 and all(int(v) >= 1 for v in target) \
+                and R.broadcast_keeps_shape(shape, tuple(int(v) for v in target)):
+            return "expand-same-shape", x
+    elif op == "Tile" and len(node.inputs) == 2:
+        reps = R.constant_value(node.inputs[1], ov)
+        if reps is not None and reps.size > 0 and np.all(reps == 1):
+            return "tile-ones", x
+    elif op == "Pad":
+        pads = node.attrs.get("pads") if opset < 11 else R.constant_value(R.present(node, 1), ov)
+        if pads is not None and np.asarray(pads).size > 0 and np.all(np.asarray(pads) == 0):
+            if opset < 11 or R.present(node, 3) is None or R.constant_value(R.present(node, 3), ov) is not None:
+                return "pad-zero", x
+    elif op == "Slice" and opset >= 10:
+        return ("slice-whole", x) if _slice_keeps(node, shape, ov) else None
+    return None
+
+
+def _slice_keeps(node: gs.Node, shape: list | None, ov: frozenset) -> bool:
+    if shape is None:
+        return False
+    params = []
+    for i in range(1, 5):
+        t = R.present(node, i)
+        if t is None:
+            params.append(None)
+            continue
+        v = R.constant_value(t, ov)
+        if v is None:
+            return False
+        params.append([int(a) for a in np.asarray(v).ravel()])
+    starts, ends, axes, steps = params
+    if starts is None or ends is None:
+        return False
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    if not (len(starts) == len(ends) == len(axes) == len(steps)):
+        return False
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        if st != 1 or not -len(shape) <= a < len(shape):
+            return False
+        dim = shape[a]
+        static = isinstance(dim, (int, np.integer))
+        if not (s == 0 or (static and s <= -int(dim))):
+            return False
+        if not (e >= _INT64_BIG or (static and e >= int(dim))):
+            return False
+    return True
+
+
+def _rule_single(node: gs.Node) -> tuple[str, gs.Tensor] | None:
+    """One input in, the same out: Concat/Sum/Mean/Max/Min of one input, Split into one."""
+    if node.op in _VARIADIC and len(node.inputs) == 1 and not isinstance(node.inputs[0], gs.Constant):
+        return f"{node.op.lower()}-single-input", node.inputs[0]
+    if node.op == "Split" and len(node.outputs) == 1 and not isinstance(node.inputs[0], gs.Constant):
+        return "split-single-output", node.inputs[0]
+    return None
+
+
+def _match(node: gs.Node, ov: frozenset, opset: int) -> tuple[str, gs.Tensor] | str | None:
+    """The rule that makes ``node`` neutral and the input it equals, a note, or None. Pure."""
+    op = node.op
+    if not node.inputs or not node.outputs:
+        return None
+    if op in _BINARY:
+        return _rule_binary(node, ov)
+    if op == "Dropout":
+        return _rule_dropout(node, ov, opset)
+    if op in ("Cast", "CastLike"):
+        return _rule_cast(node, ov)
+    if op == "Transpose":
+        return _rule_transpose(node)
+    if op in ("Reshape", "Expand", "Tile", "Pad", "Slice"):
+        return _rule_shape_ops(node, ov, opset)
+    if op in _VARIADIC or op == "Split":
+        return _rule_single(node)
+    return None
+
+
+_OPS = frozenset(_BINARY) | frozenset(_VARIADIC) | {"Dropout", "Cast", "CastLike", "Transpose", "Reshape",
+                                                     "Expand", "Tile", "Pad", "Slice", "Split"}
+
+
+def eliminate(graph: gs.Graph, ctx: PassContext, log: PassLog, ov: frozenset, opset: int) -> bool:
+    """One sweep over ``graph`` in order (chains such as ``(x + 0) * 1`` go in one sweep)."""
+    candidates = [n for n in graph.nodes if n.op in _OPS and R.is_standard(n)]
+    if not candidates:
+        return False
+    scope = R.Scope(graph)
+    changed = False
+    for node in candidates:
+        found = _match(node, ov, opset)
+        if found is None:
+            continue
+        if isinstance(found, str):
+            log.note(found)
+            continue
+        rule, x = found
+        y = node.outputs[0]
+        extra = [o for o in node.outputs[1:] if not R.unread(scope, o)]
+        if extra:
+            log.note(f"{node.op} {node.name} kept: its output {extra[0].name} is read")
+            continue
+        reason = scope.refusal(x, y)
+        if reason:
+            log.note(f"{node.op} {node.name} kept ({rule}): {reason}")
+            continue
+        if not ctx.permit(rule, node):
+            continue
+        R.bypass(scope, node, x, y)
+        log.count(rule)
+        changed = True
+    scope.finish()
+    return changed
+
+
+@register
+class EliminateNeutralOps(Pass):
+    name = "eliminate-neutral-ops"
+    summary = "Remove nodes that provably return an input: x+0, x*1, Dropout at inference, Cast to its own type, ..."
+    default_order = 60
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
+        if not any(n.op_type in _OPS for n in G.iter_proto_nodes(model)):
+            return None
+        graph = G.import_graph(model)
+        ov = R.overridable_names(model)
+        opset = G.opset_version(model, "") or 1
+        changed = False
+        for g in list(G.iter_graphs(graph)):
+            changed |= eliminate(g, ctx, log, ov, opset)
+        return G.export_model(graph, like=model) if changed else None
