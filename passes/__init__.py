@@ -2,7 +2,8 @@
 
 from importlib import import_module
 
-_MODULES = ("cleanup", "fold_constants", "fold_shape_chains", "fold_conv_bn", "replace_custom_ops")
+_MODULES = ("cleanup", "fold_constants", "fold_shape_chains", "fold_conv_bn", "replace_custom_ops",
+            "eliminate_neutral_ops")
 
 for _name in _MODULES:
     import_module(f"passes.{_name}")

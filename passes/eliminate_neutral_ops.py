@@ -152,8 +152,7 @@ def _rule_shape_ops(node: gs.Node, ov: frozenset, opset: int) -> tuple[str, gs.T
     elif op == "Pad":
         pads = node.attrs.get("pads") if opset < 11 else R.constant_value(R.present(node, 1), ov)
         if pads is not None and np.asarray(pads).size > 0 and np.all(np.asarray(pads) == 0):
-            if opset < 11 or R.present(node, 3) is None or R.constant_value(R.present(node, 3), ov) is not None:
-                return "pad-zero", x
+            return "pad-zero", x
     elif op == "Slice" and opset >= 10:
         return ("slice-whole", x) if _slice_keeps(node, shape, ov) else None
     return None
