@@ -15,6 +15,7 @@ domain (custom ops included).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Iterator
 
 import onnx
@@ -58,17 +59,29 @@ def _is_identity(node: gs.Node) -> bool:
             and len(node.inputs) == 1 and len(node.outputs) == 1)
 
 
-def _detach(graph: gs.Graph, node: gs.Node) -> None:
+def _detach(node: gs.Node) -> None:
+    """Disconnect ``node``; the caller drops it from its graph's node list.
+
+    Removal from ``graph.nodes`` is done in one filtering step per graph: ``list.remove``
+    compares graphsurgeon nodes with their (expensive) ``__eq__``, which made removing k
+    nodes O(k * n).
+    """
     node.inputs.clear()
     node.outputs.clear()
-    graph.nodes.remove(node)
+
+
+def _drop(graph: gs.Graph, removed: set[int]) -> None:
+    graph.nodes[:] = [n for n in graph.nodes if id(n) not in removed]
 
 
 # --- Identity elimination --------------------------------------------------------------
 
 def _identity_refusal(graph: gs.Graph, node: gs.Node, nested_outputs: set[int], nested_names: set[str],
-                      produced: set[int]) -> str | None:
-    """Why this Identity must stay (None: it can go). Pure: looks, never changes."""
+                      producers: Counter) -> str | None:
+    """Why this Identity must stay (None: it can go). Pure: looks, never changes.
+
+    ``producers``: id(tensor) -> how many nodes of ``graph`` write it.
+    """
     x, y = node.inputs[0], node.outputs[0]
     graph_outputs = [id(t) for t in graph.outputs]
     if id(y) in nested_outputs:
@@ -78,7 +91,7 @@ def _identity_refusal(graph: gs.Graph, node: gs.Node, nested_outputs: set[int], 
     if id(y) not in graph_outputs:
         return None
     # y is a graph output: its name must survive, so x's producer has to write y instead.
-    if id(x) not in produced:
+    if producers[id(x)] - sum(1 for t in node.outputs if t is x) <= 0:
         where = "a graph input" if x in graph.inputs else ("a constant" if isinstance(x, gs.Constant) else "an outer-scope value")
         return f"a (sub)graph output copies {where}"
     if id(x) in graph_outputs:
@@ -90,44 +103,54 @@ def _identity_refusal(graph: gs.Graph, node: gs.Node, nested_outputs: set[int], 
     return None
 
 
-def _replace_input(nodes: list[gs.Node], old: gs.Tensor, new: gs.Tensor) -> None:
-    for n in nodes:
+def _replace_input(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Every reader of ``old`` (in this graph or a nested one: gs shares the tensor) reads ``new``."""
+    for n in list(old.outputs):
         for i, t in enumerate(n.inputs):
             if t is old:
                 n.inputs[i] = new
 
 
 def _eliminate_identities(graph: gs.Graph, ctx: PassContext, log: PassLog, kept: dict[str, dict[str, None]]) -> bool:
-    changed = False
-    for node in [n for n in graph.nodes if _is_identity(n)]:
-        nested_graphs = list(_nested(graph))
-        nested_outputs = {id(t) for sub in nested_graphs for t in sub.outputs}
-        nested_names = {t.name for sub in nested_graphs for t in sub.inputs}
-        nested_names |= {t.name for sub in nested_graphs for n in sub.nodes for t in n.outputs}
-        produced = {id(t) for n in graph.nodes for t in n.outputs if n is not node}
-        reason = _identity_refusal(graph, node, nested_outputs, nested_names, produced)
+    identities = [n for n in graph.nodes if _is_identity(n)]
+    if not identities:
+        return False
+    # Removing an Identity of this graph changes neither the nested graphs' outputs nor
+    # the names they define, so these are computed once.
+    nested_graphs = list(_nested(graph))
+    nested_outputs = {id(t) for sub in nested_graphs for t in sub.outputs}
+    nested_names = {t.name for sub in nested_graphs for t in sub.inputs}
+    nested_names |= {t.name for sub in nested_graphs for n in sub.nodes for t in n.outputs}
+    producers = Counter(id(t) for n in graph.nodes for t in n.outputs)
+    removed: set[int] = set()
+    for node in identities:
+        reason = _identity_refusal(graph, node, nested_outputs, nested_names, producers)
         if reason:
             kept.setdefault(reason, {})[node.name or f"<unnamed {node.op}>"] = None
             continue
         if not ctx.permit("identity", node.name):
             continue
         x, y = node.inputs[0], node.outputs[0]
-        everyone = list(graph.nodes) + [n for sub in nested_graphs for n in sub.nodes]
+        producers.subtract(id(t) for t in node.outputs)
         if any(t is y for t in graph.outputs):
             producer = x.inputs[0]
-            _detach(graph, node)
-            _replace_input(everyone, x, y)
+            _detach(node)
+            _replace_input(x, y)
             producer.outputs[[id(t) for t in producer.outputs].index(id(x))] = y
+            producers[id(x)] -= 1
+            producers[id(y)] += 1
             if y.dtype is None:
                 y.dtype = x.dtype
             if y.shape is None:
                 y.shape = x.shape
         else:
-            _detach(graph, node)
-            _replace_input(everyone, y, x)
+            _detach(node)
+            _replace_input(y, x)
+        removed.add(id(node))
         log.count("identity removed")
-        changed = True
-    return changed
+    if removed:
+        _drop(graph, removed)
+    return bool(removed)
 
 
 # --- dead nodes ----------------------------------------------------------------------
@@ -155,14 +178,14 @@ def _remove_dead_nodes(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
     refused = [n for n in dead if not ctx.permit("dead-node", n.name)]
     if refused:
         live = _live_nodes(graph, refused)
-    removed = 0
+    gone = {id(node) for node in dead if id(node) not in live}
     for node in dead:
-        if id(node) not in live:
-            _detach(graph, node)
-            removed += 1
-    if removed:
-        log.count("dead node removed", removed)
-    return removed > 0
+        if id(node) in gone:
+            _detach(node)
+    if gone:
+        _drop(graph, gone)
+        log.count("dead node removed", len(gone))
+    return bool(gone)
 
 
 # --- order and names --------------------------------------------------------------------

@@ -102,7 +102,21 @@ def export_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
         out.functions.extend(like.functions)
     keep_initializer_inputs(out, like)
     _hoist_outer_initializers(out, like)
+    _keep_non_tensor_types(out, like)
     return out
+
+
+def _keep_non_tensor_types(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    """Put back the declared types of main-graph inputs/outputs that are not tensors (in place).
+
+    Why: graphsurgeon models every value as a tensor and exports a ``seq(map(...))`` output
+    (scikit-learn's ZipMap) as a sequence of untyped tensors, which the checker rejects.
+    """
+    for mine, theirs in ((out.graph.output, like.graph.output), (out.graph.input, like.graph.input)):
+        declared = {vi.name: vi for vi in theirs if vi.type.WhichOneof("value") not in (None, "tensor_type")}
+        for vi in mine:
+            if vi.name in declared:
+                vi.type.CopyFrom(declared[vi.name].type)
 
 
 def _subgraph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

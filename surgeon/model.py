@@ -133,9 +133,44 @@ def payload_size(model: onnx.ModelProto) -> int:
     """
     total = 0
     for t in _iter_all_tensors(model):
-        total += len(t.raw_data) + sum(len(s) for s in t.string_data)
+        total += _raw_nbytes(t) + sum(len(s) for s in t.string_data)
         total += 8 * (len(t.float_data) + len(t.int32_data) + len(t.int64_data) + len(t.double_data) + len(t.uint64_data))
     return total
+
+
+_SUB_BYTE_BITS = {onnx.TensorProto.UINT4: 4, onnx.TensorProto.INT4: 4, onnx.TensorProto.FLOAT4E2M1: 4,
+                  onnx.TensorProto.UINT2: 2, onnx.TensorProto.INT2: 2,
+                  onnx.TensorProto.FLOAT6E2M3: 6, onnx.TensorProto.FLOAT6E3M2: 6}
+
+
+def _element_bits() -> dict[int, int]:
+    bits = {}
+    for dtype in onnx.TensorProto.DataType.values():
+        if dtype in (onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING):
+            continue
+        try:
+            bits[dtype] = _SUB_BYTE_BITS.get(dtype) or 8 * onnx.helper.tensor_dtype_to_np_dtype(dtype).itemsize
+        except (KeyError, ValueError, TypeError):
+            continue
+    return bits
+
+
+_BITS = _element_bits()  # TensorProto data type -> bits per element in raw_data (constant)
+
+
+def _raw_nbytes(t: onnx.TensorProto) -> int:
+    """``len(t.raw_data)`` without reading it: upb copies a bytes field on every access.
+
+    Valid raw data holds exactly ``prod(dims)`` packed elements; for a type without a
+    known element size the field is read.
+    """
+    if not t.HasField("raw_data"):
+        return 0
+    n = 1
+    for d in t.dims:
+        n *= d
+    bits = _BITS.get(t.data_type)
+    return (n * bits + 7) // 8 if bits is not None else len(t.raw_data)
 
 
 def check_model(model: onnx.ModelProto, *, what: str = "the model", full: bool = False) -> None:

@@ -81,11 +81,35 @@ def _op_delta(before: Counter, after: Counter) -> dict[str, int]:
 
 
 def _same_bytes(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    """Whether two models serialize identically (a pass that returned its input unchanged).
+
+    Cheap differences are looked at first: serializing a large model twice costs tens of
+    milliseconds, and most candidates differ in their node or initializer lists.
+    """
+    if len(a.graph.node) != len(b.graph.node) or len(a.graph.initializer) != len(b.graph.initializer):
+        return False
+    if any(x.SerializeToString(deterministic=True) != y.SerializeToString(deterministic=True)
+           for x, y in zip(a.graph.node, b.graph.node)):
+        return False
     if model_io.needs_external_data(a) or model_io.needs_external_data(b):
         return False  # too large to serialize; trust the pass
-    if a.ByteSize() != b.ByteSize():
-        return False
     return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+@dataclass
+class _Unchanged:
+    """A pass run that returned None: the model version it saw and what it reported.
+
+    Passes are deterministic functions of (model, options, rewrite budget), so the same
+    pass given the same model version again returns None again; the pipeline replays the
+    run (its permit requests and notes) instead of repeating it.
+    """
+
+    version: int
+    counts: dict[str, int]
+    notes: list[str]
+    applications: list[tuple[str, str, str]]  # (pass, rule, node) of each permit request, in order
+    all_refused: bool  # every request was refused (replaying is then exact under a bisect limit too)
 
 
 def fix(
@@ -122,20 +146,35 @@ def fix(
 
         current = pin_input_shapes(current, input_shapes)
     nodes_before, ops_before = G.count_nodes(model), G.op_histogram(model)
+    # Node count and op histogram of ``current``, recomputed only when it changes.
+    cur_nodes, cur_ops = (G.count_nodes(current), G.op_histogram(current)) if fix_shapes else (nodes_before, ops_before)
     verifier = Verifier(current, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol, seed=seed)
     budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude),
                            only=None if only is None else frozenset(only))
     reports: list[PassReport] = []
+    version = 0  # bumped whenever ``current`` changes
+    unchanged: dict[str, _Unchanged] = {}  # pass name -> its last run that returned None
     for round_no in range(1, max(1, rounds) + 1):
         round_changed = False
         for name in names:
             if progress:
                 progress(f"round {round_no}: {name}")
+            seen = unchanged.get(name)
+            if seen is not None and seen.version == version and (budget.limit is None or seen.all_refused):
+                # Same model as last time: the pass would return None again. Its permit
+                # requests are replayed so that rewrite numbering (opt-bisect) is unchanged.
+                for request in seen.applications:
+                    budget.permit(*request)
+                if round_no == 1 or seen.notes:
+                    reports.append(PassReport(name, round_no, UNCHANGED, cur_nodes, cur_nodes, 0.0,
+                                              counts=dict(seen.counts), notes=list(seen.notes)))
+                continue
             instance = registry.get(name)()
             ctx = PassContext(budget=budget, options=dict(options or {}), pass_name=name)
             plog = PassLog()
             t0 = time.perf_counter()
-            before_nodes, before_ops = G.count_nodes(current), G.op_histogram(current)
+            before_nodes, before_ops = cur_nodes, cur_ops
+            first_request = len(budget.applications)
             try:
                 candidate = instance.run(model_io.copy(current), ctx, plog)
             except SurgeonError:
@@ -148,9 +187,14 @@ def fix(
                                           time.perf_counter() - t0, notes=plog.notes,
                                           reason=f"{type(exc).__name__}: {exc}"))
                 continue
-            if candidate is not None and _same_bytes(candidate, current):
+            after_nodes = G.count_nodes(candidate) if candidate is not None else before_nodes
+            if candidate is not None and after_nodes == before_nodes and _same_bytes(candidate, current):
                 candidate = None
             if candidate is None:
+                requests = budget.applications[first_request:]
+                unchanged[name] = _Unchanged(version, dict(plog.counts), list(plog.notes),
+                                             [(a.pass_name, a.rule, a.node) for a in requests],
+                                             all(not a.applied for a in requests))
                 if round_no == 1 or plog.notes:
                     reports.append(PassReport(name, round_no, UNCHANGED, before_nodes, before_nodes,
                                               time.perf_counter() - t0, counts=dict(plog.counts), notes=plog.notes))
@@ -164,13 +208,14 @@ def fix(
                 if verdict.ok and verdict.note:
                     plog.note(verdict.note)
             elapsed = time.perf_counter() - t0
-            after_nodes = G.count_nodes(candidate)
             if verdict is not None and verdict.ok:
                 verifier.accept(verdict)
+                after_ops = G.op_histogram(candidate)
                 reports.append(PassReport(name, round_no, APPLIED, before_nodes, after_nodes, elapsed,
-                                          _op_delta(before_ops, G.op_histogram(candidate)), dict(plog.counts),
+                                          _op_delta(before_ops, after_ops), dict(plog.counts),
                                           plog.notes, "", verdict.max_abs, verdict.max_rel))
-                current = candidate
+                current, cur_nodes, cur_ops = candidate, after_nodes, after_ops
+                version += 1
                 round_changed = True
             else:
                 log.info("pass %s rolled back: %s", name, result_reason)
@@ -183,9 +228,9 @@ def fix(
     report = FixReport(
         passes=reports,
         nodes_before=nodes_before,
-        nodes_after=G.count_nodes(current),
+        nodes_after=cur_nodes,
         ops_before=dict(ops_before),
-        ops_after=dict(G.op_histogram(current)),
+        ops_after=dict(cur_ops),
         verification="numeric" if verifier.numeric else (verifier.skipped or "structural only"),
         samples=verifier.sample_shapes(),
         seconds=time.perf_counter() - start,

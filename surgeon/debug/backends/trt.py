@@ -49,6 +49,8 @@ _INSTALL = {
 
 Shape = tuple[int, ...]
 
+_PHASE = {"build": "engine build", "infer": "engine run (deserialize + inference)"}
+
 
 def available(name: str = "trt") -> bool:
     """Whether the TensorRT Python package can be found (without importing it)."""
@@ -129,12 +131,12 @@ class TrtSession(Session):
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=self._backend.timeout)
         except subprocess.TimeoutExpired as exc:
-            raise BackendError(f"TensorRT {action} did not finish within {self._backend.timeout:g} s") from exc
+            raise BackendError(f"TensorRT {_PHASE[action]} did not finish within {self._backend.timeout:g} s") from exc
         if proc.returncode < 0:
-            raise BackendError(f"the TensorRT worker crashed during {action} ({_signal_name(proc.returncode)})")
+            raise BackendError(f"the TensorRT worker crashed during the {_PHASE[action]} ({_signal_name(proc.returncode)})")
         if proc.returncode != 0:
             lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-            raise BackendError(f"TensorRT {action} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+            raise BackendError(f"TensorRT {_PHASE[action]} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
 
 
 class TrtBackend(Backend):

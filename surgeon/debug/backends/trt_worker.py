@@ -17,7 +17,8 @@ import numpy as np
 
 def _build(spec: dict) -> None:
     from polygraphy import config as pg_config
-    from polygraphy.backend.trt import CreateConfig, Profile, engine_from_network, network_from_onnx_path, save_engine
+    from polygraphy.backend.common import save_bytes
+    from polygraphy.backend.trt import CreateConfig, Profile, engine_bytes_from_network, network_from_onnx_path
 
     profiles = []
     for p in spec.get("profiles") or []:
@@ -33,8 +34,9 @@ def _build(spec: dict) -> None:
         prec = spec.get("precision") or {}
         config = CreateConfig(fp16=prec.get("fp16") or None, bf16=prec.get("bf16") or None,
                               int8=prec.get("int8") or None, tf32=prec.get("tf32") or None, profiles=profiles or None)
-    engine = engine_from_network(network_from_onnx_path(spec["model"]), config=config)
-    save_engine(engine, path=spec["engine"])
+    # Serialized bytes, not a deserialized engine: building needs no runtime (TensorRT-RTX
+    # builds ahead of time even without a GPU), so a build and a run fail separately.
+    save_bytes(engine_bytes_from_network(network_from_onnx_path(spec["model"]), config=config), spec["engine"])
 
 
 def _infer(spec: dict) -> None:

@@ -1,0 +1,196 @@
+"""eliminate-neutral-ops: x+0, x*1, Dropout, Cast, Transpose, Reshape ... bypassed only when provable."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import surgeon
+from helpers import CORPUS, assert_equivalent, model_from_text, op_types, random_feeds, requires_corpus, run_ort
+from passes.eliminate_neutral_ops import EliminateNeutralOps
+from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
+
+TOL = dict(atol=1e-6, rtol=1e-6)
+BATCHES = [{"x": (1, 4)}, {"x": (3, 4)}]
+
+
+def run_pass(model, limit=None):
+    log = PassLog()
+    ctx = PassContext(budget=RewriteBudget(limit=limit), pass_name="eliminate-neutral-ops")
+    out = EliminateNeutralOps().run(surgeon.model.copy(model), ctx, log)
+    if out is not None:
+        onnx.checker.check_model(out, full_check=True)
+    return out, log
+
+
+@pytest.mark.parametrize("expr,rule", [
+    ("Add(r, zeros)", "add-neutral"), ("Add(zeros, r)", "add-neutral"), ("Sub(r, zeros)", "sub-neutral"),
+    ("Mul(r, ones)", "mul-neutral"), ("Mul(ones, r)", "mul-neutral"), ("Div(r, ones)", "div-neutral"),
+    ("Pow(r, one)", "pow-neutral"),
+])
+def test_neutral_binary_removed(expr, rule):
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y)
+      <float[4] zeros = {{0.0, 0.0, 0.0, 0.0}}, float[1,4] ones = {{1.0, 1.0, 1.0, 1.0}}, float one = {{1.0}}> {{
+      r = Relu(x)
+      t = {expr}
+      y = Neg(t)
+    }}""")
+    out, log = run_pass(m)
+    assert op_types(out) == ["Relu", "Neg"]
+    assert list(out.graph.node[1].input) == ["r"]
+    assert log.counts[rule] == 1
+    assert_equivalent(m, out, BATCHES, **TOL)
+
+
+@pytest.mark.parametrize("expr", ["Sub(zeros, r)", "Div(ones, r)", "Add(r, half)", "Mul(r, zeros)", "Pow(one, r)"])
+def test_not_neutral_kept(expr):
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y) <float[4] zeros = {{0.0, 0.0, 0.0, 0.0}},
+      float[4] ones = {{1.0, 1.0, 1.0, 1.0}}, float[4] half = {{0.0, 0.5, 0.0, 0.0}}, float one = {{1.0}}> {{
+      r = Relu(x)
+      t = {expr}
+      y = Neg(t)
+    }}""")
+    out, log = run_pass(m)
+    assert out is None and not log.counts
+
+
+def test_broadcast_that_may_grow_the_shape_is_kept_with_a_note():
+    # x is [N, 4]: zeros [3, 4] broadcasts it to [3, 4] when N == 1, so Add is no identity.
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[M,4] y) <float[3,4] z = {0.0,0.0,0.0,0.0, 0.0,0.0,0.0,0.0, 0.0,0.0,0.0,0.0}> {
+      r = Relu(x)
+      y = Add(r, z)
+    }""")
+    out, log = run_pass(m)
+    assert out is None
+    assert any("may change the shape" in n for n in log.notes)
+
+
+def test_chain_and_graph_output_keep_names():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y, float[N,4] s) <float zero = {0.0}, float one = {1.0}> {
+      r = Relu(x)
+      a = Add(r, zero)
+      y = Mul(a, one)
+      s = Sigmoid(a)
+    }""")
+    out, log = run_pass(m)
+    assert op_types(out) == ["Relu", "Sigmoid"]
+    assert list(out.graph.node[0].output) == ["y"] and list(out.graph.node[1].input) == ["y"]
+    assert [o.name for o in out.graph.output] == ["y", "s"]
+    assert log.counts["add-neutral"] == 1 and log.counts["mul-neutral"] == 1
+    assert_equivalent(m, out, BATCHES, **TOL)
+
+
+def test_output_copying_a_graph_input_is_kept():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y) <float zero = {0.0}> { y = Add(x, zero) }""")
+    out, log = run_pass(m)
+    assert out is None
+    assert any("graph input" in n for n in log.notes)
+
+
+def test_overridable_initializer_is_not_a_constant():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x, float zero) => (float[N,4] y) <float zero = {0.0}> { r = Relu(x)  y = Add(r, zero) }""")
+    out, _ = run_pass(m)
+    assert out is None
+
+
+def test_dropout_cast_transpose_and_shape_ops():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y) <int64[2] same = {0, -1}, int64[2] ones = {1, 1}, int64[4] nopad = {0,0,0,0},
+        int64[1] s0 = {0}, int64[1] big = {9223372036854775807}, int64[1] ax = {1}, bool f = {0}> {
+      a = Relu(x)
+      b = Dropout(a)
+      c, unused_mask = Dropout(b, , f)
+      d = Cast<to = 1>(c)
+      e = Transpose<perm = [0, 1]>(d)
+      h = Reshape(e, same)
+      i = Expand(h, ones)
+      j = Tile(i, ones)
+      k = Pad(j, nopad)
+      l = Slice(k, s0, big, ax)
+      m = Concat<axis = 0>(l)
+      y = Sigmoid(m)
+    }""")
+    out, log = run_pass(m)
+    assert op_types(out) == ["Relu", "Sigmoid"]
+    for rule in ("dropout-inference", "cast-same-type", "transpose-identity", "reshape-same-shape",
+                 "expand-same-shape", "tile-ones", "pad-zero", "slice-whole", "concat-single-input"):
+        assert log.counts[rule] >= 1, rule
+    assert log.counts["dropout-inference"] == 2
+    assert_equivalent(m, out, BATCHES, **TOL)
+
+
+def test_changing_shape_ops_and_training_dropout_kept():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y, bool[N,4] mask, float[4,N] z, int32[N,4] w)
+      <int64[2] tgt = {-1, 2}, int64[1] s1 = {1}, int64[1] big = {100}, int64[1] ax = {1}, bool t = {1}, float r = {0.5}> {
+      a = Relu(x)
+      b = Dropout(a, r, t)
+      y, mask = Dropout(b)
+      z = Transpose<perm = [1, 0]>(a)
+      w = Cast<to = 6>(a)
+      v = Reshape(a, tgt)
+      u = Slice(a, s1, big, ax)
+    }""")
+    out, log = run_pass(m)
+    assert out is None
+    assert any("training_mode" in n for n in log.notes)
+    assert any("mask" in n for n in log.notes)
+
+
+def test_if_branch_body_and_outer_scope():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x, bool b) => (float[N,4] y) <float one = {1.0}, float zero = {0.0}> {
+      r = Relu(x)
+      y = If(b) <then_branch = t () => (float[N,4] o1) { p = Mul(r, one)  o1 = Exp(p) },
+                 else_branch = e () => (float[N,4] o2) { o2 = Add(r, zero) }>
+    }""")
+    out, log = run_pass(m)
+    then_b, else_b = (a.g for a in out.graph.node[1].attribute)
+    assert [n.op_type for n in then_b.node] == ["Exp"] and list(then_b.node[0].input) == ["r"]
+    assert [n.op_type for n in else_b.node] == ["Add"]  # a branch output copying an outer value: kept
+    assert log.counts["mul-neutral"] == 1
+    for flag in (True, False):
+        feeds = {"x": random_feeds(m, {"x": (2, 4), "b": ()})["x"], "b": np.array(flag)}
+        np.testing.assert_allclose(run_ort(out, feeds)["y"], run_ort(m, feeds)["y"], **TOL)
+
+
+def test_bisect_limit_skips_rewrites():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y) <float zero = {0.0}, float one = {1.0}> {
+      r = Relu(x)
+      a = Add(r, zero)
+      b = Mul(a, one)
+      y = Neg(b)
+    }""")
+    none, _ = run_pass(m, limit=0)
+    assert none is None
+    one, log = run_pass(m, limit=1)
+    assert op_types(one) == ["Relu", "Mul", "Neg"] and sum(log.counts.values()) == 1
+    assert_equivalent(m, one, BATCHES, **TOL)
+
+
+@requires_corpus("vit_tiny_legacy_op17.onnx")
+def test_vit_zero_biases_removed_in_the_pipeline():
+    model = surgeon.model.load(CORPUS / "vit_tiny_legacy_op17.onnx")
+    out, report = surgeon.fix(model, passes=["fold-constants", "eliminate-neutral-ops"], verify=True)
+    entry = next(p for p in report.passes if p.name == "eliminate-neutral-ops")
+    assert entry.status != "rolled-back"
+    assert entry.counts.get("add-neutral", 0) >= 60  # the zero (deduplicated) q/k/v/o/fc biases
+    assert surgeon.graph.op_histogram(out)["Add"] < surgeon.graph.op_histogram(model)["Add"] - 60
