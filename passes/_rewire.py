@@ -206,8 +206,8 @@ def broadcast_keeps_shape(x_shape: list | None, c_shape: tuple) -> bool:
     or equal to ``x``'s (static) dim at the same place, counted from the right.
     """
     c_shape = tuple(int(d) for d in c_shape)
-    if all(d == 1 for d in c_shape) and len(c_shape) == 0:
-        return True
+    if not c_shape:
+        return True  # a scalar never changes the shape
     if x_shape is None or len(c_shape) > len(x_shape):
         return False
     for xd, cd in zip(reversed(x_shape), reversed(c_shape)):

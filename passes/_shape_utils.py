@@ -252,7 +252,8 @@ def infer_facts(model: onnx.ModelProto, hints: dict | None = None, hint_types: d
     placeholders (``?``, ``-1``) or name more than one distinct input position under a
     generated-looking name (``unk__N``) are not trusted.
     """
-    m = model_io.copy(model)
+    too_large = model_io.needs_external_data(model)
+    m = model_io.shape_only_copy(model)  # inference reads dims and small values only
     original_names = set()
     input_positions: dict[str, set] = {}
     inits = {t.name for t in m.graph.initializer}
@@ -285,7 +286,7 @@ def infer_facts(model: onnx.ModelProto, hints: dict | None = None, hint_types: d
             vi = onnx.helper.make_tensor_value_info(name, elem, [d if d != "" else None for d in shape])
             m.graph.value_info.append(vi)
     try:
-        if model_io.needs_external_data(m):
+        if too_large:
             raise ValueError("model too large for in-memory shape inference")
         inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
     except Exception as exc:  # noqa: BLE001 - inference is an optional source of facts

@@ -21,6 +21,7 @@ from typing import Iterator
 import onnx
 import onnx_graphsurgeon as gs
 
+from passes import _proto_scan as scan
 from surgeon import graph as G
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
@@ -288,6 +289,45 @@ def _note_unused_inputs(graph: gs.Graph, log: PassLog) -> None:
             log.note(f"graph input '{t.name}' is unused (kept: the inputs are the model's interface)")
 
 
+# --- the common case: nothing to clean ---------------------------------------------------
+# Importing a model into graphsurgeon and exporting it again costs more than the rest of
+# this pass on large models (and on huge attribute lists, such as a tree ensemble's).
+# These checks read the protobuf and say whether the graphsurgeon path would find
+# anything at all; only then is the model imported.
+
+def _proto_graph_clean(graph: onnx.GraphProto) -> bool:
+    """No Identity, dead node, unused initializer or out-of-order node here or in a body."""
+    reads = scan.body_reads(graph)
+    produced = {o for n in graph.node for o in n.output if o}
+    seen: set[str] = set()
+    for n, body in zip(graph.node, reads):
+        if n.op_type == "Identity" and n.domain in ("", "ai.onnx") and len(n.input) == 1 and len(n.output) == 1:
+            return False
+        needs = {x for x in n.input if x} | body
+        if any(name in produced and name not in seen for name in needs):
+            return False  # not in topological order
+        seen.update(o for o in n.output if o)
+    if scan.unused_initializers(graph, reads) or not scan.all_live(graph, reads):
+        return False
+    return all(_proto_graph_clean(sub) for n in graph.node for sub in scan.subgraphs(n))
+
+
+def _already_clean(model: onnx.ModelProto) -> bool:
+    names = [n.name for n in G.iter_proto_nodes(model)]
+    if not all(names) or len(set(names)) != len(names):
+        return False
+    return _proto_graph_clean(model.graph)
+
+
+def _note_unused_proto_inputs(model: onnx.ModelProto, log: PassLog) -> None:
+    """:func:`_note_unused_inputs` read from the protobuf."""
+    used = {x for n in G.iter_proto_nodes(model) for x in n.input} | {vi.name for vi in model.graph.output}
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name not in inits and vi.name not in used:
+            log.note(f"graph input '{vi.name}' is unused (kept: the inputs are the model's interface)")
+
+
 @register
 class Cleanup(Pass):
     name = "cleanup"
@@ -295,6 +335,9 @@ class Cleanup(Pass):
     default_order = 10
 
     def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
+        if _already_clean(model):
+            _note_unused_proto_inputs(model, log)
+            return None
         graph = G.import_graph(model)
         changed = False
         kept: dict[str, dict[str, None]] = {}  # why an Identity stayed -> node names

@@ -29,6 +29,7 @@ import logging
 
 import onnx
 
+from passes import _proto_scan as scan
 from surgeon import graph as G
 from surgeon import model as model_io
 from surgeon.errors import UsageError
@@ -99,6 +100,39 @@ def fold_with_graphsurgeon(model: onnx.ModelProto) -> onnx.ModelProto:
         graph.fold_constants(error_ok=False, flatten_subgraphs=False)
         graph.cleanup()
     return G.export_model(graph, like=model)
+
+
+# Ops graphsurgeon's fold rewrites even when their inputs are not constant: Constant
+# nodes are lowered to tensors, Shape chains are folded from inferred dims, and
+# Cast -> op -> Cast shape arithmetic is elided.
+_GRAPHSURGEON_ALWAYS = frozenset({"Constant", "Cast", "Shape", "Size"})
+_GRAPHSURGEON_NO_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+
+
+def graphsurgeon_has_work(model: onnx.ModelProto) -> bool:
+    """Whether graphsurgeon's fold and cleanup could change ``model`` (True when unsure).
+
+    After onnxsim, most models (and every model in a later round) have nothing left for
+    graphsurgeon, whose import, fold and export cost more than onnxsim's own run.
+    """
+    return bool(model.functions) or _graph_has_work(model.graph, frozenset())
+
+
+def _graph_has_work(graph: onnx.GraphProto, outer_constants: frozenset[str]) -> bool:
+    variables = {vi.name for vi in graph.input} | {o for n in graph.node for o in n.output}
+    constants = (outer_constants - variables) | {t.name for t in graph.initializer}
+    constants |= {t.values.name for t in graph.sparse_initializer}
+    reads = scan.body_reads(graph)
+    for node, body in zip(graph.node, reads):
+        if node.op_type in _GRAPHSURGEON_ALWAYS:
+            return True
+        if node.op_type not in _GRAPHSURGEON_NO_FOLD and all(x in constants for x in node.input if x) \
+                and body <= constants:
+            return True  # every input is constant: graphsurgeon would evaluate it
+    if scan.unused_initializers(graph, reads) or not scan.all_live(graph, reads):
+        return True  # its cleanup would remove something
+    constants = frozenset(constants)
+    return any(_graph_has_work(sub, constants) for node in graph.node for sub in scan.subgraphs(node))
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -210,6 +244,9 @@ class FoldConstants(Pass):
         current, worked = model, []
         failures: list[str] = []
         for name in chain:
+            if name == "graphsurgeon" and worked and not overridable_initializers(current) \
+                    and not graphsurgeon_has_work(current):
+                continue  # after onnxsim: nothing left that graphsurgeon would fold or clean
             try:
                 current = folders[name](current)
                 worked.append(name)

@@ -531,6 +531,12 @@ def _fold_graph(graph: gs.Graph, ctx: PassContext, log: PassLog, names: set[str]
     return changed
 
 
+def _has_candidates(model: onnx.ModelProto) -> bool:
+    """Whether any rule could apply or refuse: a BatchNormalization, or a Mul/Add beside a Conv."""
+    ops = {n.op_type for n in G.iter_proto_nodes(model) if n.domain in ("", "ai.onnx")}
+    return "BatchNormalization" in ops or bool(ops & {"Mul", "Add"} and ops & set(_POINTWISE_PRODUCERS))
+
+
 @register
 class FoldConvBN(Pass):
     """Fold inference BatchNormalization and per-channel Mul/Add into Conv/ConvTranspose/Gemm/MatMul weights."""
@@ -540,6 +546,8 @@ class FoldConvBN(Pass):
     default_order = 50
 
     def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
+        if not _has_candidates(model):
+            return None  # nothing to fold or to note: skip the graph import
         graph = G.import_graph(model)
         names = _all_names(model)  # new tensor names must be unique across every scope
         changed = False

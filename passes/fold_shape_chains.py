@@ -108,11 +108,20 @@ def _bypass(edit: _Edit, g: gs.Graph, node: gs.Node, rule: str) -> bool:
     others = list(node.inputs[1:])
     node.inputs.clear()
     node.outputs.clear()
-    g.nodes.remove(node)
+    _remove_node(g, node)
     edit.removed.add(id(node))
     edit.seeds.extend(others)
     edit.log.count(rule)
     return True
+
+
+def _remove_node(g: gs.Graph, node: gs.Node) -> None:
+    """Take ``node`` out of ``g.nodes`` by identity (``list.remove`` would call gs's costly ``Node.__eq__``)."""
+    for i, n in enumerate(g.nodes):
+        if n is node:
+            del g.nodes[i]
+            return
+    raise ValueError(f"node {node.name} is not in graph {g.name}")
 
 
 def _stamp(node: gs.Node, rule: str) -> None:
@@ -385,7 +394,7 @@ def _constant_of_shape(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
     edit.seeds.append(shape)
     node.inputs.clear()
     node.outputs.clear()
-    g.nodes.remove(node)
+    _remove_node(g, node)
     edit.removed.add(id(node))
     edit.log.count("constant-of-shape")
     return True
@@ -549,6 +558,7 @@ def _sweep(edit: _Edit) -> int:
             owner[id(n)] = g
     outputs = edit.graph_outputs()
     removed = 0
+    dropped: dict[int, tuple[gs.Graph, set]] = {}  # graph id -> (graph, ids of nodes to drop)
     work = list(edit.seeds)
     while work:
         t = work.pop()
@@ -562,10 +572,12 @@ def _sweep(edit: _Edit) -> int:
         inputs = list(node.inputs)
         node.inputs.clear()
         node.outputs.clear()
-        owner[id(node)].nodes.remove(node)
-        del owner[id(node)]
+        g = owner.pop(id(node))
+        dropped.setdefault(id(g), (g, set()))[1].add(id(node))
         removed += 1
         work.extend(inputs)
+    for g, ids in dropped.values():
+        g.nodes[:] = [n for n in g.nodes if id(n) not in ids]
     return removed
 
 
@@ -582,6 +594,17 @@ def _facts(model: onnx.ModelProto, graph: gs.Graph, opset: int) -> su.ShapeFacts
     return facts
 
 
+def _has_candidates(model: onnx.ModelProto) -> bool:
+    """Whether a rule could apply or note anything: one of its op types, or a Shape to fold from.
+
+    Without a Shape node no value is a shape chain, so only the ops in ``_RULES`` can act.
+    """
+    nodes = list(G.iter_proto_nodes(model))
+    if any(n.op_type == "Shape" for n in nodes):  # any domain: is_shape_chain looks at the op type only
+        return True
+    return any(n.op_type in _RULES and n.domain in STANDARD for n in nodes)
+
+
 @register
 class FoldShapeChains(Pass):
     name = PASS
@@ -589,6 +612,8 @@ class FoldShapeChains(Pass):
     default_order = 40
 
     def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
+        if not _has_candidates(model):
+            return None  # skip the graph import and shape inference
         graph = G.import_graph(model)
         opset = G.opset_version(model) or 1
         facts = _facts(model, graph, opset)

@@ -11,7 +11,9 @@ float16/float/double, the MatMul's output is read by the Add alone (and is no gr
 output), and ``C`` is a constant whose broadcast against ``[M, N]`` keeps that shape (a
 ``[N]`` or ``[1, N]`` bias, a scalar, or ``[M, N]`` with a static ``M``): Gemm broadcasts
 ``C`` one way only. Opset 7 or later (earlier Gemm had a ``broadcast`` attribute).
-Summation order differs from MatMul-then-Add by rounding only.
+Summation order differs from MatMul-then-Add by rounding only. Ranks come from the
+shapes fold-constants inferred (it runs earlier in the default pipeline); a MatMul whose
+input rank is unknown is left alone.
 """
 
 from __future__ import annotations

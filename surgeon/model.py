@@ -192,6 +192,31 @@ def copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+SHAPE_ONLY_MIN_ELEMENTS = 1024  # tensors this large are data, never a shape a rule or inference reads
+
+
+def shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy for onnx shape inference whose large tensors keep type and dims but no data.
+
+    Why: shape inference serializes the model into C++ and the inferred model back
+    (several copies of every weight, tens of ms for a 20 MB model), yet it reads tensor
+    *values* only for shape-like inputs (Reshape targets, Slice bounds, axes, scales:
+    a few entries) and data propagation only for small integer vectors. The inferred
+    copy is for reading types and dims; never save it or run it.
+    """
+    out = copy(model)
+    for t in _iter_all_tensors(out):
+        if t.data_type == onnx.TensorProto.STRING or t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        n = 1
+        for d in t.dims:
+            n *= d
+        if n >= SHAPE_ONLY_MIN_ELEMENTS:
+            for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+                t.ClearField(name)
+    return out
+
+
 def needs_external_data(model: onnx.ModelProto) -> bool:
     return payload_size(model) > EXTERNAL_THRESHOLD
 

@@ -52,6 +52,7 @@ def _axes(node: gs.Node, ctx: RuleContext) -> tuple[list[int] | None, str | None
 
 class FuseLayerNorm(Rule):
     name = "fuse-layer-norm"
+    requires = tuple(frozenset({("", op)}) for op in ("ReduceMean", "Sub", "Pow", "Add", "Sqrt", "Div", "Mul"))
 
     def match(self, node: gs.Node, scope: Scope) -> Match | None:
         if node.op != "Add" or node_domain(node):

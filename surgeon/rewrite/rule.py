@@ -216,6 +216,26 @@ class Rule:
     name: str = ""
     pattern: tuple[Op, ...] = ()
     domains: Mapping[str, int] = {}
+    # Op types a model must contain for ``match`` to succeed anywhere: one set of
+    # alternative (domain, op_type) pairs per required node. Derived from ``pattern``;
+    # a rule with its own ``match`` may declare it (None: unknown, the rule always runs).
+    requires: tuple[frozenset[tuple[str, str]], ...] | None = None
+
+    def required_ops(self) -> tuple[frozenset[tuple[str, str]], ...] | None:
+        """What ``requires`` says, or what ``pattern`` implies when ``match`` is the default.
+
+        Lets the engine skip a model in which no rule can match without importing it.
+        """
+        if self.requires is not None:
+            return self.requires
+        if type(self).match is not Rule.match or not self.pattern:
+            return None
+        out = []
+        for op in self.pattern:
+            types = (op.op_type,) if isinstance(op.op_type, str) else tuple(op.op_type)
+            domain = "" if op.domain == "ai.onnx" else op.domain
+            out.append(frozenset((domain, t) for t in types))
+        return tuple(out)
 
     def match(self, node: gs.Node, scope: Scope) -> Match | None:
         """Follow ``pattern`` as a chain starting at ``node``."""
