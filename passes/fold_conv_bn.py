@@ -75,8 +75,8 @@ def _producer(tensor: gs.Tensor) -> gs.Node | None:
 
 def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     """The value of an initializer or of a ``Constant`` node's output; None otherwise."""
-    if tensor is None:
-        return None
+    if tensor is None or G.is_overridable(tensor):
+        return None  # an overridable initializer is a default the user may replace
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
     node = _producer(tensor)
@@ -94,6 +94,8 @@ def constant_value(tensor: gs.Tensor | None) -> np.ndarray | None:
 
 def _source(tensor: gs.Tensor) -> str:
     """Why ``tensor`` is not a constant, in words for a refusal note."""
+    if G.is_overridable(tensor):
+        return "is an initializer listed as a graph input (a default the user may override)"
     node = _producer(tensor)
     if node is None:
         return "is a graph input"

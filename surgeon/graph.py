@@ -53,7 +53,34 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
     assert len(proto_nodes) == len(gs_nodes), "graphsurgeon imported a different number of nodes"
     for proto, node in zip(proto_nodes, gs_nodes):
         setattr(node, META, {p.key: p.value for p in proto.metadata_props})
+    _mark_overridable(graph, model)
     return graph
+
+
+OVERRIDABLE = "overridable"  # attribute set True on gs.Constants a user may override
+
+
+def _mark_overridable(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """Mark initializers that are also graph inputs (IR >= 4): defaults a user may feed.
+
+    onnx-graphsurgeon imports them as plain Constants and drops the listing, so a pass
+    would otherwise fold a value the user can replace at run time. Before IR 4 every
+    initializer had to be listed as an input, and runtimes treat them as constants.
+    """
+    if model.ir_version < 4:
+        return
+    inits = {t.name for t in model.graph.initializer}
+    names = {vi.name for vi in model.graph.input if vi.name in inits}
+    if not names:
+        return
+    for name, tensor in graph.tensors().items():
+        if name in names and isinstance(tensor, gs.Constant):
+            setattr(tensor, OVERRIDABLE, True)
+
+
+def is_overridable(tensor: gs.Tensor) -> bool:
+    """Whether ``tensor`` is an initializer the user may override (never fold its value)."""
+    return bool(getattr(tensor, OVERRIDABLE, False))
 
 
 def meta(node: gs.Node) -> dict[str, str]:

@@ -69,7 +69,7 @@ def plot_output(folder: str | Path, name: str, ref: np.ndarray, test: np.ndarray
         ax_m.set_xlabel(f"axis {err.ndim - 1}")
         ax_m.set_ylabel(f"axis {err.ndim - 2}")
     ax_m.set_title("worst at " + ", ".join(str(list(map(int, i))) for i in worst_idx[:3]))
-    fig.suptitle(f"{name}: max abs {diff.max_abs:.3g}, NaN/Inf mismatches {diff.nan_mismatches}/{diff.inf_mismatches}")
+    fig.suptitle(f"{name}: max abs {diff.max_abs:.3g}, NaN mismatches {diff.nan_mismatches}, Inf mismatches {diff.inf_mismatches}")
     fig.tight_layout()
     stem, i = _safe(name), 1
     while taken is not None and f"{stem}.png" in taken:

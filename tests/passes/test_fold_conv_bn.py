@@ -451,3 +451,38 @@ def test_corpus_models(name, expected):
     assert p.counts == expected
     assert report.ops_after.get("BatchNormalization", 0) == 0
     assert p.max_abs is not None and p.max_abs < 1e-4
+
+
+def test_overridable_bn_parameter_is_not_folded():
+    """IR >= 4: an initializer also listed as a graph input is a default the user may feed,
+    so folding it into the weights would ignore the user's value."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import surgeon
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, 4).astype(np.float32), "gamma"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "beta"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "mean"),
+             numpy_helper.from_array(np.ones(4, np.float32), "var")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"], name="bn")]
+
+    def model(overridable: bool) -> onnx.ModelProto:
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])]
+        if overridable:
+            inputs.append(helper.make_tensor_value_info("gamma", TensorProto.FLOAT, [4]))
+        g = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])], inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        return m
+
+    out, report = surgeon.fix(model(overridable=True), ["fold-conv-bn"], rounds=1)
+    assert "BatchNormalization" in [n.op_type for n in out.graph.node]
+    notes = " ".join(n for p in report.passes for n in p.notes)
+    assert "may override" in notes
+    assert [vi.name for vi in out.graph.input] == ["x", "gamma"]
+    out, _ = surgeon.fix(model(overridable=False), ["fold-conv-bn"], rounds=1)
+    assert "BatchNormalization" not in [n.op_type for n in out.graph.node]
