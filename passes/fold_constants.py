@@ -102,37 +102,141 @@ def fold_with_graphsurgeon(model: onnx.ModelProto) -> onnx.ModelProto:
     return G.export_model(graph, like=model)
 
 
-# Ops graphsurgeon's fold rewrites even when their inputs are not constant: Constant
-# nodes are lowered to tensors, Shape chains are folded from inferred dims, and
-# Cast -> op -> Cast shape arithmetic is elided.
-_GRAPHSURGEON_ALWAYS = frozenset({"Constant", "Cast", "Shape", "Size"})
+# What graphsurgeon's fold changes besides nodes whose inputs are all constant: Constant
+# nodes are lowered to tensors, Shape (-> Gather/Slice) of static dims is folded, and
+# Cast(to float) -> arithmetic -> Cast(to int) shape math is elided.
+_GRAPHSURGEON_ALWAYS = frozenset({"Constant", "Size"})
 _GRAPHSURGEON_NO_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+_CAST_ELISION_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Greater", "Less", "Concat"})
 
 
 def graphsurgeon_has_work(model: onnx.ModelProto) -> bool:
     """Whether graphsurgeon's fold and cleanup could change ``model`` (True when unsure).
 
     After onnxsim, most models (and every model in a later round) have nothing left for
-    graphsurgeon, whose import, fold and export cost more than onnxsim's own run.
+    graphsurgeon, whose import, fold and export cost more than onnxsim's own run. This
+    mirrors what ``Graph.fold_constants(fold_shapes=True)`` and ``Graph.cleanup()`` look at.
     """
-    return bool(model.functions) or _graph_has_work(model.graph, frozenset())
+    return bool(model.functions) or _graph_has_work(model.graph, frozenset(), {}, {})
 
 
-def _graph_has_work(graph: onnx.GraphProto, outer_constants: frozenset[str]) -> bool:
+def _dims(vi: onnx.ValueInfoProto) -> list | None:
+    t = vi.type
+    if t.WhichOneof("value") != "tensor_type" or not t.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and not d.HasField("dim_param") else None
+            for d in t.tensor_type.shape.dim]
+
+
+def _static(dims) -> bool:
+    return all(isinstance(d, int) and d >= 0 for d in dims)
+
+
+def _first(values) -> int | None:
+    if values is None or values.size < 1:
+        return None
+    return int(values.reshape(-1)[0])
+
+
+def _shape_folds(shape_node: onnx.NodeProto, consumers: list[onnx.NodeProto], shapes: list[list],
+                 value, attr_ints) -> bool:
+    """Whether graphsurgeon folds this Shape, or a Gather/Slice of it, from the known dims."""
+    if any(_static(dims) for dims in shapes):
+        return True
+    for c in consumers:
+        if not c.input or c.input[0] != shape_node.output[0]:
+            continue
+        try:
+            if c.op_type == "Gather" and len(c.input) > 1:
+                indices = value(c.input[1])
+                if indices is None:
+                    continue
+                picks = [int(indices)] if indices.ndim == 0 else [int(i) for i in indices.reshape(-1)]
+                if any(_static([dims[i] for i in picks]) for dims in shapes):
+                    return True
+            elif c.op_type == "Slice":
+                if len(c.input) >= 3:
+                    starts, ends = _first(value(c.input[1])), _first(value(c.input[2]))
+                    axes = _first(value(c.input[3])) if len(c.input) > 3 and c.input[3] else 0
+                    steps = _first(value(c.input[4])) if len(c.input) > 4 and c.input[4] else 1
+                else:
+                    starts, ends = attr_ints(c, "starts"), attr_ints(c, "ends")
+                    axes, steps = attr_ints(c, "axes", 0), attr_ints(c, "steps", 1)
+                if None in (starts, ends, axes, steps) or axes != 0:
+                    continue
+                if any(_static(dims[starts:ends:steps]) for dims in shapes):
+                    return True
+        except (IndexError, ValueError, TypeError):
+            return True  # graphsurgeon would raise: let it, so the note says so
+    return False
+
+
+def _graph_has_work(graph: onnx.GraphProto, outer_constants: frozenset[str], outer_shapes: dict,
+                    outer_inits: dict) -> bool:
     variables = {vi.name for vi in graph.input} | {o for n in graph.node for o in n.output}
     constants = (outer_constants - variables) | {t.name for t in graph.initializer}
     constants |= {t.values.name for t in graph.sparse_initializer}
+    inits = {k: v for k, v in outer_inits.items() if k not in variables}
+    inits.update({t.name: t for t in graph.initializer})
+    shapes = {k: v for k, v in outer_shapes.items() if k not in variables}
+    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+        dims = _dims(vi)
+        if dims is not None:
+            shapes.setdefault(vi.name, []).append(dims)
+    for t in graph.initializer:
+        shapes.setdefault(t.name, []).append(list(t.dims))
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    producers: dict[str, onnx.NodeProto] = {}
+    for n in graph.node:
+        for x in n.input:
+            consumers.setdefault(x, []).append(n)
+        for o in n.output:
+            producers[o] = n
+
+    def value(name: str):
+        t = inits.get(name)
+        if t is None:
+            return None
+        n = 1
+        for d in t.dims:
+            n *= d
+        return onnx.numpy_helper.to_array(t) if n <= 64 else None
+
+    def attr_ints(node: onnx.NodeProto, key: str, default: int | None = None) -> int | None:
+        for a in node.attribute:
+            if a.name == key:
+                return int(a.ints[0]) if a.ints else None
+        return default
+
     reads = scan.body_reads(graph)
+    read_by_bodies = set().union(*reads) if reads else set()
     for node, body in zip(graph.node, reads):
         if node.op_type in _GRAPHSURGEON_ALWAYS:
             return True
         if node.op_type not in _GRAPHSURGEON_NO_FOLD and all(x in constants for x in node.input if x) \
                 and body <= constants:
             return True  # every input is constant: graphsurgeon would evaluate it
+        if node.op_type == "Shape":
+            if node.output[0] in read_by_bodies or _shape_folds(
+                    node, consumers.get(node.output[0], []), shapes.get(node.input[0], []), value, attr_ints):
+                return True
+        if node.op_type in _CAST_ELISION_OPS:
+            casts_in = any(p.op_type == "Cast" and attr_ints_to(p) == onnx.TensorProto.FLOAT
+                           for p in (producers.get(x) for x in node.input) if p is not None)
+            if casts_in and any(c.op_type == "Cast" for o in node.output for c in consumers.get(o, [])):
+                return True
     if scan.unused_initializers(graph, reads) or not scan.all_live(graph, reads):
         return True  # its cleanup would remove something
     constants = frozenset(constants)
-    return any(_graph_has_work(sub, constants) for node in graph.node for sub in scan.subgraphs(node))
+    return any(_graph_has_work(sub, constants, shapes, inits) for node in graph.node for sub in scan.subgraphs(node))
+
+
+def attr_ints_to(node: onnx.NodeProto) -> int | None:
+    """A Cast node's ``to``."""
+    for a in node.attribute:
+        if a.name == "to":
+            return int(a.i)
+    return None
 
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -162,7 +266,7 @@ def _attribute_key(attr: onnx.AttributeProto) -> bytes:
     """An attribute without what folders rename or infer (tensor names; bodies are walked apart)."""
     if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
         return attr.name.encode()
-    if attr.HasField("t") and attr.t.name:
+    if attr.HasField("t") and attr.t.HasField("name"):  # an empty name set explicitly is no change either
         attr = onnx.AttributeProto.FromString(attr.SerializeToString())
         attr.t.ClearField("name")
     return attr.SerializeToString(deterministic=True)
