@@ -22,7 +22,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -384,13 +384,6 @@ def _raw_dims(t: gs.Tensor, facts: ShapeFacts) -> list | None:
     return out
 
 
-def dim_expr(t: gs.Tensor, i: int, facts: ShapeFacts) -> Expr | None:
-    dims = tensor_dims(t, facts)
-    if dims is None or not 0 <= i < len(dims):
-        return None
-    return dims[i]
-
-
 def constant_array(t: gs.Tensor) -> np.ndarray | None:
     """The value of ``t`` if it is an initializer or the output of a Constant node."""
     if isinstance(t, gs.Constant):
@@ -712,10 +705,6 @@ def all_tensor_names(graph: gs.Graph) -> set:
     for g in G.iter_graphs(graph):
         names |= set(g.tensors().keys())
     return names
-
-
-def iter_consumers(t: gs.Tensor) -> Iterable[gs.Node]:
-    return list(t.outputs)
 
 
 def learn_aliases(root: gs.Graph, facts: ShapeFacts) -> None:

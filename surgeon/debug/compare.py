@@ -179,10 +179,6 @@ def _merge(acc: OutputDiff, sub: OutputDiff, name: str) -> OutputDiff:
     return out
 
 
-def output_dtype(value: Any) -> str:
-    return str(value.dtype) if isinstance(value, np.ndarray) else type(value).__name__
-
-
 def diff_outputs(
     ref: Mapping[str, Any],
     test: Mapping[str, Any],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -365,7 +365,3 @@ def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], ctx: PassContext,
     for label, count in _untouched(final, ctx.pass_name).items():
         plog.note(f"untouched custom op: {label} x{count}")
     return current if changed else None
-
-
-def rule_names(rules: Iterable[Rule]) -> list[str]:
-    return [r.name for r in rules]

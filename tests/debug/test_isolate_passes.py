@@ -11,7 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from helpers import FIXTURES, ROOT, run_cli, run_ort
+from helpers import FIXTURES, run_cli, run_ort
 from surgeon.debug import data
 from surgeon.debug.isolate import run
 from surgeon.debug.isolate.ddmin import CULPRITS

@@ -15,7 +15,7 @@ from onnx import numpy_helper
 import surgeon
 from helpers import CORPUS, assert_equivalent, model_from_text, op_types, requires_corpus
 from passes.fold_shape_chains import FoldShapeChains
-from surgeon.graph import count_nodes, iter_proto_nodes, op_histogram
+from surgeon.graph import count_nodes, op_histogram
 from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
 
 TOL = dict(atol=1e-6, rtol=1e-6)

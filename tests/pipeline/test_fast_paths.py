@@ -19,7 +19,6 @@ from passes.fold_conv_bn import FoldConvBN
 from passes.fold_shape_chains import FoldShapeChains
 from passes.replace_custom_ops import ReplaceCustomOps
 from surgeon import model as model_io
-from surgeon.pipeline import registry
 from surgeon.pipeline.base import PassContext, PassLog
 from surgeon.pipeline.runner import _same_bytes
 from helpers import model_from_text

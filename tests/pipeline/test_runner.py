@@ -7,7 +7,6 @@ Each broken pass here is a real rewrite that really changes what the model compu
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 import pytest
 

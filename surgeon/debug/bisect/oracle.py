@@ -160,9 +160,6 @@ class NumericOracle:
         diffs = self._compare(outs, outputs)
         return Verdict(bool(diffs), diffs[0]["reason"] if diffs else f"{len(outputs)} outputs match", diffs=diffs)
 
-    def candidate_model(self, nodes: frozenset[int]) -> tuple[onnx.ModelProto, list[str], list[str]]:
-        return self.view.subgraph_model(nodes, self.types)
-
 
 class CommandOracle:
     """A shell command decides: exit status 0 = passes, anything else = fails.

@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Hashable, Mapping, Sequence
+from typing import Callable, Generator, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
