@@ -16,6 +16,8 @@ from typing import Iterator
 import onnx
 import onnx_graphsurgeon as gs
 
+from surgeon import model as model_io
+
 META = "meta"  # name of the attribute holding a node's metadata_props as a dict
 
 PROVENANCE_PASS = "surgeon.pass"
@@ -103,7 +105,13 @@ def stamp(node: gs.Node, pass_name: str, rule: str, sources: list[str] | str) ->
 
 def export_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Export ``graph`` as a model that keeps everything of ``like`` gs does not model."""
+    # graphsurgeon's lazily loaded constants wrap the *source* TensorProtos, and its exporter
+    # writes their names back into them: unnamed Constant-attribute tensors of ``like`` would
+    # gain an explicit empty name, so a model no pass changed would not stay bit-identical.
+    unnamed = [t for t in model_io.iter_all_tensors(like) if not t.HasField("name")]
     out = gs.export_onnx(graph, do_type_check=False)
+    for tensor in unnamed:
+        tensor.ClearField("name")
     for proto, node in zip(_walk_proto_nodes(out.graph), _walk_gs_nodes(graph)):
         del proto.metadata_props[:]
         for key, value in getattr(node, META, {}).items():

@@ -44,7 +44,7 @@ def _iter_graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from _iter_graph_tensors(sub)
 
 
-def _iter_all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+def iter_all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every tensor that can carry external data: initializers and attributes, in subgraphs too."""
     yield from _iter_graph_tensors(model.graph)
     for function in model.functions:
@@ -56,7 +56,7 @@ def _iter_all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 def _external_files(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, str]]:
     out = []
-    for tensor in _iter_all_tensors(model):
+    for tensor in iter_all_tensors(model):
         if external_data_helper.uses_external_data(tensor):
             info = external_data_helper.ExternalDataInfo(tensor)
             out.append((tensor, info))
@@ -132,7 +132,7 @@ def payload_size(model: onnx.ModelProto) -> int:
     tensor data is what pushes a model over the protobuf limit.
     """
     total = 0
-    for t in _iter_all_tensors(model):
+    for t in iter_all_tensors(model):
         total += _raw_nbytes(t) + sum(len(s) for s in t.string_data)
         total += 8 * (len(t.float_data) + len(t.int32_data) + len(t.int64_data) + len(t.double_data) + len(t.uint64_data))
     return total
@@ -205,7 +205,7 @@ def shape_only_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     copy is for reading types and dims; never save it or run it.
     """
     out = copy(model)
-    for t in _iter_all_tensors(out):
+    for t in iter_all_tensors(out):
         if t.data_type == onnx.TensorProto.STRING or t.data_location == onnx.TensorProto.EXTERNAL:
             continue
         n = 1

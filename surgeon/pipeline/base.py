@@ -1,6 +1,6 @@
 """The pass contract.
 
-A pass gets a private copy of the model and returns a new model or ``None`` ("nothing
+A pass reads the model (shared, never to be modified) and returns a new model or ``None`` ("nothing
 changed"). It never verifies itself: the pipeline checks and, if needed, rolls back.
 What a pass did is recorded through its :class:`PassLog` (counts per rule or action,
 near-miss notes); the pipeline turns that into the user-facing report and refuses a
@@ -114,7 +114,11 @@ class Pass(abc.ABC):
 
     @abc.abstractmethod
     def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
-        """Return the rewritten model, or None when nothing changed."""
+        """Return the rewritten model, or None when nothing changed.
+
+        ``model`` is the pipeline's current model, shared, not a copy: never modify it
+        (copy first, or work on an imported graph), or a rollback would keep the damage.
+        """
 
 
 class GraphPass(Pass):

@@ -176,7 +176,9 @@ def fix(
             before_nodes, before_ops = cur_nodes, cur_ops
             first_request = len(budget.applications)
             try:
-                candidate = instance.run(model_io.copy(current), ctx, plog)
+                # No defensive copy: passes must not modify their input (a 500 MB model costs
+                # ~0.15 s per copy, per pass); tests/passes/test_pass_contract.py enforces it.
+                candidate = instance.run(current, ctx, plog)
             except SurgeonError:
                 raise
             except Exception as exc:  # a bug in a pass must not lose the user's run
