@@ -177,7 +177,9 @@ def _cmd_passes(args) -> int:
     from surgeon.report import table
 
     default = registry.default_pipeline()
-    rows = [[name, "yes" if name in default else "", cls.summary] for name, cls in registry.all_passes().items()]
+    order = {name: i for i, name in enumerate(default)}  # pipeline order first, then the rest by name
+    passes = sorted(registry.all_passes().items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    rows = [[name, "yes" if name in order else "", cls.summary] for name, cls in passes]
     _stdout_console().print(table(None, ["pass", "default", "summary"], rows))
     return EXIT_OK
 

@@ -544,7 +544,7 @@ class FoldConvBN(Pass):
     """Fold inference BatchNormalization and per-channel Mul/Add into Conv/ConvTranspose/Gemm/MatMul weights."""
 
     name = PASS_NAME
-    summary = "fold inference BatchNormalization and per-channel Mul/Add into the weights of the Conv/Gemm/MatMul before it"
+    summary = "Fold inference BatchNormalization and per-channel Mul/Add into the weights of the Conv/Gemm/MatMul before it."
     default_order = 50
 
     def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:

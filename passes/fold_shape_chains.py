@@ -608,7 +608,7 @@ def _has_candidates(model: onnx.ModelProto) -> bool:
 @register
 class FoldShapeChains(Pass):
     name = PASS
-    summary = "Fold Shape→Gather/Slice→Concat→Reshape/Expand/Resize chains, keeping dynamic dims dynamic"
+    summary = "Fold Shape→Gather/Slice→Concat→Reshape/Expand/Resize chains, keeping dynamic dims dynamic."
     default_order = 40
 
     def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:

@@ -25,7 +25,7 @@ from surgeon.rewrite.loader import check_unique
 @register
 class ReplaceCustomOps(Pass):
     name = "replace-custom-ops"
-    summary = ("replace custom ops by rules: ONNX Runtime contrib ops to standard ops, decomposed LayerNorm "
+    summary = ("Replace custom ops by rules: ONNX Runtime contrib ops to standard ops, decomposed LayerNorm "
                "to LayerNormalization, user rules (--rules) incl. TensorRT plugin nodes")
     default_order = 20
 
