@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
-from passes.fold_constants import overridable_initializers
+from surgeon import graph as G
+
 
 STANDARD_DOMAINS = (None, "", "ai.onnx")
 MAX_CONSTANT_ELEMENTS = 1 << 20  # a neutral operand is a bias or a scalar, never a big weight
@@ -40,8 +40,7 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if len(tensor.inputs) == 1 else None
 
 
-def constant_value(tensor: gs.Tensor | None, overridable: frozenset[str] = frozenset(),
-                   max_elements: int = MAX_CONSTANT_ELEMENTS) -> np.ndarray | None:
+def constant_value(tensor: gs.Tensor | None, max_elements: int = MAX_CONSTANT_ELEMENTS) -> np.ndarray | None:
     """The value of an initializer or a ``Constant`` node's output; None otherwise.
 
     An initializer a user may override (listed as a graph input, IR >= 4) is not a
@@ -50,7 +49,7 @@ def constant_value(tensor: gs.Tensor | None, overridable: frozenset[str] = froze
     if tensor is None:
         return None
     if isinstance(tensor, gs.Constant):
-        if tensor.name in overridable or int(np.prod(tensor.shape)) > max_elements:
+        if G.is_overridable(tensor) or int(np.prod(tensor.shape)) > max_elements:
             return None
         return np.asarray(tensor.values)
     node = producer(tensor)
@@ -65,11 +64,6 @@ def constant_value(tensor: gs.Tensor | None, overridable: frozenset[str] = froze
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
     return None
-
-
-def overridable_names(model: onnx.ModelProto) -> frozenset[str]:
-    """Initializers that are really inputs with defaults: never read as constants."""
-    return frozenset(overridable_initializers(model))
 
 
 def nested_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:

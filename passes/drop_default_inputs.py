@@ -18,12 +18,10 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from passes import _rewire as R
-from surgeon import graph as G
-from surgeon.pipeline.base import Pass, PassContext, PassLog
+from surgeon.pipeline.base import GraphPass, PassContext, PassLog
 from surgeon.pipeline.registry import register
 
 logger = logging.getLogger(__name__)
@@ -36,9 +34,9 @@ _ZERO_DEFAULTS = {
 }
 
 
-def _is_zero(t: gs.Tensor, ov: frozenset) -> bool | None:
+def _is_zero(t: gs.Tensor) -> bool | None:
     """True: provably all zeros; False: provably not; None: not a constant we can read. Pure."""
-    value = R.constant_value(t, ov)
+    value = R.constant_value(t)
     if value is not None:
         return bool(value.size) and bool(np.all(value == 0))
     node = R.producer(t)
@@ -50,7 +48,7 @@ def _is_zero(t: gs.Tensor, ov: frozenset) -> bool | None:
     return bool(np.all(np.asarray(fill.values) == 0))
 
 
-def drop(graph: gs.Graph, ctx: PassContext, log: PassLog, ov: frozenset) -> bool:
+def drop(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
     candidates = [n for n in graph.nodes if n.op in _ZERO_DEFAULTS and R.is_standard(n)]
     if not candidates:
         return False
@@ -61,7 +59,7 @@ def drop(graph: gs.Graph, ctx: PassContext, log: PassLog, ov: frozenset) -> bool
             t = R.present(node, index)
             if t is None:
                 continue
-            zero = _is_zero(t, ov)
+            zero = _is_zero(t)
             if zero is False:
                 continue
             if zero is None:
@@ -84,17 +82,11 @@ def drop(graph: gs.Graph, ctx: PassContext, log: PassLog, ov: frozenset) -> bool
 
 
 @register
-class DropDefaultInputs(Pass):
+class DropDefaultInputs(GraphPass):
     name = "drop-default-inputs"
     summary = "Leave out optional inputs computed to equal their default (zero initial states of RNN/GRU/LSTM)."
     default_order = 62
+    candidate_ops = frozenset(_ZERO_DEFAULTS)
 
-    def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
-        if not any(n.op_type in _ZERO_DEFAULTS for n in G.iter_proto_nodes(model)):
-            return None
-        graph = G.import_graph(model)
-        ov = R.overridable_names(model)
-        changed = False
-        for g in list(G.iter_graphs(graph)):
-            changed |= drop(g, ctx, log, ov)
-        return G.export_model(graph, like=model) if changed else None
+    def run_on_graph(self, graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
+        return drop(graph, ctx, log)

@@ -42,13 +42,13 @@ _VARIADIC = ("Sum", "Mean", "Max", "Min", "Concat")
 _INT64_BIG = 2**31 - 1  # slice ends at or past this are "to the end" sentinels in practice
 
 
-def _rule_binary(node: gs.Node, ov: frozenset) -> tuple[str, gs.Tensor] | str | None:
+def _rule_binary(node: gs.Node) -> tuple[str, gs.Tensor] | str | None:
     """``x (+|-|*|/|**) neutral``: (rule, x) to bypass, a refusal note, or None (no match)."""
     neutral, positions = _BINARY[node.op]
     if len(node.inputs) != 2:
         return None
     for pos in positions:
-        c = R.constant_value(node.inputs[pos], ov)
+        c = R.constant_value(node.inputs[pos])
         if c is None or c.size == 0 or not np.all(c == neutral):
             continue
         x = node.inputs[1 - pos]
@@ -63,12 +63,12 @@ def _rule_binary(node: gs.Node, ov: frozenset) -> tuple[str, gs.Tensor] | str | 
     return None
 
 
-def _rule_dropout(node: gs.Node, ov: frozenset, opset: int) -> tuple[str, gs.Tensor] | str | None:
+def _rule_dropout(node: gs.Node, opset: int) -> tuple[str, gs.Tensor] | str | None:
     if opset < 7 and not node.attrs.get("is_test", 0):
         return f"Dropout {node.name} kept: is_test=0 (training mode) at opset {opset}"
     training = R.present(node, 2)
     if training is not None:
-        value = R.constant_value(training, ov)
+        value = R.constant_value(training)
         if value is None or bool(np.asarray(value).ravel()[0]):
             return f"Dropout {node.name} kept: training_mode is not a constant false"
     return "dropout-inference", node.inputs[0]
@@ -88,7 +88,7 @@ def _same_dtype(a, b) -> bool:
         return False
 
 
-def _rule_cast(node: gs.Node, ov: frozenset) -> tuple[str, gs.Tensor] | None:
+def _rule_cast(node: gs.Node) -> tuple[str, gs.Tensor] | None:
     x = node.inputs[0]
     if isinstance(x, gs.Constant):
         return None
@@ -129,7 +129,7 @@ def _reshape_keeps(x_shape: list | None, target: np.ndarray, allowzero: int) -> 
     return free <= 1
 
 
-def _rule_shape_ops(node: gs.Node, ov: frozenset, opset: int) -> tuple[str, gs.Tensor] | None:
+def _rule_shape_ops(node: gs.Node, opset: int) -> tuple[str, gs.Tensor] | None:
     """Reshape/Expand/Tile/Slice/Pad that keep the whole tensor."""
     x = node.inputs[0]
     if isinstance(x, gs.Constant):
@@ -137,28 +137,28 @@ def _rule_shape_ops(node: gs.Node, ov: frozenset, opset: int) -> tuple[str, gs.T
     shape = R.shape_of(x)
     op = node.op
     if op == "Reshape" and len(node.inputs) >= 2:
-        target = R.constant_value(node.inputs[1], ov)
+        target = R.constant_value(node.inputs[1])
         if target is not None and _reshape_keeps(shape, target.astype(np.int64), node.attrs.get("allowzero", 0)):
             return "reshape-same-shape", x
     elif op == "Expand" and len(node.inputs) == 2:
-        target = R.constant_value(node.inputs[1], ov)
+        target = R.constant_value(node.inputs[1])
         if target is not None and target.ndim == 1 and all(int(v) >= 1 for v in target) \
                 and R.broadcast_keeps_shape(shape, tuple(int(v) for v in target)):
             return "expand-same-shape", x
     elif op == "Tile" and len(node.inputs) == 2:
-        reps = R.constant_value(node.inputs[1], ov)
+        reps = R.constant_value(node.inputs[1])
         if reps is not None and reps.size > 0 and np.all(reps == 1):
             return "tile-ones", x
     elif op == "Pad":
-        pads = node.attrs.get("pads") if opset < 11 else R.constant_value(R.present(node, 1), ov)
+        pads = node.attrs.get("pads") if opset < 11 else R.constant_value(R.present(node, 1))
         if pads is not None and np.asarray(pads).size > 0 and np.all(np.asarray(pads) == 0):
             return "pad-zero", x
     elif op == "Slice" and opset >= 10:
-        return ("slice-whole", x) if _slice_keeps(node, shape, ov) else None
+        return ("slice-whole", x) if _slice_keeps(node, shape) else None
     return None
 
 
-def _slice_keeps(node: gs.Node, shape: list | None, ov: frozenset) -> bool:
+def _slice_keeps(node: gs.Node, shape: list | None) -> bool:
     if shape is None:
         return False
     params = []
@@ -167,7 +167,7 @@ def _slice_keeps(node: gs.Node, shape: list | None, ov: frozenset) -> bool:
         if t is None:
             params.append(None)
             continue
-        v = R.constant_value(t, ov)
+        v = R.constant_value(t)
         if v is None:
             return False
         params.append([int(a) for a in np.asarray(v).ravel()])
@@ -199,21 +199,21 @@ def _rule_single(node: gs.Node) -> tuple[str, gs.Tensor] | None:
     return None
 
 
-def _match(node: gs.Node, ov: frozenset, opset: int) -> tuple[str, gs.Tensor] | str | None:
+def _match(node: gs.Node, opset: int) -> tuple[str, gs.Tensor] | str | None:
     """The rule that makes ``node`` neutral and the input it equals, a note, or None. Pure."""
     op = node.op
     if not node.inputs or not node.outputs:
         return None
     if op in _BINARY:
-        return _rule_binary(node, ov)
+        return _rule_binary(node)
     if op == "Dropout":
-        return _rule_dropout(node, ov, opset)
+        return _rule_dropout(node, opset)
     if op in ("Cast", "CastLike"):
-        return _rule_cast(node, ov)
+        return _rule_cast(node)
     if op == "Transpose":
         return _rule_transpose(node)
     if op in ("Reshape", "Expand", "Tile", "Pad", "Slice"):
-        return _rule_shape_ops(node, ov, opset)
+        return _rule_shape_ops(node, opset)
     if op in _VARIADIC or op == "Split":
         return _rule_single(node)
     return None
@@ -223,7 +223,7 @@ _OPS = frozenset(_BINARY) | frozenset(_VARIADIC) | {"Dropout", "Cast", "CastLike
                                                      "Expand", "Tile", "Pad", "Slice", "Split"}
 
 
-def eliminate(graph: gs.Graph, ctx: PassContext, log: PassLog, ov: frozenset, opset: int) -> bool:
+def eliminate(graph: gs.Graph, ctx: PassContext, log: PassLog, opset: int) -> bool:
     """One sweep over ``graph`` in order (chains such as ``(x + 0) * 1`` go in one sweep)."""
     candidates = [n for n in graph.nodes if n.op in _OPS and R.is_standard(n)]
     if not candidates:
@@ -231,7 +231,7 @@ def eliminate(graph: gs.Graph, ctx: PassContext, log: PassLog, ov: frozenset, op
     scope = R.Scope(graph)
     changed = False
     for node in candidates:
-        found = _match(node, ov, opset)
+        found = _match(node, opset)
         if found is None:
             continue
         if isinstance(found, str):
@@ -300,9 +300,8 @@ class EliminateNeutralOps(Pass):
         if not any(n.op_type in _OPS for n in G.iter_proto_nodes(model)):
             return None
         graph = G.import_graph(_with_inferred_types(model, log))
-        ov = R.overridable_names(model)
         opset = G.opset_version(model, "") or 1
         changed = False
         for g in list(G.iter_graphs(graph)):
-            changed |= eliminate(g, ctx, log, ov, opset)
+            changed |= eliminate(g, ctx, log, opset)
         return G.export_model(graph, like=model) if changed else None

@@ -166,11 +166,16 @@ def _reshape(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
     old = su.constant_array(shape)
     if old is not None and old.ndim == 1 and old.tolist() == target:
         return False
-    if not edit.ctx.permit("reshape-target", node.name):
+    return _set_int_input(edit, node, 1, "target", target, "reshape-target")
+
+
+def _set_int_input(edit: _Edit, node: gs.Node, index: int, suffix: str, values: list, rule: str) -> bool:
+    """One counted, permitted, stamped rewrite: input ``index`` becomes an int64 constant."""
+    if not edit.ctx.permit(rule, node.name):
         return False
-    _replace_input(edit, node, 1, edit.const(node, "target", np.array(target, dtype=np.int64)))
-    _stamp(node, "reshape-target")
-    edit.log.count("reshape-target")
+    _replace_input(edit, node, index, edit.const(node, suffix, np.array(values, dtype=np.int64)))
+    _stamp(node, rule)
+    edit.log.count(rule)
     return True
 
 
@@ -212,12 +217,7 @@ def _expand(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
     old = su.constant_array(shape)
     if old is not None and old.ndim == 1 and old.tolist() == new:
         return False
-    if not edit.ctx.permit("expand-shape", node.name):
-        return False
-    _replace_input(edit, node, 1, edit.const(node, "shape", np.array(new, dtype=np.int64)))
-    _stamp(node, "expand-shape")
-    edit.log.count("expand-shape")
-    return True
+    return _set_int_input(edit, node, 1, "shape", new, "expand-shape")
 
 
 def _exclusive_chain(edit: _Edit, g: gs.Graph, t: gs.Tensor, consumer: gs.Node) -> list:
@@ -356,12 +356,7 @@ def _tile(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
             return True
     if su.constant_array(reps) is not None:
         return False
-    if not edit.ctx.permit("tile-repeats", node.name):
-        return False
-    _replace_input(edit, node, 1, edit.const(node, "repeats", np.array(new, dtype=np.int64)))
-    _stamp(node, "tile-repeats")
-    edit.log.count("tile-repeats")
-    return True
+    return _set_int_input(edit, node, 1, "repeats", new, "tile-repeats")
 
 
 def _constant_of_shape(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
@@ -376,12 +371,7 @@ def _constant_of_shape(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
         return False
     out = node.outputs[0]
     if id(out) in edit.graph_outputs():
-        if su.constant_array(shape) is None and edit.ctx.permit("constant-of-shape", node.name):
-            _replace_input(edit, node, 0, edit.const(node, "shape", np.array(dims, dtype=np.int64)))
-            _stamp(node, "constant-of-shape")
-            edit.log.count("constant-of-shape")
-            return True
-        return False
+        return su.constant_array(shape) is None and _set_int_input(edit, node, 0, "shape", dims, "constant-of-shape")
     if not edit.ctx.permit("constant-of-shape", node.name):
         return False
     fill = node.attrs.get("value")

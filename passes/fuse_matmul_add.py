@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 
 from passes import _rewire as R
 from surgeon import graph as G
-from surgeon.pipeline.base import Pass, PassContext, PassLog
+from surgeon.pipeline.base import GraphPass, PassContext, PassLog
 from surgeon.pipeline.registry import register
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def _rank2(t: gs.Tensor) -> bool:
     return shape is not None and len(shape) == 2
 
 
-def _check(matmul: gs.Node, scope: R.Scope, ov: frozenset) -> tuple[gs.Node, gs.Tensor] | str | None:
+def _check(matmul: gs.Node, scope: R.Scope) -> tuple[gs.Node, gs.Tensor] | str | None:
     """(the Add, the bias C) when the pair fuses, a refusal note, or None (no match). Pure."""
     if len(matmul.inputs) != 2 or len(matmul.outputs) != 1:
         return None
@@ -60,7 +60,7 @@ def _check(matmul: gs.Node, scope: R.Scope, ov: frozenset) -> tuple[gs.Node, gs.
     dtypes = {np.dtype(x.dtype) if x.dtype is not None and not isinstance(x.dtype, int) else None for x in (a, b)}
     if len(dtypes) != 1 or next(iter(dtypes)) not in _FLOATS:
         return f"MatMul {matmul.name} + Add {add.name} not fused: element type is not float16/float/double"
-    value = R.constant_value(c, ov)
+    value = R.constant_value(c)
     if value is None:
         return f"MatMul {matmul.name} + Add {add.name} not fused: the bias {c.name} is not a constant"
     out_shape = [R.shape_of(a)[0], R.shape_of(b)[1]]
@@ -70,7 +70,7 @@ def _check(matmul: gs.Node, scope: R.Scope, ov: frozenset) -> tuple[gs.Node, gs.
     return add, c
 
 
-def fuse(graph: gs.Graph, ctx: PassContext, log: PassLog, ov: frozenset) -> bool:
+def fuse(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
     candidates = [n for n in graph.nodes if n.op == "MatMul" and R.is_standard(n)]
     if not candidates:
         return False
@@ -78,7 +78,7 @@ def fuse(graph: gs.Graph, ctx: PassContext, log: PassLog, ov: frozenset) -> bool
     changed = False
     new_nodes: dict[int, gs.Node] = {}  # id(Add) -> Gemm taking its place
     for matmul in candidates:
-        found = _check(matmul, scope, ov)
+        found = _check(matmul, scope)
         if found is None:
             continue
         if isinstance(found, str):
@@ -105,19 +105,16 @@ def fuse(graph: gs.Graph, ctx: PassContext, log: PassLog, ov: frozenset) -> bool
 
 
 @register
-class FuseMatmulAdd(Pass):
+class FuseMatmulAdd(GraphPass):
     name = PASS_NAME
     summary = "Fuse MatMul + Add of a constant bias into Gemm where both MatMul inputs are 2-D."
     default_order = 65
+    candidate_ops = frozenset({"MatMul"})
 
     def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
         if (G.opset_version(model, "") or 1) < 7:
-            return None
-        if not any(n.op_type == "MatMul" for n in G.iter_proto_nodes(model)):
-            return None
-        graph = G.import_graph(model)
-        ov = R.overridable_names(model)
-        changed = False
-        for g in list(G.iter_graphs(graph)):
-            changed |= fuse(g, ctx, log, ov)
-        return G.export_model(graph, like=model) if changed else None
+            return None  # Gemm's unidirectional bias broadcasting starts at opset 7
+        return super().run(model, ctx, log)
+
+    def run_on_graph(self, graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
+        return fuse(graph, ctx, log)

@@ -127,13 +127,20 @@ class GraphPass(Pass):
     ``run_on_graph`` returns True when it changed ``graph``. Subgraphs share tensor
     objects with their enclosing graph, so outer-scope references stay intact as long as
     a pass does not remove a tensor that :func:`surgeon.graph.outer_scope_names` reports.
+
+    ``candidate_ops``: when set, a model with none of these op types (subgraphs included)
+    is left alone before the graph import, which costs more than most rewrites.
     """
+
+    candidate_ops: ClassVar[frozenset[str]] = frozenset()
 
     @abc.abstractmethod
     def run_on_graph(self, graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
         ...
 
     def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
+        if self.candidate_ops and not any(n.op_type in self.candidate_ops for n in G.iter_proto_nodes(model)):
+            return None
         graph = G.import_graph(model)
         changed = False
         for g in list(G.iter_graphs(graph)):
