@@ -142,7 +142,7 @@ def test_check_command_gets_reference_inputs(tmp_path):
     expect = tmp_path / "t2.npy"
     np.save(expect, np.stack([v["t2"] for v in values]))
     check = (f"{sys.executable} -c \"import numpy as np,sys; z=np.load(sys.argv[1]); "
-             f"ok=np.allclose(np.stack([z['sample0/t2'], z['sample1/t2']]), np.load('{expect}')); sys.exit(1 if ok else 0)\" {{inputs}}")
+             f"ok=np.allclose(np.stack([z['sample0/t2'], z['sample1/t2']]), np.load('{expect}'), rtol=0, atol=0); sys.exit(1 if ok else 0)\" {{inputs}}")
     oracle = CommandOracle(view, check, values, extract.types_from_values(values))
     assert oracle.judge(Candidate("subgraph", frozenset({3}), "t")).failed
     assert oracle.calls == 1

@@ -209,31 +209,27 @@ class Search:
                 out.add(u)
         return frozenset(out)
 
-    def _localize_marking(self) -> Iterator[Candidate]:
-        """Cut bisection on the whole model with small blocks of marked outputs."""
-        dag = self.dag
+    def _find_suspects(self, still_fails, fails_up_to) -> Iterator[Candidate]:
+        """The loop both search modes share: while something outside the known culprits
+        still fails, binary-search the first position after the last suspect whose cut
+        fails, take it as a suspect and set its descendants aside.
+
+        ``still_fails(positions, excluded, suspects)`` and ``fails_up_to(positions, p,
+        excluded)`` are generators that ask the oracle and return a truth value.
+        """
         suspects: list[int] = []
         excluded: set[int] = set()
         while True:
-            positions = [p for p in range(dag.n) if p not in excluded]
-            if not positions:
+            positions = [p for p in range(self.dag.n) if p not in excluded]
+            if not positions or not (yield from still_fails(positions, excluded, suspects)):
                 break
-            last = self._frontier(dag.n - 1, excluded)
-            if not last:
-                break
-            bad = yield from self._ask("mark", last, "look for divergence outside known culprits")
-            if not bad:
-                break
-            # everything up to the previous suspect was seen clean; the next one is later
             later = [i for i, p in enumerate(positions) if not suspects or p > suspects[-1]]
             if not later:
                 break
-            lo, hi = later[0], len(positions) - 1  # the first index whose frontier diverges is in [lo, hi]
+            lo, hi = later[0], len(positions) - 1  # the first index whose cut fails is in [lo, hi]
             while lo < hi:
                 mid = (lo + hi) // 2
-                front = self._frontier(positions[mid], excluded)
-                bad = (yield from self._ask("mark", front, f"cut after node {positions[mid]}")) if front else frozenset()
-                if bad:
+                if (yield from fails_up_to(positions, positions[mid], excluded)):
                     hi = mid
                 else:
                     lo = mid + 1
@@ -241,6 +237,21 @@ class Search:
             suspects.append(s)
             excluded |= self.dag.descendants([s])
         return suspects
+
+    def _localize_marking(self) -> Iterator[Candidate]:
+        """Cut bisection on the whole model with small blocks of marked outputs."""
+
+        def still_fails(positions, excluded, suspects):
+            last = self._frontier(self.dag.n - 1, excluded)
+            if not last:
+                return False
+            return (yield from self._ask("mark", last, "look for divergence outside known culprits"))
+
+        def fails_up_to(positions, p, excluded):
+            front = self._frontier(p, excluded)
+            return (yield from self._ask("mark", front, f"cut after node {p}")) if front else frozenset()
+
+        return (yield from self._find_suspects(still_fails, fails_up_to))
 
     def _localize_all(self) -> Iterator[Candidate]:
         """One run with every tensor marked: introduction points are read off directly."""
@@ -249,34 +260,17 @@ class Search:
 
     def _localize_prefixes(self) -> Iterator[Candidate]:
         """No marking possible (shell oracle): bisect the shortest failing prefix."""
-        dag = self.dag
-        suspects: list[int] = []
-        excluded: set[int] = set()
-        while True:
-            positions = [p for p in range(dag.n) if p not in excluded]
-            if not positions:
-                break
-            if suspects:
-                rest = frozenset(positions)
-                failing = yield from self._ask("subgraph", rest, "look for failures outside known culprits")
-                if not failing:
-                    break
-            later = [i for i, p in enumerate(positions) if not suspects or p > suspects[-1]]
-            if not later:
-                break
-            lo, hi = later[0], len(positions) - 1
-            while lo < hi:
-                mid = (lo + hi) // 2
-                prefix = frozenset(p for p in positions if p <= positions[mid])
-                failing = yield from self._ask("subgraph", prefix, f"prefix up to node {positions[mid]}")
-                if failing:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            s = positions[lo]
-            suspects.append(s)
-            excluded |= self.dag.descendants([s])
-        return suspects
+
+        def still_fails(positions, excluded, suspects):
+            if not suspects:
+                return True  # the full model was confirmed to fail before the search
+            return (yield from self._ask("subgraph", frozenset(positions), "look for failures outside known culprits"))
+
+        def fails_up_to(positions, p, excluded):
+            prefix = frozenset(q for q in positions if q <= p)
+            return (yield from self._ask("subgraph", prefix, f"prefix up to node {p}"))
+
+        return (yield from self._find_suspects(still_fails, fails_up_to))
 
     def _isolate(self, s: int) -> Iterator[Candidate]:
         """Does ``s`` fail alone? If not, the fewest nearest ancestors that make it fail."""
