@@ -79,23 +79,20 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _samples_from_args(args, model, runs=None) -> list:
     """The input samples a debug command runs on: loaded from a file, or generated and seeded."""
-    from surgeon.debug import data
+    from surgeon import input_files
+    from surgeon.input_data import make_samples, parse_shape_args, parse_value_ranges
 
     if getattr(args, "load_inputs", None):
-        from surgeon.debug import inputs_io
-
-        samples = inputs_io.load_inputs(args.load_inputs)
+        feeds = input_files.load_inputs(args.load_inputs)
     else:
-        samples = data.make_samples(
-            model, input_shapes=data.parse_shape_args(args.input_shapes),
-            value_ranges=data.parse_value_ranges(args.val_range), iterations=args.iterations,
+        feeds = make_samples(
+            model, input_shapes=parse_shape_args(args.input_shapes),
+            value_ranges=parse_value_ranges(args.val_range), iterations=args.iterations,
             seed=args.seed, runs=runs,
         )
     if getattr(args, "save_inputs", None):
-        from surgeon.debug import inputs_io
-
-        inputs_io.save_inputs(args.save_inputs, samples)
-    return samples
+        input_files.save_inputs(args.save_inputs, feeds)
+    return feeds
 
 
 # --- fix -----------------------------------------------------------------------------
@@ -132,10 +129,10 @@ def _read_exclusions(path: str | None) -> frozenset[str]:
 def _cmd_fix(args) -> int:
     import surgeon
     from surgeon import model as model_io
-    from surgeon.debug import data
+    from surgeon import input_data
     from surgeon.fix_report import render_fix
 
-    shapes = data.parse_shape_args(args.input_shapes)
+    shapes = input_data.parse_shape_args(args.input_shapes)
     passes = surgeon.pipeline.registry.parse_pipeline(args.passes)
     model = surgeon.load(args.model)
     model_io.check_output_path(args.model, args.output)
@@ -143,9 +140,9 @@ def _cmd_fix(args) -> int:
         model_io.check_output_path(args.model, args.report)
     samples = None
     if args.load_inputs:
-        from surgeon.debug import inputs_io
+        from surgeon import input_files
 
-        samples = inputs_io.load_inputs(args.load_inputs)
+        samples = input_files.load_inputs(args.load_inputs)
     from rich.status import Status
 
     with Status("running passes", console=_stderr_console()) as status:
@@ -239,7 +236,7 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 def _backend_options(args, name: str | None) -> dict:
     """Keyword options for ``backends.create(name, ...)``; options for another backend are an error."""
-    from surgeon.debug import data
+    from surgeon import input_data
     from surgeon.errors import UsageError
 
     given = {"--fp16-keep": bool(args.fp16_keep), "--fp16": args.fp16, "--bf16": args.bf16, "--int8": args.int8,
@@ -254,7 +251,7 @@ def _backend_options(args, name: str | None) -> dict:
     if name not in ("trt", "trt-rtx"):
         return {}
     opts: dict = {k: True for k in ("fp16", "bf16", "int8", "tf32") if getattr(args, k)}
-    shapes = [data.parse_shape_args(getattr(args, f"trt_{w}_shapes")) for w in ("min", "opt", "max")]
+    shapes = [input_data.parse_shape_args(getattr(args, f"trt_{w}_shapes")) for w in ("min", "opt", "max")]
     if any(shapes):
         if not all(shapes) or len({frozenset(s) for s in shapes}) != 1:
             raise UsageError("--trt-min-shapes, --trt-opt-shapes and --trt-max-shapes must all name the same inputs")
@@ -275,8 +272,8 @@ def _check_outputs(model_path: str, *paths: str | None) -> None:
 
 
 def _probe_runs(backend_name: str, model):
-    """``runs(feeds)`` for data.make_samples: whether the reference backend accepts a feed."""
-    from surgeon.debug import backends
+    """``runs(feeds)`` for input_data.make_samples: whether the reference backend accepts a feed."""
+    from surgeon import backends
     from surgeon.errors import BackendError
 
     session = backends.create(backend_name).session(model)
@@ -308,7 +305,7 @@ def _add_compare(sub) -> None:
 
 def _cmd_compare(args) -> int:
     import surgeon
-    from surgeon.debug import backends, inputs_io
+    from surgeon import backends, input_files
     from surgeon.debug.compare_run import compare, render_compare
 
     _check_outputs(args.model, args.report, args.save_outputs, args.save_inputs)
@@ -316,7 +313,7 @@ def _cmd_compare(args) -> int:
     test_backend = backends.create(args.test, **test_options) if args.test else None
     for path, what in ((args.save_inputs, "input data"), (args.save_outputs, "output data"), (args.load_inputs, "input data")):
         if path:
-            inputs_io.check_path(path, what)
+            input_files.check_path(path, what)
     model = surgeon.load(args.model)
     if args.against:
         surgeon.load(args.against)  # a missing or broken second model is an input error before anything runs
@@ -331,7 +328,7 @@ def _cmd_compare(args) -> int:
         runs = {f"ref:{args.ref}": report.runs.get("ref", [])}
         if "test" in report.runs:
             runs[f"test:{args.test or 'against'}"] = report.runs["test"]
-        report.notes.extend(inputs_io.save_outputs(args.save_outputs, runs))
+        report.notes.extend(input_files.save_outputs(args.save_outputs, runs))
     if args.report:
         from surgeon.report import write_json
 
@@ -387,9 +384,9 @@ def _cmd_doctor(args) -> int:
 
 
 def _data_shapes(args) -> dict:
-    from surgeon.debug import data
+    from surgeon import input_data
 
-    return data.parse_shape_args(args.input_shapes)
+    return input_data.parse_shape_args(args.input_shapes)
 
 
 # --- bisect / scan --------------------------------------------------------------------
@@ -417,7 +414,7 @@ def _bisect_tolerances(args, test_backend):
     """The user's tolerances, else the looser defaults of the precision the test backend computes in."""
     atol, rtol = _tolerances(args.atol), _tolerances(args.rtol)
     if test_backend is not None and atol is None and rtol is None:
-        from surgeon.debug.compare import DEFAULT_TOLERANCES
+        from surgeon.comparison import DEFAULT_TOLERANCES
         from surgeon.debug.compare_run import backend_precision
 
         precision = backend_precision(test_backend)
@@ -446,7 +443,7 @@ def _repro_command(args, atol, rtol) -> str:
 
 def _cmd_bisect(args) -> int:
     import surgeon
-    from surgeon.debug import backends
+    from surgeon import backends
     from surgeon.debug.bisect import artifacts, bisect_model, repro_text
     from surgeon.errors import UsageError
 
@@ -509,7 +506,7 @@ def _add_scan(sub) -> None:
 
 def _cmd_scan(args) -> int:
     import surgeon
-    from surgeon.debug import backends
+    from surgeon import backends
     from surgeon.debug.scan import scan_model
     from surgeon.report import table, write_json
 
@@ -601,7 +598,7 @@ class _CheckCommand:
 def _cmd_isolate(args) -> int:
     import surgeon
     from surgeon.debug import isolate
-    from surgeon.debug.compare import diff_outputs
+    from surgeon.comparison import diff_outputs
 
     if args.max_sets < 1 or args.confirm_repeats < 1:
         raise SurgeonError("--max-sets and --confirm-repeats must be at least 1")
@@ -637,7 +634,7 @@ def _cmd_isolate(args) -> int:
             target = OrtOptimizersTarget(model, samples, reference=args.reference, optimizers=args.optimizers,
                                          atol=atol, rtol=rtol, nan_equal=args.nan_equal)
         else:
-            from surgeon.debug import backends
+            from surgeon import backends
             from surgeon.debug.isolate import trt_tactics
 
             version = trt_tactics.tensorrt_version()

@@ -29,7 +29,7 @@ def main() -> int:
     import onnx
     from onnx import helper
 
-    from surgeon.debug import backends
+    from surgeon import backends
 
     model = onnx.load(args.model)
     inits = {t.name for t in model.graph.initializer}

@@ -19,8 +19,8 @@ def compare(model, **options):
 
 
 def backend(name: str, **options):
-    """A backend by name (``backend("fp16", keep=["Softmax"])``); see surgeon.debug.backends.create."""
-    from surgeon.debug.backends import create
+    """A backend by name (``backend("fp16", keep=["Softmax"])``); see surgeon.backends.create."""
+    from surgeon.backends import create
 
     return create(name, **options)
 

@@ -64,7 +64,7 @@ def doctor(
     """Fix ``model_path`` into ``output_path`` and compare; see the module docstring."""
     import surgeon
 
-    from surgeon.debug import backends
+    from surgeon import backends
 
     start = time.perf_counter()
     model_io.check_output_path(model_path, output_path)

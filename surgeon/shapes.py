@@ -7,7 +7,7 @@ from typing import Mapping
 import onnx
 
 from surgeon import model as model_io
-from surgeon.debug import data
+from surgeon import input_data
 
 
 def pin_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
@@ -16,7 +16,7 @@ def pin_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...
     Inferred shapes of intermediates and outputs are cleared where they used the pinned
     symbols, so shape inference recomputes them rather than trusting stale dims.
     """
-    data.check_pins(data.input_specs(model), shapes)
+    input_data.check_pins(input_data.input_specs(model), shapes)
     out = model_io.copy(model)
     symbols: dict[str, int] = {}
     for vi in out.graph.input:

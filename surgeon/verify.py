@@ -15,8 +15,8 @@ from typing import Any, Iterable, Mapping
 import onnx
 
 from surgeon import model as model_io
-from surgeon.debug import backends, data
-from surgeon.debug.compare import diff_outputs
+from surgeon import backends, input_data
+from surgeon.comparison import diff_outputs
 from surgeon.errors import BackendError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class Verifier:
                 return False
 
         if samples is None:
-            samples, self.note = data.verification_samples(model, input_shapes, seed, runs)
+            samples, self.note = input_data.verification_samples(model, input_shapes, seed, runs)
         if not samples:
             self.skipped = f"verification skipped: {self.note}"
             return
@@ -129,7 +129,7 @@ class Verifier:
         return self.skipped is None
 
     def sample_shapes(self) -> list[str]:
-        return [data.describe_feeds(s) for s in self.samples]
+        return [input_data.describe_feeds(s) for s in self.samples]
 
     def check(self, before: onnx.ModelProto, candidate: onnx.ModelProto, opaque: Iterable[str] = ()) -> VerifyResult:
         """``opaque``: ``domain::Op`` the pass added on purpose (see PassLog.opaque_ops)."""
@@ -159,7 +159,7 @@ class Verifier:
             try:
                 outputs.append(session.run(feeds))
             except BackendError as exc:
-                return VerifyResult(False, f"on sample {i + 1} ({data.describe_feeds(feeds)}): {exc}")
+                return VerifyResult(False, f"on sample {i + 1} ({input_data.describe_feeds(feeds)}): {exc}")
         max_abs = max_rel = 0.0
         for i, (ref, out) in enumerate(zip(self.reference, outputs)):
             for d in diff_outputs(ref, out, atol=self.atol, rtol=self.rtol, nan_equal=True):
@@ -167,7 +167,7 @@ class Verifier:
                 if not d.passed:
                     return VerifyResult(
                         False,
-                        f"output '{d.name}' differs on sample {i + 1} ({data.describe_feeds(self.samples[i])}): {d.reason}",
+                        f"output '{d.name}' differs on sample {i + 1} ({input_data.describe_feeds(self.samples[i])}): {d.reason}",
                         max_abs, max_rel, True,
                     )
         return VerifyResult(True, "", max_abs, max_rel, True, outputs)

@@ -93,3 +93,19 @@ def requires_corpus(name: str | None = None):
     if name and not (CORPUS / name).is_file():
         return pytest.mark.skip(reason=f"corpus model {name} not found in {CORPUS}")
     return pytest.mark.skipif(False, reason="corpus present")
+
+
+def run_pass(pass_ref, model: onnx.ModelProto, *, limit: int | None = None, options: Mapping[str, Any] | None = None):
+    """Run one pass directly (no verification): ``(new model or None when unchanged, PassLog)``.
+
+    ``pass_ref`` is a registered pass name or a Pass class. The input model must stay
+    untouched; the pass contract test checks that for every registered pass.
+    """
+    from surgeon.pipeline import registry
+    from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
+
+    cls = registry.get(pass_ref) if isinstance(pass_ref, str) else pass_ref
+    ctx = PassContext(budget=RewriteBudget(limit=limit), options=dict(options or {}), pass_name=cls.name)
+    log = PassLog()
+    out = cls().run(model, ctx, log)
+    return out, log

@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 import surgeon
-from surgeon.debug.compare import Tolerance, diff_values
+from surgeon.comparison import Tolerance, diff_values
 from surgeon.graph import count_nodes
 from helpers import CORPUS, requires_corpus, run_cli
 

@@ -1,6 +1,6 @@
 """``surgeon compare``: run one model on two backends (or two models on one) and judge.
 
-The judging rule is :mod:`surgeon.debug.compare`'s (``|test-ref| <= atol + rtol*|ref|``),
+The judging rule is :mod:`surgeon.comparison`'s (``|test-ref| <= atol + rtol*|ref|``),
 the same one the fix pipeline verifies with. This module adds what a person debugging a
 deployment needs around it: inputs (generated, seeded, or loaded), every sample run on
 both sides, per-output statistics over all samples, the tolerances that were actually
@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 
 from surgeon import model as model_io
-from surgeon.debug import backends, data
-from surgeon.debug.compare import DEFAULT_TOLERANCES, OutputDiff, diff_values, tolerance_for
+from surgeon import backends, input_data
+from surgeon.comparison import DEFAULT_TOLERANCES, OutputDiff, diff_values, tolerance_for
 from surgeon.errors import BackendError, InputDataError, UsageError
 from surgeon.report import table
 
@@ -116,7 +116,7 @@ def backend_precision(backend: backends.Backend) -> str | None:
 
 def check_feeds(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], what: str = "the model") -> None:
     """Loaded samples must name exactly the model's inputs, with their dtypes and ranks."""
-    specs = {s.name: s for s in data.input_specs(model)}
+    specs = {s.name: s for s in input_data.input_specs(model)}
     for i, sample in enumerate(samples):
         extra = [n for n in sample if n not in specs]
         if extra:
@@ -246,7 +246,7 @@ def compare(
             except BackendError:
                 return False
 
-        samples = data.make_samples(ref_model, input_shapes=input_shapes, value_ranges=value_ranges,
+        samples = input_data.make_samples(ref_model, input_shapes=input_shapes, value_ranges=value_ranges,
                                     iterations=iterations, seed=seed, runs=runs)
     else:
         samples = [dict(s) for s in samples]
@@ -262,11 +262,11 @@ def compare(
     try:
         ref_runs = _run_all(ref_session, samples)
     except BackendError as exc:  # a failing reference run is an input problem (exit 2), with a way out
-        raise BackendError(f"the reference backend cannot run the model on inputs {data.describe_feeds(samples[0])} "
+        raise BackendError(f"the reference backend cannot run the model on inputs {input_data.describe_feeds(samples[0])} "
                            f"({exc}); give --input-shapes and --val-range, or --load-inputs") from exc
     ref_label = f"{model_label} on {ref_backend.describe()}" if against is not None else ref_backend.describe()
     report = CompareReport(model_label, ref_label, test_label, against_label, [],
-                           [data.describe_feeds(s) for s in samples], 0.0, notes=notes)
+                           [input_data.describe_feeds(s) for s in samples], 0.0, notes=notes)
     report.runs["ref"] = ref_runs
     try:
         test_session = test_backend.session(test_model)

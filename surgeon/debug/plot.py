@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surgeon.debug.compare import OutputDiff
+from surgeon.comparison import OutputDiff
 
 _WORST = 5
 

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from helpers import FIXTURES, model_from_text, requires_corpus, run_ort
-from surgeon.debug import backends
+from surgeon import backends
 from surgeon.debug.bisect import artifacts, bisect_model, extract
 from surgeon.debug.bisect.oracle import CommandOracle, NumericOracle, Verdict
 from surgeon.debug.bisect.reduce import reference_values

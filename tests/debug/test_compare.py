@@ -98,7 +98,7 @@ def test_test_backend_failure_is_a_verdict_not_a_crash():
     assert not report.passed and "boom" in report.error and report.to_dict()["verdict"] == "mismatch"
 
 
-class _Failing(surgeon.debug.backends.Backend):
+class _Failing(surgeon.backends.Backend):
     name = "failing"
 
     def session(self, model):
@@ -165,7 +165,7 @@ def test_cli_bad_input_exit_2_one_line_nothing_written(tmp_path, args, needle):
 
 
 def test_cli_trt_missing_exit_2():
-    from surgeon.debug.backends import trt
+    from surgeon.backends import trt
 
     if trt.available("trt"):
         pytest.skip("TensorRT is installed here")

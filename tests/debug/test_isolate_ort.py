@@ -6,7 +6,7 @@ import importlib.util
 import pytest
 
 from helpers import FIXTURES, run_cli
-from surgeon.debug import data
+from surgeon import input_data
 from surgeon.debug.isolate import run
 from surgeon.debug.isolate.ort_optimizers import (KNOWN_RULES, OrtOptimizersTarget, discover, parse_transformer_log,
                                                   validate_names)
@@ -30,7 +30,7 @@ def test_discovers_optimizer_names_from_ort_itself(model):
 
 
 def test_strict_tolerance_isolates_the_fusions(model, tmp_path):
-    samples = data.make_samples(model, seed=0)
+    samples = input_data.make_samples(model, seed=0)
     target = OrtOptimizersTarget(model, samples, atol=0.0, rtol=0.0)
     result, report = run(target, str(tmp_path / "o"))
     assert result.status == "culprits"
@@ -42,7 +42,7 @@ def test_strict_tolerance_isolates_the_fusions(model, tmp_path):
 
 
 def test_default_tolerance_sees_no_divergence(model, tmp_path):
-    target = OrtOptimizersTarget(model, data.make_samples(model), atol=1e-4, rtol=1e-3)
+    target = OrtOptimizersTarget(model, input_data.make_samples(model), atol=1e-4, rtol=1e-3)
     result, _ = run(target, str(tmp_path / "o"))
     assert result.status == "no-divergence"
 

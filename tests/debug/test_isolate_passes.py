@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 import pytest
 
 from helpers import FIXTURES, run_cli, run_ort
-from surgeon.debug import data
+from surgeon import input_data
 from surgeon.debug.isolate import run
 from surgeon.debug.isolate.ddmin import CULPRITS
 from surgeon.debug.isolate.passes_target import PassesTarget
@@ -54,7 +54,7 @@ def model():
 
 
 def test_isolates_the_one_wrong_application_among_60(model, tmp_path):
-    samples = data.make_samples(model, seed=0)
+    samples = input_data.make_samples(model, seed=0)
     target = PassesTarget(model, samples, passes="test-relu-as-clip6", atol=1e-6, rtol=1e-6)
     assert len(target.choices) == 60
     result, report = run(target, str(tmp_path / "out"))
@@ -68,7 +68,7 @@ def test_isolates_the_one_wrong_application_among_60(model, tmp_path):
 
 
 def test_exclusion_list_makes_fix_correct_and_keeps_the_other_59(model, tmp_path):
-    samples = data.make_samples(model, seed=0)
+    samples = input_data.make_samples(model, seed=0)
     keys = {"test-relu-as-clip6:relu-as-clip6:relu_37"}
     fixed, report = fix(model, "test-relu-as-clip6", verify=False, exclude=keys)
     ops = [n.op_type for n in fixed.graph.node]
@@ -81,7 +81,7 @@ def test_exclusion_list_makes_fix_correct_and_keeps_the_other_59(model, tmp_path
 
 def test_nothing_to_isolate_when_every_application_is_right(tmp_path):
     model = models.relu_branches(n=10, hot=-1)  # no branch exceeds 6
-    target = PassesTarget(model, data.make_samples(model), passes="test-relu-as-clip6", atol=1e-6, rtol=1e-6)
+    target = PassesTarget(model, input_data.make_samples(model), passes="test-relu-as-clip6", atol=1e-6, rtol=1e-6)
     result, report = run(target, str(tmp_path / "out"))
     assert result.status == "no-divergence" and report["avoid"] is None
 

@@ -132,11 +132,11 @@ def test_trt_target_builds_where_tensorrt_imports():
     import onnx
     from onnx import helper
 
-    from surgeon.debug import data
+    from surgeon import input_data
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", 1, [1, 8])],
                           [helper.make_tensor_value_info("y", 1, [1, 8])])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    samples = data.make_samples(model)
+    samples = input_data.make_samples(model)
     target = T.TrtTacticsTarget(model, samples, reference_outputs=[{"y": s["x"].clip(0)} for s in samples],
                                 compare=lambda r, o: abs(r["y"] - o["y"]).max() <= 1e-6)
     assert target.kind == T.mechanism_for(target.version)

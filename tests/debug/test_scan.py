@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from helpers import FIXTURES, run_cli
-from surgeon.debug import backends
+from surgeon import backends
 from surgeon.debug.scan import FP16_MAX, scan_model
 
 spec = importlib.util.spec_from_file_location("make_bisect_fixtures", FIXTURES / "make_bisect_fixtures.py")

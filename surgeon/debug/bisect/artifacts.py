@@ -93,7 +93,7 @@ def write_bundle(outdir: Path, *, reduced: onnx.ModelProto, inputs: Sequence[Map
                  expected: Sequence[Mapping[str, Any]], ref_name: str, report: Mapping[str, Any], repro: str,
                  against: onnx.ModelProto | None = None) -> list[str]:
     """Write the repro bundle; returns the file names written."""
-    from surgeon.debug import inputs_io
+    from surgeon import input_files
 
     written = []
     model_io.save(reduced, outdir / "reduced.onnx")
@@ -102,9 +102,9 @@ def write_bundle(outdir: Path, *, reduced: onnx.ModelProto, inputs: Sequence[Map
         model_io.save(against, outdir / "reduced_against.onnx")
         written.append("reduced_against.onnx")
     if inputs and any(inputs):
-        inputs_io.save_inputs(outdir / "inputs.npz", inputs)
+        input_files.save_inputs(outdir / "inputs.npz", inputs)
         written.append("inputs.npz")
-    inputs_io.save_outputs(outdir / "expected.npz", {ref_name: list(expected)})
+    input_files.save_outputs(outdir / "expected.npz", {ref_name: list(expected)})
     written.append("expected.npz")
     write_json(str(outdir / "report.json"), dict(report))
     written.append("report.json")

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from surgeon import model as model_io
-from surgeon.debug import compare
+from surgeon import comparison as compare
 from surgeon.debug.bisect import extract
 from surgeon.debug.bisect.strategy import Candidate
 from surgeon.errors import BackendError
@@ -191,10 +191,10 @@ class CommandOracle:
             model_io.save(model, path)
             subst = {"model": shlex.quote(str(path))}
             if "{inputs}" in self.command:
-                from surgeon.debug import inputs_io
+                from surgeon import input_files
 
                 ipath = Path(d) / "inputs.npz"
-                inputs_io.save_inputs(ipath, [{n: s[n] for n in inputs if n in s} for s in self.ref])
+                input_files.save_inputs(ipath, [{n: s[n] for n in inputs if n in s} for s in self.ref])
                 subst["inputs"] = shlex.quote(str(ipath))
             cmd = self.command
             for key, value in subst.items():

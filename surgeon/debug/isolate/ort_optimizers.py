@@ -29,8 +29,8 @@ from typing import Any, Mapping, Sequence
 import onnx
 
 from surgeon import model as model_io
-from surgeon.debug import backends
-from surgeon.debug.compare import diff_outputs
+from surgeon import backends
+from surgeon.comparison import diff_outputs
 from surgeon.debug.isolate.ddmin import Subset, Verdict
 from surgeon.errors import BackendError, UsageError
 

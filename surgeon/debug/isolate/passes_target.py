@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 import onnx
 
-from surgeon.debug import backends
-from surgeon.debug.compare import diff_outputs
+from surgeon import backends
+from surgeon.comparison import diff_outputs
 from surgeon.debug.isolate.ddmin import Subset, Verdict
 from surgeon.errors import BackendError, UsageError
 from surgeon.pipeline import runner

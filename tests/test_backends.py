@@ -10,9 +10,9 @@ import onnx
 import pytest
 
 from helpers import FIXTURES, ROOT, model_from_text, run_ort
-from surgeon.debug import backends
-from surgeon.debug.backends import fp16 as fp16_mod
-from surgeon.debug.backends import trt as trt_mod
+from surgeon import backends
+from surgeon.backends import fp16 as fp16_mod
+from surgeon.backends import trt as trt_mod
 from surgeon.errors import BackendError, BackendUnavailableError, UsageError
 
 ATOL, RTOL = 1e-5, 1e-5  # reference vs onnxrt on small float32 models
@@ -183,7 +183,7 @@ def test_fp16_fuses_follows_its_ort_level():
 
 
 def test_import_surgeon_imports_no_heavy_backend():
-    code = ("import sys, surgeon, surgeon.debug.backends, surgeon.debug.compare_run, surgeon.doctor; "
+    code = ("import sys, surgeon, surgeon.backends, surgeon.debug.compare_run, surgeon.doctor; "
             "print(sorted(m for m in ('tensorrt', 'polygraphy', 'onnxruntime', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
@@ -228,7 +228,7 @@ def test_trt_rtx_builds_and_saves_engine_without_a_gpu(tmp_path):
 
 
 def test_trt_worker_usage_error_exits_2():
-    out = subprocess.run([sys.executable, "-m", "surgeon.debug.backends.trt_worker", "bogus"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "surgeon.backends.trt_worker", "bogus"], capture_output=True,
                          text=True, cwd=ROOT)
     assert out.returncode == 2 and "usage" in out.stderr
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import FIXTURES
-from surgeon.debug import inputs_io
+from surgeon import input_files
 from surgeon.errors import InputDataError, UsageError
 
 POLYGRAPHY = shutil.which("polygraphy")
@@ -36,8 +36,8 @@ def _assert_same(got, want):
 def test_roundtrip(tmp_path, suffix, n):
     samples = _samples(n)
     path = tmp_path / f"in{suffix}"
-    inputs_io.save_inputs(path, samples)
-    _assert_same(inputs_io.load_inputs(path), samples)
+    input_files.save_inputs(path, samples)
+    _assert_same(input_files.load_inputs(path), samples)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
 
 
@@ -47,7 +47,7 @@ def test_polygraphy_saved_inputs_load_here(tmp_path):
     subprocess.run([POLYGRAPHY, "run", str(FIXTURES / "debug_multi_dynamic.onnx"), "--onnxrt", "--iterations", "2",
                     "--input-shapes", "a:[3,5]", "b:[3,5]", "--save-inputs", str(path)],
                    check=True, capture_output=True, text=True, timeout=120)
-    samples = inputs_io.load_inputs(path)
+    samples = input_files.load_inputs(path)
     assert len(samples) == 2
     assert sorted(samples[0]) == ["a", "b"] and samples[0]["a"].shape == (3, 5) and samples[0]["a"].dtype == np.float32
     assert not np.array_equal(samples[0]["a"], samples[1]["a"])  # two different iterations
@@ -58,7 +58,7 @@ def test_inputs_written_here_load_in_polygraphy(tmp_path):
     samples = _samples(2)
     inputs = tmp_path / "in.json"
     outputs = tmp_path / "pg_out.json"
-    inputs_io.save_inputs(inputs, samples)
+    input_files.save_inputs(inputs, samples)
     subprocess.run([POLYGRAPHY, "run", str(FIXTURES / "debug_multi_dynamic.onnx"), "--onnxrt",
                     "--load-inputs", str(inputs), "--save-outputs", str(outputs)],
                    check=True, capture_output=True, text=True, timeout=120)
@@ -76,34 +76,34 @@ def test_outputs_json_is_polygraphy_run_results(tmp_path):
 
     runs = {"ref": [{"y": np.arange(4, dtype=np.float32), "seq": [np.zeros(2)]}], "test": [{"y": np.ones(4, np.float32)}]}
     path = tmp_path / "out.json"
-    notes = inputs_io.save_outputs(path, runs)
+    notes = input_files.save_outputs(path, runs)
     assert notes == ["output 'seq' is not a tensor and was not saved"]
     results = RunResults.load(str(path))
     assert list(results.keys()) == ["ref", "test"]
     np.testing.assert_array_equal(results["ref"][0]["y"], np.arange(4, dtype=np.float32))
     npz = tmp_path / "out.npz"
-    inputs_io.save_outputs(npz, runs)
+    input_files.save_outputs(npz, runs)
     with np.load(npz) as z:
         assert sorted(z.files) == ["ref/sample0/y", "test/sample0/y"]
 
 
 def test_bad_files(tmp_path):
     with pytest.raises(InputDataError, match="does not exist"):
-        inputs_io.load_inputs(tmp_path / "missing.npz")
+        input_files.load_inputs(tmp_path / "missing.npz")
     (tmp_path / "x.txt").write_text("1 2 3")
     with pytest.raises(UsageError, match=".npz or .json"):
-        inputs_io.load_inputs(tmp_path / "x.txt")
+        input_files.load_inputs(tmp_path / "x.txt")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(InputDataError, match="not a Polygraphy JSON"):
-        inputs_io.load_inputs(tmp_path / "bad.json")
+        input_files.load_inputs(tmp_path / "bad.json")
     (tmp_path / "bad.npz").write_bytes(b"garbage")
     with pytest.raises(InputDataError, match="not a readable .npz"):
-        inputs_io.load_inputs(tmp_path / "bad.npz")
+        input_files.load_inputs(tmp_path / "bad.npz")
     np.savez(tmp_path / "gap.npz", **{"sample0/a": np.zeros(1), "sample2/a": np.zeros(1)})
     with pytest.raises(InputDataError, match="without gaps"):
-        inputs_io.load_inputs(tmp_path / "gap.npz")
+        input_files.load_inputs(tmp_path / "gap.npz")
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(InputDataError, match="list of"):
-        inputs_io.load_inputs(tmp_path / "list.json")
+        input_files.load_inputs(tmp_path / "list.json")
     with pytest.raises(UsageError, match="folder does not exist"):
-        inputs_io.save_inputs(tmp_path / "nodir" / "x.npz", _samples(1))
+        input_files.save_inputs(tmp_path / "nodir" / "x.npz", _samples(1))

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 import onnx
 
-from surgeon.debug.backends import Backend, Session
+from surgeon.backends import Backend, Session
 from surgeon.errors import BackendError
 
 log = logging.getLogger(__name__)

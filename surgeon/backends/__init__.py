@@ -45,12 +45,12 @@ class Backend(abc.ABC):
 
 # name -> "module:factory"; the factory takes keyword options and returns a Backend.
 _FACTORIES: dict[str, str] = {
-    "onnxrt": "surgeon.debug.backends.onnxrt:OnnxRuntimeBackend",
-    "onnxrt-noopt": "surgeon.debug.backends.onnxrt:no_optimization_backend",
-    "reference": "surgeon.debug.backends.reference:ReferenceBackend",
-    "fp16": "surgeon.debug.backends.fp16:create",
-    "trt": "surgeon.debug.backends.trt:create",
-    "trt-rtx": "surgeon.debug.backends.trt:create_rtx",
+    "onnxrt": "surgeon.backends.onnxrt:OnnxRuntimeBackend",
+    "onnxrt-noopt": "surgeon.backends.onnxrt:no_optimization_backend",
+    "reference": "surgeon.backends.reference:ReferenceBackend",
+    "fp16": "surgeon.backends.fp16:create",
+    "trt": "surgeon.backends.trt:create",
+    "trt-rtx": "surgeon.backends.trt:create_rtx",
 }
 
 

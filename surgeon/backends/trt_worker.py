@@ -1,4 +1,4 @@
-"""The TensorRT worker process: ``python -m surgeon.debug.backends.trt_worker ACTION SPEC.json``.
+"""The TensorRT worker process: ``python -m surgeon.backends.trt_worker ACTION SPEC.json``.
 
 Actions: ``build`` (ONNX file -> serialized engine, with precision flags and
 optimization profiles) and ``infer`` (engine + inputs .npz -> outputs .npz). Runs in its
@@ -52,7 +52,7 @@ def _infer(spec: dict) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in ("build", "infer"):
-        print("usage: python -m surgeon.debug.backends.trt_worker build|infer SPEC.json", file=sys.stderr)
+        print("usage: python -m surgeon.backends.trt_worker build|infer SPEC.json", file=sys.stderr)
         return 2
     with open(argv[1], encoding="utf-8") as f:
         spec = json.load(f)

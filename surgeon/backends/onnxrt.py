@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import onnx
 
 from surgeon import model as model_io
-from surgeon.debug.backends import Backend, Session
+from surgeon.backends import Backend, Session
 from surgeon.errors import BackendError
 
 log = logging.getLogger(__name__)

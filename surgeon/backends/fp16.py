@@ -38,8 +38,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from surgeon import model as model_io
-from surgeon.debug.backends import Backend
-from surgeon.debug.backends.onnxrt import OnnxRuntimeBackend, OrtSession
+from surgeon.backends import Backend
+from surgeon.backends.onnxrt import OnnxRuntimeBackend, OrtSession
 from surgeon.errors import UsageError
 
 log = logging.getLogger(__name__)

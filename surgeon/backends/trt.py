@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 
 from surgeon import model as model_io
-from surgeon.debug.backends import Backend, Session
+from surgeon.backends import Backend, Session
 from surgeon.errors import BackendError, BackendUnavailableError, UsageError
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def _signal_name(code: int) -> str:
 
 
 def _worker_command() -> list[str]:
-    return [sys.executable, "-m", "surgeon.debug.backends.trt_worker"]
+    return [sys.executable, "-m", "surgeon.backends.trt_worker"]
 
 
 class TrtSession(Session):
