@@ -129,15 +129,15 @@ def _read_exclusions(path: str | None) -> frozenset[str]:
 def _cmd_fix(args) -> int:
     import surgeon
     from surgeon import model as model_io
-    from surgeon import input_data
+    from surgeon.input_data import parse_shape_args
     from surgeon.fix_report import render_fix
 
-    shapes = input_data.parse_shape_args(args.input_shapes)
+    shapes = parse_shape_args(args.input_shapes)
     passes = surgeon.pipeline.registry.parse_pipeline(args.passes)
-    model = surgeon.load(args.model)
     model_io.check_output_path(args.model, args.output)
     if args.report:
         model_io.check_output_path(args.model, args.report)
+    model = model_io.open_model(args.model)
     samples = None
     if args.load_inputs:
         from surgeon import input_files
@@ -146,14 +146,14 @@ def _cmd_fix(args) -> int:
     from rich.status import Status
 
     with Status("running passes", console=_stderr_console()) as status:
-        new_model, report = surgeon.fix(
+        fixed, report = surgeon.fix(
             model, passes, verify=not args.no_verify, input_shapes=shapes, samples=samples, seed=args.seed,
             atol=_tolerances(args.atol), rtol=_tolerances(args.rtol), fix_shapes=args.fix_shapes,
             rounds=args.rounds, bisect_limit=args.bisect_limit, exclude=_read_exclusions(args.exclude_rewrites),
             options={"rules": args.rules}, progress=lambda msg: status.update(msg),
         )
     # Keep the input's layout: a model that came with external data is saved with it.
-    surgeon.save(new_model, args.output, external=True if model_io.external_data_paths(args.model) else None)
+    surgeon.save(fixed, args.output, external=True if model.source_external else None)
     if args.report:
         from surgeon.report import write_json
 

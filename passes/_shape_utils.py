@@ -698,15 +698,6 @@ def unique_name(graph_names: set, base: str) -> str:
     return name
 
 
-def all_tensor_names(graph: gs.Graph) -> set:
-    names: set = set()
-    from surgeon import graph as G
-
-    for g in G.iter_graphs(graph):
-        names |= set(g.tensors().keys())
-    return names
-
-
 def learn_aliases(root: gs.Graph, facts: ShapeFacts) -> None:
     """Tie symbols that inference invented for Reshape ``-1`` outputs to what they equal.
 

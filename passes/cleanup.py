@@ -18,10 +18,8 @@ import logging
 from collections import Counter
 from typing import Iterator
 
-import onnx
 import onnx_graphsurgeon as gs
 
-from passes import _proto_scan as scan
 from surgeon import graph as G
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
@@ -33,24 +31,17 @@ logger = logging.getLogger(__name__)
 MAX_SWEEPS = 8
 
 
-def _subgraphs(node: gs.Node) -> Iterator[gs.Graph]:
-    for value in node.attrs.values():
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, gs.Graph):
-                yield item
-
-
 def _nested(graph: gs.Graph) -> Iterator[gs.Graph]:
     """Every graph strictly inside ``graph``."""
     for node in graph.nodes:
-        for sub in _subgraphs(node):
+        for sub in G.subgraphs(node):
             yield from G.iter_graphs(sub)
 
 
 def _outer_reads(node: gs.Node) -> set[str]:
     """Names the node's bodies read from the scope the node lives in (or further out)."""
     names: set[str] = set()
-    for sub in _subgraphs(node):
+    for sub in G.subgraphs(node):
         names |= G.outer_scope_names(sub)
     return names
 
@@ -217,7 +208,7 @@ def _toposort(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
 
 def _name_nodes(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
     """Give every node (bodies included) a non-empty name unique in the whole model."""
-    nodes = list(G._walk_gs_nodes(graph))
+    nodes = list(G.walk_nodes(graph))
     taken = {n.name for n in nodes if n.name}
     seen: set[str] = set()
     changed = False
@@ -248,84 +239,35 @@ def _sweep(graph: gs.Graph, ctx: PassContext, log: PassLog, kept: dict[str, dict
     changed = _eliminate_identities(graph, ctx, log, kept)
     changed |= _remove_dead_nodes(graph, ctx, log)
     for node in list(graph.nodes):
-        for sub in _subgraphs(node):
+        for sub in G.subgraphs(node):
             changed |= _sweep(sub, ctx, log, kept)
     return changed
 
 
-def _initializers(graph: onnx.GraphProto) -> Iterator[tuple[onnx.GraphProto, onnx.TensorProto]]:
-    for t in graph.initializer:
-        yield graph, t
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _initializers(sub)
+def _constants(graph: gs.Graph) -> set[int]:
+    """ids of the constants nodes read, bodies included."""
+    return {id(t) for n in G.walk_nodes(graph) for t in n.inputs if isinstance(t, gs.Constant)}
 
 
-def _account_initializers(before: onnx.ModelProto, after: onnx.ModelProto, ctx: PassContext, log: PassLog) -> bool:
-    """Count the initializers that graphsurgeon's export dropped as unused; put back refused ones.
-
-    Compared by name over the whole model: on export graphsurgeon moves an outer
-    initializer that only a body reads into that body, which is not a removal.
-    """
-    kept = {t.name for _, t in _initializers(after.graph)}
-    changed = False
-    for owner, t in _initializers(before.graph):
-        if t.name in kept:
-            continue
-        if ctx.permit("unused-initializer", t.name) or owner is not before.graph:
-            log.count("unused initializer removed")
-            changed = True
+def _remove_unused_initializers(model: G.Model, ctx: PassContext, log: PassLog) -> bool:
+    """Main-graph initializers no node reads (graphsurgeon would drop them without a word)."""
+    kept, removed = [], 0
+    for t in model.unused_initializers:
+        if ctx.permit("unused-initializer", t.name):
+            removed += 1
         else:
-            after.graph.initializer.append(t)
-    G.keep_initializer_inputs(after, before)
-    return changed
+            kept.append(t)
+    if removed:
+        model.unused_initializers = kept
+        log.count("unused initializer removed", removed)
+    return bool(removed)
 
 
 def _note_unused_inputs(graph: gs.Graph, log: PassLog) -> None:
-    used = {t.name for n in G._walk_gs_nodes(graph) for t in n.inputs} | {t.name for t in graph.outputs}
+    used = {t.name for n in G.walk_nodes(graph) for t in n.inputs} | {t.name for t in graph.outputs}
     for t in graph.inputs:
         if t.name not in used:
             log.note(f"graph input '{t.name}' is unused (kept: the inputs are the model's interface)")
-
-
-# --- the common case: nothing to clean ---------------------------------------------------
-# Importing a model into graphsurgeon and exporting it again costs more than the rest of
-# this pass on large models (and on huge attribute lists, such as a tree ensemble's).
-# These checks read the protobuf and say whether the graphsurgeon path would find
-# anything at all; only then is the model imported.
-
-def _proto_graph_clean(graph: onnx.GraphProto) -> bool:
-    """No Identity, dead node, unused initializer or out-of-order node here or in a body."""
-    reads = scan.body_reads(graph)
-    produced = {o for n in graph.node for o in n.output if o}
-    seen: set[str] = set()
-    for n, body in zip(graph.node, reads):
-        if n.op_type == "Identity" and n.domain in ("", "ai.onnx") and len(n.input) == 1 and len(n.output) == 1:
-            return False
-        needs = {x for x in n.input if x} | body
-        if any(name in produced and name not in seen for name in needs):
-            return False  # not in topological order
-        seen.update(o for o in n.output if o)
-    if scan.unused_initializers(graph, reads) or not scan.all_live(graph, reads):
-        return False
-    return all(_proto_graph_clean(sub) for n in graph.node for sub in scan.subgraphs(n))
-
-
-def _already_clean(model: onnx.ModelProto) -> bool:
-    names = [n.name for n in G.iter_proto_nodes(model)]
-    if not all(names) or len(set(names)) != len(names):
-        return False
-    return _proto_graph_clean(model.graph)
-
-
-def _note_unused_proto_inputs(model: onnx.ModelProto, log: PassLog) -> None:
-    """:func:`_note_unused_inputs` read from the protobuf."""
-    used = {x for n in G.iter_proto_nodes(model) for x in n.input} | {vi.name for vi in model.graph.output}
-    inits = {t.name for t in model.graph.initializer}
-    for vi in model.graph.input:
-        if vi.name not in inits and vi.name not in used:
-            log.note(f"graph input '{vi.name}' is unused (kept: the inputs are the model's interface)")
 
 
 @register
@@ -334,26 +276,26 @@ class Cleanup(Pass):
     summary = "Remove dead nodes, unused initializers and Identity nodes; sort topologically; name nodes uniquely."
     default_order = 10
 
-    def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
-        if _already_clean(model):
-            _note_unused_proto_inputs(model, log)
-            return None
-        graph = G.import_graph(model)
+    def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
+        graph = model.graph
+        read_before = _constants(graph)
         changed = False
         kept: dict[str, dict[str, None]] = {}  # why an Identity stayed -> node names
         for _ in range(MAX_SWEEPS):
             if not _sweep(graph, ctx, log, kept):
                 break
             changed = True
-        live = {n.name for n in G._walk_gs_nodes(graph)}
+        live = {n.name for n in G.walk_nodes(graph)}
         for reason, names in kept.items():
             names = [n for n in names if n in live or n.startswith("<unnamed")]
             if names:
                 log.note(f"{len(names)} Identity node(s) kept because {reason} (first: '{names[0]}')")
+        orphaned = len(read_before - _constants(graph))
+        if orphaned:
+            log.count("unused initializer removed", orphaned)
         for g in list(G.iter_graphs(graph)):
             changed |= _toposort(g, ctx, log)
         changed |= _name_nodes(graph, ctx, log)
         _note_unused_inputs(graph, log)
-        out = G.export_model(graph, like=model)
-        changed |= _account_initializers(model, out, ctx, log)
-        return out if changed else None
+        changed |= _remove_unused_initializers(model, ctx, log)
+        return changed

@@ -256,52 +256,18 @@ def eliminate(graph: gs.Graph, ctx: PassContext, log: PassLog, opset: int) -> bo
     return changed
 
 
-def _known_names(graph: onnx.GraphProto) -> set[str]:
-    """Main-graph values whose element type and shape (rank) are already recorded."""
-    vis = list(graph.value_info) + list(graph.input) + list(graph.output)
-    names = {vi.name for vi in vis if vi.type.WhichOneof("value") == "tensor_type"
-             and vi.type.tensor_type.elem_type and vi.type.tensor_type.HasField("shape")}
-    return names | {t.name for t in graph.initializer}
-
-
-def _with_inferred_types(model: onnx.ModelProto, log: PassLog) -> onnx.ModelProto:
-    """The model with onnx's inferred types and shapes when a candidate node reads an unknown value.
-
-    Why: every rule is proven from types and shapes. In the default pipeline fold-constants
-    has inferred them already (then this costs one scan of value_info); run alone, or where
-    fold-constants kept only what it had shapes for (an ``ai.onnx.ml`` classifier's label
-    has a type but no rank), inference runs once here. Models over the protobuf limit are
-    left as they are; inference only adds value_info, never touches a node.
-    """
-    known = _known_names(model.graph)
-    unknown = any(name and name not in known for n in model.graph.node
-                  if n.op_type in _OPS and n.domain in ("", "ai.onnx") for name in n.input[:2])
-    if not unknown:
-        return model
-    try:
-        from surgeon import model as model_io
-
-        if model_io.needs_external_data(model):
-            return model
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception as exc:  # noqa: BLE001 - inference is a help here, not a requirement
-        logger.info("shape inference failed: %s", exc)
-        log.note(f"shape inference failed; nodes on values of unknown shape kept ({type(exc).__name__})")
-        return model
-
-
 @register
 class EliminateNeutralOps(Pass):
     name = "eliminate-neutral-ops"
     summary = "Remove nodes that provably return an input: x+0, x*1, Dropout at inference, Cast to its own type, ..."
     default_order = 60
 
-    def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
-        if not any(n.op_type in _OPS for n in G.iter_proto_nodes(model)):
-            return None
-        graph = G.import_graph(_with_inferred_types(model, log))
-        opset = G.opset_version(model, "") or 1
+    def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
+        if not any(n.op in _OPS for n in G.walk_nodes(model.graph)):
+            return False
+        opset = model.opset("") or 1
         changed = False
-        for g in list(G.iter_graphs(graph)):
-            changed |= eliminate(g, ctx, log, opset)
-        return G.export_model(graph, like=model) if changed else None
+        with G.inferred_types(model):
+            for g in list(G.iter_graphs(model.graph)):
+                changed |= eliminate(g, ctx, log, opset)
+        return changed

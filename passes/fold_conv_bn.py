@@ -462,18 +462,6 @@ def _subgraph_reads(graph: gs.Graph) -> set[str]:
     return names
 
 
-def _all_names(model: onnx.ModelProto) -> set[str]:
-    names = {t.name for t in model.graph.initializer} | {v.name for v in model.graph.input}
-    for node in G.iter_proto_nodes(model):
-        names.update(node.input)
-        names.update(node.output)
-        names.add(node.name)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                names |= {t.name for t in sub.initializer} | {v.name for v in sub.input}
-    return names
-
-
 def _label(node: gs.Node) -> str:
     return node.name or (node.outputs[0].name if node.outputs else node.op)
 
@@ -533,9 +521,9 @@ def _fold_graph(graph: gs.Graph, ctx: PassContext, log: PassLog, names: set[str]
     return changed
 
 
-def _has_candidates(model: onnx.ModelProto) -> bool:
+def _has_candidates(model: G.Model) -> bool:
     """Whether any rule could apply or refuse: a BatchNormalization, or a Mul/Add beside a Conv."""
-    ops = {n.op_type for n in G.iter_proto_nodes(model) if n.domain in ("", "ai.onnx")}
+    ops = {n.op for n in G.walk_nodes(model.graph) if n.domain in ("", "ai.onnx", None)}
     return "BatchNormalization" in ops or bool(ops & {"Mul", "Add"} and ops & set(_POINTWISE_PRODUCERS))
 
 
@@ -547,14 +535,11 @@ class FoldConvBN(Pass):
     summary = "Fold inference BatchNormalization and per-channel Mul/Add into the weights of the Conv/Gemm/MatMul before it."
     default_order = 50
 
-    def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
+    def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
         if not _has_candidates(model):
-            return None  # nothing to fold or to note: skip the graph import
-        graph = G.import_graph(model)
-        names = _all_names(model)  # new tensor names must be unique across every scope
+            return False
+        names = G.all_names(model.graph)  # new tensor names must be unique across every scope
         changed = False
-        for sub in list(G.iter_graphs(graph)):
+        for sub in list(G.iter_graphs(model.graph)):
             changed |= _fold_graph(sub, ctx, log, names)
-        if not changed:
-            return None
-        return G.export_model(graph, like=model)
+        return changed

@@ -584,15 +584,15 @@ def _facts(model: onnx.ModelProto, graph: gs.Graph, opset: int) -> su.ShapeFacts
     return facts
 
 
-def _has_candidates(model: onnx.ModelProto) -> bool:
+def _has_candidates(model: G.Model) -> bool:
     """Whether a rule could apply or note anything: one of its op types, or a Shape to fold from.
 
     Without a Shape node no value is a shape chain, so only the ops in ``_RULES`` can act.
     """
-    nodes = list(G.iter_proto_nodes(model))
-    if any(n.op_type == "Shape" for n in nodes):  # any domain: is_shape_chain looks at the op type only
-        return True
-    return any(n.op_type in _RULES and n.domain in STANDARD for n in nodes)
+    for n in G.walk_nodes(model.graph):
+        if n.op == "Shape" or (n.op in _RULES and n.domain in STANDARD):  # any domain for Shape, as is_shape_chain
+            return True
+    return False
 
 
 @register
@@ -601,13 +601,13 @@ class FoldShapeChains(Pass):
     summary = "Fold Shape→Gather/Slice→Concat→Reshape/Expand/Resize chains, keeping dynamic dims dynamic."
     default_order = 40
 
-    def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
+    def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
         if not _has_candidates(model):
-            return None  # skip the graph import and shape inference
-        graph = G.import_graph(model)
-        opset = G.opset_version(model) or 1
-        facts = _facts(model, graph, opset)
-        edit = _Edit(root=graph, facts=facts, opset=opset, ctx=ctx, log=log, names=su.all_tensor_names(graph),
+            return False  # skip shape inference
+        graph = model.graph
+        opset = model.opset() or 1
+        facts = _facts(model.export().for_checker(), graph, opset)
+        edit = _Edit(root=graph, facts=facts, opset=opset, ctx=ctx, log=log, names=G.all_names(graph),
                      evaluator=su.Evaluator(facts, lambda: opset))
         changed = False
         for _ in range(4):  # later rules see what earlier ones made constant
@@ -628,9 +628,7 @@ class FoldShapeChains(Pass):
             # Folded chains let shape inference see symbols it lost before (an Expand to
             # [B, 1, 1] through Where/Equal hid the batch from every later tensor), so
             # the facts are re-derived from the rewritten graph for the next sweep.
-            facts = _facts(G.export_model(graph, like=model), graph, opset)
+            facts = _facts(model.export().for_checker(), graph, opset)
             edit.facts = facts
             edit.evaluator = su.Evaluator(facts, lambda: opset)
-        if not changed:
-            return None
-        return G.export_model(graph, like=model)
+        return changed

@@ -111,10 +111,13 @@ class FuseMatmulAdd(GraphPass):
     default_order = 65
     candidate_ops = frozenset({"MatMul"})
 
-    def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
-        if (G.opset_version(model, "") or 1) < 7:
-            return None  # Gemm's unidirectional bias broadcasting starts at opset 7
-        return super().run(model, ctx, log)
+    def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
+        if (model.opset("") or 1) < 7:
+            return False  # Gemm's unidirectional bias broadcasting starts at opset 7
+        if not any(n.op in self.candidate_ops for n in G.walk_nodes(model.graph)):
+            return False
+        with G.inferred_types(model):  # "both inputs are 2-D" is proven from shapes
+            return super().run(model, ctx, log)
 
     def run_on_graph(self, graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
         return fuse(graph, ctx, log)

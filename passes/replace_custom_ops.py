@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import onnx
-
 from passes.rulepacks import builtin_rules
+from surgeon.graph import Model
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
 from surgeon.rewrite import Rule, apply_rules, installed_packs, load_rule_files
@@ -39,5 +38,5 @@ class ReplaceCustomOps(Pass):
         check_unique(rules, "the user rules, installed rule packs and built-in rules together")
         return rules
 
-    def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
+    def run(self, model: Model, ctx: PassContext, log: PassLog) -> bool:
         return apply_rules(model, self.collect_rules(ctx.options), ctx, log)

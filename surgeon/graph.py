@@ -1,248 +1,113 @@
-"""onnx-graphsurgeon in the middle, protobuf at the edges.
+"""The one in-memory model: an onnx-graphsurgeon graph in the middle, protobuf at the edges.
 
-Passes work on ``gs.Graph``. onnx-graphsurgeon drops each node's ``metadata_props`` on
-import and export, and surgeon relies on them for provenance (which pass and rule made
-a node), so this module carries them across: on import it copies them to
-``node.meta`` (a plain dict), on export it writes ``node.meta`` back. Everything else
-about a model that gs does not model (IR version, model metadata, opset imports of
-domains nobody touched) is copied from the original model.
+Passes edit ``Model.graph`` (onnx-graphsurgeon's ``Graph``/``Node``/``Variable``/
+``Constant``, the API TensorRT users know) in place for the whole pipeline. Weights are
+shared read-only arrays (:mod:`surgeon.weights`) and never pass through protobuf between
+passes: :meth:`Model.export` writes a *skeleton* in which every large tensor is a stub,
+plus a table from stub keys to arrays. The skeleton is what the checker, shape
+inference and ONNX Runtime see (the arrays are handed to ONNX Runtime in memory), and
+re-importing it is how a rollback restores the structure.
+
+onnx-graphsurgeon loses things surgeon needs, so this module carries them itself: each
+node's ``metadata_props`` (provenance: which pass and rule made a node) live in
+``node.meta``; initializers a user may override stay listed as graph inputs; unused
+initializers survive until ``cleanup`` removes them; model-level fields graphsurgeon does
+not model (IR version, metadata, functions, opset imports) are kept in ``Model``.
+Everything here costs time in proportion to the graph, never to the weight bytes.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import constant_to_onnx_tensor, dtype_to_onnx
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
+from onnx_graphsurgeon.util import misc
 
-from surgeon import model as model_io
+from surgeon import weights as W
 
 META = "meta"  # name of the attribute holding a node's metadata_props as a dict
+OVERRIDABLE = "overridable"  # attribute set True on gs.Constants a user may override
+OWNER = "surgeon_owner"  # attribute on imported initializers: id of the graph that declared them
 
 PROVENANCE_PASS = "surgeon.pass"
 PROVENANCE_RULE = "surgeon.rule"
 PROVENANCE_FROM = "surgeon.from"
 
 
+# --- walking ---------------------------------------------------------------------------
+
+_GRAPH, _GRAPHS, _UNDEFINED = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS, onnx.AttributeProto.UNDEFINED
+
+
+def proto_subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for attr in node.attribute:
+        kind = attr.type
+        if kind == _GRAPH or (kind == _UNDEFINED and attr.HasField("g")):
+            yield attr.g
+        if kind == _GRAPHS or kind == _UNDEFINED:
+            yield from attr.graphs
+
+
 def _walk_proto_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     for node in graph.node:
         yield node
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _walk_proto_nodes(attr.g)
-            for sub in attr.graphs:
+        if node.attribute:
+            for sub in proto_subgraphs(node):
                 yield from _walk_proto_nodes(sub)
 
 
-def _walk_gs_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
+def subgraphs(node: gs.Node) -> Iterator[gs.Graph]:
+    """The bodies held in a node's attributes (If branches, Loop/Scan bodies)."""
+    for value in node.attrs.values():
+        if isinstance(value, gs.Graph):
+            yield value
+        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], gs.Graph):
+            yield from (item for item in value if isinstance(item, gs.Graph))
+
+
+def walk_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
+    """Every node of ``graph`` and of its bodies, outer first, in node order."""
     for node in graph.nodes:
         yield node
-        for value in node.attrs.values():
-            if isinstance(value, gs.Graph):
-                yield from _walk_gs_nodes(value)
-            elif isinstance(value, (list, tuple)):
-                for item in value:
-                    if isinstance(item, gs.Graph):
-                        yield from _walk_gs_nodes(item)
-
-
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """Import a model into onnx-graphsurgeon, keeping each node's metadata_props."""
-    graph = gs.import_onnx(model)
-    proto_nodes = list(_walk_proto_nodes(model.graph))
-    gs_nodes = list(_walk_gs_nodes(graph))
-    assert len(proto_nodes) == len(gs_nodes), "graphsurgeon imported a different number of nodes"
-    for proto, node in zip(proto_nodes, gs_nodes):
-        setattr(node, META, {p.key: p.value for p in proto.metadata_props})
-    _mark_overridable(graph, model)
-    return graph
-
-
-OVERRIDABLE = "overridable"  # attribute set True on gs.Constants a user may override
-
-
-def _mark_overridable(graph: gs.Graph, model: onnx.ModelProto) -> None:
-    """Mark initializers that are also graph inputs (IR >= 4): defaults a user may feed.
-
-    onnx-graphsurgeon imports them as plain Constants and drops the listing, so a pass
-    would otherwise fold a value the user can replace at run time. Before IR 4 every
-    initializer had to be listed as an input, and runtimes treat them as constants.
-    """
-    if model.ir_version < 4:
-        return
-    inits = {t.name for t in model.graph.initializer}
-    names = {vi.name for vi in model.graph.input if vi.name in inits}
-    if not names:
-        return
-    for name, tensor in graph.tensors().items():
-        if name in names and isinstance(tensor, gs.Constant):
-            setattr(tensor, OVERRIDABLE, True)
-
-
-def is_overridable(tensor: gs.Tensor) -> bool:
-    """Whether ``tensor`` is an initializer the user may override (never fold its value)."""
-    return bool(getattr(tensor, OVERRIDABLE, False))
-
-
-def meta(node: gs.Node) -> dict[str, str]:
-    """A node's metadata dict (created empty for nodes made by a pass)."""
-    if not hasattr(node, META):
-        setattr(node, META, {})
-    return getattr(node, META)
-
-
-def stamp(node: gs.Node, pass_name: str, rule: str, sources: list[str] | str) -> gs.Node:
-    """Record which pass and rule created ``node`` and from which original nodes."""
-    if isinstance(sources, str):
-        sources = [sources]
-    m = meta(node)
-    m[PROVENANCE_PASS] = pass_name
-    m[PROVENANCE_RULE] = rule
-    m[PROVENANCE_FROM] = ",".join(s for s in sources if s)
-    return node
-
-
-def export_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """Export ``graph`` as a model that keeps everything of ``like`` gs does not model."""
-    # graphsurgeon's lazily loaded constants wrap the *source* TensorProtos, and its exporter
-    # writes their names back into them: unnamed Constant-attribute tensors of ``like`` would
-    # gain an explicit empty name, so a model no pass changed would not stay bit-identical.
-    unnamed = [t for t in model_io.iter_all_tensors(like) if not t.HasField("name")]
-    out = gs.export_onnx(graph, do_type_check=False)
-    for tensor in unnamed:
-        tensor.ClearField("name")
-    for proto, node in zip(_walk_proto_nodes(out.graph), _walk_gs_nodes(graph)):
-        del proto.metadata_props[:]
-        for key, value in getattr(node, META, {}).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-    out.ir_version = like.ir_version
-    out.producer_name = like.producer_name
-    out.producer_version = like.producer_version
-    out.domain = like.domain
-    out.model_version = like.model_version
-    out.doc_string = like.doc_string
-    del out.metadata_props[:]
-    out.metadata_props.extend(like.metadata_props)
-    # Keep the original opset imports (custom domains stay declared even if unused
-    # now), and add the ones a pass introduced.
-    original = {o.domain: o.version for o in like.opset_import}
-    added = {o.domain: o.version for o in out.opset_import if o.domain not in original}
-    del out.opset_import[:]
-    for domain, version in {**original, **added}.items():
-        out.opset_import.append(onnx.helper.make_opsetid(domain, version))
-    if not graph.functions:
-        del out.functions[:]
-        out.functions.extend(like.functions)
-    keep_initializer_inputs(out, like)
-    _hoist_outer_initializers(out, like)
-    _keep_non_tensor_types(out, like)
-    return out
-
-
-def _keep_non_tensor_types(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
-    """Put back the declared types of main-graph inputs/outputs that are not tensors (in place).
-
-    Why: graphsurgeon models every value as a tensor and exports a ``seq(map(...))`` output
-    (scikit-learn's ZipMap) as a sequence of untyped tensors, which the checker rejects.
-    """
-    for mine, theirs in ((out.graph.output, like.graph.output), (out.graph.input, like.graph.input)):
-        declared = {vi.name: vi for vi in theirs if vi.type.WhichOneof("value") not in (None, "tensor_type")}
-        for vi in mine:
-            if vi.name in declared:
-                vi.type.CopyFrom(declared[vi.name].type)
-
-
-def _subgraph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    for node in graph.node:
-        for attr in node.attribute:
-            subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-            for sub in subs:
-                yield sub
-                yield from _subgraph_protos(sub)
-
-
-def _hoist_outer_initializers(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
-    """Move main-graph initializers that graphsurgeon copied into bodies back out (in place).
-
-    Why: on export graphsurgeon writes a constant a body reads from the outer scope as an
-    initializer of that body, and of every body that reads it: weights shared by two
-    branches would be stored twice, and the model's layout changes for no reason.
-    """
-    outer = {t.name for t in like.graph.initializer}
-    local = {t.name for sub in _subgraph_protos(like.graph) for t in sub.initializer}
-    present = {t.name for t in out.graph.initializer}
-    for sub in _subgraph_protos(out.graph):
-        moved = [t for t in sub.initializer if t.name in outer and t.name not in local]
-        if not moved:
-            continue
-        keep = [t for t in sub.initializer if not (t.name in outer and t.name not in local)]
-        for t in moved:
-            if t.name not in present:
-                out.graph.initializer.append(t)
-                present.add(t.name)
-        del sub.initializer[:]
-        sub.initializer.extend(keep)
-
-
-def keep_initializer_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
-    """Put back initializers that ``like`` listed as graph inputs (in place, on ``out``).
-
-    Why: before IR 4 every initializer must also be a graph input (an overridable
-    default), and later IRs still allow it. onnx-graphsurgeon drops such entries on
-    import, which makes an IR 3 model invalid and removes a default a user may feed.
-    The original input order is kept; an initializer that no longer exists is not put
-    back (no stale required input). Under IR 3 a new initializer is listed too.
-    """
-    inits = {t.name for t in out.graph.initializer}
-    like_inits = {t.name for t in like.graph.initializer}
-    listed = [vi for vi in like.graph.input if vi.name in like_inits]
-    if not listed and out.ir_version >= 4:
-        return
-    current = {vi.name: vi for vi in out.graph.input}
-    new_inputs = []
-    for vi in like.graph.input:
-        if vi.name in current:
-            new_inputs.append(current.pop(vi.name))
-        elif vi.name in like_inits and vi.name in inits:
-            new_inputs.append(vi)
-    new_inputs.extend(current.values())  # inputs a pass added
-    if out.ir_version < 4:
-        named = {vi.name for vi in new_inputs}
-        for t in out.graph.initializer:
-            if t.name not in named:
-                new_inputs.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    del out.graph.input[:]
-    out.graph.input.extend(new_inputs)
+        for sub in subgraphs(node):
+            yield from walk_nodes(sub)
 
 
 def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
     """The graph and every subgraph (If/Loop/Scan bodies), outer first."""
     yield graph
     for node in graph.nodes:
-        for value in node.attrs.values():
-            subs = value if isinstance(value, (list, tuple)) else [value]
-            for sub in subs:
-                if isinstance(sub, gs.Graph):
-                    yield from iter_graphs(sub)
-
-
-def count_nodes(model: onnx.ModelProto) -> int:
-    """Nodes in the model, subgraphs included."""
-    return sum(1 for _ in _walk_proto_nodes(model.graph))
-
-
-def op_histogram(model: onnx.ModelProto) -> Counter:
-    """``domain::op`` (``op`` for the default domain) → count, subgraphs included."""
-    return Counter(
-        (f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type)
-        for n in _walk_proto_nodes(model.graph)
-    )
+        for sub in subgraphs(node):
+            yield from iter_graphs(sub)
 
 
 def iter_proto_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     return _walk_proto_nodes(model.graph)
+
+
+def count_nodes(model: "onnx.ModelProto | Model") -> int:
+    """Nodes in the model, subgraphs included."""
+    if isinstance(model, Model):
+        return sum(1 for _ in walk_nodes(model.graph))
+    return sum(1 for _ in _walk_proto_nodes(model.graph))
+
+
+def _label(domain: str | None, op: str) -> str:
+    return f"{domain}::{op}" if domain not in (None, "", "ai.onnx") else op
+
+
+def op_histogram(model: "onnx.ModelProto | Model") -> Counter:
+    """``domain::op`` (``op`` for the default domain) → count, subgraphs included."""
+    if isinstance(model, Model):
+        return Counter(_label(n.domain, n.op) for n in walk_nodes(model.graph))
+    return Counter(_label(n.domain, n.op_type) for n in _walk_proto_nodes(model.graph))
 
 
 def opset_version(model: onnx.ModelProto, domain: str = "") -> int | None:
@@ -265,9 +130,654 @@ def outer_scope_names(graph: gs.Graph) -> set[str]:
         for t in node.inputs:
             if t.name and t.name not in produced and not isinstance(t, gs.Constant):
                 used.add(t.name)
-        for value in node.attrs.values():
-            subs = value if isinstance(value, (list, tuple)) else [value]
-            for sub in subs:
-                if isinstance(sub, gs.Graph):
-                    used |= outer_scope_names(sub) - produced
+        for sub in subgraphs(node):
+            used |= outer_scope_names(sub) - produced
     return used
+
+
+def all_names(graph: gs.Graph) -> set[str]:
+    """Every tensor and node name in ``graph`` and its bodies (a new name must avoid them all)."""
+    names: set[str] = set()
+    for g in iter_graphs(graph):
+        names.update(g.tensors().keys())
+        names.update(n.name for n in g.nodes if n.name)
+    return names
+
+
+# --- provenance and marks ----------------------------------------------------------------
+
+def meta(node: gs.Node) -> dict[str, str]:
+    """A node's metadata dict (created empty for nodes made by a pass)."""
+    if not hasattr(node, META):
+        setattr(node, META, {})
+    return getattr(node, META)
+
+
+def stamp(node: gs.Node, pass_name: str, rule: str, sources: list[str] | str) -> gs.Node:
+    """Record which pass and rule created ``node`` and from which original nodes."""
+    if isinstance(sources, str):
+        sources = [sources]
+    m = meta(node)
+    m[PROVENANCE_PASS] = pass_name
+    m[PROVENANCE_RULE] = rule
+    m[PROVENANCE_FROM] = ",".join(s for s in sources if s)
+    return node
+
+
+def is_overridable(tensor: gs.Tensor) -> bool:
+    """Whether ``tensor`` is an initializer the user may override (never fold its value)."""
+    return bool(getattr(tensor, OVERRIDABLE, False))
+
+
+def is_weight(tensor: gs.Tensor) -> bool:
+    """A large Constant held as a shared array (see :mod:`surgeon.weights`)."""
+    if not isinstance(tensor, gs.Constant):
+        return False
+    values = tensor._values
+    if isinstance(values, W.WeightValues):
+        return True
+    return isinstance(values, np.ndarray) and W.is_large(values)
+
+
+# --- the model -------------------------------------------------------------------------
+
+@dataclass
+class Exported:
+    """A model written out as a skeleton: stubs for the weights, and the weights by key."""
+
+    skeleton: onnx.ModelProto
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def _root_stubs(self) -> list[onnx.TensorProto]:
+        return [t for t in self.skeleton.graph.initializer if W.stub_key(t)]
+
+    def _embedded(self, root_too: bool) -> onnx.ModelProto:
+        """A copy with stub data put back: everywhere, or only where ONNX Runtime needs it (not root initializers)."""
+        out = onnx.ModelProto()
+        out.CopyFrom(self.skeleton)
+        for t in W.iter_graph_tensors(out.graph, initializers=root_too):
+            key = W.stub_key(t)
+            if key is not None:
+                _fill(t, self.weights[key])
+        return out
+
+    def has_nested_stubs(self) -> bool:
+        return any(W.stub_key(t) for t in W.iter_graph_tensors(self.skeleton.graph, initializers=False))
+
+    def for_ort(self) -> tuple[bytes, dict[str, np.ndarray]]:
+        """Serialized skeleton and the root initializers ONNX Runtime takes in memory.
+
+        ``SessionOptions.add_external_initializers`` overrides stubs by initializer name
+        with OrtValues that share the arrays' memory; stubs elsewhere (bodies, Constant
+        attributes) are embedded, which only a rare model has.
+        """
+        model = self._embedded(root_too=False) if self.has_nested_stubs() else self.skeleton
+        arrays = {t.name: self.weights[W.stub_key(t)] for t in model.graph.initializer if W.stub_key(t)}
+        return model.SerializeToString(), arrays
+
+    def for_checker(self) -> onnx.ModelProto:
+        """The skeleton with root stubs as typed graph inputs: what the onnx checker can read.
+
+        The checker insists that external data exists on disk; an input has the same
+        type and dims and needs no data. Large tensors are never shape-like, so shape
+        inference (``full_check``) sees everything it would have read.
+        """
+        model = self._embedded(root_too=False) if self.has_nested_stubs() else _copy(self.skeleton)
+        listed = {vi.name for vi in model.graph.input}
+        keep = []
+        for t in model.graph.initializer:
+            if W.stub_key(t) is None:
+                keep.append(t)
+            elif t.name not in listed:
+                model.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+        return model
+
+    def full(self) -> onnx.ModelProto:
+        """A self-contained ModelProto with every weight embedded (copies every weight once)."""
+        return self._embedded(root_too=True)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(a.nbytes for a in self.weights.values())
+
+
+def _fill(tensor: onnx.TensorProto, array: np.ndarray) -> None:
+    tensor.ClearField("external_data")
+    tensor.ClearField("data_location")
+    tensor.raw_data = np.ascontiguousarray(array).tobytes()
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+class Model:
+    """The pipeline's model: ``graph`` (edited in place by passes) plus what gs does not hold.
+
+    ``opsets`` (domain → version) is the opset import list; a pass that upgrades an opset
+    or adds a domain edits it. ``header`` keeps the ModelProto fields graphsurgeon does
+    not model. ``unused_initializers`` are main-graph initializers no node reads:
+    graphsurgeon would drop them silently, ``cleanup`` removes them and counts it.
+    """
+
+    def __init__(self, skeleton: onnx.ModelProto, weights: Mapping[str, np.ndarray]):
+        self._read(skeleton, weights)
+
+    # -- import ------------------------------------------------------------------------
+
+    def _read(self, skeleton: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> None:
+        self.header = onnx.ModelProto()
+        self.header.CopyFrom(skeleton)
+        self.header.ClearField("graph")
+        g = skeleton.graph
+        self.graph_extras = onnx.GraphProto()  # graph-level fields gs drops
+        self.graph_extras.quantization_annotation.extend(g.quantization_annotation)
+        self.graph_extras.metadata_props.extend(g.metadata_props)
+        self.opsets: dict[str, int] = {}
+        for o in skeleton.opset_import:
+            self.opsets["" if o.domain == "ai.onnx" else o.domain] = o.version
+        inits = {t.name for t in g.initializer}
+        # The graph input list as declared: real inputs and overridable/IR<4 initializer listings.
+        self.declared_inputs = [_copy_vi(vi) for vi in g.input]
+        self.declared_outputs = {vi.name: _copy_vi(vi) for vi in g.output}
+        self.listed_initializers = {vi.name for vi in g.input if vi.name in inits}
+        self.graph = gs.import_onnx(skeleton)
+        self._bind(skeleton, weights)
+        used = self._read_names
+        del self._read_names
+        # An overridable default (IR >= 4, listed as an input) is part of the interface even unread.
+        interface = self.listed_initializers if self.header.ir_version >= 4 else set()
+        self.unused_initializers = [_copy_tensor(t) for t in g.initializer if t.name not in used and t.name not in interface]
+        self.unused_weights = {W.stub_key(t): weights[W.stub_key(t)] for t in self.unused_initializers if W.stub_key(t)}
+
+    def _bind(self, skeleton: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> None:
+        """Metadata, overridable marks, owners, and the shared arrays behind stubs."""
+        metas, self._read_names = _scan_protos(skeleton.graph)
+        gs_nodes = list(walk_nodes(self.graph))
+        if len(metas) != len(gs_nodes):
+            raise AssertionError("graphsurgeon imported a different number of nodes")
+        for props, node in zip(metas, gs_nodes):
+            setattr(node, META, props)
+        overridable = self.listed_initializers if self.header.ir_version >= 4 else set()
+        owner_of = {name: gid for gid, names in _initializer_owners(skeleton.graph, self.graph).items() for name in names}
+        root = id(self.graph)
+        for const in self._constants():
+            if isinstance(const._values, LazyValues) and not isinstance(const._values, SparseValues):
+                key = W.stub_key(const._values.tensor)
+                if key is not None:
+                    const._values = W.WeightValues(const._values.tensor, weights[key])
+            owner = owner_of.get(const.name)
+            if owner is not None:
+                setattr(const, OWNER, owner)
+            if owner == root and const.name in overridable:
+                setattr(const, OVERRIDABLE, True)
+
+    def _constants(self) -> Iterator[gs.Constant]:
+        seen: set[int] = set()
+        for g in iter_graphs(self.graph):
+            for t in g.tensors().values():
+                if isinstance(t, gs.Constant) and id(t) not in seen:
+                    seen.add(id(t))
+                    yield t
+            for node in g.nodes:
+                for value in node.attrs.values():
+                    if isinstance(value, gs.Constant) and id(value) not in seen:
+                        seen.add(id(value))
+                        yield value
+
+    @classmethod
+    def from_proto(cls, model: onnx.ModelProto) -> "Model":
+        """From an in-memory ModelProto: each large tensor is copied out of protobuf once."""
+        skeleton = _copy(model)
+        arrays: dict[str, np.ndarray] = {}
+        for t in W.iter_graph_tensors(skeleton.graph):
+            if t.data_location == onnx.TensorProto.EXTERNAL or not t.HasField("raw_data"):
+                continue
+            dtype = W.numpy_dtype(t.data_type)
+            if dtype is None or len(t.raw_data) < W.LARGE_BYTES:
+                continue
+            key = f"{W.STUB_PREFIX}{len(arrays)}"
+            arrays[key] = W.frozen(np.frombuffer(t.raw_data, dtype=dtype).reshape(tuple(t.dims)))
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            t.external_data.add(key="location", value=key)
+        return cls(skeleton, arrays)
+
+    # -- export ------------------------------------------------------------------------
+
+    def export(self) -> Exported:
+        """The skeleton and weight table of the current graph (cost: the graph, not the weights)."""
+        return _Exporter(self).run()
+
+    def to_proto(self) -> onnx.ModelProto:
+        return self.export().full()
+
+    def restore(self, exported: Exported) -> None:
+        """Go back to an exported state (a rollback: the structure is re-imported, weights are shared)."""
+        self._read(exported.skeleton, exported.weights)
+
+    def opset(self, domain: str = "") -> int | None:
+        return self.opsets.get(domain)
+
+    @property
+    def ir_version(self) -> int:
+        return self.header.ir_version
+
+    def signature(self) -> tuple:
+        """A structural fingerprint: equal before and after a pass that changed nothing.
+
+        Identities of nodes, tensors and weight arrays, names, dtypes and shapes, and
+        attribute values; no weight byte is read.
+        """
+        parts: list = [tuple(sorted(self.opsets.items())), len(self.unused_initializers)]
+        for g in iter_graphs(self.graph):
+            parts.append(("graph", id(g), tuple(map(_tensor_sig, g.inputs)), tuple(map(_tensor_sig, g.outputs))))
+            for n in g.nodes:
+                parts.append((id(n), n.op, n.domain, n.name, tuple(map(_tensor_sig, n.inputs)),
+                              tuple(map(_tensor_sig, n.outputs)), _attrs_sig(n.attrs), tuple(sorted(meta(n).items()))))
+        return tuple(parts)
+
+
+def extract(model: Model, nodes: list[gs.Node], outputs: list[gs.Tensor],
+            inputs_as_constants: Mapping[str, np.ndarray] | None = None) -> Exported:
+    """A model of just ``nodes`` (in the given order): the constants they read become
+    initializers (weights stay shared), values in ``inputs_as_constants`` too, any other
+    value they read becomes a graph input. Used to evaluate or check a piece of a model;
+    the nodes must not carry bodies.
+    """
+    exporter = _Exporter(model)
+    exporter.placement = {}  # flat: the nodes carry no bodies whose constants need placing
+    given = dict(inputs_as_constants or {})
+    produced = {id(t) for n in nodes for t in n.outputs}
+    graph = onnx.GraphProto(name="extract")
+    graph.node.extend(exporter._node(n) for n in nodes)
+    seen: set[int] = set()
+    for n in nodes:
+        for t in n.inputs:
+            if t.is_empty() or id(t) in produced or id(t) in seen:
+                continue
+            seen.add(id(t))
+            if isinstance(t, gs.Constant):
+                graph.initializer.append(exporter._tensor(t))
+            elif t.name in given:
+                graph.initializer.append(exporter._tensor(gs.Constant(t.name, W.frozen(np.asarray(given[t.name])))))
+            else:
+                graph.input.append(_value_info(t))
+    graph.output.extend(_value_info(t) for t in outputs)
+    out = _copy(model.header)
+    out.graph.CopyFrom(graph)
+    del out.opset_import[:]
+    for domain, version in model.opsets.items():
+        out.opset_import.append(onnx.helper.make_opsetid(domain, version))
+    del out.functions[:]
+    out.functions.extend(model.header.functions)
+    return Exported(out, exporter.weights)
+
+
+def infer_value_info(model: Model) -> dict[str, tuple[np.dtype | None, list | None]]:
+    """Value name → (dtype, dims) found by onnx shape inference on the skeleton (bodies included).
+
+    Raises what shape inference raises; callers decide whether that matters.
+    """
+    inferred = onnx.shape_inference.infer_shapes(model.export().for_checker(), strict_mode=False, data_prop=True)
+    found: dict[str, tuple[np.dtype | None, list | None]] = {}
+
+    def visit(g: onnx.GraphProto) -> None:
+        for vi in g.value_info:
+            if vi.type.WhichOneof("value") != "tensor_type":
+                continue
+            tt = vi.type.tensor_type
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else None
+            dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim] \
+                if tt.HasField("shape") else None
+            found[vi.name] = (dtype, dims)
+        for node in g.node:
+            for sub in proto_subgraphs(node):
+                visit(sub)
+
+    visit(inferred.graph)
+    return found
+
+
+def annotate_types(model: Model, found: Mapping[str, tuple]) -> list[tuple[gs.Variable, object, object]]:
+    """Give node outputs without dtype or shape the inferred ones; returns (tensor, old dtype, old shape) per change.
+
+    Graph inputs and outputs are the model's interface and are never touched.
+    """
+    interface = {id(t) for g in iter_graphs(model.graph) for t in list(g.inputs) + list(g.outputs)}
+    changed = []
+    for g in iter_graphs(model.graph):
+        for node in g.nodes:
+            for t in node.outputs:
+                hit = found.get(t.name)
+                if hit is None or not isinstance(t, gs.Variable) or id(t) in interface:
+                    continue
+                old = (t.dtype, t.shape)
+                if t.dtype is None and hit[0] is not None:
+                    t.dtype = hit[0]
+                if t.shape is None and hit[1] is not None:
+                    t.shape = hit[1]
+                if (t.dtype, t.shape) != old:
+                    changed.append((t, *old))
+    return changed
+
+
+@contextmanager
+def inferred_types(model: Model):
+    """Inferred dtypes and shapes on the values that lack them, for the duration of a ``with`` block.
+
+    Rules are proven from types and shapes, and most passes need them; only
+    ``fold-constants`` records them in the model (as a counted change). Here they are
+    taken away again afterwards, so a pass that rewrites nothing changes nothing.
+    """
+    try:
+        found = infer_value_info(model)
+    except Exception:  # noqa: BLE001 - inference helps rules, it is never required
+        found = {}
+    annotated = annotate_types(model, found)
+    try:
+        yield
+    finally:
+        for t, dtype, shape in annotated:
+            inferred = found.get(t.name)
+            if inferred is not None and t.dtype is inferred[0]:
+                t.dtype = dtype
+            if inferred is not None and t.shape is inferred[1]:
+                t.shape = shape
+
+
+def _value_key(const: gs.Constant) -> tuple:
+    """What a constant holds: a weight by the identity of its shared array, anything else by content.
+
+    Identity alone would not do for small constants: graphsurgeon replaces lazy values
+    by a fresh array the first time anyone reads them.
+    """
+    values = const._values
+    if isinstance(values, W.WeightValues):
+        return ("weight", id(values.array))
+    if isinstance(values, SparseValues):
+        return ("sparse", id(values))
+    if isinstance(values, np.ndarray) and W.is_large(values):
+        return ("weight", id(values))
+    array = np.asarray(const.values)
+    return ("value", array.dtype.str, array.shape, array.tobytes() if array.dtype != object else repr(array.tolist()))
+
+
+def _tensor_sig(t: gs.Tensor) -> tuple:
+    if isinstance(t, gs.Constant):
+        return (id(t), t.name, _value_key(t))
+    shape = tuple(t.shape) if t.shape is not None else None
+    return (id(t), t.name, str(t.dtype), shape)
+
+
+def _attrs_sig(attrs: dict) -> tuple:
+    out = []
+    for key, value in attrs.items():
+        if isinstance(value, gs.Graph):
+            value = ("graph", id(value))
+        elif isinstance(value, gs.Constant):
+            value = ("tensor", _value_key(value))
+        elif isinstance(value, (list, tuple)):
+            if value and isinstance(value[0], (gs.Graph, gs.Constant)):
+                value = tuple(("ref", id(v)) for v in value)
+            else:
+                try:
+                    value = ("list", len(value), hash(tuple(value)))
+                except TypeError:
+                    value = ("list", len(value), repr(value))
+        elif isinstance(value, np.ndarray):
+            value = ("array", value.dtype.str, value.shape, value.tobytes())
+        else:
+            value = repr(value)
+        out.append((key, value))
+    return tuple(out)
+
+
+def _copy_vi(vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(vi)
+    return out
+
+
+def _copy_tensor(t: onnx.TensorProto) -> onnx.TensorProto:
+    out = onnx.TensorProto()
+    out.CopyFrom(t)
+    return out
+
+
+def _scan_protos(graph: onnx.GraphProto) -> tuple[list[dict[str, str]], set[str]]:
+    """In one walk: each node's metadata (walk order), and every name a node or a graph output reads."""
+    metas: list[dict[str, str]] = []
+    names = {vi.name for vi in graph.output}
+
+    def walk(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            metas.append({p.key: p.value for p in node.metadata_props} if len(node.metadata_props) else {})
+            names.update(node.input)
+            if node.attribute:
+                for sub in proto_subgraphs(node):
+                    names.update(vi.name for vi in sub.output)
+                    walk(sub)
+
+    walk(graph)
+    return metas, names
+
+
+def _initializer_owners(graph: onnx.GraphProto, gs_graph: gs.Graph) -> dict[int, set[str]]:
+    """id(gs graph) → names of the initializers that graph declared."""
+    owners = {id(gs_graph): {t.name for t in graph.initializer}}
+    proto_subs = [sub for n in graph.node if n.attribute for sub in proto_subgraphs(n)]
+    gs_subs = [sub for n in gs_graph.nodes for sub in subgraphs(n)]
+    for p, g in zip(proto_subs, gs_subs):
+        owners.update(_initializer_owners(p, g))
+    return owners
+
+
+class _Exporter:
+    """graphsurgeon → skeleton ModelProto, without serializing a weight.
+
+    Written here rather than taken from graphsurgeon's exporter because that one copies
+    every weight into protobuf on every export, and writes a body's outer-scope
+    constants as initializers of the body (storing shared weights twice).
+    """
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.weights: dict[str, np.ndarray] = {}
+        self.keys: dict[int, str] = {}
+        self.parent: dict[int, int | None] = {}
+        self.uses: dict[int, list[int]] = {}  # id(constant) -> ids of graphs whose nodes read it
+        self.constants: dict[int, gs.Constant] = {}
+
+    def run(self) -> Exported:
+        root = self.model.graph
+        self._scan(root, None)
+        placement: dict[int, list[gs.Constant]] = {}
+        for cid, const in self.constants.items():
+            placement.setdefault(self._home(const, self.uses[cid]), []).append(const)
+        self.placement = placement
+        graph = self._graph(root)
+        for t in self.model.unused_initializers:
+            t2 = _copy_tensor(t)
+            key = W.stub_key(t2)
+            if key is not None:
+                self._relabel(t2, self.model.unused_weights[key])
+            graph.initializer.append(t2)
+        graph.quantization_annotation.extend(a for a in self.model.graph_extras.quantization_annotation)
+        graph.metadata_props.extend(self.model.graph_extras.metadata_props)
+        self._interface(graph)
+        out = _copy(self.model.header)
+        out.graph.CopyFrom(graph)
+        del out.opset_import[:]
+        opsets = dict(self.model.opsets)
+        for imp in root.import_domains or []:
+            domain = "" if imp.domain == "ai.onnx" else imp.domain
+            opsets.setdefault(domain, imp.version)
+        used_domains = {n.domain or "" for n in walk_nodes(root)}
+        for domain in used_domains:
+            if domain not in opsets and domain != "ai.onnx":
+                opsets[domain] = 1
+        for domain, version in opsets.items():
+            out.opset_import.append(onnx.helper.make_opsetid(domain, version))
+        return Exported(out, self.weights)
+
+    # Which graph declares a constant: large ones live in the main graph (ONNX Runtime
+    # takes main-graph initializers in memory); imported ones stay where they were
+    # declared while that graph uses them; others go to the innermost graph that
+    # encloses every use, so a constant two branches share is stored once.
+    def _home(self, const: gs.Constant, users: list[int]) -> int:
+        root = id(self.model.graph)
+        if is_weight(const):
+            return root
+        owner = getattr(const, OWNER, None)
+        if owner in self.parent and all(self._encloses(owner, u) for u in users):
+            return owner
+        chains = [self._chain(u) for u in users]
+        common = set(chains[0])
+        for c in chains[1:]:
+            common &= set(c)
+        return next(g for g in chains[0] if g in common)
+
+    def _chain(self, gid: int) -> list[int]:
+        chain = []
+        cur: int | None = gid
+        while cur is not None:
+            chain.append(cur)
+            cur = self.parent[cur]
+        return chain
+
+    def _encloses(self, outer: int, inner: int) -> bool:
+        return outer in self._chain(inner)
+
+    def _scan(self, g: gs.Graph, parent: int | None) -> None:
+        self.parent[id(g)] = parent
+        for t in list(g.outputs):
+            self._use(t, g)
+        for node in g.nodes:
+            for t in node.inputs:
+                self._use(t, g)
+            for sub in subgraphs(node):
+                self._scan(sub, id(g))
+
+    def _use(self, t: gs.Tensor, g: gs.Graph) -> None:
+        if isinstance(t, gs.Constant) and not t.is_empty():
+            self.constants[id(t)] = t
+            self.uses.setdefault(id(t), []).append(id(g))
+
+    def _relabel(self, stub: onnx.TensorProto, array: np.ndarray) -> None:
+        """Point a stub at this export's key for ``array`` (keys are per export)."""
+        key = self.keys.get(id(array))
+        if key is None:
+            key = f"{W.STUB_PREFIX}{len(self.weights)}"
+            self.keys[id(array)] = key
+            self.weights[key] = array
+        stub.external_data[0].value = key
+
+    def _tensor(self, const: gs.Constant) -> onnx.TensorProto:
+        values = const._values
+        if isinstance(values, W.WeightValues):
+            stub = W.make_stub(const.name, values.tensor.data_type, values.tensor.dims, "")
+            self._relabel(stub, values.array)
+            return stub
+        if isinstance(values, LazyValues):
+            t = _copy_tensor(values.tensor)
+            t.name = const.name
+            return t
+        if W.is_large(values) and np.dtype(const.export_dtype) == values.dtype:
+            stub = W.make_stub(const.name, dtype_to_onnx(values.dtype), values.shape, "")
+            self._relabel(stub, W.frozen(values))
+            return stub
+        t = constant_to_onnx_tensor(const)
+        if const.data_location is not None:
+            t.data_location = const.data_location
+        return t
+
+    def _node(self, node: gs.Node) -> onnx.NodeProto:
+        proto = onnx.helper.make_node(node.op, inputs=[t.name for t in node.inputs],
+                                      outputs=[t.name for t in node.outputs], name=node.name or None,
+                                      domain=node.domain or None)
+        for key, value in node.attrs.items():
+            proto.attribute.append(self._attribute(key, value))
+        for key, value in getattr(node, META, {}).items():
+            proto.metadata_props.add(key=key, value=value)
+        return proto
+
+    def _attribute(self, key: str, value) -> onnx.AttributeProto:
+        if isinstance(value, gs.Constant):
+            return onnx.helper.make_attribute(key, self._tensor(value))
+        if isinstance(value, gs.Graph):
+            return onnx.helper.make_attribute(key, self._graph(value))
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, gs.Constant) for v in value):
+            return onnx.helper.make_attribute(key, [self._tensor(v) for v in value])
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, gs.Graph) for v in value):
+            return onnx.helper.make_attribute(key, [self._graph(v) for v in value])
+        if isinstance(value, gs.Node.AttributeRef):
+            attr = onnx.AttributeProto(name=key, ref_attr_name=value.name)
+            attr.type = misc.convert_to_onnx_attr_type(value.type)
+            return attr
+        if isinstance(value, type):
+            try:
+                value = dtype_to_onnx(value)
+            except TypeError:
+                pass
+        return onnx.helper.make_attribute(key, value)
+
+    def _graph(self, g: gs.Graph) -> onnx.GraphProto:
+        out = onnx.GraphProto(name=g.name or "", doc_string=g.doc_string or "")
+        out.node.extend(self._node(n) for n in g.nodes)
+        out.input.extend(_value_info(t) for t in g.inputs)
+        out.output.extend(_value_info(t) for t in g.outputs)
+        io = {id(t) for t in g.inputs} | {id(t) for t in g.outputs}
+        for const in self.placement.get(id(g), []):
+            if isinstance(const._values, SparseValues):
+                out.sparse_initializer.append(const._values.tensor)
+            else:
+                out.initializer.append(self._tensor(const))
+        seen: set[int] = set()
+        for node in g.nodes:
+            for t in node.outputs:
+                if isinstance(t, gs.Variable) and id(t) not in io and id(t) not in seen and \
+                        (t.dtype is not None or t.shape is not None):
+                    seen.add(id(t))
+                    out.value_info.append(_value_info(t))
+        return out
+
+    def _interface(self, graph: onnx.GraphProto) -> None:
+        """Main-graph inputs as declared (initializer listings kept), non-tensor types kept."""
+        model = self.model
+        current = {vi.name: vi for vi in graph.input}
+        inits = {t.name for t in graph.initializer}
+        inputs = []
+        for vi in model.declared_inputs:
+            if vi.name in current:
+                mine = current.pop(vi.name)
+                inputs.append(vi if vi.type.WhichOneof("value") not in (None, "tensor_type") else mine)
+            elif vi.name in model.listed_initializers and vi.name in inits:
+                inputs.append(vi)
+        inputs.extend(current.values())  # inputs a pass added
+        if model.header.ir_version < 4:
+            named = {vi.name for vi in inputs}
+            for t in graph.initializer:
+                if t.name not in named:
+                    inputs.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        del graph.input[:]
+        graph.input.extend(inputs)
+        for vi in graph.output:
+            declared = model.declared_outputs.get(vi.name)
+            if declared is not None and declared.type.WhichOneof("value") not in (None, "tensor_type"):
+                vi.type.CopyFrom(declared.type)
+
+
+def _value_info(t: gs.Tensor) -> onnx.ValueInfoProto:
+    if t.dtype is None:
+        return onnx.helper.make_empty_tensor_value_info(t.name)
+    kind = getattr(t, "type", "tensor_type")
+    if kind == "sequence_type":
+        return onnx.helper.make_tensor_sequence_value_info(t.name, dtype_to_onnx(t.dtype), t.shape)
+    if kind == "sparse_tensor_type":
+        return onnx.helper.make_sparse_tensor_value_info(t.name, dtype_to_onnx(t.dtype), t.shape)
+    return onnx.helper.make_tensor_value_info(t.name, dtype_to_onnx(t.dtype), t.shape)

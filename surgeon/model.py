@@ -14,13 +14,17 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
+from surgeon import weights as W
 from surgeon.errors import ModelLoadError, ModelSaveError, UsageError
+
+if TYPE_CHECKING:
+    from surgeon.graph import Exported, Model
 
 log = logging.getLogger(__name__)
 
@@ -70,34 +74,32 @@ def external_data_paths(model_path: str | os.PathLike) -> set[Path]:
     return {(base / info.location).resolve() for _, info in _external_files(model)}
 
 
-def load(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
-    """Load a model and its external data, validating as a user would want.
-
-    Raises ModelLoadError with one sentence for every way the file can be wrong.
-    """
-    p = Path(path)
+def _check_path(p: Path) -> None:
     if not p.exists():
         raise ModelLoadError(f"model file '{p}' does not exist")
     if not p.is_file():
         raise ModelLoadError(f"'{p}' is not a file")
-    try:
-        with open(p, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read '{p}': {exc.strerror}") from exc
-    model = onnx.ModelProto()
-    try:
-        model.ParseFromString(data)
-    except DecodeError as exc:
-        raise ModelLoadError(f"'{p}' is not an ONNX model (the protobuf cannot be parsed; truncated or another format)") from exc
-    del data
+
+
+def _not_onnx(p: Path) -> ModelLoadError:
+    return ModelLoadError(f"'{p}' is not an ONNX model (the protobuf cannot be parsed; truncated or another format)")
+
+
+def _check_header(model: onnx.ModelProto, p: Path) -> None:
     if not model.HasField("graph") or (not model.opset_import and model.ir_version == 0):
         raise ModelLoadError(f"'{p}' is not an ONNX model (no graph or opset imports)")
     if model.ir_version == 0:
         raise ModelLoadError(f"'{p}' is not an ONNX model (no IR version)")
+
+
+def _external_targets(model: onnx.ModelProto, p: Path) -> list[tuple[onnx.TensorProto, Path, int]]:
+    """(tensor, data file, offset) of every real external payload, validated for safety and size."""
     base = p.resolve().parent
+    out = []
     for tensor, info in _external_files(model):
         loc = info.location
+        if loc.startswith(W.STUB_PREFIX):
+            continue
         if not loc:
             raise ModelLoadError(f"tensor '{tensor.name}' in '{p}' uses external data but names no location")
         target = (base / loc).resolve()
@@ -115,12 +117,82 @@ def load(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
                 f"external data file '{target}' is too short for tensor '{tensor.name}' "
                 f"(needs {offset + length} bytes, has {size})"
             )
+        out.append((tensor, target, offset))
+    return out
+
+
+def load(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
+    """Load a whole model (weights in protobuf) and its external data, validating as a user would want.
+
+    For the debug commands, which hand ModelProtos to backends. ``surgeon fix`` uses
+    :func:`open_model`, which keeps the weights out of protobuf. Raises ModelLoadError
+    with one sentence for every way the file can be wrong.
+    """
+    p = Path(path)
+    _check_path(p)
     try:
-        external_data_helper.load_external_data_for_model(model, str(base))
+        with open(p, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read '{p}': {exc.strerror}") from exc
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except DecodeError as exc:
+        raise _not_onnx(p) from exc
+    del data
+    _check_header(model, p)
+    _external_targets(model, p)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(p.resolve().parent))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read the external data of '{p}': {exc}") from exc
     if check:
         check_model(model, what=f"'{p}'")
+    return model
+
+
+def open_model(path: str | os.PathLike) -> "Model":
+    """Open a model for the fix pipeline: the skeleton parsed, every weight a read-only mapped view.
+
+    Only what is needed to read the model safely is checked here (path, protobuf,
+    external data locations and sizes); the onnx checker's verdict is the pipeline's
+    business, because ``cleanup`` can repair some models it rejects. Nothing of the
+    file is copied: embedded weights are views into the memory-mapped file, external
+    data views into the memory-mapped data files.
+    """
+    from surgeon.graph import Model
+
+    p = Path(path)
+    _check_path(p)
+    try:
+        skeleton_bytes, arrays = W.split_file(p)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read '{p}': {exc.strerror}") from exc
+    except (ValueError, IndexError) as exc:
+        raise _not_onnx(p) from exc
+    skeleton = onnx.ModelProto()
+    try:
+        skeleton.ParseFromString(skeleton_bytes)
+    except DecodeError as exc:
+        raise _not_onnx(p) from exc
+    _check_header(skeleton, p)
+    mapped: dict[Path, object] = {}
+    external = _external_targets(skeleton, p)
+    for tensor, target, offset in external:
+        try:
+            array = W.map_external(tensor, target, offset, mapped)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read the external data of tensor '{tensor.name}' in '{p}': {exc}") from exc
+        key = f"{W.STUB_PREFIX}{len(arrays)}"
+        arrays[key] = array
+        del tensor.external_data[:]
+        tensor.external_data.add(key="location", value=key)
+    try:
+        model = Model(skeleton, arrays)
+    except Exception as exc:  # graphsurgeon's importer on a structurally broken graph
+        raise ModelLoadError(f"'{p}' cannot be read as a graph: {type(exc).__name__}: {exc}") from exc
+    model.source_external = bool(external)
     return model
 
 
@@ -244,32 +316,43 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | None = None) -> Path:
-    """Write a model atomically; with external data when it is too large for one protobuf.
+def save(model: "onnx.ModelProto | Model | Exported", path: str | os.PathLike, *, external: bool | None = None) -> Path:
+    """Write a model atomically; with external data when asked or too large for one protobuf.
 
     The data file is named ``<OUT>.data`` and referenced by a relative location, so the
-    pair can be moved together. The caller's model object is not modified.
+    pair can be moved together. The caller's model object is not modified. Weights are
+    streamed from their arrays into the file (one write each, never a whole-model copy in
+    memory): a Model or Exported is written as it is; a ModelProto with weights embedded
+    is written directly when small, otherwise split first.
     """
+    from surgeon.graph import Exported, Model
+
     dst = Path(path).resolve()
     if not dst.parent.is_dir():
         raise ModelSaveError(f"cannot write '{path}': folder '{dst.parent}' does not exist")
+    if isinstance(model, onnx.ModelProto):
+        if external is None:
+            external = needs_external_data(model) or any(True for _ in _external_files(model))
+        if not external:
+            return _atomic(dst, path, lambda tmp: tmp.write_bytes(model.SerializeToString()))
+        model = Model.from_proto(model)
+    exported = model.export() if isinstance(model, Model) else model
     if external is None:
-        external = needs_external_data(model) or any(True for _ in _external_files(model))
+        external = exported.weight_bytes + payload_size(exported.skeleton) > EXTERNAL_THRESHOLD
+    data_name = dst.name + ".data"
+    if external:
+        return _atomic(dst, path, lambda tmp: _write_external(exported, tmp, data_name), data_name)
+    return _atomic(dst, path, lambda tmp: _write_embedded(exported, tmp))
+
+
+def _atomic(dst: Path, path, write, data_name: str | None = None) -> Path:
+    """Write into a temporary folder beside ``dst``, then rename the data file and the model into place."""
     tmpdir = tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent)
     try:
         tmp_model = Path(tmpdir) / dst.name
-        data_name = dst.name + ".data"
-        to_write = copy(model) if external else model
-        if external:
-            external_data_helper.convert_model_to_external_data(
-                to_write, all_tensors_to_one_file=True, location=data_name, size_threshold=EXTERNAL_MIN_BYTES
-            )
-            onnx.save_model(to_write, str(tmp_model))  # writes the data file beside it
-        else:
-            with open(tmp_model, "wb") as f:
-                f.write(model.SerializeToString())
+        write(tmp_model)
         mode = _umask_mode()
-        if external and (Path(tmpdir) / data_name).exists():
+        if data_name and (Path(tmpdir) / data_name).exists():
             os.chmod(Path(tmpdir) / data_name, mode)
             os.replace(Path(tmpdir) / data_name, dst.parent / data_name)
         os.chmod(tmp_model, mode)
@@ -281,6 +364,96 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | No
             leftover.unlink(missing_ok=True)
         os.rmdir(tmpdir)
     return dst
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        out.append(b | 0x80 if value else b)
+        if not value:
+            return bytes(out)
+
+
+def _raw_view(array) -> memoryview:
+    import numpy as np
+
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
+_DATA_ALIGN = 4096  # page-aligned payloads can be memory-mapped by readers (ONNX Runtime, us)
+
+
+def _write_embedded(exported: "Exported", tmp: Path) -> None:
+    """The skeleton, then the main-graph initializers streamed as a second ``graph`` field.
+
+    Protobuf merges a repeated occurrence of a message field into the first, so a
+    reader sees one graph whose initializer list is the concatenation; this lets each
+    weight go from its array to the file without a serialized copy of the model.
+    """
+    skeleton = copy(exported.skeleton)
+    root = list(skeleton.graph.initializer)
+    for t in W.iter_graph_tensors(skeleton.graph, initializers=False):
+        key = W.stub_key(t)
+        if key is not None:
+            t.ClearField("external_data")
+            t.ClearField("data_location")
+            t.raw_data = _raw_view(exported.weights[key]).tobytes()
+    entries = []
+    for t in root:
+        key = W.stub_key(t)
+        if key is None:
+            entries.append((t.SerializeToString(), None))
+            continue
+        head = onnx.TensorProto()
+        head.CopyFrom(t)
+        head.ClearField("external_data")
+        head.ClearField("data_location")
+        entries.append((head.SerializeToString(), _raw_view(exported.weights[key])))
+    del skeleton.graph.initializer[:]
+    sizes = []
+    for head, raw in entries:
+        n = len(head) + (0 if raw is None else 1 + len(_varint(raw.nbytes)) + raw.nbytes)
+        sizes.append(n)
+    graph_len = sum(1 + len(_varint(n)) + n for n in sizes)
+    with open(tmp, "wb") as f:
+        f.write(skeleton.SerializeToString())
+        if not entries:
+            return
+        f.write(b"\x3a" + _varint(graph_len))  # field 7 (graph), length-delimited
+        for (head, raw), n in zip(entries, sizes):
+            f.write(b"\x2a" + _varint(n))  # field 5 (initializer)
+            f.write(head)
+            if raw is not None:
+                f.write(b"\x4a" + _varint(raw.nbytes))  # field 9 (raw_data)
+                f.write(raw)
+
+
+def _write_external(exported: "Exported", tmp: Path, data_name: str) -> None:
+    """Every weight into ``data_name`` (page-aligned, written once even if shared), then the skeleton."""
+    skeleton = copy(exported.skeleton)
+    written: dict[str, tuple[int, int]] = {}
+    offset = 0
+    with open(tmp.parent / data_name, "wb") as data:
+        for t in W.iter_graph_tensors(skeleton.graph):
+            key = W.stub_key(t)
+            if key is None:
+                continue
+            if key not in written:
+                raw = _raw_view(exported.weights[key])
+                pad = (-offset) % _DATA_ALIGN
+                data.write(b"\0" * pad)
+                offset += pad
+                data.write(raw)
+                written[key] = (offset, raw.nbytes)
+                offset += raw.nbytes
+            start, length = written[key]
+            del t.external_data[:]
+            t.external_data.add(key="location", value=data_name)
+            t.external_data.add(key="offset", value=str(start))
+            t.external_data.add(key="length", value=str(length))
+    tmp.write_bytes(skeleton.SerializeToString())
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

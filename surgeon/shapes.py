@@ -4,36 +4,29 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import onnx
+import onnx_graphsurgeon as gs
 
-from surgeon import model as model_io
 from surgeon import input_data
+from surgeon.graph import Model, iter_graphs
 
 
-def pin_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]) -> onnx.ModelProto:
-    """Return a copy whose named inputs have the given static shapes.
+def pin_input_shapes(model: Model, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Give the named inputs static shapes, in place.
 
-    Inferred shapes of intermediates and outputs are cleared where they used the pinned
-    symbols, so shape inference recomputes them rather than trusting stale dims.
+    Symbols the pinned dims named are replaced in every other shape too (intermediates,
+    outputs), so nothing downstream keeps a stale symbolic dim.
     """
-    input_data.check_pins(input_data.input_specs(model), shapes)
-    out = model_io.copy(model)
+    input_data.check_pins(input_data.input_specs(model.export().skeleton), shapes)
     symbols: dict[str, int] = {}
-    for vi in out.graph.input:
-        if vi.name not in shapes:
+    for tensor in model.graph.inputs:
+        if tensor.name not in shapes:
             continue
-        dims = vi.type.tensor_type.shape.dim
-        for d, v in zip(dims, shapes[vi.name]):
-            if d.HasField("dim_param") and d.dim_param:
-                symbols[d.dim_param] = v
-            d.Clear()
-            d.dim_value = v
-    for vi in list(out.graph.value_info) + list(out.graph.output):
-        if vi.type.WhichOneof("value") != "tensor_type":
-            continue
-        for d in vi.type.tensor_type.shape.dim:
-            if d.HasField("dim_param") and d.dim_param in symbols:
-                v = symbols[d.dim_param]
-                d.Clear()
-                d.dim_value = v
-    return out
+        for d, v in zip(tensor.shape or (), shapes[tensor.name]):
+            if isinstance(d, str) and d:
+                symbols[d] = int(v)
+        tensor.shape = [int(v) for v in shapes[tensor.name]]
+    pinned = {t.name for t in model.graph.inputs if t.name in shapes}
+    for g in iter_graphs(model.graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Variable) and t.name not in pinned and t.shape is not None:
+                t.shape = [symbols.get(d, d) if isinstance(d, str) else d for d in t.shape]

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 import onnx
 
 from surgeon import model as model_io
+from surgeon.graph import Exported, op_histogram
 from surgeon import backends, input_data
 from surgeon.comparison import diff_outputs
 from surgeon.errors import BackendError, ModelLoadError
@@ -32,6 +33,7 @@ class VerifyResult:
     outputs: list[dict[str, Any]] | None = field(default=None, repr=False)  # per sample, kept for accept()
     note: str = ""  # for the pass report, e.g. why only structural checks were possible
     opaque: tuple[str, ...] = ()  # declared ops ONNX Runtime could not run (numeric checks end here)
+    level: int | None = None  # the candidate's checker level (FULL, BASIC, INVALID)
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "reason": self.reason, "max_abs": self.max_abs, "max_rel": self.max_rel, "numeric": self.numeric}
@@ -72,12 +74,37 @@ def io_problem(before: onnx.ModelProto, after: onnx.ModelProto) -> str | None:
     return None
 
 
+# How far the onnx checker accepts a model: both checks, the basic check only, or neither.
+FULL, BASIC, INVALID = 2, 1, 0
+
+
+def checker_level(exported: Exported) -> tuple[int, str]:
+    """(level, the checker's sentence when not FULL) for a skeleton, without serializing a weight."""
+    model = exported.for_checker()
+    try:
+        model_io.check_model(model, full=True)
+        return FULL, ""
+    except ModelLoadError as exc:
+        reason = str(exc)
+    try:
+        model_io.check_model(model, full=False)
+        return BASIC, reason
+    except ModelLoadError as exc:
+        return INVALID, str(exc)
+
+
 class Verifier:
-    """Holds the seeded samples and the reference outputs of the last accepted model."""
+    """Holds the seeded samples and the reference outputs of the last accepted model.
+
+    Everything works on skeletons (:class:`surgeon.graph.Exported`): the checker reads
+    large tensors as typed inputs, ONNX Runtime gets the weight arrays in memory. The
+    checker level may only go up: a model the checker rejects (nodes out of order, say)
+    may pass through passes that do not repair it yet, but once valid it stays valid.
+    """
 
     def __init__(
         self,
-        model: onnx.ModelProto,
+        model: Exported,
         *,
         numeric: bool = True,
         input_shapes: Mapping[str, tuple[int, ...]] | None = None,
@@ -87,16 +114,12 @@ class Verifier:
         seed: int = 0,
     ):
         self.atol, self.rtol = atol, rtol
-        self.backend = backends.create("onnxrt", optimization="basic")
+        self.backend = backends.create("onnxrt", optimization="basic", memory_lean=True)
         self.samples: list[dict[str, Any]] = []
         self.reference: list[dict[str, Any]] = []
         self.skipped: str | None = None if numeric else "numeric verification disabled (--no-verify)"
         self.note: str | None = None
-        self.full_check = True
-        try:
-            model_io.check_model(model, full=True)
-        except ModelLoadError:
-            self.full_check = False  # the input itself only passes the basic checker
+        self.level, self.checker_reason = checker_level(model)
         if not numeric:
             return
         try:
@@ -113,7 +136,7 @@ class Verifier:
                 return False
 
         if samples is None:
-            samples, self.note = input_data.verification_samples(model, input_shapes, seed, runs)
+            samples, self.note = input_data.verification_samples(model.skeleton, input_shapes, seed, runs)
         if not samples:
             self.skipped = f"verification skipped: {self.note}"
             return
@@ -131,24 +154,28 @@ class Verifier:
     def sample_shapes(self) -> list[str]:
         return [input_data.describe_feeds(s) for s in self.samples]
 
-    def check(self, before: onnx.ModelProto, candidate: onnx.ModelProto, opaque: Iterable[str] = ()) -> VerifyResult:
+    def check(self, before: Exported, candidate: Exported, opaque: Iterable[str] = ()) -> VerifyResult:
         """``opaque``: ``domain::Op`` the pass added on purpose (see PassLog.opaque_ops)."""
-        problem = io_problem(before, candidate)
+        problem = io_problem(before.skeleton, candidate.skeleton)
         if problem:
             return VerifyResult(False, problem)
-        try:
-            model_io.check_model(candidate, what="the rewritten model", full=self.full_check)
-        except ModelLoadError as exc:
-            return VerifyResult(False, str(exc))
+        level, reason = checker_level(candidate)
+        if level < self.level:
+            return VerifyResult(False, reason)
+        result = self._numeric(before, candidate, opaque)
+        result.level = level
+        return result
+
+    def _numeric(self, before: Exported, candidate: Exported, opaque: Iterable[str]) -> VerifyResult:
         if not self.numeric:
             return VerifyResult(True)
         try:
             session = self.backend.session(candidate)
         except BackendError as exc:
-            blocking = _new_ops(before, candidate, opaque)
+            blocking = _new_ops(before.skeleton, candidate.skeleton, opaque)
             if not blocking:
                 return VerifyResult(False, str(exc))
-            problem = inferred_output_problem(before, candidate)
+            problem = inferred_output_problem(before.for_checker(), candidate.for_checker())
             if problem:
                 return VerifyResult(False, problem)
             return VerifyResult(True, numeric=False, opaque=tuple(blocking), note=(
@@ -177,6 +204,8 @@ class Verifier:
         if result.outputs is not None:
             self.reference = result.outputs
             result.outputs = None
+        if result.level is not None and result.level > self.level:
+            self.level, self.checker_reason = result.level, ""
         if result.opaque and self.skipped is None:
             self.skipped = (f"numeric until the model gained {', '.join(result.opaque)} (ONNX Runtime cannot run it); "
                             "structural checks after that")
@@ -184,8 +213,6 @@ class Verifier:
 
 def _new_ops(before: onnx.ModelProto, candidate: onnx.ModelProto, declared: Iterable[str]) -> list[str]:
     """Declared opaque ops that the candidate has and ``before`` did not."""
-    from surgeon.graph import op_histogram
-
     declared = set(declared)
     if not declared:
         return []

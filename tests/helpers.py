@@ -95,17 +95,23 @@ def requires_corpus(name: str | None = None):
     return pytest.mark.skipif(False, reason="corpus present")
 
 
-def run_pass(pass_ref, model: onnx.ModelProto, *, limit: int | None = None, options: Mapping[str, Any] | None = None):
+def run_pass(pass_ref, model: onnx.ModelProto, *, limit: int | None = None, options: Mapping[str, Any] | None = None,
+             budget=None):
     """Run one pass directly (no verification): ``(new model or None when unchanged, PassLog)``.
 
-    ``pass_ref`` is a registered pass name or a Pass class. The input model must stay
-    untouched; the pass contract test checks that for every registered pass.
+    ``pass_ref`` is a registered pass name or a Pass class. The pass edits an in-memory
+    copy (:class:`surgeon.graph.Model`); the input ModelProto stays untouched.
     """
+    from surgeon.graph import Model
     from surgeon.pipeline import registry
     from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
 
     cls = registry.get(pass_ref) if isinstance(pass_ref, str) else pass_ref
-    ctx = PassContext(budget=RewriteBudget(limit=limit), options=dict(options or {}), pass_name=cls.name)
+    ctx = PassContext(budget=budget or RewriteBudget(limit=limit), options=dict(options or {}), pass_name=cls.name)
     log = PassLog()
-    out = cls().run(model, ctx, log)
-    return out, log
+    work = Model.from_proto(model)
+    before = work.signature()
+    cls().run(work, ctx, log)
+    if work.signature() == before:
+        return None, log
+    return work.to_proto(), log

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import onnx
 
 from surgeon import model as model_io
+
+if TYPE_CHECKING:
+    from surgeon.graph import Exported
 from surgeon.backends import Backend, Session
 from surgeon.errors import BackendError
 
@@ -22,6 +25,20 @@ def _first_line(exc: BaseException) -> str:
         if prefix in text:
             text = text.split(prefix, 1)[1]
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _ort_value(array: Any) -> Any:
+    """An OrtValue sharing ``array``'s memory; types numpy lacks (bfloat16, float8) by their bits."""
+    import numpy as np
+    import onnxruntime as ort
+
+    if array.dtype.kind in "biufc" or array.dtype == np.bool_:
+        return ort.OrtValue.ortvalue_from_numpy(array)
+    from onnx import helper
+
+    onnx_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    bits = array.view(np.dtype(f"u{array.dtype.itemsize}"))
+    return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, onnx_type)
 
 
 class OrtSession(Session):
@@ -40,7 +57,8 @@ class OrtSession(Session):
 class OnnxRuntimeBackend(Backend):
     fuses = True
 
-    def __init__(self, optimization: str = "all", disabled_optimizers: Sequence[str] = (), threads: int = 0, name: str = "onnxrt"):
+    def __init__(self, optimization: str = "all", disabled_optimizers: Sequence[str] = (), threads: int = 0,
+                 name: str = "onnxrt", memory_lean: bool = False):
         if optimization not in _LEVELS:
             raise BackendError(f"unknown ONNX Runtime optimization level '{optimization}'")
         self.optimization = optimization
@@ -48,6 +66,9 @@ class OnnxRuntimeBackend(Backend):
         self.threads = threads
         self.name = name
         self.fuses = optimization != "disable"
+        # Verification builds a session per pass: pre-packing weights would copy each one
+        # (time and memory in proportion to the weights) for a couple of runs.
+        self.memory_lean = memory_lean
 
     def _options(self) -> Any:
         import onnxruntime as ort
@@ -58,23 +79,37 @@ class OnnxRuntimeBackend(Backend):
         so.log_severity_level = 4
         if self.threads:
             so.intra_op_num_threads = self.threads
+        if self.memory_lean:
+            so.add_session_config_entry("session.disable_prepacking", "1")
+            so.enable_mem_pattern = False
         return so
 
-    def session(self, model: onnx.ModelProto) -> OrtSession:
+    def session(self, model: "onnx.ModelProto | Exported") -> OrtSession:
+        """A session for a ModelProto, or for a skeleton whose weights ONNX Runtime takes in memory."""
         import onnxruntime as ort
 
-        kwargs: dict[str, Any] = {"sess_options": self._options(), "providers": ["CPUExecutionProvider"]}
+        options = self._options()
+        kwargs: dict[str, Any] = {"sess_options": options, "providers": ["CPUExecutionProvider"]}
         if self.disabled_optimizers:
             kwargs["disabled_optimizers"] = self.disabled_optimizers
+        keep: list = []
         try:
-            if model_io.needs_external_data(model):
+            if not isinstance(model, onnx.ModelProto):
+                data, arrays = model.for_ort()
+                if arrays:
+                    keep = [_ort_value(a) for a in arrays.values()]
+                    options.add_external_initializers(list(arrays), keep)
+                sess = ort.InferenceSession(data, **kwargs)
+            elif model_io.needs_external_data(model):
                 with model_io.materialized(model) as path:
                     sess = ort.InferenceSession(str(path), **kwargs)
             else:
                 sess = ort.InferenceSession(model.SerializeToString(), **kwargs)
         except Exception as exc:
             raise BackendError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
-        return OrtSession(sess)
+        session = OrtSession(sess)
+        session.keep_alive = keep  # ONNX Runtime reads the weights from these buffers for the session's life
+        return session
 
     def describe(self) -> str:
         extra = f", disabled: {', '.join(self.disabled_optimizers)}" if self.disabled_optimizers else ""

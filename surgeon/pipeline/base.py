@@ -1,7 +1,8 @@
 """The pass contract.
 
-A pass reads the model (shared, never to be modified) and returns a new model or ``None`` ("nothing
-changed"). It never verifies itself: the pipeline checks and, if needed, rolls back.
+A pass edits the pipeline's one in-memory model (:class:`surgeon.graph.Model`) in place
+and returns whether it changed anything. It never verifies itself and never restores
+anything: the pipeline checks the result and, if needed, rolls the structure back.
 What a pass did is recorded through its :class:`PassLog` (counts per rule or action,
 near-miss notes); the pipeline turns that into the user-facing report and refuses a
 pass that changes the model without counting anything.
@@ -16,12 +17,14 @@ from __future__ import annotations
 import abc
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G
+
+if TYPE_CHECKING:
+    from surgeon.graph import Model
 
 
 @dataclass(frozen=True)
@@ -113,11 +116,11 @@ class Pass(abc.ABC):
     default_order: ClassVar[int | None] = None
 
     @abc.abstractmethod
-    def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
-        """Return the rewritten model, or None when nothing changed.
+    def run(self, model: "Model", ctx: PassContext, log: PassLog) -> bool:
+        """Edit ``model.graph`` in place; return True when something changed.
 
-        ``model`` is the pipeline's current model, shared, not a copy: never modify it
-        (copy first, or work on an imported graph), or a rollback would keep the damage.
+        Weights are shared read-only arrays: compute new arrays, never write into one.
+        Every change must be counted in ``log`` (the pipeline refuses an uncounted change).
         """
 
 
@@ -129,7 +132,7 @@ class GraphPass(Pass):
     a pass does not remove a tensor that :func:`surgeon.graph.outer_scope_names` reports.
 
     ``candidate_ops``: when set, a model with none of these op types (subgraphs included)
-    is left alone before the graph import, which costs more than most rewrites.
+    is left alone without visiting a graph.
     """
 
     candidate_ops: ClassVar[frozenset[str]] = frozenset()
@@ -138,13 +141,10 @@ class GraphPass(Pass):
     def run_on_graph(self, graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
         ...
 
-    def run(self, model: onnx.ModelProto, ctx: PassContext, log: PassLog) -> onnx.ModelProto | None:
-        if self.candidate_ops and not any(n.op_type in self.candidate_ops for n in G.iter_proto_nodes(model)):
-            return None
-        graph = G.import_graph(model)
+    def run(self, model: "Model", ctx: PassContext, log: PassLog) -> bool:
+        if self.candidate_ops and not any(n.op in self.candidate_ops for n in G.walk_nodes(model.graph)):
+            return False
         changed = False
-        for g in list(G.iter_graphs(graph)):
+        for g in list(G.iter_graphs(model.graph)):
             changed |= bool(self.run_on_graph(g, ctx, log))
-        if not changed:
-            return None
-        return G.export_model(graph, like=model)
+        return changed

@@ -18,11 +18,11 @@ from typing import Any, Callable, Mapping
 import onnx
 
 from surgeon import graph as G
-from surgeon import model as model_io
-from surgeon.errors import SurgeonError
+from surgeon.errors import ModelLoadError, SurgeonError
+from surgeon.graph import Model
 from surgeon.pipeline import registry
 from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
-from surgeon.verify import Verifier
+from surgeon.verify import INVALID, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -80,29 +80,13 @@ def _op_delta(before: Counter, after: Counter) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after)) if after.get(k, 0) != before.get(k, 0)}
 
 
-def _same_bytes(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
-    """Whether two models serialize identically (a pass that returned its input unchanged).
-
-    Cheap differences are looked at first: serializing a large model twice costs tens of
-    milliseconds, and most candidates differ in their node or initializer lists.
-    """
-    if len(a.graph.node) != len(b.graph.node) or len(a.graph.initializer) != len(b.graph.initializer):
-        return False
-    if any(x.SerializeToString(deterministic=True) != y.SerializeToString(deterministic=True)
-           for x, y in zip(a.graph.node, b.graph.node)):
-        return False
-    if model_io.needs_external_data(a) or model_io.needs_external_data(b):
-        return False  # too large to serialize; trust the pass
-    return a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
-
-
 @dataclass
 class _Unchanged:
-    """A pass run that returned None: the model version it saw and what it reported.
+    """A pass run that changed nothing: the model version it saw and what it reported.
 
     Passes are deterministic functions of (model, options, rewrite budget), so the same
-    pass given the same model version again returns None again; the pipeline replays the
-    run (its permit requests and notes) instead of repeating it.
+    pass given the same model version again changes nothing again; the pipeline replays
+    the run (its permit requests and notes) instead of repeating it.
     """
 
     version: int
@@ -113,7 +97,7 @@ class _Unchanged:
 
 
 def fix(
-    model: onnx.ModelProto,
+    model: "onnx.ModelProto | Model",
     passes: str | list[str] | None = None,
     *,
     verify: bool = True,
@@ -129,31 +113,43 @@ def fix(
     only: frozenset[str] | set[str] | None = None,
     options: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
-) -> tuple[onnx.ModelProto, FixReport]:
-    """Run a verified pipeline over ``model`` (not modified) and return (new model, report).
+) -> tuple["onnx.ModelProto | Model", FixReport]:
+    """Run a verified pipeline over ``model`` and return (new model, report).
 
-    ``passes``: names or "a,b,c" (None: the default pipeline). ``input_shapes`` pins
-    dynamic dims for verification; with ``fix_shapes`` they are also written into the
-    model. ``bisect_limit``/``exclude``/``only`` restrict rewrite applications (see RewriteBudget).
+    A ModelProto is not modified (a new one is returned); a :class:`surgeon.graph.Model`
+    (from :func:`surgeon.model.open_model`) is edited in place and returned, so that its
+    weights are never copied. ``passes``: names or "a,b,c" (None: the default pipeline).
+    ``input_shapes`` pins dynamic dims for verification; with ``fix_shapes`` they are also
+    written into the model. ``bisect_limit``/``exclude``/``only`` restrict rewrite
+    applications (see RewriteBudget).
     """
     names = registry.parse_pipeline(passes)
     start = time.perf_counter()
-    current = model_io.copy(model)
+    as_proto = isinstance(model, onnx.ModelProto)
+    work = Model.from_proto(model) if as_proto else model
     if fix_shapes:
         if not input_shapes:
             raise SurgeonError("--fix-shapes needs --input-shapes")
         from surgeon.shapes import pin_input_shapes
 
-        current = pin_input_shapes(current, input_shapes)
-    nodes_before, ops_before = G.count_nodes(model), G.op_histogram(model)
-    # Node count and op histogram of ``current``, recomputed only when it changes.
-    cur_nodes, cur_ops = (G.count_nodes(current), G.op_histogram(current)) if fix_shapes else (nodes_before, ops_before)
-    verifier = Verifier(current, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol, seed=seed)
+        pin_input_shapes(work, input_shapes)
+    nodes_before, ops_before = G.count_nodes(work), G.op_histogram(work)
+    cur_nodes, cur_ops = nodes_before, ops_before
+    accepted = work.export()  # the verified state; a rollback re-imports it
+    verifier = Verifier(accepted, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol,
+                        seed=seed)
     budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude),
                            only=None if only is None else frozenset(only))
     reports: list[PassReport] = []
-    version = 0  # bumped whenever ``current`` changes
-    unchanged: dict[str, _Unchanged] = {}  # pass name -> its last run that returned None
+    version = 0  # bumped whenever the model changes
+    signature = work.signature()
+    unchanged: dict[str, _Unchanged] = {}  # pass name -> its last run that changed nothing
+
+    def roll_back() -> None:
+        nonlocal signature
+        work.restore(accepted)
+        signature = work.signature()
+
     for round_no in range(1, max(1, rounds) + 1):
         round_changed = False
         for name in names:
@@ -161,7 +157,7 @@ def fix(
                 progress(f"round {round_no}: {name}")
             seen = unchanged.get(name)
             if seen is not None and seen.version == version and (budget.limit is None or seen.all_refused):
-                # Same model as last time: the pass would return None again. Its permit
+                # Same model as last time: the pass would change nothing again. Its permit
                 # requests are replayed so that rewrite numbering (opt-bisect) is unchanged.
                 for request in seen.applications:
                     budget.permit(*request)
@@ -173,59 +169,62 @@ def fix(
             ctx = PassContext(budget=budget, options=dict(options or {}), pass_name=name)
             plog = PassLog()
             t0 = time.perf_counter()
-            before_nodes, before_ops = cur_nodes, cur_ops
             first_request = len(budget.applications)
             try:
-                # No defensive copy: passes must not modify their input (a 500 MB model costs
-                # ~0.15 s per copy, per pass); tests/passes/test_pass_contract.py enforces it.
-                candidate = instance.run(current, ctx, plog)
+                claimed = instance.run(work, ctx, plog)
             except SurgeonError:
+                roll_back()
                 raise
             except Exception as exc:  # a bug in a pass must not lose the user's run
-                log.exception("pass %s crashed", name)
-                candidate = None
-                plog.note(f"pass crashed and was skipped: {type(exc).__name__}: {exc}")
-                reports.append(PassReport(name, round_no, ROLLED_BACK, before_nodes, before_nodes,
-                                          time.perf_counter() - t0, notes=plog.notes,
-                                          reason=f"{type(exc).__name__}: {exc}"))
+                log.debug("pass %s crashed", name, exc_info=True)
+                roll_back()
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                plog.note(f"pass crashed and was rolled back: {reason}")
+                reports.append(PassReport(name, round_no, ROLLED_BACK, cur_nodes, cur_nodes,
+                                          time.perf_counter() - t0, notes=plog.notes, reason=f"crashed: {reason}"))
                 continue
-            after_nodes = G.count_nodes(candidate) if candidate is not None else before_nodes
-            if candidate is not None and after_nodes == before_nodes and _same_bytes(candidate, current):
-                candidate = None
-            if candidate is None:
+            after = work.signature()
+            if after == signature:
                 requests = budget.applications[first_request:]
                 unchanged[name] = _Unchanged(version, dict(plog.counts), list(plog.notes),
                                              [(a.pass_name, a.rule, a.node) for a in requests],
                                              all(not a.applied for a in requests))
                 if round_no == 1 or plog.notes:
-                    reports.append(PassReport(name, round_no, UNCHANGED, before_nodes, before_nodes,
+                    reports.append(PassReport(name, round_no, UNCHANGED, cur_nodes, cur_nodes,
                                               time.perf_counter() - t0, counts=dict(plog.counts), notes=plog.notes))
                 continue
-            if not plog.counts:
+            verdict = None
+            if not claimed:
+                result_reason = "the pass changed the model but returned False (contract violation)"
+            elif not plog.counts:
                 result_reason = "the pass changed the model but reported no change (contract violation)"
-                verdict = None
             else:
-                verdict = verifier.check(current, candidate, opaque=plog.opaque)
+                candidate = work.export()
+                verdict = verifier.check(accepted, candidate, opaque=plog.opaque)
                 result_reason = verdict.reason
                 if verdict.ok and verdict.note:
                     plog.note(verdict.note)
             elapsed = time.perf_counter() - t0
             if verdict is not None and verdict.ok:
                 verifier.accept(verdict)
-                after_ops = G.op_histogram(candidate)
-                reports.append(PassReport(name, round_no, APPLIED, before_nodes, after_nodes, elapsed,
-                                          _op_delta(before_ops, after_ops), dict(plog.counts),
+                after_nodes, after_ops = G.count_nodes(work), G.op_histogram(work)
+                reports.append(PassReport(name, round_no, APPLIED, cur_nodes, after_nodes, elapsed,
+                                          _op_delta(cur_ops, after_ops), dict(plog.counts),
                                           plog.notes, "", verdict.max_abs, verdict.max_rel))
-                current, cur_nodes, cur_ops = candidate, after_nodes, after_ops
+                accepted, signature = candidate, after
+                cur_nodes, cur_ops = after_nodes, after_ops
                 version += 1
                 round_changed = True
             else:
                 log.info("pass %s rolled back: %s", name, result_reason)
-                reports.append(PassReport(name, round_no, ROLLED_BACK, before_nodes, before_nodes, elapsed,
+                roll_back()
+                reports.append(PassReport(name, round_no, ROLLED_BACK, cur_nodes, cur_nodes, elapsed,
                                           {}, dict(plog.counts), plog.notes, result_reason,
                                           verdict.max_abs if verdict else None, verdict.max_rel if verdict else None))
         if not round_changed:
             break
+    if verifier.level == INVALID:
+        raise ModelLoadError(f"the model is invalid and the passes could not repair it: {verifier.checker_reason}")
     notes = [verifier.note] if verifier.note else []
     report = FixReport(
         passes=reports,
@@ -239,4 +238,10 @@ def fix(
         applications=[asdict(a) for a in budget.applications],
         notes=notes,
     )
-    return current, report
+    if as_proto:
+        if version == 0 and not fix_shapes:  # nothing changed: the input as it was, byte for byte
+            unchanged_model = onnx.ModelProto()
+            unchanged_model.CopyFrom(model)
+            return unchanged_model, report
+        return accepted.full(), report
+    return work, report

@@ -21,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G
-from surgeon import model as model_io
+from surgeon.graph import Model
 from surgeon.pipeline.base import PassContext, PassLog
 from surgeon.rewrite.builder import Builder, Names
 from surgeon.rewrite.rule import STANDARD_DOMAINS, Match, Rule, RuleContext, Scope, node_domain, op_label
@@ -73,20 +73,18 @@ def _vi_type(vi: onnx.ValueInfoProto) -> tuple[int, tuple | None] | None:
     return tt.elem_type, shape
 
 
-def infer_types(model: onnx.ModelProto) -> dict[str, tuple[int, tuple | None]]:
+def infer_types(model: Model) -> dict[str, tuple[int, tuple | None]]:
     """Tensor name → (elem type, dims) from onnx shape inference (subgraphs included).
 
-    Inference stops at ops it has no schema for (custom domains); their outputs are
-    simply absent. Huge models are not inferred (the rules then see declared types only).
+    Inference runs on the skeleton (weights as typed inputs) and stops at ops it has no
+    schema for (custom domains); their outputs are simply absent.
     """
-    if model_io.needs_external_data(model):
-        return {}
+    skeleton = model.export().for_checker()
     try:
-        # Types and dims are all the rules read: large tensors go in without their data.
-        inferred = onnx.shape_inference.infer_shapes(model_io.shape_only_copy(model), strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False)
     except Exception as exc:  # inference is a help for rules, never a requirement
         log.debug("shape inference failed: %s", exc)
-        inferred = model
+        inferred = skeleton
     types: dict[str, tuple[int, tuple | None]] = {}
 
     def visit(g: onnx.GraphProto) -> None:
@@ -97,25 +95,15 @@ def infer_types(model: onnx.ModelProto) -> dict[str, tuple[int, tuple | None]]:
         for init in g.initializer:
             types.setdefault(init.name, (init.data_type, tuple(init.dims)))
         for node in g.node:
-            for attr in node.attribute:
-                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    visit(sub)
+            for sub in G.proto_subgraphs(node):
+                visit(sub)
 
     visit(inferred.graph)
     return types
 
 
-def rule_context(model: onnx.ModelProto) -> RuleContext:
-    opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}
-    return RuleContext(opsets=opsets, types=infer_types(model))
-
-
-def _all_names(graph: gs.Graph) -> set[str]:
-    names: set[str] = set()
-    for g in G.iter_graphs(graph):
-        names.update(g.tensors().keys())
-        names.update(n.name for n in g.nodes if n.name)
-    return names
+def rule_context(model: Model) -> RuleContext:
+    return RuleContext(opsets=dict(model.opsets), types=infer_types(model))
 
 
 def _untouched(graph: gs.Graph, pass_name: str | None) -> dict[str, int]:
@@ -169,8 +157,9 @@ def find_matches(model: onnx.ModelProto, rules: Sequence[Rule]) -> MatchReport:
     """
     ctx = PassContext(pass_name="match")
     findings: list[Finding] = []
-    untouched = _untouched(G.import_graph(model), None)
-    _run(model_io.copy(model), rules, ctx, PassLog(), findings)
+    work = Model.from_proto(model)
+    untouched = _untouched(work.graph, None)
+    _run(work, rules, ctx, PassLog(), findings)
     return MatchReport(findings, untouched_after(untouched, findings), [r.name for r in rules])
 
 
@@ -298,38 +287,29 @@ def _sweep(graph: gs.Graph, rules: Sequence[Rule], rctx: RuleContext, names: Nam
     return findings, domains
 
 
-def _run(model: onnx.ModelProto, rules: Sequence[Rule], ctx: PassContext, plog: PassLog,
-         applied: list[Finding]) -> tuple[onnx.ModelProto, bool, list[Finding], gs.Graph | None]:
+def _run(model: Model, rules: Sequence[Rule], ctx: PassContext, plog: PassLog,
+         applied: list[Finding]) -> tuple[bool, list[Finding]]:
     """Sweeps until one applies nothing; ``applied`` collects the replacements made."""
-    current, changed, last = model, False, []
+    changed, last = False, []
     asked: dict[str, bool] = {}
-    graph = None
     for _ in range(MAX_SWEEPS):
-        graph = G.import_graph(current)
-        rctx = rule_context(current)
-        found, domains = _sweep(graph, rules, rctx, Names(_all_names(graph)), ctx, plog, asked)
+        rctx = rule_context(model)
+        found, domains = _sweep(model.graph, rules, rctx, Names(G.all_names(model.graph)), ctx, plog, asked)
         done = [f for f in found if f.status == "replace"]
         last = [f for f in found if f.status != "replace"]
         applied.extend(done)
         if not done:
             break
-        present = {o.domain for o in graph.import_domains or []}
         for domain, version in domains.items():
-            if domain not in present:
-                graph.import_domains = list(graph.import_domains or []) + [onnx.helper.make_opsetid(domain, version)]
-        current, changed = G.export_model(graph, like=current), True
-        graph = None
+            model.opsets.setdefault(domain, version)
+        changed = True
     applied.extend(last)
-    return current, changed, last, graph
+    return changed, last
 
 
-def _proto_domain(node: onnx.NodeProto) -> str:
-    return "" if node.domain == "ai.onnx" else node.domain
-
-
-def _may_match(model: onnx.ModelProto, rules: Sequence[Rule]) -> bool:
+def _may_match(model: Model, rules: Sequence[Rule]) -> bool:
     """False when the model lacks op types every rule needs (see ``Rule.required_ops``)."""
-    present = {(_proto_domain(n), n.op_type) for n in G.iter_proto_nodes(model)}
+    present = {(node_domain(n), n.op) for n in G.walk_nodes(model.graph)}
     for rule in rules:
         required = rule.required_ops() if hasattr(rule, "required_ops") else None
         if required is None or all(alternatives & present for alternatives in required):
@@ -337,31 +317,14 @@ def _may_match(model: onnx.ModelProto, rules: Sequence[Rule]) -> bool:
     return False
 
 
-def _untouched_protos(model: onnx.ModelProto, pass_name: str | None) -> dict[str, int]:
-    """:func:`_untouched` read from the protobuf (no graph import needed)."""
-    counts: Counter = Counter()
-    for n in G.iter_proto_nodes(model):
-        domain = _proto_domain(n)
-        if domain in STANDARD_DOMAINS:
-            continue
-        if pass_name and {p.key: p.value for p in n.metadata_props}.get(G.PROVENANCE_PASS) == pass_name:
-            continue
-        counts[f"{domain}::{n.op_type}" if domain else n.op_type] += 1
-    return dict(sorted(counts.items()))
-
-
-def apply_rules(model: onnx.ModelProto, rules: Sequence[Rule], ctx: PassContext, plog: PassLog) -> onnx.ModelProto | None:
-    """Apply ``rules`` everywhere in ``model``; None when nothing changed."""
-    if not _may_match(model, rules):
-        # Nothing to find: skip importing the graph and inferring types (a large share
-        # of the pipeline's time on big models); the untouched custom ops are still listed.
-        for label, count in _untouched_protos(model, ctx.pass_name).items():
-            plog.note(f"untouched custom op: {label} x{count}")
-        return None
-    current, changed, last, graph = _run(model, rules, ctx, plog, [])
-    for f in last:
-        plog.note(f"{f.node}: rule {f.rule} {f.status}: {f.reason}")
-    final = graph if graph is not None else G.import_graph(current)
-    for label, count in _untouched(final, ctx.pass_name).items():
+def apply_rules(model: Model, rules: Sequence[Rule], ctx: PassContext, plog: PassLog) -> bool:
+    """Apply ``rules`` everywhere in ``model`` (in place); whether anything changed."""
+    changed = False
+    if _may_match(model, rules):
+        # Otherwise nothing can match: skip inferring types, a large share of the time.
+        changed, last = _run(model, rules, ctx, plog, [])
+        for f in last:
+            plog.note(f"{f.node}: rule {f.rule} {f.status}: {f.reason}")
+    for label, count in _untouched(model.graph, ctx.pass_name).items():
         plog.note(f"untouched custom op: {label} x{count}")
-    return current if changed else None
+    return changed

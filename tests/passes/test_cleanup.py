@@ -7,6 +7,7 @@ import onnx
 import onnx.parser
 import pytest
 
+import helpers
 import surgeon
 from helpers import CORPUS, assert_equivalent, model_from_text, op_types, requires_corpus, run_ort, random_feeds
 from passes.cleanup import Cleanup
@@ -18,9 +19,7 @@ BATCHES = [{"x": (1, 4)}, {"x": (3, 4)}]
 
 
 def run_cleanup(model, limit=None):
-    log = PassLog()
-    ctx = PassContext(budget=RewriteBudget(limit=limit), pass_name="cleanup")
-    out = Cleanup().run(surgeon.model.copy(model), ctx, log)
+    out, log = helpers.run_pass(Cleanup, model, limit=limit)
     if out is not None:
         onnx.checker.check_model(out, full_check=True)
     return out, log

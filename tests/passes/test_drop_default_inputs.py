@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import helpers
 import surgeon
 from helpers import CORPUS, assert_equivalent, op_types, requires_corpus
 from passes.drop_default_inputs import DropDefaultInputs
@@ -18,9 +19,7 @@ SHAPES = [{"x": (5, 1, FEATURES)}, {"x": (2, 3, FEATURES)}]
 
 
 def run_pass(model, limit=None):
-    log = PassLog()
-    ctx = PassContext(budget=RewriteBudget(limit=limit), pass_name="drop-default-inputs")
-    out = DropDefaultInputs().run(surgeon.model.copy(model), ctx, log)
+    out, log = helpers.run_pass(DropDefaultInputs, model, limit=limit)
     if out is not None:
         onnx.checker.check_model(out, full_check=True)
     return out, log

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
+import helpers
 import surgeon
 from helpers import CORPUS, assert_equivalent, model_from_text, op_types, random_feeds, requires_corpus, run_ort
 from passes.eliminate_neutral_ops import EliminateNeutralOps
@@ -16,9 +17,7 @@ BATCHES = [{"x": (1, 4)}, {"x": (3, 4)}]
 
 
 def run_pass(model, limit=None):
-    log = PassLog()
-    ctx = PassContext(budget=RewriteBudget(limit=limit), pass_name="eliminate-neutral-ops")
-    out = EliminateNeutralOps().run(surgeon.model.copy(model), ctx, log)
+    out, log = helpers.run_pass(EliminateNeutralOps, model, limit=limit)
     if out is not None:
         onnx.checker.check_model(out, full_check=True)
     return out, log

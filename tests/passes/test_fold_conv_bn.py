@@ -13,6 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import helpers
 import surgeon
 from surgeon import graph as G
 from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
@@ -76,11 +77,9 @@ def _conv_bn(group=1, bias=True, epsilon=None, opset=13, dynamic=False, cin=4, c
 
 def _run_pass(model, limit=None):
     """Run the pass directly; returns (new model or None, log, budget)."""
-    budget = RewriteBudget(limit=limit)
-    ctx = PassContext(budget=budget, pass_name=PASS_NAME)
-    log = PassLog()
     before = model.SerializeToString()
-    out = FoldConvBN().run(onnx.ModelProto.FromString(before), ctx, log)
+    budget = RewriteBudget(limit=limit)
+    out, log = helpers.run_pass(FoldConvBN, onnx.ModelProto.FromString(before), budget=budget)
     if out is not None:
         onnx.checker.check_model(out, full_check=True)
     return out, log, budget

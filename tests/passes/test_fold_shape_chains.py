@@ -12,6 +12,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+import helpers
 import surgeon
 from helpers import CORPUS, assert_equivalent, model_from_text, op_types, requires_corpus
 from passes.fold_shape_chains import FoldShapeChains
@@ -23,10 +24,8 @@ INT64_MAX = 2**63 - 1
 
 
 def run_pass(model, limit=None):
-    log = PassLog()
-    ctx = PassContext(budget=RewriteBudget(limit=limit), pass_name="fold-shape-chains")
     before = model.SerializeToString()
-    out = FoldShapeChains().run(surgeon.model.copy(model), ctx, log)
+    out, log = helpers.run_pass(FoldShapeChains, model, limit=limit)
     assert model.SerializeToString() == before, "the pass modified its input"
     if out is not None:
         onnx.checker.check_model(out, full_check=True)

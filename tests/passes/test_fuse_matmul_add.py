@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+import helpers
 import surgeon
 from helpers import CORPUS, assert_equivalent, model_from_text, op_types, requires_corpus
 from passes.fuse_matmul_add import FuseMatmulAdd
@@ -18,9 +19,7 @@ SHAPES = [{"x": (1, 3)}, {"x": (5, 3)}]
 
 
 def run_pass(model, limit=None):
-    log = PassLog()
-    ctx = PassContext(budget=RewriteBudget(limit=limit), pass_name="fuse-matmul-add")
-    out = FuseMatmulAdd().run(surgeon.model.copy(model), ctx, log)
+    out, log = helpers.run_pass(FuseMatmulAdd, model, limit=limit)
     if out is not None:
         onnx.checker.check_model(out, full_check=True)
     return out, log
@@ -137,7 +136,7 @@ def test_loop_body_dense_layer():
 @requires_corpus("rapidocr_ppocr_mobile_v2_cls.onnx")
 def test_ppocr_classifier_head_fused_in_pipeline():
     model = surgeon.model.load(CORPUS / "rapidocr_ppocr_mobile_v2_cls.onnx")
-    out, report = surgeon.fix(model, passes=["fold-constants", "fuse-matmul-add"], verify=True)
+    out, report = surgeon.fix(model, passes=["fold-constants", "fold-shape-chains", "fuse-matmul-add"], verify=True)
     entry = next(p for p in report.passes if p.name == "fuse-matmul-add")
     assert entry.status != "rolled-back" and entry.counts.get("matmul-add-to-gemm") == 1
     assert "MatMul" not in surgeon.graph.op_histogram(out)

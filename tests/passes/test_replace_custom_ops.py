@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
+import helpers
 import surgeon
 from helpers import CORPUS, FIXTURES, model_from_text, requires_corpus, run_cli, run_ort
 from passes.replace_custom_ops import ReplaceCustomOps
@@ -22,8 +23,7 @@ SIZES = (1, 3, 6)
 
 
 def _run(model, **options):
-    ctx, log = PassContext(pass_name="replace-custom-ops", options=options), PassLog()
-    return ReplaceCustomOps().run(model, ctx, log), log
+    return helpers.run_pass(ReplaceCustomOps, model, options=options)
 
 
 def _feeds(model, batch, seed, scale=3.0):
