@@ -197,6 +197,7 @@ class _Folder:
     def apply(self, results: dict[int, np.ndarray]) -> bool:
         changed = False
         self.removed: set[int] = set()
+        self.graph_outputs = {id(o) for g in G.iter_graphs(self.model.graph) for o in g.outputs}
         for g, node, vals in self.direct:
             changed |= self._replace(g, node, vals, "Constant node made initializer" if node.op == "Constant"
                                      else "constant folded")
@@ -243,7 +244,7 @@ class _Folder:
         return True
 
     def _is_graph_output(self, t: gs.Tensor) -> bool:
-        return any(t is o for g in G.iter_graphs(self.model.graph) for o in g.outputs)
+        return id(t) in self.graph_outputs
 
 
 def _run(model: G.Model, nodes: list[gs.Node], known: dict[int, np.ndarray]) -> dict[int, np.ndarray]:

@@ -270,6 +270,9 @@ class Model:
     # -- import ------------------------------------------------------------------------
 
     def _read(self, skeleton: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> None:
+        # Export caches (see _Exporter._node and _tensor): protos of unchanged nodes and small constants.
+        self.node_protos: dict[int, tuple[tuple, onnx.NodeProto]] = {}
+        self.tensor_protos: dict[int, tuple[tuple, onnx.TensorProto]] = {}
         self.header = onnx.ModelProto()
         self.header.CopyFrom(skeleton)
         self.header.ClearField("graph")
@@ -310,6 +313,10 @@ class Model:
                 key = W.stub_key(const._values.tensor)
                 if key is not None:
                     const._values = W.WeightValues(const._values.tensor, weights[key])
+                elif const._values.tensor.data_type in _PLAIN_TYPES:
+                    # Small values are read now, once: graphsurgeon would swap in a fresh array
+                    # on first access, and identity is how signatures and exports see changes.
+                    const._values = const._values.load()
             owner = owner_of.get(const.name)
             if owner is not None:
                 setattr(const, OWNER, owner)
@@ -377,8 +384,7 @@ class Model:
         for g in iter_graphs(self.graph):
             parts.append(("graph", id(g), tuple(map(_tensor_sig, g.inputs)), tuple(map(_tensor_sig, g.outputs))))
             for n in g.nodes:
-                parts.append((id(n), n.op, n.domain, n.name, tuple(map(_tensor_sig, n.inputs)),
-                              tuple(map(_tensor_sig, n.outputs)), _attrs_sig(n.attrs), tuple(sorted(meta(n).items()))))
+                parts.append((id(n), _node_key(n), tuple(map(_tensor_sig, n.inputs)), tuple(map(_tensor_sig, n.outputs))))
         return tuple(parts)
 
 
@@ -490,21 +496,29 @@ def inferred_types(model: Model):
                 t.shape = shape
 
 
-def _value_key(const: gs.Constant) -> tuple:
-    """What a constant holds: a weight by the identity of its shared array, anything else by content.
+_PLAIN_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BOOL,
+    onnx.TensorProto.INT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8, onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64,
+})  # element types whose values numpy holds exactly (others stay lazy: graphsurgeon would cast them)
 
-    Identity alone would not do for small constants: graphsurgeon replaces lazy values
-    by a fresh array the first time anyone reads them.
+
+def _value_key(const: gs.Constant) -> tuple:
+    """What a constant holds, by identity: a pass that computes new values makes a new array.
+
+    Small values of plain types are loaded on import, so their identity is stable; a
+    weight is identified by its shared array, which a lazy load hands out unchanged.
     """
     values = const._values
     if isinstance(values, W.WeightValues):
         return ("weight", id(values.array))
-    if isinstance(values, SparseValues):
-        return ("sparse", id(values))
-    if isinstance(values, np.ndarray) and W.is_large(values):
-        return ("weight", id(values))
-    array = np.asarray(const.values)
-    return ("value", array.dtype.str, array.shape, array.tobytes() if array.dtype != object else repr(array.tolist()))
+    return ("values", id(values))
+
+
+def _node_key(node: gs.Node) -> tuple:
+    """Everything a node's NodeProto is made of, by value or identity (not its neighbours' types)."""
+    return (node.op, node.domain, node.name, tuple(t.name for t in node.inputs), tuple(t.name for t in node.outputs),
+            _attrs_sig(node.attrs), tuple(sorted(getattr(node, META, {}).items())))
 
 
 def _tensor_sig(t: gs.Tensor) -> tuple:
@@ -691,12 +705,34 @@ class _Exporter:
             stub = W.make_stub(const.name, dtype_to_onnx(values.dtype), values.shape, "")
             self._relabel(stub, W.frozen(values))
             return stub
+        key = (const.name, id(values), str(const.export_dtype))
+        hit = self.model.tensor_protos.get(id(const))
+        if hit is not None and hit[0] == key:
+            return hit[1]
         t = constant_to_onnx_tensor(const)
         if const.data_location is not None:
             t.data_location = const.data_location
+        self.model.tensor_protos[id(const)] = (key, t)
         return t
 
     def _node(self, node: gs.Node) -> onnx.NodeProto:
+        # Most nodes are unchanged between two exports; their protos are kept on the model,
+        # checked against the node's key. Nodes holding tensors or bodies are rebuilt
+        # (weight stub keys are per export; bodies are exported recursively).
+        cacheable = not any(isinstance(v, gs.Graph) or (isinstance(v, gs.Constant) and is_weight(v)) or
+                            (isinstance(v, (list, tuple)) and v and isinstance(v[0], (gs.Constant, gs.Graph)))
+                            for v in node.attrs.values())
+        if cacheable:
+            key = _node_key(node)
+            hit = self.model.node_protos.get(id(node))
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        proto = self._build_node(node)
+        if cacheable:
+            self.model.node_protos[id(node)] = (key, proto)
+        return proto
+
+    def _build_node(self, node: gs.Node) -> onnx.NodeProto:
         proto = onnx.helper.make_node(node.op, inputs=[t.name for t in node.inputs],
                                       outputs=[t.name for t in node.outputs], name=node.name or None,
                                       domain=node.domain or None)

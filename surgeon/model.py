@@ -68,8 +68,9 @@ def _external_files(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, str]
 
 
 def external_data_paths(model_path: str | os.PathLike) -> set[Path]:
-    """Resolved paths of the external data files a model file refers to."""
-    model = onnx.load(str(model_path), load_external_data=False)
+    """Resolved paths of the external data files a model file refers to (weights are not read)."""
+    model = onnx.ModelProto()
+    model.ParseFromString(W.split_file(model_path)[0])
     base = Path(model_path).resolve().parent
     return {(base / info.location).resolve() for _, info in _external_files(model)}
 

@@ -18,6 +18,7 @@ from surgeon import model as model_io
 from surgeon.graph import Exported, op_histogram
 from surgeon import backends, input_data
 from surgeon.comparison import diff_outputs
+from surgeon.equivalence import same_computation
 from surgeon.errors import BackendError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,11 @@ class VerifyResult:
     note: str = ""  # for the pass report, e.g. why only structural checks were possible
     opaque: tuple[str, ...] = ()  # declared ops ONNX Runtime could not run (numeric checks end here)
     level: int | None = None  # the candidate's checker level (FULL, BASIC, INVALID)
+    method: str = ""  # how equivalence was shown: PROOF, NUMERIC, or STRUCTURAL (checks only)
+
+    def __post_init__(self):
+        if not self.method:
+            self.method = NUMERIC if self.numeric else STRUCTURAL
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "reason": self.reason, "max_abs": self.max_abs, "max_rel": self.max_rel, "numeric": self.numeric}
@@ -73,6 +79,11 @@ def io_problem(before: onnx.ModelProto, after: onnx.ModelProto) -> str | None:
                 return f"output '{vb.name}' axis {axis} was dynamic and is now fixed to {y.dim_value}"
     return None
 
+
+# How a candidate was shown to compute the same function.
+PROOF = "proof"  # the same computation graph up to Identity, dead nodes, names and order (surgeon.equivalence)
+NUMERIC = "numeric"  # outputs compared on the samples
+STRUCTURAL = "structural"  # checker and interface only (numeric verification off or impossible)
 
 # How far the onnx checker accepts a model: both checks, the basic check only, or neither.
 FULL, BASIC, INVALID = 2, 1, 0
@@ -162,7 +173,10 @@ class Verifier:
         level, reason = checker_level(candidate)
         if level < self.level:
             return VerifyResult(False, reason)
-        result = self._numeric(before, candidate, opaque)
+        if same_computation(before.skeleton, before.weights, candidate.skeleton, candidate.weights):
+            result = VerifyResult(True, method=PROOF)
+        else:
+            result = self._numeric(before, candidate, opaque)
         result.level = level
         return result
 
@@ -189,7 +203,7 @@ class Verifier:
                 return VerifyResult(False, f"on sample {i + 1} ({input_data.describe_feeds(feeds)}): {exc}")
         max_abs = max_rel = 0.0
         for i, (ref, out) in enumerate(zip(self.reference, outputs)):
-            for d in diff_outputs(ref, out, atol=self.atol, rtol=self.rtol, nan_equal=True):
+            for d in diff_outputs(ref, out, atol=self.atol, rtol=self.rtol, nan_equal=True, detail=False):
                 max_abs, max_rel = max(max_abs, d.max_abs), max(max_rel, d.max_rel)
                 if not d.passed:
                     return VerifyResult(

@@ -43,6 +43,7 @@ class PassReport:
     reason: str = ""
     max_abs: float | None = None
     max_rel: float | None = None
+    checked: str = ""  # how the change was verified: proof, numeric, structural (see surgeon.verify)
 
     @property
     def changed(self) -> bool:
@@ -210,7 +211,7 @@ def fix(
                 after_nodes, after_ops = G.count_nodes(work), G.op_histogram(work)
                 reports.append(PassReport(name, round_no, APPLIED, cur_nodes, after_nodes, elapsed,
                                           _op_delta(cur_ops, after_ops), dict(plog.counts),
-                                          plog.notes, "", verdict.max_abs, verdict.max_rel))
+                                          plog.notes, "", verdict.max_abs, verdict.max_rel, verdict.method))
                 accepted, signature = candidate, after
                 cur_nodes, cur_ops = after_nodes, after_ops
                 version += 1
@@ -220,7 +221,8 @@ def fix(
                 roll_back()
                 reports.append(PassReport(name, round_no, ROLLED_BACK, cur_nodes, cur_nodes, elapsed,
                                           {}, dict(plog.counts), plog.notes, result_reason,
-                                          verdict.max_abs if verdict else None, verdict.max_rel if verdict else None))
+                                          verdict.max_abs if verdict else None, verdict.max_rel if verdict else None,
+                                          verdict.method if verdict else ""))
         if not round_changed:
             break
     if verifier.level == INVALID:
