@@ -226,3 +226,11 @@ def test_exported_attention_fixture():
         got, want = run_ort(out, feeds), run_ort(m, feeds)
         for k in want:
             np.testing.assert_allclose(got[k], want[k], **TOL)
+
+
+def test_element_type_without_matmul_refused():
+    m = _model("ij,jk->ik", [(3, 4), (4, 5)], 17, dynamic=False)
+    for vi in list(m.graph.input) + list(m.graph.output):
+        vi.type.tensor_type.elem_type = TensorProto.INT8
+    out, log = run_pass("lower-einsum", m)
+    assert out is None and any("element type int8 has no MatMul/ReduceSum kernel" in n for n in log.notes), log.notes

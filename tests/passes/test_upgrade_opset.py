@@ -230,3 +230,18 @@ def test_corpus_rnn_upgraded_and_verified():
     assert report.passes[0].status == "applied" and report.verification == "numeric"
     assert _opsets(out)[""] == 21 and out.ir_version >= 10
     assert G.count_nodes(out) == G.count_nodes(m)
+
+
+def test_converter_failure_without_an_op_in_the_message_is_isolated(monkeypatch):
+    """When the converter's message names no op, the nodes whose op changes are converted one by one."""
+    real = onnx.version_converter.convert_version
+
+    def picky(model, target):
+        if any(n.op_type == "Squeeze" for n in model.graph.node):
+            raise RuntimeError("Assertion failed: something deep inside")
+        return real(model, target)
+    monkeypatch.setattr(onnx.version_converter, "convert_version", picky)
+    out, notes = upgrade(_old_model(), 13)
+    assert out is None
+    assert notes == ["onnx's version converter cannot take Squeeze (node 'sq') from opset 11 to 13: "
+                     "Assertion failed: something deep inside; the model keeps opset 11"]
