@@ -251,9 +251,9 @@ def _restore_metadata(converted: onnx.ModelProto, original: onnx.ModelProto) -> 
 def _assemble(converted: onnx.ModelProto, original: onnx.ModelProto, held: dict[str, onnx.TensorProto],
               target: int) -> onnx.ModelProto:
     """The converted skeleton with the weights, metadata and opset imports of ``original`` back (in place)."""
-    inits = [held.get(t.name, t) for t in converted.graph.initializer]
-    del converted.graph.initializer[:]
-    converted.graph.initializer.extend(inits)  # the one copy of the weights this pass makes
+    for t in converted.graph.initializer:
+        if t.name in held:
+            t.CopyFrom(held[t.name])  # the one copy of the weights this pass makes
     versions = {o.domain: o.version for o in original.opset_import}
     versions["" if "" in versions or "ai.onnx" not in versions else "ai.onnx"] = target
     del converted.opset_import[:]

@@ -28,7 +28,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from passes.rulepacks.ms_contrib import MS, _erf_gelu, _float_type, _present
-from surgeon.rewrite import Match, Op, Rule, RuleContext
+from surgeon.rewrite import Op, Rule, RuleContext
 
 _INT8 = (np.dtype(np.int8), np.dtype(np.uint8))
 _INT16 = (np.dtype(np.int16), np.dtype(np.uint16))
