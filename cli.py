@@ -112,8 +112,24 @@ def _add_fix(sub) -> None:
     p.add_argument("--exclude-rewrites", metavar="FILE", help="file of PASS:RULE:NODE rewrite keys not to apply")
     p.add_argument("--load-inputs", metavar="FILE",
                    help="verify on these inputs (.npz or Polygraphy JSON) instead of generated ones")
+    p.add_argument("--target-opset", type=_opset_arg, metavar="N",
+                   help="first raise the default-domain opset to N (pass upgrade-opset; never downgrades)")
     _add_common_model_args(p)
     p.set_defaults(func=_cmd_fix)
+
+
+def _opset_arg(text: str) -> int:
+    """``--target-opset N``: an opset onnx knows (the upgrade pass refuses downgrades itself)."""
+    import onnx.defs
+
+    latest = onnx.defs.onnx_opset_version()
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an opset number") from None
+    if not 1 <= n <= latest:
+        raise argparse.ArgumentTypeError(f"opset {n} is not one onnx {onnx.__version__} knows (1..{latest})")
+    return n
 
 
 def _read_exclusions(path: str | None) -> frozenset[str]:
@@ -134,6 +150,8 @@ def _cmd_fix(args) -> int:
 
     shapes = parse_shape_args(args.input_shapes)
     passes = surgeon.pipeline.registry.parse_pipeline(args.passes)
+    if args.target_opset is not None and "upgrade-opset" not in passes:
+        passes = ["upgrade-opset", *passes]  # the opset is raised before anything else looks at the model
     model_io.check_output_path(args.model, args.output)
     if args.report:
         model_io.check_output_path(args.model, args.report)
@@ -150,7 +168,7 @@ def _cmd_fix(args) -> int:
             model, passes, verify=not args.no_verify, input_shapes=shapes, samples=samples, seed=args.seed,
             atol=_tolerances(args.atol), rtol=_tolerances(args.rtol), fix_shapes=args.fix_shapes,
             rounds=args.rounds, bisect_limit=args.bisect_limit, exclude=_read_exclusions(args.exclude_rewrites),
-            options={"rules": args.rules}, progress=lambda msg: status.update(msg),
+            options={"rules": args.rules, "target_opset": args.target_opset}, progress=lambda msg: status.update(msg),
         )
     # Keep the input's layout: a model that came with external data is saved with it.
     surgeon.save(fixed, args.output, external=True if model.source_external else None)

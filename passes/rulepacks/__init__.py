@@ -3,9 +3,9 @@
 Each module exports ``RULES``, the same contract as a user rule file.
 """
 
-from passes.rulepacks import layernorm, ms_contrib
+from passes.rulepacks import layernorm, ms_contrib, ms_standard
 
-BUILTIN_PACKS = {"ms-contrib": ms_contrib.RULES, "layernorm": layernorm.RULES}
+BUILTIN_PACKS = {"ms-contrib": ms_contrib.RULES, "ms-standard": ms_standard.RULES, "layernorm": layernorm.RULES}
 
 
 def builtin_rules() -> list:
