@@ -495,11 +495,15 @@ def _cmd_bisect(args) -> int:
 
 
 def _add_scan(sub) -> None:
-    p = sub.add_parser("scan", help="one reference run with every tensor inspected: NaN/Inf, float16 range, scatter and division hazards")
+    p = sub.add_parser("scan", help="a reference run and an FP16-emulated run with every tensor inspected: NaN/Inf, "
+                                    "float16 overflow and underflow, scatter and division hazards")
     p.add_argument("model", help="the .onnx model (never modified)")
-    p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="backend for the run (default onnxrt)")
+    p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="backend for the reference run (default onnxrt)")
     p.add_argument("--report", metavar="REPORT.json", help="write the findings as JSON")
     p.add_argument("--near-zero", type=float, default=1e-6, metavar="EPS", help="divisor magnitude counted as near zero (default 1e-6)")
+    p.add_argument("--fp16-keep", nargs="+", default=[], metavar="OPTYPE/NODE",
+                   help="op types or node names the FP16 run keeps in float32 (like TensorRT per-layer precision)")
+    p.add_argument("--no-fp16", action="store_true", help="skip the FP16-emulated run (only the reference run's hazards)")
     _add_data_args(p)
     p.set_defaults(func=_cmd_scan)
 
@@ -513,24 +517,48 @@ def _cmd_scan(args) -> int:
     _check_outputs(args.model, args.report)
     model = surgeon.load(args.model)
     backend = backends.create(args.ref)
+    if args.fp16_keep:
+        backends.create("fp16", keep=args.fp16_keep).check(model)
     samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
     if args.load_inputs:
         from surgeon.debug.compare_run import check_feeds
 
         check_feeds(model, samples, f"'{args.model}'")
-    report = scan_model(model, samples, backend, near_zero=args.near_zero)
+    report = scan_model(model, samples, backend, near_zero=args.near_zero, fp16=not args.no_fp16,
+                        fp16_keep=args.fp16_keep, atol=_tolerances(args.atol), rtol=_tolerances(args.rtol))
     if args.report:
         write_json(args.report, {"model": args.model, **report.to_dict()})
     out = _stdout_console()
+    fp16 = report.fp16
+    fp16_line, bad = "", []
+    if fp16:
+        tol = fp16["tolerance"]
+        bad = [o for o, d in fp16["outputs"].items() if not d["passed"]]
+        fp16_line = (f"FP16 emulation: outputs match the reference (atol={tol['atol']}, rtol={tol['rtol']})" if not bad
+                     else f"FP16 emulation: output(s) {', '.join(bad)} differ from the reference beyond atol={tol['atol']}, rtol={tol['rtol']}")
     if report.clean:
         out.print(f"[bold green]clean[/]: no NaN/Inf, nothing outside float16's range, no scatter or division hazards "
-                  f"({report.tensors} tensors, {report.constants} constants, {report.samples} sample(s))")
+                  f"({report.tensors} tensors, {report.constants} FP16 weights, {report.samples} sample(s))")
+        if bad:
+            out.print(fp16_line + f"; no finding explains it: try `surgeon bisect {args.model} --test fp16`")
         return EXIT_OK
-    rows = [[f.node, f.op_type, f.kind, f.tensor, f.message.split(": ", 1)[-1]] for f in report.findings]
-    out.print(table(f"surgeon scan: {len(report.findings)} finding(s)", ["node", "op", "kind", "tensor", "detail"], rows))
+    groups = report.groups
+    rows = [[g.severity, g.kind, g.where(), g.worst.message.split(": ", 1)[-1], g.consequence()] for g in groups]
+    will, could = len(report.will), len(report.findings) - len(report.will)
+    out.print(table(f"surgeon scan: {will} will go wrong on these inputs, {could} could ({len(groups)} group(s))",
+                    ["severity", "kind", "where", "detail (worst)", "consequence"], rows))
+    if fp16_line:
+        explained = any(f.effect in ("nonfinite-outputs", "outputs-differ") for f in report.findings)
+        out.print(fp16_line + ("" if explained or not bad else
+                               f"; no finding explains it on its own: try `surgeon bisect {args.model} --test fp16`"))
     for note in report.notes:
         out.print(f"note: {note}")
-    return EXIT_FAIL
+    if will:
+        out.print(f"[bold red]{will} finding(s) go wrong on these inputs[/] (first: {report.will[0].node}, {report.will[0].kind})")
+        return EXIT_FAIL
+    out.print("[bold yellow]no finding goes wrong on these inputs[/]: the 'could' findings are hazards for other inputs "
+              "or engines (exit 0)")
+    return EXIT_OK
 
 
 # --- isolate ----------------------------------------------------------------------------
