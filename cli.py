@@ -405,6 +405,9 @@ def _add_bisect(sub) -> None:
     p.add_argument("--block-size", type=int, default=32, metavar="N",
                    help="tensors marked as outputs per run on a fusing backend (default 32)")
     p.add_argument("--check-timeout", type=float, default=600.0, metavar="S", help="--check: seconds before a run counts as failing")
+    p.add_argument("--max-context", type=int, default=16, metavar="N",
+                   help="the most upstream nodes a culprit may need to fail (default 16); a first diverging node that "
+                        "needs more is reported as accumulated error, with the error growth along its path")
     _add_data_args(p)
     _add_backend_args(p)
     p.set_defaults(func=_cmd_bisect)
@@ -449,6 +452,8 @@ def _cmd_bisect(args) -> int:
 
     if args.block_size < 1:
         raise UsageError("--block-size must be at least 1")
+    if args.max_context < 0:
+        raise UsageError("--max-context must be 0 or more")
     test_backend = backends.create(args.test, **_backend_options(args, args.test)) if args.test else None
     model = surgeon.load(args.model)
     against = surgeon.load(args.against) if args.against else None
@@ -466,9 +471,9 @@ def _cmd_bisect(args) -> int:
         result = bisect_model(model, samples, ref=ref, test=test_backend if test_backend is not None else ref,
                               against=against, against_label=args.against or "B", check=args.check, atol=atol,
                               rtol=rtol, nan_equal=args.nan_equal, block_size=args.block_size,
-                              timeout=args.check_timeout, outdir=outdir,
+                              timeout=args.check_timeout, outdir=outdir, max_context=args.max_context,
                               progress=lambda msg: status.update(f"bisect: {msg}"))
-    from surgeon.report import table, write_json
+    from surgeon.report import write_json
 
     out = _stdout_console()
     report = {"model": args.model, "tolerance": {"atol": atol, "rtol": rtol}, **result.to_dict()}
@@ -481,6 +486,15 @@ def _cmd_bisect(args) -> int:
     artifacts.write_bundle(outdir, reduced=result.reduced_model, inputs=result.inputs, expected=result.expected,
                            ref_name=args.ref, report=report, repro=repro_text(result, command, model_path=args.model),
                            against=result.reduced_against)
+    _render_bisect(out, result, outdir)
+    return EXIT_FAIL
+
+
+def _render_bisect(out, result, outdir) -> None:
+    """Culprits first; for accumulated error, the growth table instead of a culprit."""
+    from surgeon.debug.bisect import growth
+    from surgeon.report import table
+
     rows = []
     for c in result.culprits:
         err = c.get("error") or {}
@@ -488,10 +502,32 @@ def _cmd_bisect(args) -> int:
         short = "introduced here" if c["introduced"] else (f"with {len(c['subgraph']) - 1} upstream" if len(c["subgraph"]) < result.nodes else "not isolated")
         error = f"max abs {err['max_abs']:.3g}, {err['mismatches']}/{err['elements']} off" if "max_abs" in err else err.get("reason", "")
         rows.append([c["node"], c["op_type"], short, error, f"{prov.get('pass')} / {prov.get('rule')}" if prov.get("pass") else "-"])
-    out.print(table("surgeon bisect: culprits", ["node", "op", "verdict", "error", "made by"], rows))
+    if rows:
+        out.print(table("surgeon bisect: culprits", ["node", "op", "verdict", "error", "made by"], rows))
+    for a in result.accumulation:
+        profile = a.get("growth") or []
+        first = growth.first_exceeding(profile)
+        cells = []
+        for item in growth.condense(profile, 16):
+            if item is None:
+                cells.append(["…"] + [""] * (len(growth.COLUMNS) - 1))
+                continue
+            i, r = item
+            c = growth.cells(i, r)
+            if i == first:
+                c[-1] = "; ".join(x for x in ("first beyond tolerance", c[-1]) if x and not x.startswith("bisect's"))
+            cells.append(c)
+        title = (f"error growth through {a['node']} ({a['op_type']}): passes alone, fails only with "
+                 f"{a['upstream_nodes']} upstream nodes")
+        if cells:
+            out.print(table(title, growth.COLUMNS, cells))
+        else:
+            out.print(title)
+    diagnosis = result.diagnosis
+    if diagnosis["kind"] in ("accumulation", "mixed"):
+        out.print(f"[bold yellow]accumulated error[/]: {diagnosis['message']}")
     out.print(f"[bold red]FAILS[/]: reduced {result.nodes} nodes to {len(result.reduced_nodes)} in {outdir}/reduced.onnx "
               f"({result.calls} oracle calls, {result.wall_s:.1f} s); see {outdir}/REPRO.md")
-    return EXIT_FAIL
 
 
 def _add_scan(sub) -> None:

@@ -366,7 +366,7 @@ def _effect_on(outputs: set[str], diff: Mapping[str, dict]) -> tuple[str, str]:
     if bad:
         return "outputs-differ", f"output(s) {', '.join(bad)} differ beyond tolerance in the FP16 run"
     if outputs:
-        return "absorbed", "absorbed downstream: the outputs it reaches match the reference in the FP16 run"
+        return "absorbed", "absorbed: the outputs it reaches match in the FP16 run"
     return "absorbed", "reaches no output"
 
 
@@ -468,7 +468,7 @@ def _reference_findings(model: onnx.ModelProto, graph: _Graph, values: list[dict
                             pattern=node.op_type, magnitude=float(conflicting or dups),
                             effect="outputs-differ" if conflicting else "none",
                             consequence=("the output depends on the write order" if conflicting
-                                         else "none on these inputs: duplicates write equal values"),
+                                         else "none: duplicates write equal values"),
                             details={"duplicates": dups, "writes": writes, "conflicting": conflicting, "sample": i}))
                         break
         if node.op_type in ("Div", "Reciprocal"):
@@ -661,7 +661,7 @@ def _check_weights(model: onnx.ModelProto, graph: _Graph, found: list[tuple[Find
                              f"(max abs {changed[worst]['max_abs']:.3g})")
             f.severity = WILL
         else:
-            f.effect, f.consequence = "none", "none on these inputs: the outputs stay within tolerance with it converted"
+            f.effect, f.consequence = "none", "none: the outputs stay within tolerance with it converted"
 
     for kind in ("fp16-clamped", "fp16-raised"):
         batch = sorted((x for x in found if x[0].kind == kind), key=lambda x: -x[0].magnitude)
@@ -670,7 +670,7 @@ def _check_weights(model: onnx.ModelProto, graph: _Graph, found: list[tuple[Find
         together = outputs_change({name: conv for _, name, conv in batch})
         if together is not None and not together:
             for f, _, _ in batch:
-                f.effect, f.consequence = "none", "none on these inputs: the outputs stay within tolerance with it converted"
+                f.effect, f.consequence = "none", "none: the outputs stay within tolerance with it converted"
             continue
         jointly = (f" (converting all {len(batch)} together changes output(s) {', '.join(sorted(together))} "
                    "beyond tolerance)") if together and len(batch) > 1 else ""
@@ -693,7 +693,7 @@ def _settle_could(findings: list[Finding], outputs_match: bool) -> None:
     for f in findings:
         if f.kind in ("fp16-near-max", "fp16-underflow", "fp16-subnormal", "near-zero-division") and f.effect == "unchecked":
             if outputs_match:
-                f.effect, f.consequence = "none", "none on these inputs: the FP16 run's outputs match the reference"
+                f.effect, f.consequence = "none", "none: the FP16 run's outputs match the reference"
             else:
                 f.consequence = "not attributed: the FP16 run's outputs differ (see `surgeon bisect --test fp16`)"
 

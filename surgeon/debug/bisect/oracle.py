@@ -161,6 +161,34 @@ class NumericOracle:
         return Verdict(bool(diffs), diffs[0]["reason"] if diffs else f"{len(outputs)} outputs match", diffs=diffs)
 
 
+    def tensor_errors(self, names: Sequence[str]) -> dict[str, dict]:
+        """How far each named tensor of the whole model's test run is from the reference, over
+        every sample (worst abs/rel error, elements outside tolerance), passing or not: the
+        error-growth profile that shows accumulation. Marked in blocks like a cut."""
+        names = [n for n in dict.fromkeys(names) if n in self.ref[0] and isinstance(self.ref[0][n], np.ndarray)]
+        if self._b_names is not None:
+            names = [n for n in names if n in self._b_names]
+        base = self.view.model if self.against is None else self.against
+        blocks = [names] if self.mark_all else [names[i:i + self.block_size] for i in range(0, len(names), self.block_size)]
+        out: dict[str, dict] = {}
+        for block in (b for b in blocks if b):
+            outs, crash = self._run(extract.with_outputs(base, block, self.types), self._graph_feeds(), block)
+            if crash:
+                log.info("error profile: the test side failed to run: %s", crash)
+                continue
+            for ref, got in zip(self.ref, outs):
+                want = {n: ref[n] for n in block}
+                for d in compare.diff_outputs(want, got, atol=self.atol, rtol=self.rtol, nan_equal=self.nan_equal):
+                    acc = out.setdefault(d.name, {"tensor": d.name, "max_abs": 0.0, "max_rel": 0.0, "mismatches": 0,
+                                                  "elements": 0, "nan_mismatches": 0, "inf_mismatches": 0,
+                                                  "atol": d.atol, "rtol": d.rtol})
+                    acc["max_abs"] = max(acc["max_abs"], d.max_abs)
+                    acc["max_rel"] = max(acc["max_rel"], d.max_rel)
+                    for k in ("mismatches", "elements", "nan_mismatches", "inf_mismatches"):
+                        acc[k] += getattr(d, k)
+        return out
+
+
 class CommandOracle:
     """A shell command decides: exit status 0 = passes, anything else = fails.
 
