@@ -504,6 +504,11 @@ def _render_bisect(out, result, outdir) -> None:
         rows.append([c["node"], c["op_type"], short, error, f"{prov.get('pass')} / {prov.get('rule')}" if prov.get("pass") else "-"])
     if rows:
         out.print(table("surgeon bisect: culprits", ["node", "op", "verdict", "error", "made by"], rows))
+    for c in result.culprits:
+        last = next((r for r in reversed(c.get("growth") or []) if r.get("compared")), None)
+        if last is not None:
+            out.print(f"{c['node']}: the error grows to {last['tol_ratio']:.3g}x the tolerance at '{last['tensor']}' "
+                      f"(growth along the path in {outdir}/REPRO.md)")
     for a in result.accumulation:
         profile = a.get("growth") or []
         first = growth.first_exceeding(profile)

@@ -104,6 +104,10 @@ def test_a_culprit_that_needs_one_neighbour_stays_a_culprit_unless_max_context_s
     r = _against(a, b, atol=0.01, rtol=0.0)
     assert [(c["node"], c["introduced"]) for c in r.culprits] == [("n30", False)]
     assert r.culprits[0]["subgraph"] == ["n29", "n30"] and r.accumulation == []
+    # its profile: 0.006 (0.6x the tolerance) at n29, 0.012 from n30 on, no jump to test
+    rows = r.culprits[0]["growth"]
+    assert r.culprits[0]["first_beyond_tolerance"]["node"] == "n30"
+    assert rows[29]["tol_ratio"] == pytest.approx(0.6, rel=1e-3) and rows[-1]["tol_ratio"] == pytest.approx(1.2, rel=1e-3)
     strict = _against(a, b, atol=0.01, rtol=0.0, max_context=0)
     assert strict.culprits == [] and strict.accumulation[0]["upstream_nodes"] == 1
 
@@ -142,7 +146,7 @@ def test_cli_reports_accumulation_in_terminal_report_and_repro_and_resumes(tmp_p
     assert len(acc["growth"]) == 60 and acc["first_beyond_tolerance"]["node"] == acc["node"]
     repro = (out / "REPRO.md").read_text()
     assert repro.startswith("# Reproducing the failure\n\n**The error accumulates over")
-    assert "| # | node | op | tensor | max abs err |" in repro and "**first beyond tolerance**" in repro
+    assert "| # | node | op | tensor | max abs err | max rel err | x tol |" in repro and "**first beyond tolerance**" in repro
     assert _repro(out).returncode == 1  # the accumulating stretch still fails on its own
     again = run_cli(*argv)  # every verdict, the profile included, comes from bisect-state.json
     second = json.loads((out / "report.json").read_text())

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from surgeon.debug.bisect.extract import GraphView
 
-JUMP = 10.0  # a node whose error is this many times its path input's is tested alone
+JUMP = 10.0  # a node whose error (in tolerances) is this many times its path input's is tested alone
 JUMP_TESTS = 2  # at most this many such tests per profile
 
 
@@ -47,8 +47,10 @@ def path_tensors(view: GraphView, nodes: Sequence[int], failing_outputs: set[str
 
 def rows(view: GraphView, nodes: Sequence[int], tensors: Sequence[str], errors: Mapping[str, Mapping[str, Any]],
          point: int) -> list[dict]:
-    """One row per path node: its tensor's worst error against the reference, and the growth
-    factor over the previous row (``None`` where the previous error was 0 or unmeasured)."""
+    """One row per path node: its tensor's worst error against the reference (absolute,
+    relative, and in multiples of the tolerance, which compares across tensors of different
+    scale, e.g. before and after a normalization), and the growth of that multiple over the
+    previous row (``None`` where the previous error was 0 or unmeasured)."""
     out: list[dict] = []
     prev: float | None = None
     for k, t in zip(nodes, tensors):
@@ -61,11 +63,12 @@ def rows(view: GraphView, nodes: Sequence[int], tensors: Sequence[str], errors: 
             prev = None
         else:
             bad = e["mismatches"] > 0
-            row.update({"compared": True, "max_abs": e["max_abs"], "max_rel": e["max_rel"],
+            ratio = e.get("tol_ratio", 0.0)
+            row.update({"compared": True, "max_abs": e["max_abs"], "max_rel": e["max_rel"], "tol_ratio": ratio,
                         "outside": e["mismatches"], "elements": e["elements"], "exceeds": bad,
                         "nonfinite": e.get("nan_mismatches", 0) + e.get("inf_mismatches", 0),
-                        "growth": (e["max_abs"] / prev) if prev else None})
-            prev = e["max_abs"]
+                        "growth": (ratio / prev) if prev else None})
+            prev = ratio
         out.append(row)
     return out
 
@@ -121,19 +124,19 @@ def condense(profile: Sequence[Mapping[str, Any]], limit: int) -> list[tuple[int
 
 
 def cells(index: int, row: Mapping[str, Any]) -> list[str]:
-    """Table cells of one row: #, node, op, tensor, max abs, max rel, outside tolerance, note."""
+    """Table cells of one row: #, node, op, tensor, max abs, max rel, x tolerance, outside, note."""
     if not row.get("compared"):
-        return [str(index), row["node"], row["op_type"], row["tensor"], "-", "-", "not compared", ""]
+        return [str(index), row["node"], row["op_type"], row["tensor"], "-", "-", "-", "not compared", ""]
     note = []
     if row.get("point"):
         note.append("bisect's first diverging node")
     if row.get("growth") is not None and row["growth"] >= JUMP and row.get("exceeds"):
         note.append(f"jump x{row['growth']:.3g}")
     return [str(index), row["node"], row["op_type"], row["tensor"], f"{row['max_abs']:.3g}", f"{row['max_rel']:.3g}",
-            f"{row['outside']}/{row['elements']}", "; ".join(note)]
+            f"{row.get('tol_ratio', 0.0):.3g}", f"{row['outside']}/{row['elements']}", "; ".join(note)]
 
 
-COLUMNS = ["#", "node", "op", "tensor", "max abs err", "max rel err", "outside tol", "note"]
+COLUMNS = ["#", "node", "op", "tensor", "max abs err", "max rel err", "x tol", "outside tol", "note"]
 
 
 def markdown(profile: Sequence[Mapping[str, Any]], limit: int = 30) -> str:

@@ -71,6 +71,24 @@ def _severity(d: Mapping[str, Any]) -> tuple:
     return (d.get("nan_mismatches", 0) + d.get("inf_mismatches", 0), d.get("max_abs") or 0.0)
 
 
+def _tol_ratio(ref: Any, test: Any, atol: float, rtol: float) -> float:
+    """The worst ``|test - ref| / (atol + rtol*|ref|)`` over finite elements: how many
+    tolerances off a tensor is, comparable across tensors of any scale (> 1: outside)."""
+    if not isinstance(ref, np.ndarray) or not isinstance(test, np.ndarray) or ref.shape != test.shape or not ref.size:
+        return 0.0
+    if ref.dtype.kind not in "fc" or test.dtype.kind not in "fc":
+        return 0.0
+    r, t = ref.astype(np.float64), test.astype(np.float64)
+    both = np.isfinite(r) & np.isfinite(t)
+    if not both.any():
+        return 0.0
+    bound = atol + rtol * np.abs(r[both])
+    err = np.abs(t[both] - r[both])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(bound > 0, err / np.where(bound > 0, bound, 1.0), np.where(err > 0, np.inf, 0.0))
+    return float(ratio.max())
+
+
 class NumericOracle:
     """Test side vs reference values, elementwise with explicit tolerances."""
 
@@ -179,11 +197,12 @@ class NumericOracle:
             for ref, got in zip(self.ref, outs):
                 want = {n: ref[n] for n in block}
                 for d in compare.diff_outputs(want, got, atol=self.atol, rtol=self.rtol, nan_equal=self.nan_equal):
-                    acc = out.setdefault(d.name, {"tensor": d.name, "max_abs": 0.0, "max_rel": 0.0, "mismatches": 0,
-                                                  "elements": 0, "nan_mismatches": 0, "inf_mismatches": 0,
-                                                  "atol": d.atol, "rtol": d.rtol})
+                    acc = out.setdefault(d.name, {"tensor": d.name, "max_abs": 0.0, "max_rel": 0.0, "tol_ratio": 0.0,
+                                                  "mismatches": 0, "elements": 0, "nan_mismatches": 0,
+                                                  "inf_mismatches": 0, "atol": d.atol, "rtol": d.rtol})
                     acc["max_abs"] = max(acc["max_abs"], d.max_abs)
                     acc["max_rel"] = max(acc["max_rel"], d.max_rel)
+                    acc["tol_ratio"] = max(acc["tol_ratio"], _tol_ratio(want[d.name], got.get(d.name), d.atol, d.rtol))
                     for k in ("mismatches", "elements", "nan_mismatches", "inf_mismatches"):
                         acc[k] += getattr(d, k)
         return out

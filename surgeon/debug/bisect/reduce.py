@@ -196,7 +196,7 @@ def bisect_model(
         search.record(v.for_strategy(cand.kind))
     confirm = _confirm_verdict(view, verdicts)
     profiles: dict[int, list[dict]] = {}
-    if search.failed and any(c.accumulates for c in search.culprits):
+    if search.failed and search.max_context is not None and any(not c.introduced for c in search.culprits):
         profiles = _growth_phase(view, search, oracle, confirm, verdicts, judge, say)
     # oracle.calls counts backend runs / commands (a wide cut on a fusing backend takes several blocks)
     result = BisectResult(bool(search.failed), confirm, oracle.describe(), calls=oracle.calls, resumed=resumed, nodes=len(view.nodes),
@@ -211,16 +211,18 @@ def bisect_model(
 
 def _growth_phase(view: extract.GraphView, search: Search, oracle: Any, confirm: Verdict, verdicts: dict,
                   judge: Callable[[Candidate], Verdict], say: Callable[[str], None]) -> dict[int, list[dict]]:
-    """For each point where the error accumulates: the error of every tensor on a path from the
-    input through it to a failing output (one marked run per block, cached like a verdict), then
-    each big jump further down that path run alone on reference inputs. A jump that fails alone
-    introduces error of its own: it joins the culprits, and the reduced model becomes the true
-    culprits' subgraphs (verified) instead of the long accumulating stretch."""
+    """For each first diverging node that does not fail alone (error accumulated over a long
+    stretch, or a culprit that needs a few neighbours): the error of every tensor on a path
+    from the input through it to a failing output (one marked run per block, cached like a
+    verdict), then each big jump further down that path run alone on reference inputs. The
+    search sets a suspect's descendants aside, so a node that introduces error of its own
+    behind it is invisible to it; one that fails alone joins the culprits, and the reduced
+    model becomes the true culprits' subgraphs (verified) instead of the accumulating stretch."""
     failing_outputs = {d["tensor"] for d in confirm.diffs}
     sinks = {view.owner(t) for t in failing_outputs} - {None} or set(view.dag.sinks)
     profiles: dict[int, list[dict]] = {}
     found: list[int] = []
-    for c in [c for c in search.culprits if c.accumulates]:
+    for c in [c for c in search.culprits if not c.introduced]:
         nodes = growth.path(view, c.node, sinks)
 
         def measure(nodes=nodes, point=c.node) -> Verdict:
@@ -329,16 +331,14 @@ def _fill_result(result: BisectResult, view: extract.GraphView, search: Search, 
             "outputs": list(node.output),
             "subgraph": [node_label(view.node(k), view.searchable[k]) for k in sorted(c.subgraph)],
         }
-        if not c.accumulates:
-            result.culprits.append(entry)
-            continue
-        entry["upstream_nodes"] = c.upstream
-        rows = profiles.get(c.node, [])
-        first = growth.first_exceeding(rows)
-        entry["growth"] = rows
-        entry["first_beyond_tolerance"] = ({"index": first, "node": rows[first]["node"], "tensor": rows[first]["tensor"]}
-                                           if first is not None else None)
-        result.accumulation.append(entry)
+        if not c.introduced:
+            entry["upstream_nodes"] = c.upstream
+            rows = profiles.get(c.node, [])
+            first = growth.first_exceeding(rows)
+            entry["growth"] = rows
+            entry["first_beyond_tolerance"] = ({"index": first, "node": rows[first]["node"], "tensor": rows[first]["tensor"]}
+                                               if first is not None else None)
+        (result.accumulation if c.accumulates else result.culprits).append(entry)
     reduced = search.reduced
     model, inputs, outputs = view.subgraph_model(reduced, types)
     result.reduced_model = model
@@ -367,6 +367,12 @@ def repro_text(result: BisectResult, command: str, *, model_path: str) -> str:
         prov = c.get("provenance") or {}
         src = f" (made by pass `{prov.get('pass')}`, rule `{prov.get('rule')}`)" if prov.get("pass") else ""
         lines.append(f"- **{c['node']}** ({c['op_type']}){src}: {c['verdict']}; {what}")
+    for c in result.culprits:
+        if c.get("growth"):
+            lines += ["", f"## Error growth through {c['node']} ({c['op_type']})", "",
+                      f"{c['node']} fails together with {c['upstream_nodes']} upstream node(s). The error of each tensor on "
+                      "a path from the input through it to a failing output, against the reference (worst over all "
+                      "samples; `x tol`: the worst error in multiples of the tolerance):", "", growth.markdown(c["growth"])]
     for a in result.accumulation:
         first = a.get("first_beyond_tolerance")
         lines += [
@@ -376,7 +382,8 @@ def repro_text(result: BisectResult, command: str, *, model_path: str) -> str:
             f"{a['node']} is where the error first exceeds the tolerance, but it is not a culprit: it passes alone on the "
             f"reference values of its inputs and fails only together with {a['upstream_nodes']} upstream nodes; every "
             "node on the way adds a little. The error of each tensor on a path from the input through it to a "
-            "failing output, against the reference (worst over all samples)"
+            "failing output, against the reference (worst over all samples; `x tol`: the worst error in multiples "
+            "of the tolerance)"
             + (f"; first beyond tolerance at row {first['index']}, `{first['tensor']}`" if first else "") + ":",
             "",
             growth.markdown(a.get("growth") or []) if a.get("growth") else "(no profile: the oracle cannot compare tensors)",
