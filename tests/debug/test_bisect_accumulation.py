@@ -112,14 +112,13 @@ def test_a_culprit_that_needs_one_neighbour_stays_a_culprit_unless_max_context_s
     assert strict.culprits == [] and strict.accumulation[0]["upstream_nodes"] == 1
 
 
-def test_check_oracles_never_classify_accumulation(tmp_path):
-    # a shell oracle has no values to profile: a prefix that fails only as a whole is reported as before
-    onnx.save(F.chain(30), tmp_path / "m.onnx")
-    out = tmp_path / "out"
-    r = run_cli("bisect", str(tmp_path / "m.onnx"), "--check", "grep -q n29 {model} && exit 1 || exit 0", "-o", str(out))
-    assert r.returncode == 1, r.stderr
-    report = json.loads((out / "report.json").read_text())
-    assert [c["node"] for c in report["culprits"]] == ["n29"] and report["accumulation"] == []
+def test_check_oracles_never_classify_accumulation():
+    # a shell oracle has no values to profile: a node failing only with the whole prefix is reported as before
+    ref = backends.create("onnxrt")
+    r = bisect_model(F.chain(30), _samples(-1, 1), ref=ref, test=ref, check="grep -q n0 {model} && grep -q n29 {model} && exit 1 || exit 0")
+    assert r.mode == "prefixes" and r.accumulation == [] and not any(s["kind"] == "profile" for s in r.steps)
+    assert [(c["node"], c["introduced"]) for c in r.culprits] == [("n29", False)]
+    assert len(r.culprits[0]["subgraph"]) == 30 and "growth" not in r.culprits[0]
 
 
 def _repro(outdir) -> subprocess.CompletedProcess:

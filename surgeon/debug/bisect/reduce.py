@@ -333,7 +333,8 @@ def _fill_result(result: BisectResult, view: extract.GraphView, search: Search, 
         }
         if not c.introduced:
             entry["upstream_nodes"] = c.upstream
-            rows = profiles.get(c.node, [])
+        if c.node in profiles:
+            rows = profiles[c.node]
             first = growth.first_exceeding(rows)
             entry["growth"] = rows
             entry["first_beyond_tolerance"] = ({"index": first, "node": rows[first]["node"], "tensor": rows[first]["tensor"]}
