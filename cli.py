@@ -505,10 +505,11 @@ def _render_bisect(out, result, outdir) -> None:
     if rows:
         out.print(table("surgeon bisect: culprits", ["node", "op", "verdict", "error", "made by"], rows))
     for c in result.culprits:
-        last = next((r for r in reversed(c.get("growth") or []) if r.get("compared")), None)
-        if last is not None:
-            out.print(f"{c['node']}: the error grows to {last['tol_ratio']:.3g}x the tolerance at '{last['tensor']}' "
-                      f"(growth along the path in {outdir}/REPRO.md)")
+        measured = [r for r in c.get("growth") or [] if r.get("compared")]
+        if measured:
+            peak = max(measured, key=lambda r: r["tol_ratio"])
+            out.print(f"{c['node']}: along the path the error peaks at {peak['tol_ratio']:.3g}x the tolerance ('{peak['tensor']}') "
+                      f"and ends at {measured[-1]['tol_ratio']:.3g}x ('{measured[-1]['tensor']}'); profile in {outdir}/REPRO.md")
     for a in result.accumulation:
         profile = a.get("growth") or []
         first = growth.first_exceeding(profile)
