@@ -104,16 +104,18 @@ def test_subnormal_weights_are_kept_and_tiny_ones_follow_the_emulation():
     r = _scan("tiny_values")
     assert r.will == [] and r.fp16["outputs_match"] is True
     weights = {f.tensor: f for f in r.findings if f.kind in ("fp16-raised", "fp16-clamped")}
-    # 1e-5 .. 1e-7 are float16 subnormals: FP16 keeps them, no weight finding, nothing "becomes 0"
-    assert "sub_w" not in weights
-    assert not any(f.kind == "fp16-underflow" and f.node == "mul_subnormal" for f in r.findings)
+    # 1e-5 .. 1e-7 are float16 subnormals: FP16 keeps them, no weight finding, no weight "becomes 0"
+    assert "sub_w" not in weights and not any("sub_w" in f.message for f in r.findings)
     # 1e-9 is below the smallest subnormal: the emulation (like TensorRT) raises it to 2**-24
     assert weights["tiny_w"].kind == "fp16-raised" and weights["tiny_w"].details["count"] == 1
     assert "raised" in weights["tiny_w"].message and weights["tiny_w"].effect == "none"
     # an activation of ~1e-9 (x * 1e-4 * 1e-5) does flush to 0 in the FP16 run
     flush = _by(r, "fp16-underflow")["small_b"]
     assert flush.details["flushed"] == 8 and "become 0" in flush.message
-    assert _by(r, "fp16-subnormal")["mul_subnormal"].details["subnormal"] == 8
+    # x * 1e-5 .. x * 1e-7 are tiny activations: subnormal in FP16 (those below 3e-8 flush)
+    act = next(f for f in r.findings if f.node == "mul_subnormal")
+    assert act.kind in ("fp16-subnormal", "fp16-underflow") and act.severity == COULD
+    assert act.details["subnormal"] + act.details.get("flushed", 0) == 8
 
 
 def test_clamped_constant_that_changes_the_output_is_will_and_ranked_first():
