@@ -423,6 +423,9 @@ def _add_bisect(sub) -> None:
     p.add_argument("--block-size", type=int, default=32, metavar="N",
                    help="tensors marked as outputs per run on a fusing backend (default 32)")
     p.add_argument("--check-timeout", type=float, default=600.0, metavar="S", help="--check: seconds before a run counts as failing")
+    p.add_argument("--max-context", type=int, default=16, metavar="N",
+                   help="the most upstream nodes a culprit may need to fail (default 16); a first diverging node that "
+                        "needs more is reported as accumulated error, with the error growth along its path")
     _add_data_args(p)
     _add_backend_args(p)
     p.set_defaults(func=_cmd_bisect)
@@ -467,6 +470,8 @@ def _cmd_bisect(args) -> int:
 
     if args.block_size < 1:
         raise UsageError("--block-size must be at least 1")
+    if args.max_context < 0:
+        raise UsageError("--max-context must be 0 or more")
     test_backend = backends.create(args.test, **_backend_options(args, args.test)) if args.test else None
     model = surgeon.load(args.model)
     against = surgeon.load(args.against) if args.against else None
@@ -484,9 +489,9 @@ def _cmd_bisect(args) -> int:
         result = bisect_model(model, samples, ref=ref, test=test_backend if test_backend is not None else ref,
                               against=against, against_label=args.against or "B", check=args.check, atol=atol,
                               rtol=rtol, nan_equal=args.nan_equal, block_size=args.block_size,
-                              timeout=args.check_timeout, outdir=outdir,
+                              timeout=args.check_timeout, outdir=outdir, max_context=args.max_context,
                               progress=lambda msg: status.update(f"bisect: {msg}"))
-    from surgeon.report import table, write_json
+    from surgeon.report import write_json
 
     out = _stdout_console()
     report = {"model": args.model, "tolerance": {"atol": atol, "rtol": rtol}, **result.to_dict()}
@@ -499,6 +504,15 @@ def _cmd_bisect(args) -> int:
     artifacts.write_bundle(outdir, reduced=result.reduced_model, inputs=result.inputs, expected=result.expected,
                            ref_name=args.ref, report=report, repro=repro_text(result, command, model_path=args.model),
                            against=result.reduced_against)
+    _render_bisect(out, result, outdir)
+    return EXIT_FAIL
+
+
+def _render_bisect(out, result, outdir) -> None:
+    """Culprits first; for accumulated error, the growth table instead of a culprit."""
+    from surgeon.debug.bisect import growth
+    from surgeon.report import table
+
     rows = []
     for c in result.culprits:
         err = c.get("error") or {}
@@ -506,18 +520,50 @@ def _cmd_bisect(args) -> int:
         short = "introduced here" if c["introduced"] else (f"with {len(c['subgraph']) - 1} upstream" if len(c["subgraph"]) < result.nodes else "not isolated")
         error = f"max abs {err['max_abs']:.3g}, {err['mismatches']}/{err['elements']} off" if "max_abs" in err else err.get("reason", "")
         rows.append([c["node"], c["op_type"], short, error, f"{prov.get('pass')} / {prov.get('rule')}" if prov.get("pass") else "-"])
-    out.print(table("surgeon bisect: culprits", ["node", "op", "verdict", "error", "made by"], rows))
+    if rows:
+        out.print(table("surgeon bisect: culprits", ["node", "op", "verdict", "error", "made by"], rows))
+    for c in result.culprits:
+        measured = [r for r in c.get("growth") or [] if r.get("compared")]
+        if measured:
+            peak = max(measured, key=lambda r: r["tol_ratio"])
+            out.print(f"{c['node']}: along the path the error peaks at {peak['tol_ratio']:.3g}x the tolerance ('{peak['tensor']}') "
+                      f"and ends at {measured[-1]['tol_ratio']:.3g}x ('{measured[-1]['tensor']}'); profile in {outdir}/REPRO.md")
+    for a in result.accumulation:
+        profile = a.get("growth") or []
+        first = growth.first_exceeding(profile)
+        cells = []
+        for item in growth.condense(profile, 16):
+            if item is None:
+                cells.append(["…"] + [""] * (len(growth.COLUMNS) - 1))
+                continue
+            i, r = item
+            c = growth.cells(i, r)
+            if i == first:
+                c[-1] = "; ".join(x for x in ("first beyond tolerance", c[-1]) if x and not x.startswith("bisect's"))
+            cells.append(c)
+        title = (f"error growth through {a['node']} ({a['op_type']}): passes alone, fails only with "
+                 f"{a['upstream_nodes']} upstream nodes")
+        if cells:
+            out.print(table(title, growth.COLUMNS, cells))
+        else:
+            out.print(title)
+    diagnosis = result.diagnosis
+    if diagnosis["kind"] in ("accumulation", "mixed"):
+        out.print(f"[bold yellow]accumulated error[/]: {diagnosis['message']}")
     out.print(f"[bold red]FAILS[/]: reduced {result.nodes} nodes to {len(result.reduced_nodes)} in {outdir}/reduced.onnx "
               f"({result.calls} oracle calls, {result.wall_s:.1f} s); see {outdir}/REPRO.md")
-    return EXIT_FAIL
 
 
 def _add_scan(sub) -> None:
-    p = sub.add_parser("scan", help="one reference run with every tensor inspected: NaN/Inf, float16 range, scatter and division hazards")
+    p = sub.add_parser("scan", help="a reference run and an FP16-emulated run with every tensor inspected: NaN/Inf, "
+                                    "float16 overflow and underflow, scatter and division hazards")
     p.add_argument("model", help="the .onnx model (never modified)")
-    p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="backend for the run (default onnxrt)")
+    p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="backend for the reference run (default onnxrt)")
     p.add_argument("--report", metavar="REPORT.json", help="write the findings as JSON")
     p.add_argument("--near-zero", type=float, default=1e-6, metavar="EPS", help="divisor magnitude counted as near zero (default 1e-6)")
+    p.add_argument("--fp16-keep", nargs="+", default=[], metavar="OPTYPE/NODE",
+                   help="op types or node names the FP16 run keeps in float32 (like TensorRT per-layer precision)")
+    p.add_argument("--no-fp16", action="store_true", help="skip the FP16-emulated run (only the reference run's hazards)")
     _add_data_args(p)
     p.set_defaults(func=_cmd_scan)
 
@@ -531,24 +577,48 @@ def _cmd_scan(args) -> int:
     _check_outputs(args.model, args.report)
     model = surgeon.load(args.model)
     backend = backends.create(args.ref)
+    if args.fp16_keep:
+        backends.create("fp16", keep=args.fp16_keep).check(model)
     samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
     if args.load_inputs:
         from surgeon.debug.compare_run import check_feeds
 
         check_feeds(model, samples, f"'{args.model}'")
-    report = scan_model(model, samples, backend, near_zero=args.near_zero)
+    report = scan_model(model, samples, backend, near_zero=args.near_zero, fp16=not args.no_fp16,
+                        fp16_keep=args.fp16_keep, atol=_tolerances(args.atol), rtol=_tolerances(args.rtol))
     if args.report:
         write_json(args.report, {"model": args.model, **report.to_dict()})
     out = _stdout_console()
+    fp16 = report.fp16
+    fp16_line, bad = "", []
+    if fp16:
+        tol = fp16["tolerance"]
+        bad = [o for o, d in fp16["outputs"].items() if not d["passed"]]
+        fp16_line = (f"FP16 emulation: outputs match the reference (atol={tol['atol']}, rtol={tol['rtol']})" if not bad
+                     else f"FP16 emulation: output(s) {', '.join(bad)} differ from the reference beyond atol={tol['atol']}, rtol={tol['rtol']}")
     if report.clean:
         out.print(f"[bold green]clean[/]: no NaN/Inf, nothing outside float16's range, no scatter or division hazards "
-                  f"({report.tensors} tensors, {report.constants} constants, {report.samples} sample(s))")
+                  f"({report.tensors} tensors, {report.constants} FP16 weights, {report.samples} sample(s))")
+        if bad:
+            out.print(fp16_line + f"; no finding explains it: try `surgeon bisect {args.model} --test fp16`")
         return EXIT_OK
-    rows = [[f.node, f.op_type, f.kind, f.tensor, f.message.split(": ", 1)[-1]] for f in report.findings]
-    out.print(table(f"surgeon scan: {len(report.findings)} finding(s)", ["node", "op", "kind", "tensor", "detail"], rows))
+    groups = report.groups
+    rows = [[g.severity, g.kind, g.where(), g.worst.message.split(": ", 1)[-1], g.consequence()] for g in groups]
+    will, could = len(report.will), len(report.findings) - len(report.will)
+    out.print(table(f"surgeon scan: {will} will go wrong on these inputs, {could} could ({len(groups)} group(s))",
+                    ["severity", "kind", "where", "detail (worst)", "consequence"], rows))
+    if fp16_line:
+        explained = any(f.effect in ("nonfinite-outputs", "outputs-differ") for f in report.findings)
+        out.print(fp16_line + ("" if explained or not bad else
+                               f"; no finding explains it on its own: try `surgeon bisect {args.model} --test fp16`"))
     for note in report.notes:
         out.print(f"note: {note}")
-    return EXIT_FAIL
+    if will:
+        out.print(f"[bold red]{will} finding(s) go wrong on these inputs[/] (first: {report.will[0].node}, {report.will[0].kind})")
+        return EXIT_FAIL
+    out.print("[bold yellow]no finding goes wrong on these inputs[/]: the 'could' findings are hazards for other inputs "
+              "or engines (exit 0)")
+    return EXIT_OK
 
 
 # --- isolate ----------------------------------------------------------------------------

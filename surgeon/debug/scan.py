@@ -1,73 +1,180 @@
-"""``surgeon scan``: one reference run with every intermediate inspected.
+"""``surgeon scan``: one reference run and one FP16-emulated run, every intermediate inspected.
 
 Why: most "TensorRT gives garbage" reports are not engine bugs but numerics the model
-already has on the reference backend, hidden until a lower-precision engine or a GPU
-exposes them: a 0/0 or a log of zero producing NaN, activations or weights beyond
-float16's ±65504 (an FP16 engine turns them into Inf), values so small that float16
-flushes them to zero, ScatterND/ScatterElements writing the same position twice (the
-order is undefined, so GPUs give nondeterministic results), and divisions by values
-near zero. Each finding names the node first, then the tensor and the numbers that make
-the cause visible (the inputs' value ranges for the first NaN/Inf).
+already has, hidden until a lower-precision engine exposes them: a 0/0 or a log of zero
+producing NaN, activations beyond float16's ±65504, values that flush to zero,
+ScatterND/ScatterElements writing the same position twice (the order is undefined, so
+GPUs give nondeterministic results), divisions by values near zero.
+
+Why two runs, and the emulation's rules rather than our own: a scan that judges float16
+by its own rules disagrees with ``compare --test fp16`` and with TensorRT. A −1e9
+attention mask is not an "Inf" in FP16: TensorRT (and ``surgeon.backends.fp16``) clamps
+weights to ±65504, and the Softmax after it computes the same probabilities. A weight
+below the smallest subnormal is not "0" either: TensorRT raises it to 2**-24. So the
+FP16 part of the scan runs the emulation itself (every op in float32, outputs rounded
+through float16, weights converted by ``fp16._to_fp16_weights``), with every tensor
+marked, and reads the verdicts off the two runs.
+
+Findings are ranked by consequence and carry a ``severity``:
+
+- ``will``: goes wrong on these inputs. A NaN/Inf the reference itself produces; an
+  activation that actually overflows in the FP16 run (the first node whose finite, in-range
+  inputs give Inf); a converted weight (clamped or raised) whose conversion alone moves
+  the outputs beyond tolerance; scatter writes that put different values on one position.
+  These, and only these, make the exit status 1.
+- ``could``: a hazard that does no harm on these inputs: a clamped constant whose
+  conversion leaves the outputs within tolerance, a value saturated from a clamped
+  constant (a −1e9 mask rounded to −Inf before a Softmax), activations close to ±65504,
+  values that flush to 0 or become subnormal, divisions by values near zero.
+
+Each finding says what was checked (``consequence``): which outputs an overflow reaches
+in the FP16 run, whether a converted weight changes the outputs (checked by running the
+reference with that weight converted), or that the FP16 run's outputs match the
+reference, which clears every "could" at once. Repeated findings (same severity, kind and
+op pattern) are grouped with counts, so a detector with 130 identical Conv weights reads
+as one line.
 
 Only the main graph's tensors are run-time inspected (bodies of If/Loop/Scan cannot be
-marked as outputs); constants and initializers are checked everywhere, bodies included.
+marked as outputs); the emulation keeps those bodies in float32, so their constants are
+not FP16 findings either.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
+from surgeon import comparison
+from surgeon import model as model_io
+from surgeon.backends import fp16 as fp16_rules
+from surgeon.debug.bisect import extract
 from surgeon.debug.bisect.reduce import node_label, reference_values
+from surgeon.errors import BackendError
 
 log = logging.getLogger(__name__)
 
-FP16_MAX = 65504.0
-FP16_TINY = 2.0**-24  # smallest float16 subnormal: smaller magnitudes become 0
-UNDERFLOW_FRACTION = 0.01  # report underflow when at least this share of the nonzero values is lost
+FP16_MAX = fp16_rules.FP16_MAX
+FP16_MIN_SUBNORMAL = fp16_rules.FP16_MIN_SUBNORMAL
+FP16_MIN_NORMAL = 2.0**-14
+NEAR_MAX = 0.5  # an activation within this fraction of ±65504 is "close to the edge"
+UNDERFLOW_FRACTION = 0.01  # report flush/subnormal when at least this share of the nonzero values is hit
 NEAR_ZERO = 1e-6
+WEIGHT_CHECKS = 16  # most weights checked one by one when converting them all changes the outputs
+
+WILL, COULD = "will", "could"
+
+# consequence effects, most serious first (the ranking order)
+_EFFECT_RANK = {"nonfinite-outputs": 0, "outputs-differ": 1, "unchecked": 2, "absorbed": 3, "none": 4}
 
 
 @dataclass
 class Finding:
-    kind: str  # nan-inf | fp16-overflow | fp16-underflow | scatter-duplicates | near-zero-division
+    # nan-inf | fp16-overflow | fp16-saturated | fp16-clamped | fp16-raised | fp16-near-max | fp16-underflow |
+    # fp16-subnormal | scatter-duplicates | near-zero-division
+    kind: str
+    severity: str  # will | could
     node: str  # node name (or initializer name) first, always
     op_type: str
     tensor: str
     message: str
+    pattern: str = ""  # grouping key beside kind: the op (and role) that repeats
+    consequence: str = ""
+    effect: str = "unchecked"  # key of _EFFECT_RANK
+    magnitude: float = 0.0  # for ranking within a group
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"node": self.node, "op_type": self.op_type, "kind": self.kind, "tensor": self.tensor,
-                "message": self.message, **self.details}
+        return {"node": self.node, "op_type": self.op_type, "severity": self.severity, "kind": self.kind,
+                "tensor": self.tensor, "message": self.message, "consequence": self.consequence,
+                "effect": self.effect, "pattern": self.pattern, **self.details}
+
+
+@dataclass
+class Group:
+    """Findings of one severity, kind and op pattern."""
+
+    severity: str
+    kind: str
+    pattern: str
+    findings: list[Finding]
+
+    @property
+    def count(self) -> int:
+        return len(self.findings)
+
+    @property
+    def worst(self) -> Finding:
+        return self.findings[0]
+
+    def where(self, limit: int = 3) -> str:
+        if self.count == 1:
+            return self.worst.node
+        names = ", ".join(f.node for f in self.findings[:limit])
+        return f"{self.count}× {self.pattern}: {names}" + (", …" if self.count > limit else "")
+
+    def consequence(self) -> str:
+        effects = {f.effect for f in self.findings}
+        if len(effects) == 1 or self.count == 1:
+            return self.worst.consequence
+        counts = {e: sum(f.effect == e for f in self.findings) for e in sorted(effects, key=_EFFECT_RANK.get)}
+        return f"{self.worst.consequence}; " + ", ".join(f"{n} {e}" for e, n in counts.items())
+
+    def to_dict(self) -> dict:
+        return {"severity": self.severity, "kind": self.kind, "pattern": self.pattern, "count": self.count,
+                "nodes": [f.node for f in self.findings], "worst": self.worst.message,
+                "consequence": self.consequence()}
 
 
 @dataclass
 class ScanReport:
-    findings: list[Finding]
+    findings: list[Finding]  # ranked: will first, then by consequence and magnitude
     tensors: int
     constants: int
     samples: int
     notes: list[str] = field(default_factory=list)
+    fp16: dict = field(default_factory=dict)  # the emulated run: outputs vs reference, plan summary
 
     @property
     def clean(self) -> bool:
         return not self.findings
 
+    @property
+    def will(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == WILL]
+
+    @property
+    def groups(self) -> list[Group]:
+        out: dict[tuple[str, str, str], Group] = {}
+        for f in self.findings:  # already ranked, so each group's first finding is its worst
+            key = (f.severity, f.kind, f.pattern)
+            if key not in out:
+                out[key] = Group(f.severity, f.kind, f.pattern, [])
+            out[key].findings.append(f)
+        return list(out.values())
+
     def to_dict(self) -> dict:
-        return {"clean": self.clean, "findings": [f.to_dict() for f in self.findings], "tensors_inspected": self.tensors,
-                "constants_inspected": self.constants, "samples": self.samples, "notes": self.notes}
+        return {"clean": self.clean, "will": len(self.will), "could": len(self.findings) - len(self.will),
+                "groups": [g.to_dict() for g in self.groups], "findings": [f.to_dict() for f in self.findings],
+                "fp16": self.fp16, "tensors_inspected": self.tensors, "constants_inspected": self.constants,
+                "samples": self.samples, "notes": self.notes}
 
 
 def _float(a: Any) -> np.ndarray | None:
     if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.size:
         return a
     return None
+
+
+def _max_abs(a: np.ndarray | None) -> float:
+    if a is None:
+        return 0.0
+    fin = a[np.isfinite(a)]
+    return float(np.max(np.abs(fin))) if fin.size else 0.0
 
 
 def value_range(a: Any) -> dict:
@@ -120,14 +227,15 @@ def _cause(node: onnx.NodeProto, ins: list[Any], out: np.ndarray) -> str:
     return "non-finite result"
 
 
-def _dup_positions(node: onnx.NodeProto, data: np.ndarray, idx: np.ndarray) -> tuple[int, int]:
-    """(positions written more than once, writes) for ScatterND / ScatterElements."""
+def _dup_positions(node: onnx.NodeProto, data: np.ndarray, idx: np.ndarray, upd: Any) -> tuple[int, int, int]:
+    """(positions written more than once, writes, of those positions how many get different values)."""
     idx = np.asarray(idx).astype(np.int64)
     if node.op_type == "ScatterND":
         k = idx.shape[-1]
         rows = idx.reshape(-1, k).copy()
         dims = np.array(data.shape[:k], np.int64)
         rows = np.where(rows < 0, rows + dims, rows)
+        slices = None if upd is None else np.asarray(upd).reshape(rows.shape[0], -1)
     else:
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         axis = axis + data.ndim if axis < 0 else axis
@@ -135,76 +243,187 @@ def _dup_positions(node: onnx.NodeProto, data: np.ndarray, idx: np.ndarray) -> t
         norm = np.where(idx < 0, idx + data.shape[axis], idx)
         grid[axis] = norm
         rows = grid.reshape(idx.ndim, -1).T
+        slices = None if upd is None else np.asarray(upd).reshape(-1, 1)
     if rows.size == 0:
-        return 0, 0
-    uniq, counts = np.unique(rows, axis=0, return_counts=True)
-    return int(np.count_nonzero(counts > 1)), int(rows.shape[0])
+        return 0, 0, 0
+    uniq, inverse, counts = np.unique(rows, axis=0, return_inverse=True, return_counts=True)
+    inverse = np.asarray(inverse).reshape(-1)
+    dups = np.flatnonzero(counts > 1)
+    conflicting = 0
+    if slices is not None and slices.shape[0] == rows.shape[0]:
+        for u in dups:
+            written = slices[inverse == u]
+            if not np.all(written == written[0]):
+                conflicting += 1
+    return int(dups.size), int(rows.shape[0]), conflicting
 
 
-def _iter_constants(graph: onnx.GraphProto) -> Iterator[tuple[str, str, str, np.ndarray]]:
-    """(owner name, op type, tensor name, value) for initializers and Constant nodes, bodies included."""
-    for t in graph.initializer:
+def _is_float(a: Any) -> bool:
+    return isinstance(a, np.ndarray) and a.dtype.kind == "f"
+
+
+class _Graph:
+    """What the scan needs to know about the main graph, indexed once."""
+
+    def __init__(self, model: onnx.ModelProto):
+        g = model.graph
+        self.nodes = list(g.node)
+        self.labels = [node_label(n, i) for i, n in enumerate(self.nodes)]
+        graph_inputs = {i.name for i in g.input}
+        self.inits = {t.name: t for t in g.initializer if t.name not in graph_inputs}
+        self.constants = {n.output[0]: i for i, n in enumerate(self.nodes)
+                          if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output}
+        self.consumers: dict[str, list[int]] = {}
+        for i, n in enumerate(self.nodes):
+            for x in extract.node_reads(n):
+                self.consumers.setdefault(x, []).append(i)
+        self.outputs = [o.name for o in g.output]
+
+    def is_static(self, name: str) -> bool:
+        return name in self.inits or name in self.constants
+
+    def static_value(self, name: str) -> np.ndarray | None:
+        """An initializer's or Constant's value, any dtype (None when numpy cannot hold it)."""
         try:
-            yield t.name, "initializer", t.name, numpy_helper.to_array(t)
-        except Exception:  # a dtype numpy cannot hold (e.g. float8): nothing to check against float16
-            continue
-    for i, n in enumerate(graph.node):
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value" and a.HasField("t"):
-                    yield node_label(n, i), "Constant", n.output[0], numpy_helper.to_array(a.t)
-        for a in n.attribute:
-            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                yield from _iter_constants(g)
+            if name in self.inits:
+                return numpy_helper.to_array(self.inits[name])
+            if name in self.constants:
+                attr = next((a for a in self.nodes[self.constants[name]].attribute if a.name == "value"), None)
+                return numpy_helper.to_array(attr.t) if attr is not None else self.weight(name)
+        except Exception:  # a dtype numpy cannot hold (e.g. float8): nothing to inspect
+            return None
+        return None
+
+    def weight(self, name: str) -> np.ndarray | None:
+        """The float32 value of an initializer or Constant (the emulation converts only float32 weights)."""
+        if name in self.inits:
+            t = self.inits[name]
+            return numpy_helper.to_array(t) if t.data_type == TensorProto.FLOAT else None
+        if name in self.constants:
+            return fp16_rules._constant_array(self.nodes[self.constants[name]])
+        return None
+
+    def reachable_outputs(self, start: int) -> set[str]:
+        """Graph outputs downstream of node ``start`` (its own included)."""
+        outs = set(self.outputs)
+        seen, stack, found = {start}, [start], set()
+        while stack:
+            i = stack.pop()
+            for o in self.nodes[i].output:
+                if o in outs:
+                    found.add(o)
+                for j in self.consumers.get(o, []):
+                    if j not in seen:
+                        seen.add(j)
+                        stack.append(j)
+        return found
 
 
-def _range_findings(owner: str, op: str, tensor: str, values: Sequence[np.ndarray]) -> list[Finding]:
-    arrs = [v for v in (_float(x) for x in values) if v is not None]
-    if not arrs:
-        return []
+def _converted_weight_inputs(node: onnx.NodeProto, graph: _Graph) -> list[str]:
+    """The float32 weights a converted node reads in FP16 (what ``fp16.emulate`` rounds via
+    ``_to_fp16_weights``): every input but the ones the ONNX spec keeps in float32.
+    (A helper the emulation could expose; written here because fp16.py is not ours to edit.)"""
+    exempt = fp16_rules._EXEMPT_INPUTS.get(node.op_type, frozenset())
+    return [x for i, x in enumerate(node.input) if x and i not in exempt and graph.is_static(x)]
+
+
+def _emulated_values(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], keep: Sequence[str],
+                     types: Mapping[str, onnx.TypeProto]) -> tuple[list[dict[str, Any]], Any]:
+    """Every main-graph tensor's value in the FP16 emulation, per sample, and the emulation's plan."""
+    backend = fp16_rules.Fp16Backend(keep=keep)
+    marked = extract.with_outputs(model, extract.all_tensor_names(model), types)
+    sess = backend.session(marked)
     out = []
-    mags = [np.abs(a[np.isfinite(a)].astype(np.float64)) for a in arrs]
-    peak = max((float(m.max()) for m in mags if m.size), default=0.0)
-    if peak > FP16_MAX:
-        over = sum(int(np.count_nonzero(m > FP16_MAX)) for m in mags)
-        out.append(Finding("fp16-overflow", owner, op, tensor,
-                           f"{owner} ({op}): '{tensor}' reaches {peak:.4g}, beyond float16's ±65504 ({over} values become Inf in FP16)",
-                           {"max_abs": peak, "count": over}))
-    nonzero = sum(int(np.count_nonzero(m)) for m in mags)
-    tiny = sum(int(np.count_nonzero((m > 0) & (m < FP16_TINY))) for m in mags)
-    if nonzero and tiny / nonzero >= UNDERFLOW_FRACTION:
-        out.append(Finding("fp16-underflow", owner, op, tensor,
-                           f"{owner} ({op}): {tiny} of {nonzero} nonzero values of '{tensor}' are below float16's smallest "
-                           f"subnormal ({FP16_TINY:.3g}) and become 0 in FP16; max |value| {peak:.4g}",
-                           {"max_abs": peak, "count": tiny, "nonzero": nonzero}))
+    for s in samples:
+        values = dict(s)
+        values.update(sess.run(s))
+        out.append(values)
+    return out, sess.plan
+
+
+def _outputs_diff(ref: Sequence[Mapping[str, Any]], test: Sequence[Mapping[str, Any]], names: Sequence[str],
+                  atol: Any, rtol: Any) -> dict[str, dict]:
+    """Per graph output: passed, worst error, whether the test side has NaN/Inf the reference lacks."""
+    out: dict[str, dict] = {}
+    for r, t in zip(ref, test):
+        want = {n: r[n] for n in names if n in r and _is_float(r[n])}
+        for d in comparison.diff_outputs(want, t, atol=atol, rtol=rtol, nan_equal=True):
+            acc = out.setdefault(d.name, {"passed": True, "max_abs": 0.0, "nonfinite": 0, "reason": ""})
+            acc["passed"] = acc["passed"] and d.passed
+            acc["max_abs"] = max(acc["max_abs"], d.max_abs)
+            acc["nonfinite"] += d.nan_mismatches + d.inf_mismatches
+            if not d.passed and not acc["reason"]:
+                acc["reason"] = d.reason
     return out
 
 
-def scan_model(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], backend: Any, *, near_zero: float = NEAR_ZERO) -> ScanReport:
-    values = reference_values(model, backend, samples)
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
-    const_values: dict[str, np.ndarray] = {}
-    for n in g.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value" and a.HasField("t"):
-                    const_values[n.output[0]] = numpy_helper.to_array(a.t)
+def _effect_on(outputs: set[str], diff: Mapping[str, dict]) -> tuple[str, str]:
+    """(effect, text) of a hazard whose influence reaches ``outputs`` in the FP16 run."""
+    bad = sorted(o for o in outputs if o in diff and not diff[o]["passed"])
+    nonfinite = [o for o in bad if diff[o]["nonfinite"]]
+    if nonfinite:
+        return "nonfinite-outputs", f"reaches output(s) {', '.join(nonfinite)} as NaN/Inf in the FP16 run"
+    if bad:
+        return "outputs-differ", f"output(s) {', '.join(bad)} differ beyond tolerance in the FP16 run"
+    if outputs:
+        return "absorbed", "absorbed: the outputs it reaches match in the FP16 run"
+    return "absorbed", "reaches no output"
+
+
+def scan_model(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], backend: Any, *, near_zero: float = NEAR_ZERO,
+               fp16: bool = True, fp16_keep: Sequence[str] = (), atol: Any = None, rtol: Any = None) -> ScanReport:
+    """Scan ``model`` on ``samples``: the reference run on ``backend``, and (``fp16``) the FP16 emulation.
+
+    ``atol``/``rtol``: the tolerance for "changes the outputs" (default: float16's).
+    """
+    d_atol, d_rtol = comparison.DEFAULT_TOLERANCES["float16"]
+    atol = d_atol if atol is None else atol
+    rtol = d_rtol if rtol is None else rtol
+    ref = reference_values(model, backend, samples)
+    graph = _Graph(model)
+    findings: list[Finding] = []
+    notes: list[str] = []
+    tensors = _reference_findings(model, graph, ref, near_zero, findings)
+    fp16_summary: dict = {}
+    constants = 0
+    if fp16:
+        types = extract.types_from_values(ref, extract.inferred_types(model))
+        try:
+            emu, plan = _emulated_values(model, samples, fp16_keep, types)
+        except BackendError as exc:
+            notes.append(f"the FP16 emulation could not run the model ({exc}); no FP16 findings")
+            emu, plan = None, None
+        if emu is not None:
+            out_diff = _outputs_diff(ref, emu, graph.outputs, atol, rtol)
+            fp16_summary = {"outputs_match": all(d["passed"] for d in out_diff.values()), "outputs": out_diff,
+                            "converted": len(plan.converted), "kept": plan.kept, "tolerance": {"atol": atol, "rtol": rtol}}
+            converted = set(plan.converted)
+            _activation_findings(graph, ref, emu, converted, out_diff, findings)
+            constants = _weight_findings(model, graph, converted, ref, samples, backend, atol, rtol, findings, notes)
+            _settle_could(findings, fp16_summary["outputs_match"])
+    else:
+        notes.append("FP16 checks skipped (--no-fp16)")
+    if any(a.HasField("g") or len(a.graphs) for n in model.graph.node for a in n.attribute):
+        notes.append("tensors inside If/Loop/Scan bodies were not inspected at run time, and the FP16 emulation "
+                     "keeps those bodies (and their constants) in float32")
+    return ScanReport(_rank(findings), tensors, constants, len(ref), notes, fp16_summary)
+
+
+def _reference_findings(model: onnx.ModelProto, graph: _Graph, values: list[dict], near_zero: float,
+                        findings: list[Finding]) -> int:
+    """What the reference run shows by itself: the first NaN/Inf, scatter and division hazards."""
 
     def val(name: str, i: int) -> Any:
         if name in values[i]:
             return values[i][name]
-        if name in const_values:
-            return const_values[name]
-        if name in inits:
-            return numpy_helper.to_array(inits[name])
-        return None
+        return graph.static_value(name) if graph.is_static(name) else None
 
-    findings: list[Finding] = []
     first_nan: Finding | None = None
     tensors = 0
-    for k, node in enumerate(g.node):
-        label = node_label(node, k)
+    for k, node in enumerate(graph.nodes):
+        label = graph.labels[k]
+        if node.op_type != "Constant":
+            tensors += sum(1 for o in node.output if o)
         for i in range(len(values)):
             if first_nan is not None:
                 break
@@ -217,41 +436,40 @@ def scan_model(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], bac
                     ranges = {x: value_range(v) for x, v in zip(node.input, ins) if x}
                     cause = _cause(node, [v for v in ins if v is not None], out)
                     shown = "; ".join(f"{x} {_fmt_range(r)}" for x, r in ranges.items())
-                    first_nan = Finding("nan-inf", label, node.op_type, o,
-                                        f"{label} ({node.op_type}): first NaN/Inf, in '{o}' ({cause}); inputs: {shown}",
-                                        {"cause": cause, "sample": i, "inputs": ranges, "output": value_range(out)})
+                    reached = sorted(o2 for o2 in graph.reachable_outputs(k)
+                                     if any(_float(s.get(o2)) is not None and not np.all(np.isfinite(s[o2])) for s in values))
+                    first_nan = Finding(
+                        "nan-inf", WILL, label, node.op_type, o,
+                        f"{label} ({node.op_type}): first NaN/Inf of the reference run, in '{o}' ({cause}); inputs: {shown}",
+                        pattern=f"{node.op_type} ({cause})", magnitude=float("inf"),
+                        effect="nonfinite-outputs" if reached else "absorbed",
+                        consequence=(f"the reference outputs {', '.join(reached)} hold NaN/Inf" if reached
+                                     else "no output of the reference holds NaN/Inf"),
+                        details={"cause": cause, "sample": i, "inputs": ranges, "output": value_range(out)})
+                    findings.append(first_nan)
                     break
-        if node.op_type == "Constant":
-            continue
-        for o in node.output:
-            if not o:
-                continue
-            tensors += 1
-            found = _range_findings(label, node.op_type, o, [s.get(o) for s in values])
-            for f in found:
-                if f.kind == "fp16-overflow":
-                    # the layer that makes the overflow (its activation inputs are in range; weights are
-                    # reported on their own), as opposed to the layers that carry it on
-                    peaks = [float(np.max(np.abs(a[np.isfinite(a)]), initial=0.0))
-                             for i in range(len(values)) for a in [_float(values[i].get(x)) for x in node.input if x and x not in inits and x not in const_values]
-                             if a is not None]
-                    f.details["starts_here"] = all(p <= FP16_MAX for p in peaks)
-                    if f.details["starts_here"]:
-                        f.message += "; its activation inputs are within range: the overflow starts here"
-            findings.extend(found)
         if node.op_type in ("ScatterND", "ScatterElements") and len(node.input) >= 2:
             reduction = next((a.s.decode() for a in node.attribute if a.name == "reduction"), "none")
             if reduction == "none":
                 for i in range(len(values)):
                     data, idx = val(node.input[0], i), val(node.input[1], i)
+                    upd = val(node.input[2], i) if len(node.input) > 2 else None
                     if not isinstance(data, np.ndarray) or idx is None:
                         continue
-                    dups, writes = _dup_positions(node, data, idx)
+                    dups, writes, conflicting = _dup_positions(node, data, idx, upd)
                     if dups:
-                        findings.append(Finding("scatter-duplicates", label, node.op_type, node.input[1],
-                                                f"{label} ({node.op_type}): indices '{node.input[1]}' write {dups} position(s) more than once "
-                                                f"(of {writes} writes) with reduction='none': the result depends on write order, "
-                                                "nondeterministic on GPUs", {"duplicates": dups, "writes": writes, "sample": i}))
+                        what = (f"{conflicting} of them get different values: the result depends on write order, "
+                                "nondeterministic on GPUs" if conflicting else
+                                "every duplicate writes the same value, so the order does not matter on these inputs")
+                        findings.append(Finding(
+                            "scatter-duplicates", WILL if conflicting else COULD, label, node.op_type, node.input[1],
+                            f"{label} ({node.op_type}): indices '{node.input[1]}' write {dups} position(s) more than once "
+                            f"(of {writes} writes) with reduction='none'; {what}",
+                            pattern=node.op_type, magnitude=float(conflicting or dups),
+                            effect="outputs-differ" if conflicting else "none",
+                            consequence=("the output depends on the write order" if conflicting
+                                         else "none: duplicates write equal values"),
+                            details={"duplicates": dups, "writes": writes, "conflicting": conflicting, "sample": i}))
                         break
         if node.op_type in ("Div", "Reciprocal"):
             den_name = node.input[1] if node.op_type == "Div" else node.input[0]
@@ -262,16 +480,241 @@ def scan_model(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], bac
                 low = min(float(m.min()) for m in mags)
                 count = sum(int(np.count_nonzero(m < near_zero)) for m in mags)
                 if low < near_zero:
-                    findings.append(Finding("near-zero-division", label, node.op_type, den_name,
-                                            f"{label} ({node.op_type}): divides by '{den_name}', whose smallest magnitude is {low:.3g} "
-                                            f"({count} value(s) below {near_zero:g})", {"min_abs": low, "count": count}))
-    constants = 0
-    for owner, op, tensor, arr in _iter_constants(g):
-        constants += 1
-        findings.extend(_range_findings(owner, op, tensor, [arr]))
-    if first_nan is not None:
-        findings.insert(0, first_nan)
-    notes = []
-    if any(a.HasField("g") or len(a.graphs) for n in g.node for a in n.attribute):
-        notes.append("tensors inside If/Loop/Scan bodies were not inspected at run time (their constants were)")
-    return ScanReport(findings, tensors, constants, len(values), notes)
+                    findings.append(Finding(
+                        "near-zero-division", COULD, label, node.op_type, den_name,
+                        f"{label} ({node.op_type}): divides by '{den_name}', whose smallest magnitude is {low:.3g} "
+                        f"({count} value(s) below {near_zero:g})", pattern=node.op_type, magnitude=1.0 / max(low, 1e-300),
+                        details={"min_abs": low, "count": count}))
+    return tensors
+
+
+def _activation_findings(graph: _Graph, ref: list[dict], emu: list[dict], converted: set[str],
+                         out_diff: Mapping[str, dict], findings: list[Finding]) -> None:
+    """Overflow, saturation, near-max and underflow of the tensors the FP16 run rounds."""
+    for k, node in enumerate(graph.nodes):
+        label = graph.labels[k]
+        if label not in converted or node.op_type == "Constant":
+            continue
+        float_ins = [x for x in node.input if x and not graph.is_static(x)]
+        for o in node.output:
+            if not o or not all(_is_float(s.get(o)) for s in ref):
+                continue
+            r_all = [s[o] for s in ref]
+            e_all = [s.get(o) for s in emu]
+            if not all(isinstance(e, np.ndarray) and e.shape == r.shape for e, r in zip(e_all, r_all)):
+                continue
+            new_bad = [np.isfinite(r) & ~np.isfinite(e) for r, e in zip(r_all, e_all)]
+            count = sum(int(b.sum()) for b in new_bad)
+            peak_ref = max(_max_abs(r) for r in r_all)
+            if count:
+                # only where the overflow starts: the node's inputs are finite in the FP16 run
+                if any(_float(s.get(x)) is not None and not np.all(np.isfinite(s[x])) for s in emu for x in float_ins):
+                    continue
+                carried = _carried_from_clamps(node, graph, ref, emu)
+                effect, text = _effect_on(graph.reachable_outputs(k), out_diff)
+                if carried:
+                    sev = WILL if effect == "nonfinite-outputs" else COULD
+                    findings.append(Finding(
+                        "fp16-saturated", sev, label, node.op_type, o,
+                        f"{label} ({node.op_type}): '{o}' gets {count} ±Inf in FP16 from '{carried[0][0]}', which holds "
+                        f"values beyond ±65504 in float32 (up to {carried[0][1]:.3g}) that FP16 clamps, such as a −1e9 mask",
+                        pattern=node.op_type, effect=effect, consequence=text, magnitude=float(count),
+                        details={"count": count, "carried_from": [c[0] for c in carried], "max_abs": peak_ref}))
+                else:
+                    findings.append(Finding(
+                        "fp16-overflow", WILL, label, node.op_type, o,
+                        f"{label} ({node.op_type}): '{o}' overflows FP16 on these inputs: {count} values become ±Inf "
+                        f"(float32 reaches {peak_ref:.4g}); its inputs are finite in FP16: the overflow starts here",
+                        pattern=node.op_type, effect=effect, consequence=text, magnitude=peak_ref,
+                        details={"count": count, "max_abs": peak_ref, "starts_here": True}))
+                continue
+            if peak_ref > FP16_MAX:  # beyond range in float32, clamped (not Inf) in FP16: carried from a clamped constant
+                continue
+            if peak_ref >= NEAR_MAX * FP16_MAX:
+                findings.append(Finding(
+                    "fp16-near-max", COULD, label, node.op_type, o,
+                    f"{label} ({node.op_type}): '{o}' reaches {peak_ref:.4g}, within {FP16_MAX / peak_ref:.2g}x of "
+                    "float16's ±65504; larger inputs would overflow", pattern=node.op_type, magnitude=peak_ref,
+                    details={"max_abs": peak_ref}))
+                continue
+            nonzero = flushed = subnormal = 0
+            for r, e in zip(r_all, e_all):
+                fin = np.isfinite(r)
+                nonzero += int(np.count_nonzero(fin & (r != 0)))
+                # as the FP16 run computes them: zero there, nonzero and tiny in float32
+                flushed += int(np.count_nonzero(fin & (r != 0) & (np.abs(r) < FP16_MIN_NORMAL) & (e == 0)))
+                subnormal += int(np.count_nonzero((e != 0) & (np.abs(e) < FP16_MIN_NORMAL)))
+            if not nonzero:
+                continue
+            if flushed / nonzero >= UNDERFLOW_FRACTION:
+                findings.append(Finding(
+                    "fp16-underflow", COULD, label, node.op_type, o,
+                    f"{label} ({node.op_type}): {flushed} of {nonzero} nonzero values of '{o}' become 0 in FP16 (below "
+                    f"{FP16_MIN_SUBNORMAL / 2:.3g}, half the smallest subnormal); max |value| {peak_ref:.4g}",
+                    pattern=node.op_type, magnitude=flushed / nonzero,
+                    details={"flushed": flushed, "subnormal": subnormal, "nonzero": nonzero, "max_abs": peak_ref}))
+            elif subnormal / nonzero >= UNDERFLOW_FRACTION:
+                findings.append(Finding(
+                    "fp16-subnormal", COULD, label, node.op_type, o,
+                    f"{label} ({node.op_type}): {subnormal} of {nonzero} nonzero values of '{o}' are float16 subnormals "
+                    f"(below {FP16_MIN_NORMAL:.3g}: kept, with fewer significant bits); max |value| {peak_ref:.4g}",
+                    pattern=node.op_type, magnitude=subnormal / nonzero,
+                    details={"subnormal": subnormal, "nonzero": nonzero, "max_abs": peak_ref}))
+
+
+def _carried_from_clamps(node: onnx.NodeProto, graph: _Graph, ref: list[dict], emu: list[dict]) -> list[tuple[str, float]]:
+    """Inputs of ``node`` beyond ±65504 in float32 that the FP16 run holds within range: weights it
+    clamps, or activations computed from them (a mask times −1e9). (name, float32 max |value|)."""
+    out = []
+    for x in node.input:
+        if not x:
+            continue
+        if graph.is_static(x):
+            w = graph.weight(x)
+            peak = _max_abs(w) if w is not None else 0.0
+            if peak > FP16_MAX:
+                out.append((x, peak))
+            continue
+        peak = max(_max_abs(_float(s.get(x))) for s in ref)
+        if peak > FP16_MAX and max(_max_abs(_float(s.get(x))) for s in emu) <= FP16_MAX:
+            out.append((x, peak))
+    return out
+
+
+def _weight_findings(model: onnx.ModelProto, graph: _Graph, converted: set[str], ref: list[dict],
+                     samples: Sequence[Mapping[str, Any]], backend: Any, atol: Any, rtol: Any,
+                     findings: list[Finding], notes: list[str]) -> int:
+    """Weights the FP16 run converts: clamped beyond ±65504, raised below 2**-24; then what that changes."""
+    readers: dict[str, list[int]] = {}
+    for k, node in enumerate(graph.nodes):
+        if graph.labels[k] in converted:
+            for x in _converted_weight_inputs(node, graph):
+                readers.setdefault(x, []).append(k)
+    found: list[tuple[Finding, str, np.ndarray]] = []
+    for name, users in readers.items():
+        arr = graph.weight(name)
+        if arr is None or not arr.size:
+            continue
+        conv, clamped, raised = fp16_rules._to_fp16_weights(arr)
+        if not (clamped or raised):
+            continue
+        owner = graph.labels[graph.constants[name]] if name in graph.constants else name
+        op = "Constant" if name in graph.constants else "initializer"
+        ops = "/".join(sorted({graph.nodes[u].op_type for u in users}))
+        peak = _max_abs(arr)
+        if clamped:
+            f = Finding("fp16-clamped", COULD, owner, op, name,
+                        f"{owner} ({op}): {clamped} values of '{name}' beyond ±65504 (up to {peak:.3g}) are clamped "
+                        f"to ±65504 in FP16; read by {ops}", pattern=f"{ops} input", magnitude=peak,
+                        details={"count": clamped, "max_abs": peak, "readers": [graph.labels[u] for u in users]})
+        else:
+            tiny = np.abs(arr[(arr != 0) & np.isfinite(arr)]).min()
+            f = Finding("fp16-raised", COULD, owner, op, name,
+                        f"{owner} ({op}): {raised} nonzero values of '{name}' are below float16's smallest subnormal "
+                        f"({FP16_MIN_SUBNORMAL:.3g}, smallest {tiny:.3g}) and are raised to it in FP16, as TensorRT does; "
+                        f"read by {ops}", pattern=f"{ops} input", magnitude=float(raised),
+                        details={"count": raised, "min_abs": float(tiny), "max_abs": peak,
+                                 "readers": [graph.labels[u] for u in users]})
+        found.append((f, name, conv))
+        findings.append(f)
+    if found:
+        _check_weights(model, graph, found, ref, samples, backend, atol, rtol, notes)
+    return len(readers)
+
+
+def _weight_probe(model: onnx.ModelProto, graph: _Graph, names: set[str]) -> onnx.ModelProto:
+    """The model with the flagged weights turned into graph inputs: one copy and one session
+    serve every check, each run feeding the original or the converted values. (Inputs without
+    an initializer behind them, so no backend can quietly keep the original.)"""
+    out = model_io.copy(model)
+    g = out.graph
+    kept = [t for t in g.initializer if t.name not in names]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    nodes = [n for n in g.node if not (n.op_type == "Constant" and n.output and n.output[0] in names)]
+    del g.node[:]
+    g.node.extend(nodes)
+    for name in sorted(names):
+        w = graph.weight(name)
+        g.input.append(onnx.helper.make_tensor_value_info(name, TensorProto.FLOAT, list(w.shape)))
+    return out
+
+
+def _check_weights(model: onnx.ModelProto, graph: _Graph, found: list[tuple[Finding, str, np.ndarray]], ref: list[dict],
+                   samples: Sequence[Mapping[str, Any]], backend: Any, atol: Any, rtol: Any, notes: list[str]) -> None:
+    """Run the reference with converted weights: each kind (clamped, raised) all at once, then one
+    by one (largest first, at most WEIGHT_CHECKS) for a kind whose conversion changes the outputs."""
+    original = {name: graph.weight(name) for _, name, _ in found}
+    try:
+        sess = backend.session(_weight_probe(model, graph, set(original)))
+    except BackendError as exc:
+        log.info("weight checks cannot run: %s", exc)
+        sess = None
+
+    def outputs_change(names: Mapping[str, np.ndarray]) -> dict[str, dict] | None:
+        if sess is None:
+            return None
+        try:
+            runs = [sess.run({**s, **original, **names}) for s in samples]
+        except BackendError as exc:
+            log.info("weight check failed to run: %s", exc)
+            return None
+        diff = _outputs_diff(ref, runs, graph.outputs, atol, rtol)
+        return {o: d for o, d in diff.items() if not d["passed"]}
+
+    def settle(f: Finding, changed: dict[str, dict] | None) -> None:
+        if changed is None:
+            f.effect, f.consequence = "unchecked", "the check run failed"
+        elif changed:
+            worst = max(changed, key=lambda o: changed[o]["max_abs"])
+            f.effect = "nonfinite-outputs" if any(d["nonfinite"] for d in changed.values()) else "outputs-differ"
+            f.consequence = (f"converting it alone changes output(s) {', '.join(sorted(changed))} beyond tolerance "
+                             f"(max abs {changed[worst]['max_abs']:.3g})")
+            f.severity = WILL
+        else:
+            f.effect, f.consequence = "none", "none: the outputs stay within tolerance with it converted"
+
+    for kind in ("fp16-clamped", "fp16-raised"):
+        batch = sorted((x for x in found if x[0].kind == kind), key=lambda x: -x[0].magnitude)
+        if not batch:
+            continue
+        together = outputs_change({name: conv for _, name, conv in batch})
+        if together is not None and not together:
+            for f, _, _ in batch:
+                f.effect, f.consequence = "none", "none: the outputs stay within tolerance with it converted"
+            continue
+        jointly = (f" (converting all {len(batch)} together changes output(s) {', '.join(sorted(together))} "
+                   "beyond tolerance)") if together and len(batch) > 1 else ""
+        for n, (f, name, conv) in enumerate(batch):
+            if len(batch) == 1:
+                settle(f, together)
+            elif together is None or n >= WEIGHT_CHECKS:
+                f.effect, f.consequence = "unchecked", "not checked on its own" + jointly
+            else:
+                settle(f, outputs_change({name: conv}))
+                if f.effect == "none":
+                    f.consequence += jointly
+        if together and len(batch) > WEIGHT_CHECKS:
+            notes.append(f"converting all {len(batch)} {kind} weights changes the outputs; only the {WEIGHT_CHECKS} "
+                         "largest were checked one by one")
+
+
+def _settle_could(findings: list[Finding], outputs_match: bool) -> None:
+    """Activation-level "could" findings are cleared at once when the FP16 run matches the reference."""
+    for f in findings:
+        if f.kind in ("fp16-near-max", "fp16-underflow", "fp16-subnormal", "near-zero-division") and f.effect == "unchecked":
+            if outputs_match:
+                f.effect, f.consequence = "none", "none: the FP16 run's outputs match the reference"
+            else:
+                f.consequence = "not attributed: the FP16 run's outputs differ (see `surgeon bisect --test fp16`)"
+
+
+def _rank(findings: list[Finding]) -> list[Finding]:
+    """Will before could; then the kind's worst consequence, then magnitude (groups keep this order)."""
+    best: dict[tuple[str, str, str], tuple] = {}
+    for f in findings:
+        key = (f.severity, f.kind, f.pattern)
+        mine = (_EFFECT_RANK.get(f.effect, 2), -f.magnitude)
+        best[key] = min(best.get(key, mine), mine)
+    return sorted(findings, key=lambda f: (f.severity != WILL, best[(f.severity, f.kind, f.pattern)],
+                                           (f.kind, f.pattern), _EFFECT_RANK.get(f.effect, 2), -f.magnitude))

@@ -95,6 +95,11 @@ class GraphView:
         """The NodeProto of dag index ``k``."""
         return self.nodes[self.searchable[k]]
 
+    def label(self, k: int) -> str:
+        """The name users know dag index ``k`` by (``OpType#index`` when the node has none)."""
+        node = self.node(k)
+        return node.name or f"{node.op_type}#{self.searchable[k]}"
+
     def outputs_of(self, dag_nodes: Iterable[int]) -> list[str]:
         return [o for k in sorted(dag_nodes) for o in self.node(k).output if o]
 

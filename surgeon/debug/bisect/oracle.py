@@ -71,6 +71,24 @@ def _severity(d: Mapping[str, Any]) -> tuple:
     return (d.get("nan_mismatches", 0) + d.get("inf_mismatches", 0), d.get("max_abs") or 0.0)
 
 
+def _tol_ratio(ref: Any, test: Any, atol: float, rtol: float) -> float:
+    """The worst ``|test - ref| / (atol + rtol*|ref|)`` over finite elements: how many
+    tolerances off a tensor is, comparable across tensors of any scale (> 1: outside)."""
+    if not isinstance(ref, np.ndarray) or not isinstance(test, np.ndarray) or ref.shape != test.shape or not ref.size:
+        return 0.0
+    if ref.dtype.kind not in "fc" or test.dtype.kind not in "fc":
+        return 0.0
+    r, t = ref.astype(np.float64), test.astype(np.float64)
+    both = np.isfinite(r) & np.isfinite(t)
+    if not both.any():
+        return 0.0
+    bound = atol + rtol * np.abs(r[both])
+    err = np.abs(t[both] - r[both])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(bound > 0, err / np.where(bound > 0, bound, 1.0), np.where(err > 0, np.inf, 0.0))
+    return float(ratio.max())
+
+
 class NumericOracle:
     """Test side vs reference values, elementwise with explicit tolerances."""
 
@@ -159,6 +177,35 @@ class NumericOracle:
             return Verdict(True, crash, crashed=True)
         diffs = self._compare(outs, outputs)
         return Verdict(bool(diffs), diffs[0]["reason"] if diffs else f"{len(outputs)} outputs match", diffs=diffs)
+
+
+    def tensor_errors(self, names: Sequence[str]) -> dict[str, dict]:
+        """How far each named tensor of the whole model's test run is from the reference, over
+        every sample (worst abs/rel error, elements outside tolerance), passing or not: the
+        error-growth profile that shows accumulation. Marked in blocks like a cut."""
+        names = [n for n in dict.fromkeys(names) if n in self.ref[0] and isinstance(self.ref[0][n], np.ndarray)]
+        if self._b_names is not None:
+            names = [n for n in names if n in self._b_names]
+        base = self.view.model if self.against is None else self.against
+        blocks = [names] if self.mark_all else [names[i:i + self.block_size] for i in range(0, len(names), self.block_size)]
+        out: dict[str, dict] = {}
+        for block in (b for b in blocks if b):
+            outs, crash = self._run(extract.with_outputs(base, block, self.types), self._graph_feeds(), block)
+            if crash:
+                log.info("error profile: the test side failed to run: %s", crash)
+                continue
+            for ref, got in zip(self.ref, outs):
+                want = {n: ref[n] for n in block}
+                for d in compare.diff_outputs(want, got, atol=self.atol, rtol=self.rtol, nan_equal=self.nan_equal):
+                    acc = out.setdefault(d.name, {"tensor": d.name, "max_abs": 0.0, "max_rel": 0.0, "tol_ratio": 0.0,
+                                                  "mismatches": 0, "elements": 0, "nan_mismatches": 0,
+                                                  "inf_mismatches": 0, "atol": d.atol, "rtol": d.rtol})
+                    acc["max_abs"] = max(acc["max_abs"], d.max_abs)
+                    acc["max_rel"] = max(acc["max_rel"], d.max_rel)
+                    acc["tol_ratio"] = max(acc["tol_ratio"], _tol_ratio(want[d.name], got.get(d.name), d.atol, d.rtol))
+                    for k in ("mismatches", "elements", "nan_mismatches", "inf_mismatches"):
+                        acc[k] += getattr(d, k)
+        return out
 
 
 class CommandOracle:

@@ -21,14 +21,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import onnx
 
-from surgeon.debug.bisect import artifacts, extract
+from surgeon.debug.bisect import artifacts, extract, growth
 from surgeon.debug.bisect.oracle import CommandOracle, NumericOracle, Verdict
-from surgeon.debug.bisect.strategy import Search
+from surgeon.debug.bisect.strategy import Candidate, CulpritResult, Search
 from surgeon.errors import BackendError, InputDataError
 
 log = logging.getLogger(__name__)
 
 PROVENANCE_PREFIX = "surgeon."
+MAX_CONTEXT = 16  # a culprit needs at most this many upstream nodes; beyond, the error accumulates
 
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
@@ -72,11 +73,33 @@ class BisectResult:
     samples: int = 0
     mode: str = ""
     steps: list[dict] = field(default_factory=list)
+    accumulation: list[dict] = field(default_factory=list)  # diverging points no small node set introduces
+    max_context: int | None = None
+
+    @property
+    def diagnosis(self) -> dict:
+        """One sentence on what kind of failure this is: culprits, accumulation, or both."""
+        if not self.failed:
+            return {"kind": "pass", "message": "the full model passes"}
+        if self.accumulation:
+            sizes = sorted(len(a["subgraph"]) for a in self.accumulation)
+            span = str(sizes[0]) if sizes[0] == sizes[-1] else f"{sizes[0]}–{sizes[-1]}"
+            where = "" if len(sizes) == 1 else f" at {len(sizes)} places"
+            acc = f"the error accumulates over {span} nodes{where}"
+            if not self.culprits:
+                return {"kind": "accumulation", "message": f"{acc}; no single culprit"}
+            names = ", ".join(c["node"] for c in self.culprits)
+            return {"kind": "mixed", "message": f"culprit(s) {names}; elsewhere {acc} with no single culprit"}
+        if not self.culprits:
+            return {"kind": "unlocalized", "message": "the failure could not be pinned to a node"}
+        return {"kind": "culprit", "message": "culprit(s): " + ", ".join(c["node"] for c in self.culprits)}
 
     def to_dict(self) -> dict:
         return {
             "failed": self.failed,
+            "diagnosis": self.diagnosis,
             "culprits": self.culprits,
+            "accumulation": self.accumulation,
             "confirm": self.confirm.to_dict(),
             "oracle": self.oracle,
             "mode": self.mode,
@@ -116,8 +139,14 @@ def bisect_model(
     timeout: float | None = None,
     outdir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    max_context: int = MAX_CONTEXT,
 ) -> BisectResult:
-    """Confirm, localize, isolate and reduce; see the strategy module for the phases."""
+    """Confirm, localize, isolate and reduce; see the strategy module for the phases.
+
+    ``max_context``: with an oracle that compares values, a first diverging node that needs
+    more upstream nodes than this to fail is reported as accumulated error, with the error
+    growth along its path, not as a culprit.
+    """
     t0 = time.perf_counter()
     if not samples:
         raise InputDataError("bisect needs at least one input sample")
@@ -134,41 +163,98 @@ def bisect_model(
     fp = artifacts.fingerprint(model, oracle.describe(), samples, extra=f"{atol!r}|{rtol!r}|{nan_equal}|{block_size}|{b_hash}")
     verdicts: dict = artifacts.load_state(outdir, fp) if outdir is not None else {}
     resumed = len(verdicts)
-    search = _new_search(view, oracle.can_mark, oracle.mark_all, verdicts)
+    context = max_context if oracle.can_mark else None
+    search = _new_search(view, oracle.can_mark, oracle.mark_all, verdicts, context)
     steps: list[dict] = []
     calls = 0  # candidates judged in this run (progress display)
-    while (cand := search.next_candidate()) is not None:
+
+    def judge(cand: Candidate, compute: Callable[[], Verdict] | None = None) -> Verdict:
+        """The cached verdict, or a new one (saved at once, so an interrupted run resumes);
+        ``compute`` replaces the oracle's judgement for candidates that are not subgraphs."""
+        nonlocal calls
         key = (cand.kind, cand.nodes)
         if key in verdicts:  # judged by an earlier, interrupted run
             v = verdicts[key]
         else:
             calls += 1
             say(f"[{calls} oracle calls] {cand.purpose} ({len(cand.nodes)} nodes)")
-            v = oracle.judge(cand)
+            v = compute() if compute is not None else oracle.judge(cand)
             verdicts[key] = v
             if outdir is not None:
                 artifacts.save_state(outdir, fp, verdicts)
         steps.append({"purpose": cand.purpose, "kind": cand.kind, "nodes": len(cand.nodes), "failed": v.failed,
                       "detail": v.detail})
+        return v
+
+    while (cand := search.next_candidate()) is not None:
+        v = judge(cand)
         if cand.kind == "mark" and v.crashed and search.failed is None:
             # a crash is not localized by marking: restart with truncated models
-            search = _new_search(view, False, False, verdicts)
+            search = _new_search(view, False, False, verdicts, None)
             search.judged[("subgraph", frozenset(range(view.dag.n)))] = True
             continue
         search.record(v.for_strategy(cand.kind))
     confirm = _confirm_verdict(view, verdicts)
+    profiles: dict[int, list[dict]] = {}
+    if search.failed and search.max_context is not None and any(not c.introduced for c in search.culprits):
+        profiles = _growth_phase(view, search, oracle, confirm, verdicts, judge, say)
     # oracle.calls counts backend runs / commands (a wide cut on a fusing backend takes several blocks)
     result = BisectResult(bool(search.failed), confirm, oracle.describe(), calls=oracle.calls, resumed=resumed, nodes=len(view.nodes),
-                          samples=len(samples), mode=("mark all" if search.mark_all else "marked cuts") if search.can_mark else "prefixes")
+                          samples=len(samples), mode=("mark all" if search.mark_all else "marked cuts") if search.can_mark else "prefixes",
+                          max_context=search.max_context)
     result.steps = steps
     if search.failed:
-        _fill_result(result, view, search, verdicts, ref_values, types, against)
+        _fill_result(result, view, search, verdicts, ref_values, types, against, profiles)
     result.wall_s = time.perf_counter() - t0
     return result
 
 
-def _new_search(view: extract.GraphView, can_mark: bool, mark_all: bool, verdicts: Mapping) -> Search:
-    search = Search(view.dag, can_mark=can_mark, mark_all=mark_all)
+def _growth_phase(view: extract.GraphView, search: Search, oracle: Any, confirm: Verdict, verdicts: dict,
+                  judge: Callable[[Candidate], Verdict], say: Callable[[str], None]) -> dict[int, list[dict]]:
+    """For each first diverging node that does not fail alone (error accumulated over a long
+    stretch, or a culprit that needs a few neighbours): the error of every tensor on a path
+    from the input through it to a failing output (one marked run per block, cached like a
+    verdict), then each big jump further down that path run alone on reference inputs. The
+    search sets a suspect's descendants aside, so a node that introduces error of its own
+    behind it is invisible to it; one that fails alone joins the culprits, and the reduced
+    model becomes the true culprits' subgraphs (verified) instead of the accumulating stretch."""
+    failing_outputs = {d["tensor"] for d in confirm.diffs}
+    sinks = {view.owner(t) for t in failing_outputs} - {None} or set(view.dag.sinks)
+    profiles: dict[int, list[dict]] = {}
+    found: list[int] = []
+    for c in [c for c in search.culprits if not c.introduced]:
+        nodes = growth.path(view, c.node, sinks)
+
+        def measure(nodes=nodes, point=c.node) -> Verdict:
+            tensors = growth.path_tensors(view, nodes, failing_outputs)
+            rows = growth.rows(view, nodes, tensors, oracle.tensor_errors(tensors), point)
+            first = growth.first_exceeding(rows)
+            return Verdict(first is not None, f"{len(rows)} tensors on the path" +
+                           (f"; first beyond tolerance: {rows[first]['tensor']}" if first is not None else ""), diffs=rows)
+
+        v = judge(Candidate("profile", frozenset(nodes), f"error growth along the path through node {c.node}"), measure)
+        profiles[c.node] = v.diffs
+        for i in growth.jump_candidates(v.diffs, nodes.index(c.node)):
+            k = nodes[i]
+            if k in found or any(x.node == k for x in search.culprits):
+                continue
+            alone = judge(Candidate("subgraph", frozenset({k}), f"node {k} alone: the error jumps there"))
+            if alone.failed:
+                found.append(k)
+    if found:
+        search.culprits.extend(CulpritResult(k, True, frozenset({k}), found_by="growth") for k in found)
+    true = [c for c in search.culprits if not c.accumulates]
+    if true:
+        reduced = frozenset().union(*(c.subgraph for c in true))
+        if reduced != search.reduced:
+            verdict = judge(Candidate("subgraph", reduced, "verify the reduced model (the culprits only)"))
+            if verdict.failed:
+                search.reduced, search.reduced_verified = reduced, True
+    return profiles
+
+
+def _new_search(view: extract.GraphView, can_mark: bool, mark_all: bool, verdicts: Mapping, max_context: int | None) -> Search:
+    search = Search(view.dag, can_mark=can_mark, mark_all=mark_all, max_context=max_context)
     for (kind, nodes), v in verdicts.items():
         search.judged[(kind, nodes)] = v.for_strategy(kind)
     return search
@@ -207,7 +293,8 @@ def _first_divergence(view: extract.GraphView, k: int, verdicts: Mapping) -> dic
 
 
 def _fill_result(result: BisectResult, view: extract.GraphView, search: Search, verdicts: Mapping,
-                 ref_values: list[dict], types: dict, against: onnx.ModelProto | None) -> None:
+                 ref_values: list[dict], types: dict, against: onnx.ModelProto | None,
+                 profiles: Mapping[int, list[dict]]) -> None:
     for c in search.culprits:
         node = view.node(c.node)
         idx = view.searchable[c.node]
@@ -219,13 +306,20 @@ def _fill_result(result: BisectResult, view: extract.GraphView, search: Search, 
             error = source.diffs[0]
         elif source is not None:
             error = {"reason": source.detail}
-        if c.introduced:
+        if c.introduced and c.found_by == "growth":
+            verdict = ("introduces the error: fails alone on the reference values of its inputs (a jump on the "
+                       "error-growth path, past the point where accumulated error first exceeds the tolerance)")
+        elif c.introduced:
             verdict = "introduces the error: fails alone on the reference values of its inputs"
+        elif c.accumulates:
+            verdict = (f"not a culprit: the error exceeds the tolerance here first, but it passes alone on the reference "
+                       f"values of its inputs and fails only together with {c.upstream} upstream nodes "
+                       f"(more than {search.max_context})")
         elif c.reduced:
             verdict = f"does not fail alone; fails together with {len(c.subgraph) - 1} upstream node(s)"
         else:
             verdict = "first diverging node, but no subgraph smaller than the model reproduces the failure"
-        result.culprits.append({
+        entry = {
             "node": node_label(node, idx),
             "op_type": node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}",
             "introduced": c.introduced,
@@ -236,7 +330,16 @@ def _fill_result(result: BisectResult, view: extract.GraphView, search: Search, 
             "inputs": list(node.input),
             "outputs": list(node.output),
             "subgraph": [node_label(view.node(k), view.searchable[k]) for k in sorted(c.subgraph)],
-        })
+        }
+        if not c.introduced:
+            entry["upstream_nodes"] = c.upstream
+        if c.node in profiles:
+            rows = profiles[c.node]
+            first = growth.first_exceeding(rows)
+            entry["growth"] = rows
+            entry["first_beyond_tolerance"] = ({"index": first, "node": rows[first]["node"], "tensor": rows[first]["tensor"]}
+                                               if first is not None else None)
+        (result.accumulation if c.accumulates else result.culprits).append(entry)
     reduced = search.reduced
     model, inputs, outputs = view.subgraph_model(reduced, types)
     result.reduced_model = model
@@ -253,20 +356,52 @@ def _fill_result(result: BisectResult, view: extract.GraphView, search: Search, 
 
 
 def repro_text(result: BisectResult, command: str, *, model_path: str) -> str:
-    """REPRO.md: culprits first, then the one command to run from OUTDIR."""
+    """REPRO.md: culprits first (or, for accumulated error, that there is none and how the
+    error grows), then the one command to run from OUTDIR."""
     lines = ["# Reproducing the failure", ""]
+    diagnosis = result.diagnosis
+    if diagnosis["kind"] in ("accumulation", "mixed"):
+        lines += [f"**{diagnosis['message'][0].upper()}{diagnosis['message'][1:]}.**", ""]
     for c in result.culprits:
         err = c.get("error") or {}
         what = err.get("reason") or "fails"
         prov = c.get("provenance") or {}
         src = f" (made by pass `{prov.get('pass')}`, rule `{prov.get('rule')}`)" if prov.get("pass") else ""
         lines.append(f"- **{c['node']}** ({c['op_type']}){src}: {c['verdict']}; {what}")
+    for c in result.culprits:
+        if c.get("growth"):
+            lines += ["", f"## Error growth through {c['node']} ({c['op_type']})", "",
+                      f"{c['node']} fails together with {c['upstream_nodes']} upstream node(s). The error of each tensor on "
+                      "a path from the input through it to a failing output, against the reference (worst over all "
+                      "samples; `x tol`: the worst error in multiples of the tolerance):", "", growth.markdown(c["growth"])]
+    for a in result.accumulation:
+        first = a.get("first_beyond_tolerance")
+        lines += [
+            "",
+            f"## Error growth through {a['node']} ({a['op_type']})",
+            "",
+            f"{a['node']} is where the error first exceeds the tolerance, but it is not a culprit: it passes alone on the "
+            f"reference values of its inputs and fails only together with {a['upstream_nodes']} upstream nodes; every "
+            "node on the way adds a little. The error of each tensor on a path from the input through it to a "
+            "failing output, against the reference (worst over all samples; `x tol`: the worst error in multiples "
+            "of the tolerance)"
+            + (f"; first beyond tolerance at row {first['index']}, `{first['tensor']}`" if first else "") + ":",
+            "",
+            growth.markdown(a.get("growth") or []) if a.get("growth") else "(no profile: the oracle cannot compare tensors)",
+        ]
+    if result.culprits:
+        reduced_what = "the culprits' subgraph"
+    elif result.accumulation:
+        reduced_what = "the accumulating stretch: no smaller subgraph fails"
+    else:
+        reduced_what = "the reduced model"
     lines += [
         "",
         f"Found by `surgeon bisect` on `{model_path}` ({result.nodes} nodes, {result.samples} input sample(s)) "
         f"with {result.calls} oracle calls: {result.oracle}.",
-        f"`reduced.onnx` has {len(result.reduced_nodes)} node(s); its inputs are intermediate tensors of the original "
-        "model, and `inputs.npz` holds their reference values for every sample (`expected.npz`: the reference outputs).",
+        f"`reduced.onnx` ({reduced_what}) has {len(result.reduced_nodes)} node(s); its inputs are intermediate tensors "
+        "of the original model, and `inputs.npz` holds their reference values for every sample (`expected.npz`: the "
+        "reference outputs).",
         "",
         "Run from this folder (exit status 1 = the failure reproduces):",
         "",

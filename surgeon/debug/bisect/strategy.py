@@ -29,6 +29,13 @@ Phases:
    upstream cone, never over unrelated branches) until the subgraph fails.
 4. *verify*: the union of the culprits' subgraphs is the reduced model; judged once
    more when it is not one of the subgraphs already judged.
+
+Accumulated error: with ``max_context`` set (numeric oracles), a suspect that does not
+fail alone and fails only with more than ``max_context`` upstream nodes is marked
+``accumulates``: no small set of nodes introduces the error (a long chain of FP16
+roundings, each within tolerance), so it is a place where the error first exceeds the
+tolerance, not a culprit. The search itself is unchanged (same questions, same calls);
+the driver reports such suspects differently.
 """
 
 from __future__ import annotations
@@ -73,6 +80,34 @@ class Dag:
                 stack.extend(self.preds[j])
         return seen
 
+    def chain_to(self, i: int) -> list[int]:
+        """A longest path from a source to ``i`` (following the deepest predecessor): the
+        chain along which error can accumulate the most before reaching ``i``."""
+        depth: list[int] = []
+        for p in self.preds:
+            depth.append(1 + max((depth[j] for j in p), default=0))
+        path = [i]
+        while self.preds[path[-1]]:
+            path.append(max(self.preds[path[-1]], key=lambda j: (depth[j], j)))
+        return path[::-1]
+
+    def path_between(self, i: int, targets: set[int] | frozenset[int]) -> list[int]:
+        """A shortest path from ``i`` to any of ``targets`` (``[i]`` if none is reachable)."""
+        succs = self.succs()
+        prev: dict[int, int] = {i: -1}
+        queue = [i]
+        for j in queue:
+            if j in targets:
+                path = [j]
+                while prev[path[-1]] != -1:
+                    path.append(prev[path[-1]])
+                return path[::-1]
+            for k in sorted(succs[j]):
+                if k not in prev:
+                    prev[k] = j
+                    queue.append(k)
+        return [i]
+
     def descendants(self, roots: Sequence[int] | set[int]) -> set[int]:
         """``roots`` and everything downstream of them."""
         succs = self.succs()
@@ -100,6 +135,9 @@ class CulpritResult:
     introduced: bool  # fails alone on reference inputs
     subgraph: frozenset[int]  # the smallest failing subgraph found around it
     reduced: bool = True  # False when no failing subgraph smaller than the model was found
+    upstream: int = 0  # upstream nodes it needs to fail (all its ancestors when not reduced)
+    accumulates: bool = False  # needs more than ``max_context`` of them: not a culprit
+    found_by: str = "search"  # or "growth": a jump on an error-growth path that fails alone
 
 
 @dataclass
@@ -107,12 +145,15 @@ class Search:
     """The whole bisect as a generator-driven state machine.
 
     ``can_mark``: the oracle can compare intermediate tensors (numeric oracles);
-    ``mark_all``: the backend does not fuse, so marking every tensor at once is safe.
+    ``mark_all``: the backend does not fuse, so marking every tensor at once is safe;
+    ``max_context``: the most upstream nodes a culprit may need (None: any number);
+    a suspect that needs more is marked ``accumulates``.
     """
 
     dag: Dag
     can_mark: bool = True
     mark_all: bool = False
+    max_context: int | None = None
     failed: bool | None = None  # None until confirmed
     culprits: list[CulpritResult] = field(default_factory=list)
     reduced: frozenset[int] = frozenset()
@@ -184,6 +225,9 @@ class Search:
             suspects = yield from self._localize_prefixes()
         for s in suspects:
             result = yield from self._isolate(s)
+            if not result.introduced:
+                result.upstream = len(result.subgraph) - 1 if result.reduced else len(dag.ancestors(s))
+                result.accumulates = self.max_context is not None and result.upstream > self.max_context
             self.culprits.append(result)
         if not self.culprits:
             # divergence could not be pinned to a node (e.g. nondeterminism): keep the model whole
