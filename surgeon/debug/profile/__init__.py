@@ -48,18 +48,17 @@ def _samples(src, samples, input_shapes, seed, backend) -> list[dict]:
         return [dict(s) for s in samples]
     runs = None
     if backend in ("onnxrt", "onnxrt-noopt"):
-        from surgeon import backends
-        from surgeon.errors import BackendError
+        from surgeon.debug.profile import onnxrt
 
         holder: list = []
 
         def runs(feeds) -> bool:  # made on first use: only models with unresolved dynamic dims need it
             if not holder:
-                holder.append(backends.create(backend).session(src.model))
+                holder.append(onnxrt.session(src, backend))
             try:
-                holder[0].run(feeds)
+                holder[0].run(None, dict(feeds))
                 return True
-            except BackendError:
+            except Exception:  # onnxruntime's own exception types: these sizes do not run
                 return False
 
     return make_samples(src.model, input_shapes=input_shapes, iterations=1, seed=seed, runs=runs)

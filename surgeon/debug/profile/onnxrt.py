@@ -98,6 +98,11 @@ def _session(source: Source, backend: str, so) -> Any:
         raise BackendError(f"ONNX Runtime ({backend}) cannot load '{source.label}': {_first_line(exc)}") from exc
 
 
+def session(source: Source, backend: str, threads: int = 0) -> Any:
+    """A plain ONNX Runtime session for ``source`` (BackendError when it cannot load)."""
+    return _session(source, backend, _options(backend, threads))
+
+
 class _Timed:
     """One session fed the samples in turn; ``run`` returns wall-clock milliseconds."""
 

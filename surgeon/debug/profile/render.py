@@ -5,11 +5,18 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from rich.markup import escape
+
 from surgeon.debug.profile.result import Comparison, ModelProfile, fmt_ms
-from surgeon.report import table
+from surgeon.report import table as _table
 
 _RIGHT = {c: "right" for c in ("median ms", "p90 ms", "share", "calls", "kernels", "A ms", "B ms", "Δ ms", "A", "B",
                                "runs", "B/A", "A kernels", "B kernels")}
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]], **kw):
+    """Layer and node names hold brackets ("{ForeignNode[a...b]}"): never read them as markup."""
+    return _table(escape(title), columns, [[escape(v) if isinstance(v, str) else v for v in r] for r in rows], **kw)
 
 
 def _pct(value: float | None) -> str:
@@ -67,9 +74,11 @@ def render_profile(p: ModelProfile, out: Any, top: int = 15) -> None:
             rows = [[g.key, g.kernels, fmt_ms(g.median_ms), _pct(g.share)] for g in p.origins[:top]]
             out.print(table("by ONNX origin (kernels that came from the same ONNX nodes)",
                             ["ONNX nodes", "kernels", "median ms", "share"], rows, justify=_RIGHT))
-        inside = sum(g.share or 0 for g in p.op_types)
-        out.print(f"{p.kernel_count} kernels ran for {p.nodes} ONNX nodes; kernels take {_pct(inside)} of the run, "
-                  f"the rest is the runtime between kernels", markup=False)
+        line = f"{p.kernel_count} kernels ran for {p.nodes} ONNX nodes"
+        if p.run_time:  # shares are of the runtime's own run time: the rest is spent between kernels
+            inside = sum(g.share or 0 for g in p.op_types)
+            line += f"; kernels take {_pct(inside)} of the run, the rest is the runtime between kernels"
+        out.print(line, markup=False)
     if p.removed:
         ops = Counter(op for _, op in p.removed)
         out.print(f"{len(p.removed)} ONNX nodes have no kernel of their own (folded or eliminated by the backend): "
