@@ -734,6 +734,8 @@ def _cmd_profile(args) -> int:
     if args.trt_profile and (args.against or args.backend not in ("onnxrt", "trt")):
         raise UsageError("--trt-profile reads one trtexec profile; it does not combine with --against or --backend")
     _check_outputs(args.model, args.report)
+    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
+        raise UsageError(f"--plot needs a folder; '{args.plot}' is a file")
     samples = None
     if args.load_inputs:
         from surgeon import input_files

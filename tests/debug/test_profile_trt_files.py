@@ -260,3 +260,21 @@ def test_cli_reads_trtexec_files_and_rejects_a_wrong_one(tmp_path, files):
     bad = run_cli("profile", str(model), "--trt-profile", str(layers))
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().count("\n") == 0 and "is not a trtexec --exportProfile file" in bad.stderr
+
+
+def test_per_run_layer_times_as_the_iprofiler_reports_them():
+    """The --backend trt adapter's parent side: per-run (layer, ms) lists from IProfiler.report_layer_time
+    plus the engine inspector's JSON give medians, p90 and exact origins (the worker itself needs a GPU)."""
+    from surgeon.debug.profile.trt_files import parse_layer_info, profile_from_layers
+
+    times = [0.10, 0.12, 0.11, 0.30, 0.10]  # per run, for the residual conv layer; one slow run
+    runs = [[(LAYERS[1][0], 0.05), (LAYERS[2][0], t)] for t in times]
+    layers = parse_layer_info(json.loads(_layer_info()), "inspector")
+    p = profile_from_layers("net", _model(), runs, layers, "TensorRT IProfiler via Polygraphy's TrtRunner")
+    conv = {k.name: k for k in p.kernels}[LAYERS[2][0]]
+    assert conv.median_ms == pytest.approx(0.11, rel=REL)
+    assert conv.p90_ms == pytest.approx(float(np.percentile(times, 90)), rel=REL) and conv.p90_ms > 0.2
+    assert conv.share == pytest.approx(sum(times) / (sum(times) + 0.25), rel=1e-9)
+    assert conv.how == "metadata" and conv.origin == ["/conv2/Conv", "/add/Add", "/relu2/Relu"]
+    # nodes no profiled layer covers are listed (here: everything after the second layer)
+    assert ("/pool/GlobalAveragePool", "GlobalAveragePool") in p.removed and ("/conv1/Conv", "Conv") not in p.removed

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from surgeon.debug.profile.result import Comparison, ModelProfile
+from surgeon.errors import UsageError
 
 
 def _pyplot():
@@ -21,6 +22,15 @@ def _pyplot():
 
 def _short(text: str, n: int = 48) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1):]
+
+
+def _folder(folder: str | Path) -> Path:
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot use '{folder}' as the plot folder: {exc.strerror or exc}") from exc
+    return folder
 
 
 def _barh(plt, path: Path, title: str, labels: list[str], series: list[tuple[str, list[float]]]) -> Path:
@@ -38,15 +48,18 @@ def _barh(plt, path: Path, title: str, labels: list[str], series: list[tuple[str
     if len(series) > 1:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as exc:
+        raise UsageError(f"cannot write the plot '{path}': {exc.strerror or exc}") from exc
+    finally:
+        plt.close(fig)
     return path
 
 
 def plot_profile(p: ModelProfile, folder: str | Path, top: int = 15, prefix: str = "") -> list[Path]:
     plt = _pyplot()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _folder(folder)
     kernels = [k for k in p.kernels if k.parent is None][:top]
     ops = p.op_types[:top]
     return [
@@ -59,8 +72,7 @@ def plot_profile(p: ModelProfile, folder: str | Path, top: int = 15, prefix: str
 
 def plot_comparison(c: Comparison, folder: str | Path, top: int = 15) -> list[Path]:
     plt = _pyplot()
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _folder(folder)
     paths = plot_profile(c.a, folder, top, prefix="a_") + plot_profile(c.b, folder, top, prefix="b_")
     diff = c.op_diff[:top]
     paths.append(_barh(plt, folder / "op_types_a_vs_b.png",
