@@ -79,12 +79,19 @@ def one_model(entry: dict, tmp: Path, runs: int, warmup: int) -> dict:
         row["onnxslim_error"] = err_slim
     sources = [onnxrt.Source("original", model_io.load(src), src)]
     if ok_fix:
-        sources.append(onnxrt.Source("surgeon", model_io.load(fixed), fixed))
+        try:
+            src_fix = onnxrt.Source("surgeon", model_io.load(fixed), fixed)
+            onnxrt.session(src_fix, "onnxrt")
+            sources.append(src_fix)
+        except Exception as exc:
+            row["fix_error"] = f"output does not load: {str(exc).splitlines()[0][:200]}"
     if ok_slim:
         try:
-            sources.append(onnxrt.Source("onnxslim", model_io.load(slim), slim))
-        except Exception as exc:  # onnxslim wrote something surgeon cannot load: say so, go on
-            row["onnxslim_error"] = f"output not loadable: {exc}"
+            src_slim = onnxrt.Source("onnxslim", model_io.load(slim), slim)
+            onnxrt.session(src_slim, "onnxrt")
+            sources.append(src_slim)
+        except Exception as exc:  # onnxslim wrote something that does not load: say so, go on
+            row["onnxslim_error"] = f"output does not load: {str(exc).splitlines()[0][:200]}"
     feeds = [feeds_from_manifest(entry)]
     profiles = onnxrt.run(sources, feeds, threads=1, warmup=warmup, iterations=runs, profile=True)
     base = profiles[0]
@@ -102,7 +109,7 @@ def one_model(entry: dict, tmp: Path, runs: int, warmup: int) -> dict:
 def fmt(row: dict, who: str) -> str:
     r = row.get(who)
     if r is None:
-        return f"failed: {row.get(who.replace('surgeon', 'fix') + '_error', '')[:40]}"
+        return f"failed: {row.get(who.replace('surgeon', 'fix') + '_error', '')[:120]}"
     return f"{r['ms']:.3g} ms x{r['ratio']:.3f} [{r['ci_low']:.3f}-{r['ci_high']:.3f}] {r['verdict']}"
 
 

@@ -93,8 +93,9 @@ def profile_model(model: Any, *, backend: str = "onnxrt", samples: Sequence[Mapp
 
 
 def _op_diff(a: ModelProfile, b: ModelProfile) -> list[OpDiff]:
-    ga = {g.key: g for g in a.op_types}
-    gb = {g.key: g for g in b.op_types}
+    """Per op type, top-level kernels and (labelled "inside ...") kernels in control-flow bodies."""
+    ga = {g.key: g for g in (*a.op_types, *a.body_op_types)}
+    gb = {g.key: g for g in (*b.op_types, *b.body_op_types)}
     rows = []
     for key in set(ga) | set(gb):
         x, y = ga.get(key), gb.get(key)

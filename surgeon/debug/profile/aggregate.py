@@ -43,8 +43,10 @@ def _origin_label(nodes: Sequence[str]) -> str:
 
 
 def tables(runs: Sequence[Sequence[Observed]], run_ms: Sequence[float],
-           origin_of: Callable[[str, str, object, int], Origin]) -> tuple[list[KernelTime], list[GroupTime], list[GroupTime]]:
-    """Kernels (slowest first), op types and origin groups over ``runs``.
+           origin_of: Callable[[str, str, object, int], Origin]
+           ) -> tuple[list[KernelTime], list[GroupTime], list[GroupTime], list[GroupTime]]:
+    """Kernels (slowest first), op types, origin groups, and op types inside control-flow
+    bodies (``"FusedGemm (inside If)"``; their time is part of their parent's) over ``runs``.
 
     ``origin_of(name, op_type, key, occurrence)`` maps a kernel back to ONNX nodes;
     ``occurrence`` ranks kernels that share a name by when they first ran.
@@ -81,12 +83,12 @@ def tables(runs: Sequence[Sequence[Observed]], run_ms: Sequence[float],
                                   list(origin.nodes), list(origin.op_types), origin.how, k.parent, dict(k.detail or {})))
     kernels.sort(key=lambda x: -x.median_ms)
 
-    def grouped(key_of: Callable[[tuple], tuple[str, tuple[str, ...]]]) -> list[GroupTime]:
+    def grouped(key_of: Callable[[tuple], tuple[str, tuple[str, ...]]], nested: bool = False) -> list[GroupTime]:
         sums: dict[str, np.ndarray] = {}
         members: dict[str, int] = defaultdict(int)
         nodes_of: dict[str, tuple[str, ...]] = {}
         for ident in info:
-            if ident[2] is not None:
+            if (ident[2] is not None) != nested:
                 continue  # a body's kernels are inside their parent's time already
             key, nodes = key_of(ident)
             sums.setdefault(key, np.zeros(n))
@@ -107,4 +109,6 @@ def tables(runs: Sequence[Sequence[Observed]], run_ms: Sequence[float],
         return (_origin_label(nodes), nodes) if nodes else (f"(not mapped) {display[ident]}", ())
 
     origins = grouped(by_origin)
-    return kernels, op_types, origins
+    op_of = {ident[0]: k.op_type for ident, k in info.items()}
+    bodies = grouped(lambda ident: (f"{info[ident].op_type} (inside {op_of.get(ident[2], ident[2])})", ()), nested=True)
+    return kernels, op_types, origins, bodies

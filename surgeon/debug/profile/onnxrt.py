@@ -196,7 +196,7 @@ def _fill_from_trace(p: ModelProfile, src: Source, trace_file: str, optimized: P
                  for k in run.kernels] for run in runs]
     run_ms = [r.dur_us / 1000.0 for r in runs]
     p.run_time = summarize(run_ms)
-    p.kernels, p.op_types, p.origins = aggregate.tables(
+    p.kernels, p.op_types, p.origins, p.body_op_types = aggregate.tables(
         observed, run_ms, lambda name, op, key, occ: origins.origin(name, op, key, occ))
     p.removed = list(origins.removed)
     shared = sorted({k.name.rsplit("#", 1)[0] for k in p.kernels if k.parent is None and "#" in k.name

@@ -67,7 +67,9 @@ def render_profile(p: ModelProfile, out: Any, top: int = 15) -> None:
         columns = ["#", "kernel", "op", "median ms", "p90 ms", "share", "from ONNX nodes"] + (["calls"] if with_calls else [])
         out.print(table(f"top {min(top, len(p.kernels))} of {len(p.kernels)} kernels", columns, rows, justify=_RIGHT))
         rows = [[g.key, g.kernels, fmt_ms(g.median_ms), fmt_ms(g.p90_ms), _pct(g.share)] for g in p.op_types[:top]]
-        out.print(table("by op type (top-level kernels)", ["op", "kernels", "median ms", "p90 ms", "share"], rows,
+        rows += [[g.key, g.kernels, fmt_ms(g.median_ms), fmt_ms(g.p90_ms), "in parent"] for g in p.body_op_types[:top]]
+        out.print(table("by op type (kernels inside If/Loop/Scan bodies are part of their parent's time)"
+                        if p.body_op_types else "by op type", ["op", "kernels", "median ms", "p90 ms", "share"], rows,
                         justify=_RIGHT))
         fused = [g for g in p.origins if g.kernels > 1 or len(g.origin) > 1]
         if fused:
@@ -109,7 +111,7 @@ def render_comparison(c: Comparison, out: Any, top: int = 15) -> None:
     if c.op_diff:
         rows = [[o.op_type, fmt_ms(o.a_ms), fmt_ms(o.b_ms), f"{o.delta_ms:+.3f}", o.a_kernels, o.b_kernels]
                 for o in c.op_diff[:top]]
-        out.print(table("per op type (median per run, top-level kernels)", ["op", "A ms", "B ms", "Δ ms",
+        out.print(table("per op type (median per run)", ["op", "A ms", "B ms", "Δ ms",
                         "A kernels", "B kernels"], rows, justify=_RIGHT))
     out.print(c.headline(), markup=False)
     out.print(c.noise_line(), markup=False)

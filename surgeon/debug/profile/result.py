@@ -60,6 +60,7 @@ class ModelProfile:
     kernels: list[KernelTime] = field(default_factory=list)
     op_types: list[GroupTime] = field(default_factory=list)
     origins: list[GroupTime] = field(default_factory=list)
+    body_op_types: list[GroupTime] = field(default_factory=list)  # kernels in If/Loop/Scan bodies
     removed: list[tuple[str, str]] = field(default_factory=list)  # ONNX nodes the backend folded away
     memory: dict[str, int] | None = None
     notes: list[str] = field(default_factory=list)
@@ -90,6 +91,7 @@ class ModelProfile:
             "kernels": [k.to_dict() for k in self.kernels],
             "op_types": [g.to_dict() for g in self.op_types],
             "origins": [g.to_dict() for g in self.origins],
+            "body_op_types": [g.to_dict() for g in self.body_op_types],
             "removed_at_load": [{"node": n, "op_type": op} for n, op in self.removed],
             "latency_runs_ms": self.latency_runs_ms, "profiled_runs_ms": self.profiled_runs_ms,
         }

@@ -276,7 +276,7 @@ def profile_from_layers(label: str, model: onnx.ModelProto, runs: list[list[tupl
             o.detail = mapper.detail(o.name)
     run_ms = [sum(o.dur_ms for o in run) for run in observed]
     p = ModelProfile(model=label, backend="trt", source=source, nodes=count_nodes(model))
-    p.kernels, p.op_types, p.origins = aggregate.tables(observed, run_ms, lambda name, op, key, occ: mapper.origin(name))
+    p.kernels, p.op_types, p.origins, p.body_op_types = aggregate.tables(observed, run_ms, lambda name, op, key, occ: mapper.origin(name))
     if layers is None:
         p.notes.append("no layer information given (--trt-layers): layers are matched to ONNX nodes by their names only")
     elif not any(l.metadata_nodes for l in layers):
