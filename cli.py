@@ -156,20 +156,26 @@ def _cmd_fix(args) -> int:
         )
     # Keep the input's layout: a model that came with external data is saved with it.
     surgeon.save(new_model, args.output, external=True if model_io.external_data_paths(args.model) else None)
-    speed = None
+    speed = speed_error = None
     if args.profile:  # surgeon profile's API on the two files; see _cmd_profile
         from surgeon.debug.profile import fix_summary
 
         with Status("timing input and output", console=_stderr_console()) as status:
-            speed = fix_summary(args.model, args.output, samples=samples, input_shapes=shapes, seed=args.seed,
-                                progress=lambda msg: status.update(f"timing: {msg}"))
+            try:
+                speed = fix_summary(args.model, args.output, samples=samples, input_shapes=shapes, seed=args.seed,
+                                    progress=lambda msg: status.update(f"timing: {msg}"))
+            except SurgeonError as exc:  # the fix itself stands; only the timing could not be done
+                speed_error = str(exc)
     if args.report:
         from surgeon.report import write_json
 
-        write_json(args.report, {**report.to_dict(), **({"profile": speed.to_dict()} if speed else {})})
+        extra = {"profile": speed.to_dict()} if speed else ({"profile": {"error": speed_error}} if speed_error else {})
+        write_json(args.report, {**report.to_dict(), **extra})
     render_fix(report, _stdout_console())
     if speed:
         _stdout_console().print(f"{speed.headline()} on ONNX Runtime CPU, 1 thread; {speed.noise_line()}", markup=False)
+    if speed_error:
+        print(f"surgeon: --profile: not timed: {speed_error}", file=sys.stderr)
     return EXIT_FAIL if (args.strict and report.rolled_back) else EXIT_OK
 
 

@@ -108,3 +108,12 @@ def test_trt_backend_profiles_layers_and_maps_them(tmp_path):
     data = json.loads(report.read_text())
     assert data["source"].startswith("TensorRT IProfiler") and data["kernels"]
     assert any(k["how"] == "metadata" and k["origin"] for k in data["kernels"])
+
+
+def test_fix_profile_on_a_model_ort_cannot_run_keeps_the_fix(tmp_path):
+    out, report = tmp_path / "out.onnx", tmp_path / "fix.json"
+    r = run_cli("fix", str(FIXTURES / "custom_op.onnx"), "-o", str(out), "--passes", "cleanup", "--profile",
+                "--report", str(report))
+    assert r.returncode == 0 and out.is_file(), r.stderr
+    assert r.stderr.count("surgeon: --profile: not timed: ONNX Runtime (onnxrt) cannot load") == 1
+    assert "cannot load" in json.loads(report.read_text())["profile"]["error"]
