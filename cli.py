@@ -114,6 +114,8 @@ def _add_fix(sub) -> None:
                    help="verify on these inputs (.npz or Polygraphy JSON) instead of generated ones")
     p.add_argument("--target-opset", type=_opset_arg, metavar="N",
                    help="first raise the default-domain opset to N (pass upgrade-opset; never downgrades)")
+    p.add_argument("--profile", action="store_true",
+                   help="then time the input and the output on ONNX Runtime CPU (1 thread, 50 interleaved runs) and print the change")
     _add_common_model_args(p)
     p.set_defaults(func=_cmd_fix)
 
@@ -172,11 +174,26 @@ def _cmd_fix(args) -> int:
         )
     # Keep the input's layout: a model that came with external data is saved with it.
     surgeon.save(fixed, args.output, external=True if model.source_external else None)
+    speed = speed_error = None
+    if args.profile:  # surgeon profile's API on the two files; see _cmd_profile
+        from surgeon.debug.profile import fix_summary
+
+        with Status("timing input and output", console=_stderr_console()) as status:
+            try:
+                speed = fix_summary(args.model, args.output, samples=samples, input_shapes=shapes, seed=args.seed,
+                                    progress=lambda msg: status.update(f"timing: {msg}"))
+            except SurgeonError as exc:  # the fix itself stands; only the timing could not be done
+                speed_error = str(exc)
     if args.report:
         from surgeon.report import write_json
 
-        write_json(args.report, report.to_dict())
+        extra = {"profile": speed.to_dict()} if speed else ({"profile": {"error": speed_error}} if speed_error else {})
+        write_json(args.report, {**report.to_dict(), **extra})
     render_fix(report, _stdout_console())
+    if speed:
+        _stdout_console().print(f"{speed.headline()} on ONNX Runtime CPU, 1 thread; {speed.noise_line()}", markup=False)
+    if speed_error:
+        print(f"surgeon: --profile: not timed: {speed_error}", file=sys.stderr)
     return EXIT_FAIL if (args.strict and report.rolled_back) else EXIT_OK
 
 
@@ -766,6 +783,92 @@ def _render_isolate(report: dict, outdir: str) -> None:
     con.print(f"report: {Path(outdir) / 'report.json'}", markup=False)
 
 
+# --- profile ---------------------------------------------------------------------------
+
+def _add_profile(sub) -> None:
+    p = sub.add_parser("profile", help="where the time goes: per-kernel times, by op type and ONNX origin; "
+                                       "or two models (--against) side by side")
+    p.add_argument("model", help="the .onnx model (never modified)")
+    p.add_argument("--backend", choices=("onnxrt", "onnxrt-noopt", "trt", "trt-rtx"), default="onnxrt",
+                   help="ONNX Runtime CPU with or without graph optimizations, or a TensorRT engine (default onnxrt)")
+    p.add_argument("--against", metavar="B.onnx", help="a second model (e.g. the output of 'surgeon fix'), run on the "
+                                                        "same inputs, runs interleaved")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--input-shapes", nargs="+", metavar="NAME:1x3x224x224", default=[],
+                      help="shapes for inputs; dynamic dims not named get generated sizes")
+    data.add_argument("--load-inputs", metavar="FILE", help="inputs from .npz or Polygraphy JSON (first sample used "
+                                                            "first; several samples are used in turn)")
+    p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
+    p.add_argument("--warmup", type=int, default=5, metavar="N", help="runs not counted, before measuring (default 5)")
+    p.add_argument("--iterations", type=int, default=30, metavar="N", help="measured runs (default 30)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="ONNX Runtime intra-op threads (default: ONNX Runtime's own choice); 1 is steadiest")
+    p.add_argument("--top", type=int, default=15, metavar="K", help="rows in the kernel and op-type tables (default 15)")
+    p.add_argument("--plot", metavar="DIR", help="write bar charts (top-K kernels, op types) as PNG into DIR")
+    p.add_argument("--report", metavar="R.json", help="write the full profile as JSON")
+    p.add_argument("--trt-profile", metavar="P.json", help="read per-layer times from 'trtexec --exportProfile' "
+                                                           "instead of running anything")
+    p.add_argument("--trt-layers", metavar="L.json", help="with --trt-profile: 'trtexec --exportLayerInfo' "
+                                                          "(--profilingVerbosity=detailed) to map layers to ONNX nodes")
+    p.set_defaults(func=_cmd_profile)
+
+
+def _cmd_profile(args) -> int:
+    from surgeon import input_data
+    from surgeon.debug import profile
+    from surgeon.debug.profile.render import render_comparison, render_profile
+    from surgeon.errors import UsageError
+
+    for flag, value, low in (("--iterations", args.iterations, 1), ("--warmup", args.warmup, 0),
+                             ("--threads", args.threads, 0), ("--top", args.top, 1)):
+        if value < low:
+            raise UsageError(f"{flag} must be at least {low}")
+    if args.trt_layers and not args.trt_profile:
+        raise UsageError("--trt-layers goes with --trt-profile")
+    if args.trt_profile and (args.against or args.backend not in ("onnxrt", "trt")):
+        raise UsageError("--trt-profile reads one trtexec profile; it does not combine with --against or --backend")
+    _check_outputs(args.model, args.report)
+    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
+        raise UsageError(f"--plot needs a folder; '{args.plot}' is a file")
+    samples = None
+    if args.load_inputs:
+        from surgeon import input_files
+
+        samples = input_files.load_inputs(args.load_inputs)
+    shapes = input_data.parse_shape_args(args.input_shapes)
+    out = _stdout_console()
+    from rich.status import Status
+
+    with Status("profiling", console=_stderr_console()) as status:
+        progress = lambda msg: status.update(f"profiling: {msg}")  # noqa: E731
+        if args.trt_profile:
+            result = profile.read_trt_profile(args.model, args.trt_profile, args.trt_layers)
+        elif args.against:
+            result = profile.compare_models(args.model, args.against, backend=args.backend, samples=samples,
+                                            input_shapes=shapes, seed=args.seed, warmup=args.warmup,
+                                            iterations=args.iterations, threads=args.threads, progress=progress)
+        else:
+            result = profile.profile_model(args.model, backend=args.backend, samples=samples, input_shapes=shapes,
+                                           seed=args.seed, warmup=args.warmup, iterations=args.iterations,
+                                           threads=args.threads, progress=progress)
+    plots = []
+    if args.plot:
+        from surgeon.debug.profile.plot import plot_comparison, plot_profile
+
+        plots = plot_comparison(result, args.plot, args.top) if args.against else plot_profile(result, args.plot, args.top)
+    if args.report:
+        from surgeon.report import write_json
+
+        write_json(args.report, {**result.to_dict(), "plots": [str(p) for p in plots]})
+    if args.against:
+        render_comparison(result, out, top=args.top)
+    else:
+        render_profile(result, out, top=args.top)
+    for path in plots:
+        out.print(f"plot: {path}", markup=False)
+    return EXIT_OK
+
+
 # --- shared plumbing -----------------------------------------------------------------------
 
 def _stdout_console():
@@ -795,7 +898,8 @@ def _quiet_libraries(verbose: int) -> None:
         pass
 
 
-_COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_isolate, _add_bisect, _add_scan]
+_COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_isolate, _add_bisect, _add_scan,
+             _add_profile]
 
 
 def build_parser() -> argparse.ArgumentParser:
