@@ -57,10 +57,10 @@ class _Run:
     def __init__(self, root: gs.Graph, ctx: PassContext, log: PassLog):
         self.root, self.ctx, self.log = root, ctx, log
         self.keys = V.Keys(V.ContentIndex())
-        self.tree = ScopeTree(root)
-        self.defined: dict[str, int] = {}
+        self.refresh()
 
     def refresh(self) -> None:
+        """Recompute the scope facts (after a sweep changed the graph)."""
         self.tree = ScopeTree(self.root)
         counts: dict[str, int] = {}
         for g in self.tree.graphs:
@@ -190,7 +190,6 @@ class _Run:
 def merge_duplicates(root: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
     """Merge duplicate constants and nodes in ``root`` and every body under it (edits the graph)."""
     run = _Run(root, ctx, log)
-    run.refresh()
     changed = run.merge_constants()
     for _ in range(MAX_SWEEPS):
         run.refresh()
