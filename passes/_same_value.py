@@ -64,10 +64,11 @@ def subgraphs(node: gs.Node) -> list[gs.Graph]:
     return out
 
 
-def _type_code(holder: gs.Constant, values) -> str:
+def _type_code(holder, values) -> str:
+    """The ONNX element type a constant is written with (the same code for protobuf and array)."""
     if isinstance(values, LazyValues):
         return f"onnx:{values.tensor.data_type}"
-    export = getattr(holder, "_export_dtype", None)
+    export = getattr(holder, "_export_dtype", None) if isinstance(holder, gs.Constant) else None
     if isinstance(export, int):
         return f"onnx:{export}"
     dtype = np.dtype(export) if export is not None else values.dtype
@@ -171,8 +172,7 @@ class ContentIndex:
             entry = _Entry(holder, self._new_class())
             self._entries[id(holder)] = entry
             return entry.cls
-        quick = (_type_code(holder, values) if isinstance(holder, gs.Constant) else f"np:{values.dtype.name}",
-                 tuple(int(d) for d in values.shape))
+        quick = (_type_code(holder, values), tuple(int(d) for d in values.shape))
         entry = _Entry(holder, 0)
         self._entries[id(holder)] = entry
         bucket = self._buckets.setdefault(quick, [])

@@ -228,7 +228,10 @@ def _has_work(model: onnx.ModelProto) -> bool:
         for n in g.node:
             if n.op_type == "Constant":
                 for a in n.attribute:
-                    key = (a.t.data_type, tuple(a.t.dims)) if a.HasField("t") else (a.name, len(a.ints), len(a.floats))
+                    key = {"value": (a.t.data_type, tuple(a.t.dims)),
+                           "value_int": (onnx.TensorProto.INT64, ()), "value_ints": (onnx.TensorProto.INT64, (len(a.ints),)),
+                           "value_float": (onnx.TensorProto.FLOAT, ()),
+                           "value_floats": (onnx.TensorProto.FLOAT, (len(a.floats),))}.get(a.name, (a.name,))
                     if seen_shape(key):
                         return True
             key = (n.domain, n.op_type, tuple(n.input))

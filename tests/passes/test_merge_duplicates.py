@@ -250,12 +250,28 @@ def test_identical_initializers_and_constant_nodes_merge():
     assert_equivalent(m, out, [{"x": (3, 2)}], **TOL)
 
 
+def test_constant_value_ints_matches_an_int64_initializer():
+    m = model_from_text(HEAD + """
+    g (float[N, 4] x) => (float[1, N, 4] y) <int64[1] ax = {0}> {
+      k = Constant <value_ints = [0]> ()
+      u1 = Unsqueeze(x, k)
+      u2 = Unsqueeze(x, ax)
+      y = Add(u1, u2)
+    }""")
+    out, log = merged(m)
+    assert op_types(out) == ["Constant", "Unsqueeze", "Add"]
+    assert_equivalent(m, out, [{"x": (2, 4)}], **TOL)
+
+
 def test_negative_zero_and_other_dtypes_are_different_constants():
     m = model_from_text(HEAD + """
-    g (float[2] x) => (float[2] y) <float[2] p = {0.0, 1.0}, float[2] q = {-0.0, 1.0}> {
+    g (float[2] x) => (float[2] y, int32[2] z) <float[2] p = {0.0, 1.0}, float[2] q = {-0.0, 1.0},
+                                                 int32[2] i = {0, 1}, int64[2] j = {0, 1}> {
       a = Div(p, x)
       b = Div(q, x)
       y = Add(a, b)
+      c = Cast <to = 6> (j)
+      z = Add(i, c)
     }""")
     out, _ = merged(m)
     assert out is None
