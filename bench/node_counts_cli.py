@@ -91,7 +91,8 @@ def main() -> None:
             row = {"model": src.name, "in": _count(src)}
             _surgeon(src, tmp / "s.onnx", feeds, None, tmp / "r.json")
             row["surgeon"] = _count(tmp / "s.onnx")
-            rolled = json.loads((tmp / "r.json").read_text()).get("rolled_back", []) if (tmp / "r.json").is_file() else ["?"]
+            report = tmp / "r.json"
+            rolled = json.loads(report.read_text()).get("rolled_back", []) if report.is_file() else ["?"]
             if reduced:
                 _surgeon(src, tmp / "w.onnx", feeds, reduced, tmp / "rw.json")
                 row["without"] = _count(tmp / "w.onnx")

@@ -22,10 +22,11 @@ Inlining is rename-safe: the branch's outputs become the If's outputs (the node 
 computed a branch output writes the If's output name instead), a branch name that is
 taken elsewhere in the model gets a fresh one, and outer-scope reads stay as they are
 (they are visible in the enclosing graph). Where an If output must keep its name but the
-branch returns an outer value or a constant, an Identity writes it (stamped with this
-pass's provenance); ``cleanup`` removes those it can. Nodes that only computed the
-condition are removed. Bodies are folded first, so an outer If whose branches became equal
-is folded in the same run.
+branch returns a constant (or one value for two outputs), an Identity writes it (stamped
+with this pass's provenance); ``cleanup`` removes those it can. Nodes that only computed
+the condition are removed. A constant-condition If is inlined before its bodies are looked
+at (the dropped branch is never visited); any other If has its bodies folded first, so an
+If whose branches became equal is folded in the same run.
 """
 
 from __future__ import annotations
@@ -186,7 +187,8 @@ class _Run:
         earlier one can take the later one's work only if everything that work reads is
         computed before the earlier If (which also rules out reading its outputs).
         """
-        if not all(isinstance(n.attrs.get(a), gs.Graph) for n in (node, *earlier) for a in ("then_branch", "else_branch")):
+        branches = ("then_branch", "else_branch")
+        if not all(isinstance(n.attrs.get(a), gs.Graph) for n in (node, *earlier) for a in branches):
             return False
         cond_key = self.keys.value(node.inputs[0])
         pos = {id(n): i for i, n in enumerate(graph.nodes)}
@@ -201,12 +203,12 @@ class _Run:
                 continue
             if not self.ctx.permit("same-condition", node):
                 return False
-            mine = {id(g) for g in subtree(node.attrs["then_branch"])} | {id(g) for g in subtree(node.attrs["else_branch"])}
+            mine = {id(g) for a in branches for g in subtree(node.attrs[a])}
             taken_tensors, taken_nodes = names_in(g for g in self.tree.graphs if id(g) not in mine)
             outputs = list(node.outputs)
             node.inputs.clear()
             node.outputs.clear()
-            for attr in ("then_branch", "else_branch"):
+            for attr in branches:
                 mine_b, into = node.attrs[attr], first.attrs[attr]
                 self._claim_names(mine_b, taken_tensors, taken_nodes)
                 into.nodes.extend(mine_b.nodes)

@@ -36,7 +36,7 @@ import onnx_graphsurgeon as gs
 
 from passes import _proto_scan as scan
 from passes import _same_value as V
-from passes._scopes import ScopeTree, in_order, replace_uses, subtree
+from passes._scopes import ScopeTree, in_order, replace_uses
 from surgeon import graph as G
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
@@ -229,7 +229,8 @@ def _has_work(model: onnx.ModelProto) -> bool:
             if n.op_type == "Constant":
                 for a in n.attribute:
                     key = {"value": (a.t.data_type, tuple(a.t.dims)),
-                           "value_int": (onnx.TensorProto.INT64, ()), "value_ints": (onnx.TensorProto.INT64, (len(a.ints),)),
+                           "value_int": (onnx.TensorProto.INT64, ()),
+                           "value_ints": (onnx.TensorProto.INT64, (len(a.ints),)),
                            "value_float": (onnx.TensorProto.FLOAT, ()),
                            "value_floats": (onnx.TensorProto.FLOAT, (len(a.floats),))}.get(a.name, (a.name,))
                     if seen_shape(key):
