@@ -102,9 +102,10 @@ def _add_fix(sub) -> None:
     p.add_argument("model", help="input .onnx file (never modified)")
     p.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
     p.add_argument("--passes", help="comma-separated pass names (default: the default pipeline; see 'surgeon passes')")
-    p.add_argument("--report", metavar="REPORT.json", help="write the report as JSON")
+    _add_output_args(p)
     p.add_argument("--no-verify", action="store_true", help="skip numeric verification (structural checks still run)")
-    p.add_argument("--strict", action="store_true", help="exit 1 when any pass was rolled back")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when any pass was rolled back or the output could not be verified numerically")
     p.add_argument("--fix-shapes", action="store_true", help="write --input-shapes into the saved model")
     p.add_argument("--rounds", type=int, default=2, help="repeat the pipeline until nothing changes, at most this often")
     p.add_argument("--rules", nargs="+", default=[], metavar="RULES.py", help="user rule files for replace-custom-ops")
@@ -148,10 +149,13 @@ def _cmd_fix(args) -> int:
     import surgeon
     from surgeon import model as model_io
     from surgeon.input_data import parse_shape_args
+    from surgeon.errors import UsageError
     from surgeon.fix_report import render_fix
 
     shapes = parse_shape_args(args.input_shapes)
     passes = surgeon.pipeline.registry.parse_pipeline(args.passes)
+    if args.strict and args.no_verify:
+        raise UsageError("--strict asks for numeric verification, which --no-verify turns off; give one of them")
     if args.target_opset is not None and "upgrade-opset" not in passes:
         passes = ["upgrade-opset", *passes]  # the opset is raised before anything else looks at the model
     model_io.check_output_path(args.model, args.output)
@@ -163,9 +167,9 @@ def _cmd_fix(args) -> int:
         from surgeon import input_files
 
         samples = input_files.load_inputs(args.load_inputs)
-    from rich.status import Status
+    from surgeon.report import Progress
 
-    with Status("running passes", console=_stderr_console()) as status:
+    with Progress("running passes") as status:
         fixed, report = surgeon.fix(
             model, passes, verify=not args.no_verify, input_shapes=shapes, samples=samples, seed=args.seed,
             atol=_tolerances(args.atol), rtol=_tolerances(args.rtol), fix_shapes=args.fix_shapes,
@@ -178,23 +182,23 @@ def _cmd_fix(args) -> int:
     if args.profile:  # surgeon profile's API on the two files; see _cmd_profile
         from surgeon.debug.profile import fix_summary
 
-        with Status("timing input and output", console=_stderr_console()) as status:
+        with Progress("timing input and output") as status:
             try:
                 speed = fix_summary(args.model, args.output, samples=samples, input_shapes=shapes, seed=args.seed,
                                     progress=lambda msg: status.update(f"timing: {msg}"))
             except SurgeonError as exc:  # the fix itself stands; only the timing could not be done
                 speed_error = str(exc)
-    if args.report:
-        from surgeon.report import write_json
-
-        extra = {"profile": speed.to_dict()} if speed else ({"profile": {"error": speed_error}} if speed_error else {})
-        write_json(args.report, {**report.to_dict(), **extra})
-    render_fix(report, _stdout_console())
-    if speed:
-        _stdout_console().print(f"{speed.headline()} on ONNX Runtime CPU, 1 thread; {speed.noise_line()}", markup=False)
+    extra = {"profile": speed.to_dict()} if speed else ({"profile": {"error": speed_error}} if speed_error else {})
+    if _emit(args, {**report.to_dict(), **extra}):
+        render_fix(report, _stdout_console(), _stderr_console())
+        if speed:
+            _stdout_console().print(f"{speed.headline()} on ONNX Runtime CPU, 1 thread; {speed.noise_line()}", markup=False)
+    elif report.verification != "numeric":
+        print(f"surgeon: warning: the output was not verified numerically ({report.verification})", file=sys.stderr)
     if speed_error:
         print(f"surgeon: --profile: not timed: {speed_error}", file=sys.stderr)
-    return EXIT_FAIL if (args.strict and report.rolled_back) else EXIT_OK
+    unproven = report.rolled_back or report.verification != "numeric"
+    return EXIT_FAIL if (args.strict and unproven) else EXIT_OK
 
 
 # --- passes ----------------------------------------------------------------------------
@@ -397,9 +401,9 @@ def _cmd_doctor(args) -> int:
     surgeon.pipeline.registry.parse_pipeline(args.passes)  # unknown pass names fail before any work
     model = surgeon.load(args.model)
     samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
-    from rich.status import Status
+    from surgeon.report import Progress
 
-    with Status("doctor", console=_stderr_console()) as status:
+    with Progress("doctor") as status:
         report = doctor(args.model, args.output, passes=args.passes, ref=args.ref, test=args.test,
                         test_options=test_options, test_original=args.test_original, samples=samples,
                         input_shapes=_data_shapes(args), atol=_tolerances(args.atol), rtol=_tolerances(args.rtol),
@@ -500,9 +504,9 @@ def _cmd_bisect(args) -> int:
         check_feeds(model, samples, f"'{args.model}'")
     atol, rtol = _bisect_tolerances(args, test_backend)
     outdir = artifacts.prepare_outdir(args.outdir)
-    from rich.status import Status
+    from surgeon.report import Progress
 
-    with Status("bisect: starting", console=_stderr_console()) as status:
+    with Progress("bisect: starting") as status:
         result = bisect_model(model, samples, ref=ref, test=test_backend if test_backend is not None else ref,
                               against=against, against_label=args.against or "B", check=args.check, atol=atol,
                               rtol=rtol, nan_equal=args.nan_equal, block_size=args.block_size,
@@ -718,9 +722,9 @@ def _cmd_isolate(args) -> int:
         raise SurgeonError(f"output directory '{out}' exists and is not a directory")
     model = surgeon.load(args.model)
     atol, rtol = _tolerances(args.atol), _tolerances(args.rtol)
-    from rich.status import Status
+    from surgeon.report import Progress
 
-    with Status("preparing", console=_stderr_console()) as status:
+    with Progress("preparing") as status:
         samples = _samples_from_args(args, model)
         if args.target == "passes":
             from surgeon.debug.isolate.passes_target import PassesTarget
@@ -837,9 +841,9 @@ def _cmd_profile(args) -> int:
         samples = input_files.load_inputs(args.load_inputs)
     shapes = input_data.parse_shape_args(args.input_shapes)
     out = _stdout_console()
-    from rich.status import Status
+    from surgeon.report import Progress
 
-    with Status("profiling", console=_stderr_console()) as status:
+    with Progress("profiling") as status:
         progress = lambda msg: status.update(f"profiling: {msg}")  # noqa: E731
         if args.trt_profile:
             result = profile.read_trt_profile(args.model, args.trt_profile, args.trt_layers)
@@ -870,6 +874,24 @@ def _cmd_profile(args) -> int:
 
 
 # --- shared plumbing -----------------------------------------------------------------------
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    """``--report FILE`` and ``--json``: the command's report as JSON, in a file and/or on stdout."""
+    p.add_argument("--report", metavar="REPORT.json", help="write the report as JSON")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout instead of the tables")
+
+
+def _emit(args, data: dict) -> bool:
+    """Write the report where asked; True when the terminal tables should still be printed."""
+    from surgeon.report import to_json, write_json
+
+    if getattr(args, "report", None):
+        write_json(args.report, data)
+    if getattr(args, "json", False):
+        sys.stdout.write(to_json(data))
+        return False
+    return True
+
 
 def _stdout_console():
     from surgeon.report import console
@@ -902,9 +924,45 @@ _COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_
              _add_profile]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("surgeon")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        from surgeon import __version__
+
+        return __version__
+
+
+# Options whose values are NAME:VALUE (or a bare [LO,HI]) and take several: argparse would
+# give them a model path written after them. A value without ':' ends the list.
+_KEYED_LISTS = frozenset({"--input-shapes", "--val-range", "--trt-min-shapes", "--trt-opt-shapes", "--trt-max-shapes"})
+
+
+def _unswallow(argv: list[str], commands: set[str]) -> list[str]:
+    """Move stray positionals out of a keyed list to right after the subcommand name."""
+    out: list[str] = []
+    stray: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        out.append(token)
+        i += 1
+        if token in _KEYED_LISTS:
+            while i < len(argv) and not argv[i].startswith("-"):
+                (out if ":" in argv[i] or argv[i].startswith("[") else stray).append(argv[i])
+                i += 1
+    if not stray:
+        return out
+    at = next((k + 1 for k, t in enumerate(out) if t in commands), len(out))
+    return out[:at] + stray + out[at:]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="surgeon", description="ONNX graph surgery that proves every change, and debugging across backends.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="developer logging (-v info, -vv debug)")
+    parser.add_argument("--version", action="version", version=f"surgeon {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in _COMMANDS:
         add(sub)
@@ -913,7 +971,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    commands = {name for action in parser._subparsers._group_actions for name in getattr(action, "choices", {}) or {}}
+    args = parser.parse_args(_unswallow(list(sys.argv[1:] if argv is None else argv), commands))
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries(args.verbose)

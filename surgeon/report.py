@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -17,8 +20,57 @@ from rich.table import Table
 from surgeon import model as model_io
 
 
+# Below a terminal (a pipe, a log file) rich would assume 80 columns and fold table cells,
+# splitting numbers such as 1.19e-06 over two lines. Lines there are as long as they need.
+PIPE_WIDTH = 4096
+
+
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=PIPE_WIDTH, color_system=None)
+
+
+class Progress:
+    """What a long command is doing: a spinner on a terminal, plain throttled lines on stderr otherwise.
+
+    Why: under a pipe or in CI a spinner shows nothing at all, and a user of a minutes-long
+    bisect cannot tell a slow run from a hung one. Lines are written at most every
+    ``interval`` seconds, the first one only once the work has lasted that long (a quick
+    command, or one that stops at once on bad input, prints no progress at all). Use as a
+    context manager; ``update(message)`` is the callback the API functions take.
+    """
+
+    def __init__(self, first: str, *, interval: float = 2.0, stream=None):
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.first = first
+        self._status = None
+        self._last = -math.inf
+
+    def __enter__(self) -> "Progress":
+        if self.stream.isatty():
+            from rich.status import Status
+
+            self._status = Status(self.first, console=Console(file=self.stream, highlight=False))
+            self._status.__enter__()
+        else:
+            self._last = time.monotonic()
+        return self
+
+    def update(self, message: str) -> None:
+        if self._status is not None:
+            self._status.update(message)
+            return
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            print(f"surgeon: {message}", file=self.stream, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
 
 
 def _clean(value: Any) -> Any:
@@ -42,12 +94,19 @@ def write_json(path: str, data: dict) -> None:
     model_io.write_text_atomic(path, to_json(data))
 
 
+_NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*(s|ms|%|x|MB|KB|GB)?$|^-$|^$")
+
+
 def table(title: str | None, columns: list[str], rows: list[list[Any]], *, justify: dict[str, str] | None = None) -> Table:
+    """A rich table; a column of numbers is never wrapped (text columns fold on a narrow terminal)."""
+    cells = [["" if v is None else str(v) for v in r] for r in rows]
     t = Table(title=title, title_justify="left", header_style="bold")
-    for c in columns:
-        t.add_column(c, justify=(justify or {}).get(c, "left"), overflow="fold")
-    for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+    for i, c in enumerate(columns):
+        numeric = bool(cells) and all(_NUMBER.match(r[i].strip()) for r in cells if i < len(r))
+        t.add_column(c, justify=(justify or {}).get(c, "right" if numeric else "left"),
+                     overflow="fold", no_wrap=numeric, min_width=None)
+    for r in cells:
+        t.add_row(*r)
     return t
 
 

@@ -27,6 +27,18 @@ def _is_test_command(block: str) -> bool:
 
 
 @pytest.fixture(scope="module")
+def readme_cwd(tmp_path_factory):
+    """A scratch folder laid out like the checkout (symlinks), so what the blocks write
+    (``out/``, pip's build files) lands there and never in the checkout."""
+    work = tmp_path_factory.mktemp("readme-cwd")
+    for entry in ROOT.iterdir():
+        if entry.name in (".git", "out", "build") or entry.name.endswith(".egg-info"):
+            continue
+        (work / entry.name).symlink_to(entry)
+    return work
+
+
+@pytest.fixture(scope="module")
 def readme_env(tmp_path_factory):
     env_dir = tmp_path_factory.mktemp("readme-venv")
     venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
@@ -47,8 +59,8 @@ def test_readme_has_setup_and_test_commands():
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if not _is_test_command(b)],
                          ids=lambda b: b.strip().splitlines()[0][:60])
-def test_readme_block_runs(block, readme_env):
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, capture_output=True, text=True,
+def test_readme_block_runs(block, readme_env, readme_cwd):
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=readme_cwd, capture_output=True, text=True,
                           timeout=600, env=readme_env)
     assert proc.returncode == 0, f"README block failed:\n{block}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     if "pip install" in block:  # the installed command is the venv's own copy
