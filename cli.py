@@ -678,6 +678,51 @@ def _render_isolate(report: dict, outdir: str) -> None:
     con.print(f"report: {Path(outdir) / 'report.json'}", markup=False)
 
 
+# --- trt-check ----------------------------------------------------------------------------
+
+def _add_trt_check(sub) -> None:
+    p = sub.add_parser("trt-check", help="will TensorRT take this model? every failing node, why, and what to do")
+    p.add_argument("model", help="the .onnx model (never modified)")
+    p.add_argument("--engine", default="auto", metavar="ENGINE",
+                   help="auto (default: tensorrt, else tensorrt_rtx, else matrix), trt, trt-rtx, or matrix (static)")
+    p.add_argument("--input-shapes", nargs="+", default=[], metavar="NAME:1x3x224x224",
+                   help="build with these fixed shapes (a one-sized profile, as asked)")
+    p.add_argument("--profile", nargs="+", default=[], metavar="NAME:MIN/OPT/MAX",
+                   help="optimization profile per input, e.g. x:1x3x224x224/4x3x224x224/8x3x448x448")
+    p.add_argument("--no-build", action="store_true", help="parse only (no build_serialized_network)")
+    p.add_argument("--target-cc", nargs="+", default=[], metavar="8.6",
+                   help="trt-rtx: build ahead of time for these compute capabilities, one build each")
+    p.add_argument("--matrix-version", metavar="10.15", help="matrix: the TensorRT version of the operator matrix")
+    p.add_argument("--report", metavar="REPORT.json", help="write the report as JSON")
+    p.add_argument("--seed", type=int, default=0, help="seed for the inputs that probe profile sizes (default 0)")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S", help="seconds one parse or build may take (default 600)")
+    p.set_defaults(func=_cmd_trt_check)
+
+
+def _cmd_trt_check(args) -> int:
+    import surgeon
+    from surgeon import input_data
+    from surgeon.debug import trt_check
+    from surgeon.debug.trt_check.profiles import parse_profile_args
+
+    _check_outputs(args.model, args.report)
+    shapes = input_data.parse_shape_args(args.input_shapes)
+    profile = parse_profile_args(args.profile)
+    model = surgeon.load(args.model)
+    from rich.status import Status
+
+    with Status("trt-check", console=_stderr_console()) as status:
+        report = trt_check.check(model, model_path=args.model, engine=args.engine, input_shapes=shapes, profile=profile,
+                                 build=not args.no_build, target_cc=args.target_cc, matrix_version=args.matrix_version,
+                                 seed=args.seed, timeout=args.timeout, progress=lambda msg: status.update(f"trt-check: {msg}"))
+    if args.report:
+        from surgeon.report import write_json
+
+        write_json(args.report, report.to_dict())
+    trt_check.render(report, _stdout_console())
+    return EXIT_OK if report.ready else EXIT_FAIL
+
+
 # --- shared plumbing -----------------------------------------------------------------------
 
 def _stdout_console():
@@ -707,7 +752,8 @@ def _quiet_libraries(verbose: int) -> None:
         pass
 
 
-_COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_isolate, _add_bisect, _add_scan]
+_COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_isolate, _add_bisect, _add_scan,
+             _add_trt_check]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,133 @@
+"""The build step: ``build_serialized_network`` with the profile, per target, and what its errors mean.
+
+Why a separate phase: some failures appear only when the builder runs (an If whose
+branches hold LSTMs: an internal error in graphScope.cpp; NonMaxSuppression: "no
+runners"; FP32 Attention: no kernel), and some only at particular shapes (the profile).
+The builder reports them as log lines, not records, so this module classifies them:
+``profile`` when the message is about input dimensions or the optimization profile,
+``build`` otherwise; the failing node is the one whose (unique, working) name the
+message mentions, if any.
+
+A profile failure on dims that share a name ("?" for both H and W) is retried once with
+the dims renamed apart in a working copy; if that builds, the report says the remedy
+was checked.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import onnx
+
+from surgeon.debug.trt_check import graph_edit, profiles
+from surgeon.debug.trt_check.report import BuildTarget, Failure, Remedy
+
+_PROFILE_MARKERS = ("optimization profile", "IOptimizationProfile", "kMIN", "kMAX", "different constant values",
+                    "cannot be negative", "build-time output dimension", "dynamic or shape inputs")
+_ERROR_CODE = re.compile(r"Error Code (\d+): ([A-Za-z ]+?)(?: \(|$)")
+
+
+def classify(message: str) -> str:
+    return "profile" if any(m in message for m in _PROFILE_MARKERS) else "build"
+
+
+def code_of(message: str) -> str:
+    m = _ERROR_CODE.search(message)
+    if m:
+        return f"{m.group(2).strip().upper().replace(' ', '_')} ({m.group(1)})"
+    return "CRASH" if message.startswith("the ") and "crashed" in message else "BUILD_FAILED"
+
+
+def locate(message: str, index: graph_edit.NodeIndex) -> graph_edit.NodeRef | None:
+    """The node whose working name the builder's message mentions (longest match wins)."""
+    best = None
+    for name, ref in index.refs.items():
+        if len(name) < 2 or name not in message:
+            continue
+        if re.search(rf"(?<![\w/.]){re.escape(name)}(?![\w/])", message) and (best is None or len(name) > len(best.name)):
+            best = ref
+    return best
+
+
+def target_label(target: tuple[int, int] | None) -> str:
+    return f"sm{target[0]}{target[1]}" if target else "default"
+
+
+def _same_named_failure(first: str, same_named: list[dict], skeleton: onnx.ModelProto, prof_for_worker: list[dict],
+                        target: tuple | None, label: str, build: Callable, notes: list[str], ref=None) -> Failure:
+    groups = ", ".join(f"{' and '.join(g['dims'])} are all named '{g['dim_param']}'" for g in same_named)
+    failure = Failure(node="", working_name="", op="", domain="", path="", phase="profile", code="SAME_NAMED_DIMS",
+                      message=f"{groups}; TensorRT takes dims with the same name as equal, so shapes where they differ "
+                              f"are refused: {first}", target=label if target else "")
+    retry = build(profiles.with_distinct_dim_names(skeleton, same_named), prof_for_worker, target)
+    renamed = "; ".join(f"{d} -> {d.replace('[', '_dim').rstrip(']')}" for g in same_named for d in g["dims"])
+    failure.remedy = Remedy(
+        "dims", f"give these dims distinct names ({renamed}); a 'name-dims' pass does not exist yet "
+        "(onnx.tools.update_model_dims.update_inputs_outputs_dims does it), or pin them with --input-shapes",
+        exists=False, verified=bool(retry.get("built")))
+    notes.append(f"with those dims renamed apart the same build {'passes' if retry.get('built') else 'still fails'} "
+                 f"for {label} (checked on a working copy)")
+    return failure
+
+
+def run_builds(skeleton: onnx.ModelProto, index: graph_edit.NodeIndex, prof: profiles.Profile,
+               targets: list[tuple[int, int]], build: Callable[[onnx.ModelProto, list[dict], tuple | None], dict],
+               *, say: Callable[[str], None] = lambda _m: None) -> tuple[list[BuildTarget], list[Failure], list[str]]:
+    """Build once per target; returns per-target results, failures and notes.
+
+    Dims that share a name but get different sizes in the profile can still build when
+    their ranges overlap (TensorRT then assumes them equal, and the engine refuses
+    inputs where they differ). So, after a passing build, one more build at a single
+    shape where they differ shows whether TensorRT refuses it.
+    """
+    results: list[BuildTarget] = []
+    failures: list[Failure] = []
+    notes: list[str] = []
+    same_named = profiles.same_named_dims(skeleton, prof)
+    for target in targets or [None]:
+        label = target_label(target)
+        say(f"building for {label}")
+        r = build(skeleton, prof.for_worker(), target)
+        messages = [m for _s, m in r.get("messages", [])]
+        results.append(BuildTarget(label, bool(r.get("built")), float(r.get("build_seconds", 0.0)),
+                                   int(r.get("engine_bytes", 0)), messages[:5]))
+        if r.get("built"):
+            continue
+        first = messages[0] if messages else "the builder returned no engine and no message"
+        if same_named and "different constant values" in first:
+            failures.append(_same_named_failure(first, same_named, skeleton, prof.for_worker(), target, label, build, notes))
+            continue
+        ref = locate(first, index)
+        failures.append(Failure(node=ref.original if ref else "", working_name=ref.name if ref else "",
+                                op=ref.op_type if ref else "", domain=ref.domain if ref else "", path=ref.where if ref else "",
+                                phase=classify(first), code=code_of(first), message=first, target=label if target else ""))
+    if same_named and results and all(b.ok for b in results):
+        point = _differing_point(prof, same_named)
+        if point is not None:
+            target = (targets or [None])[0]
+            say("building once more at a shape where same-named dims differ")
+            one = [{n: [list(s)] * 3 for n, s in point.items()}]
+            r = build(skeleton, one, target)
+            messages = [m for _s, m in r.get("messages", [])]
+            if not r.get("built") and messages and "different constant values" in messages[0]:
+                shape = ", ".join(f"{n}={'x'.join(map(str, s))}" for n, s in point.items())
+                failures.append(_same_named_failure(f"at {shape}: {messages[0]}", same_named, skeleton, one, target,
+                                                    target_label(target), build, notes))
+                notes.append("the profile built only because its ranges for those dims overlap: TensorRT assumed them "
+                             "equal, and the engine would refuse inputs where they differ")
+    if failures and any(f.phase == "build" for f in failures):
+        notes.append("the builder stops at its first error; layers after it were not built")
+    return results, failures, notes
+
+
+def _differing_point(prof: profiles.Profile, same_named: list[dict]) -> dict[str, tuple] | None:
+    """The first of min/opt/max at which some same-named dims differ, as one shape per input."""
+    for k in (1, 0, 2):
+        point = {n: shapes[k] for n, shapes in prof.inputs.items()}
+        for g in same_named:
+            values = {point[d.rsplit("[", 1)[0]][int(d.rsplit("[", 1)[1].rstrip("]"))] for d in g["dims"]
+                      if d.rsplit("[", 1)[0] in point}
+            if len(values) > 1:
+                return point
+    return None
