@@ -346,6 +346,10 @@ def _add_doctor(sub) -> None:
     p.add_argument("--test", metavar="BACKEND", help="also run on this backend: fp16, reference, trt, ...")
     p.add_argument("--test-original", action="store_true", help="run the original model on --test, not the fixed one")
     p.add_argument("--report", metavar="REPORT.json", help="write the combined report as JSON")
+    p.add_argument("--trt", action="store_true", help="also run trt-check on the original and the fixed model: "
+                                                      "what the fix made TensorRT accept, and what is still not ready")
+    p.add_argument("--trt-engine", default="auto", metavar="ENGINE", help="--trt: auto, trt, trt-rtx or matrix")
+    p.add_argument("--target-cc", nargs="+", default=[], metavar="8.6", help="--trt with trt-rtx: build for these compute capabilities")
     _add_data_args(p)
     _add_backend_args(p)
     p.set_defaults(func=_cmd_doctor)
@@ -360,6 +364,9 @@ def _cmd_doctor(args) -> int:
     _check_outputs(args.model, args.output, args.report, args.save_inputs)
     test_options = _backend_options(args, args.test)
     surgeon.pipeline.registry.parse_pipeline(args.passes)  # unknown pass names fail before any work
+    if (args.trt_engine != "auto" or args.target_cc) and not args.trt:
+        raise SurgeonError("--trt-engine and --target-cc apply with --trt only")
+    trt = {"engine": args.trt_engine, "target_cc": args.target_cc} if args.trt else None
     model = surgeon.load(args.model)
     samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
     from rich.status import Status
@@ -368,7 +375,7 @@ def _cmd_doctor(args) -> int:
         report = doctor(args.model, args.output, passes=args.passes, ref=args.ref, test=args.test,
                         test_options=test_options, test_original=args.test_original, samples=samples,
                         input_shapes=_data_shapes(args), atol=_tolerances(args.atol), rtol=_tolerances(args.rtol),
-                        nan_equal=args.nan_equal, seed=args.seed, progress=lambda msg: status.update(msg))
+                        nan_equal=args.nan_equal, seed=args.seed, trt=trt, progress=lambda msg: status.update(msg))
     if args.report:
         from surgeon.report import write_json
 
@@ -377,10 +384,28 @@ def _cmd_doctor(args) -> int:
     render_fix(report.fix, out)
     for what, comparison in report.comparisons:
         render_compare(comparison, out, title=f"surgeon doctor: {what}")
-    verdict = "[bold green]OK[/]" if report.passed else "[bold red]MISMATCH[/]"
+    if report.trt_after is not None:
+        _render_doctor_trt(report, out)
+    verdict = "[bold green]OK[/]" if report.passed else f"[bold red]{report.verdict.upper()}[/]"
     out.print(f"doctor: {verdict}: wrote {args.output}; {len(report.comparisons)} comparison(s), "
               f"{sum(c.passed for _, c in report.comparisons)} matched")
     return EXIT_OK if report.passed else EXIT_FAIL
+
+
+def _render_doctor_trt(report, out) -> None:
+    """doctor --trt: what the fix changed for TensorRT, then the fixed model's trt-check."""
+    from surgeon.debug import trt_check
+    from surgeon.doctor import resolved_by_fix
+
+    before, after = report.trt_before, report.trt_after
+    resolved = resolved_by_fix(before, after)
+    out.print(f"trt-check, original: {before.verdict} ({len(before.failures)} failure(s)); fixed: {after.verdict} "
+              f"({len(after.failures)} failure(s))", markup=False)
+    for item in resolved:
+        out.print(f"  resolved by the fix: {item}", markup=False)
+    if not after.ready:
+        out.print("still not ready after the fix:", markup=False)
+    trt_check.render(after, out)
 
 
 def _data_shapes(args) -> dict:
@@ -399,12 +424,15 @@ def _add_bisect(sub) -> None:
     which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend; tensors matched by name")
     which.add_argument("--check", metavar="CMD",
                        help="shell command as the oracle: exit 0 = good, other = fails; '{model}' is replaced by the "
-                            "candidate's path, '{inputs}' by an .npz of the reference values of its inputs")
+                            "candidate's path, '{inputs}' by an .npz of the reference values of its inputs; "
+                            "'trt-build' = built-in: TensorRT (or TensorRT-RTX) must parse and build it")
     p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
     p.add_argument("-o", "--outdir", required=True, help="output folder: reduced.onnx, inputs.npz, expected.npz, report.json, REPRO.md")
     p.add_argument("--block-size", type=int, default=32, metavar="N",
                    help="tensors marked as outputs per run on a fusing backend (default 32)")
     p.add_argument("--check-timeout", type=float, default=600.0, metavar="S", help="--check: seconds before a run counts as failing")
+    p.add_argument("--trt-engine", default="auto", metavar="ENGINE", help="--check trt-build: auto, trt or trt-rtx")
+    p.add_argument("--target-cc", nargs="+", default=[], metavar="8.6", help="--check trt-build with trt-rtx: build for this compute capability")
     _add_data_args(p)
     _add_backend_args(p)
     p.set_defaults(func=_cmd_bisect)
@@ -450,6 +478,13 @@ def _cmd_bisect(args) -> int:
     if args.block_size < 1:
         raise UsageError("--block-size must be at least 1")
     test_backend = backends.create(args.test, **_backend_options(args, args.test)) if args.test else None
+    check = args.check
+    if args.check == "trt-build":  # built-in oracle (trt-check): one TensorRT worker for the whole search
+        from surgeon.debug.trt_check.bisect_oracle import TrtBuildCheck
+
+        check = TrtBuildCheck(args.trt_engine, args.target_cc)
+    elif args.trt_engine != "auto" or args.target_cc:
+        raise UsageError("--trt-engine and --target-cc apply to --check trt-build only")
     model = surgeon.load(args.model)
     against = surgeon.load(args.against) if args.against else None
     ref = backends.create(args.ref)
@@ -464,10 +499,12 @@ def _cmd_bisect(args) -> int:
 
     with Status("bisect: starting", console=_stderr_console()) as status:
         result = bisect_model(model, samples, ref=ref, test=test_backend if test_backend is not None else ref,
-                              against=against, against_label=args.against or "B", check=args.check, atol=atol,
+                              against=against, against_label=args.against or "B", check=check, atol=atol,
                               rtol=rtol, nan_equal=args.nan_equal, block_size=args.block_size,
                               timeout=args.check_timeout, outdir=outdir,
                               progress=lambda msg: status.update(f"bisect: {msg}"))
+    if hasattr(check, "close"):
+        check.close()
     from surgeon.report import table, write_json
 
     out = _stdout_console()
@@ -476,7 +513,7 @@ def _cmd_bisect(args) -> int:
         write_json(str(outdir / "report.json"), report)
         out.print(f"[bold green]no failure[/]: {result.oracle}: the full model passes ({result.confirm.detail}); nothing to bisect")
         return EXIT_OK
-    command = _repro_command(args, atol, rtol)
+    command = check.repro_command() if hasattr(check, "repro_command") else _repro_command(args, atol, rtol)
     report["repro"] = command
     artifacts.write_bundle(outdir, reduced=result.reduced_model, inputs=result.inputs, expected=result.expected,
                            ref_name=args.ref, report=report, repro=repro_text(result, command, model_path=args.model),

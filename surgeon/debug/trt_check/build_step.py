@@ -40,12 +40,16 @@ def code_of(message: str) -> str:
 
 
 def locate(message: str, index: graph_edit.NodeIndex) -> graph_edit.NodeRef | None:
-    """The node whose working name the builder's message mentions (longest match wins)."""
+    """The node whose working name the builder's message mentions (longest match wins).
+
+    TensorRT names a node's layers after it, with ``_0``, ``_1``... when one node makes
+    several layers (``nms_0 has no runners``).
+    """
     best = None
     for name, ref in index.refs.items():
         if len(name) < 2 or name not in message:
             continue
-        if re.search(rf"(?<![\w/.]){re.escape(name)}(?![\w/])", message) and (best is None or len(name) > len(best.name)):
+        if re.search(rf"(?<![\w/.]){re.escape(name)}(?:_\d+)?(?![\w/])", message) and (best is None or len(name) > len(best.name)):
             best = ref
     return best
 
