@@ -1,4 +1,4 @@
-"""The TensorRT worker process: ``python -m surgeon.backends.trt_worker ACTION [SPEC.json]``.
+"""The TensorRT worker process: ``python trt_worker.py ACTION [SPEC.json]`` (run by path, see ``trt._worker_command``).
 
 Actions:
 
@@ -28,8 +28,6 @@ import json
 import os
 import sys
 import time
-
-import numpy as np
 
 def _trt():
     from polygraphy.mod.trt_importer import lazy_import_trt
@@ -86,6 +84,11 @@ def _network(trt, builder):
 
 
 def _parse(trt, logger, path: str):
+    # The parser imports some ops through TensorRT's plugin library (ScatterElements with a
+    # reduction, RoiAlign, NonZero in TensorRT-RTX); register it first, as Polygraphy does.
+    init_plugins = getattr(trt, "init_libnvinfer_plugins", None)
+    if init_plugins is not None:
+        init_plugins(logger, "")
     builder = trt.Builder(logger)
     network = _network(trt, builder)
     parser = trt.OnnxParser(network, logger)
@@ -185,6 +188,7 @@ def _build(spec: dict) -> None:
 
 
 def _infer(spec: dict) -> None:
+    import numpy as np
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
@@ -231,7 +235,7 @@ def main(argv: list[str]) -> int:
     if argv == ["serve"]:
         return serve()
     if len(argv) != 2 or argv[0] not in ("build", "infer"):
-        print("usage: python -m surgeon.backends.trt_worker build|infer SPEC.json | serve", file=sys.stderr)
+        print("usage: python trt_worker.py build|infer SPEC.json | serve", file=sys.stderr)
         return 2
     with open(argv[1], encoding="utf-8") as f:
         spec = json.load(f)
