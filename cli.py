@@ -742,6 +742,8 @@ def _cmd_trt_check(args) -> int:
     from surgeon.debug import trt_check
     from surgeon.debug.trt_check.profiles import parse_profile_args
 
+    if args.timeout <= 0:
+        raise SurgeonError("--timeout must be a positive number of seconds")
     _check_outputs(args.model, args.report)
     shapes = input_data.parse_shape_args(args.input_shapes)
     profile = parse_profile_args(args.profile)

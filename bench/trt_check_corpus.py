@@ -91,7 +91,8 @@ def main(argv: list[str]) -> int:
     models += sorted(FIXTURES.glob("*.onnx"))
     if args.models:
         models = [m for m in models if any(s in m.name for s in args.models)]
-    rows = []
+    rows: list[dict] = []
+    print_header(args)
     with tempfile.TemporaryDirectory(prefix="trt-check-bench-") as tmp:
         tmp = Path(tmp)
         for model in models:
@@ -123,25 +124,33 @@ def main(argv: list[str]) -> int:
                 else:
                     row["after"] = {"parse": "fix failed: " + (ftext.strip().splitlines()[-1:] or [""])[0][:80]}
             rows.append(row)
-    print_table(rows, args)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+            print_row(row)  # as each model finishes: a run cut short keeps its rows
+            if args.json:
+                Path(args.json).write_text(json.dumps(rows, indent=1))
+    print_summary(rows)
     return 0
 
 
-def print_table(rows: list[dict], args) -> None:
+def print_header(args) -> None:
     print(f"engine: {args.engine}; {args.runs} run(s) each, medians; shared, loaded machine\n")
     print("| model | parse | build | failing nodes (trt-check / single parse / polygraphy rows) | phases | trt-check s | "
           "--no-build s | polygraphy s | ratio (no-build / polygraphy) | after fix: parse | build | failing | fix s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        b, a = r["before"], r.get("after", {})
-        ratio = r["trt_check_parse_only_s"] / r["polygraphy_s"] if r["polygraphy_s"] else float("nan")
-        print(f"| {r['model']} | {b['parse']} | {b['build']} | {b['failing']} / {b['first']} / {r['polygraphy_rows']} | "
-              f"{','.join(b.get('phases', [])) or '-'} | {r['trt_check_s']:.2f} | {r['trt_check_parse_only_s']:.2f} | "
-              f"{r['polygraphy_s']:.2f} | {ratio:.2f} | "
-              f"{a.get('parse', '-')} | {a.get('build', '-')} | {a.get('failing', '-')} | "
-              f"{r.get('fix_s', float('nan')):.1f} |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+
+
+def print_row(r: dict) -> None:
+    b, a = r["before"], r.get("after", {})
+    ratio = r["trt_check_parse_only_s"] / r["polygraphy_s"] if r["polygraphy_s"] else float("nan")
+    print(f"| {r['model']} | {b['parse']} | {b['build']} | {b['failing']} / {b['first']} / {r['polygraphy_rows']} | "
+          f"{','.join(b.get('phases', [])) or '-'} | {r['trt_check_s']:.2f} | {r['trt_check_parse_only_s']:.2f} | "
+          f"{r['polygraphy_s']:.2f} | {ratio:.2f} | "
+          f"{a.get('parse', '-')} | {a.get('build', '-')} | {a.get('failing', '-')} | "
+          f"{r.get('fix_s', float('nan')):.1f} |", flush=True)
+
+
+def print_summary(rows: list[dict]) -> None:
+    if not rows:
+        return
     for key, what in (("trt_check_parse_only_s", "trt-check --no-build (parses only, like polygraphy)"),
                       ("trt_check_s", "trt-check (parses, and builds every model that parses)")):
         ratios = [r[key] / r["polygraphy_s"] for r in rows if r["polygraphy_s"]]

@@ -122,6 +122,13 @@ def _static(report: TrtCheckReport, skeleton: onnx.ModelProto, index: graph_edit
     dims = profiles.same_named_dims(skeleton, _distinct_probe(skeleton))
     for g in dims:
         report.notes.append(f"dims {', '.join(g['dims'])} are all named '{g['dim_param']}': TensorRT takes them as equal")
+    rtx = matrix.data()["tensorrt_rtx"]
+    for _path, _graph, node in graph_edit.walk(skeleton.graph):
+        ref = index.refs[node.name]
+        known = rtx["ops"].get(ref.op_type) if ref.domain in graph_edit.STANDARD_DOMAINS else None
+        if known and (not known.get("attribute") or any(a.name == known["attribute"] for a in node.attribute)):
+            report.notes.append(f"{ref.display} ({ref.op_type}): with TensorRT-RTX ({rtx['measured_with'].split(' on ')[0]}, "
+                                f"measured) {known['text']}")
 
 
 def _distinct_probe(model: onnx.ModelProto) -> profiles.Profile:

@@ -57,6 +57,9 @@ def builtin_matches(model: onnx.ModelProto, failures: Iterable[Failure]) -> set[
 
 def remedy_for(f: Failure, *, engine: str, replaceable: set[str] = frozenset(), model_path: str = "MODEL") -> Remedy:
     op, code, text = f.op, f.code, f.message
+    if code == "CRASH":
+        return Remedy("bisect", "TensorRT crashed (the worker died): reduce the model to the part that crashes it",
+                      command=f"surgeon bisect {model_path} --check trt-build -o trt-crash-repro")
     if f.working_name and f.working_name in replaceable:
         return Remedy("rule-pack", "surgeon fix lowers it to standard ops (replace-custom-ops, built-in rule pack)",
                       command=f"surgeon fix {model_path} -o FIXED.onnx --passes replace-custom-ops")
