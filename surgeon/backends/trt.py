@@ -259,6 +259,11 @@ class TrtWorker:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def start(self) -> "TrtWorker":
+        """Start the process now (importing TensorRT takes a while; the caller can prepare meanwhile)."""
+        self._start()
+        return self
+
     def _start(self) -> subprocess.Popen:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc

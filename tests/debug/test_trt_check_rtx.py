@@ -79,10 +79,12 @@ def test_build_phase_internal_error_points_to_bisect():
     assert f.remedy.kind == "bisect" and "--check trt-build" in f.remedy.command
 
 
-def test_build_failure_is_located_at_its_node():
-    (f,) = _check("nms.onnx").failures
-    assert (f.node, f.op, f.phase) == ("nms", "NonMaxSuppression", "build") and "no runners" in f.message
-    assert f.remedy.kind == "keep-on-ort"
+def test_build_failures_are_located_and_all_found():
+    r = _check("nms.onnx")
+    assert [(f.node, f.op, f.phase, f.downstream_of_cut) for f in r.failures] == [
+        ("nms", "NonMaxSuppression", "build", False), ("nms_again", "NonMaxSuppression", "build", False)]
+    assert all("no runners" in f.message and f.remedy.kind == "keep-on-ort" for f in r.failures)
+    assert any("the rest of the model builds" in n for n in r.notes)  # after cutting both (sized by ONNX Runtime)
 
 
 def test_same_named_dims_fail_a_shape_and_renaming_them_is_checked():

@@ -94,15 +94,23 @@ def check(
     input_data.check_pins(specs, dict(input_shapes or {}))
     input_data.check_pins(specs, {n: p[1] for n, p in (profile or {}).items()})
     report = TrtCheckReport(model=model_path, engine={})
-    say("writing the weights once into a private folder")
-    with Workspace(model) as ws:
-        skeleton = ws.skeleton
-        index = graph_edit.NodeIndex(skeleton, graph_edit.assign_unique_names(skeleton))
-        if name == "matrix":
-            _static(report, skeleton, index, matrix.resolve_version(matrix_version), build)
-        else:
-            _executed(report, model, skeleton, index, ws, name, targets, build=build, input_shapes=input_shapes,
-                      profile=profile, seed=seed, timeout=timeout, say=say)
+    version = matrix.resolve_version(matrix_version) if name == "matrix" else None
+    # the worker imports TensorRT while the weights are written out and the nodes named
+    eng = engines.ExecutedEngine(name, timeout=timeout) if name != "matrix" else None
+    try:
+        say("writing the weights once into a private folder")
+        with Workspace(model) as ws:
+            skeleton = ws.skeleton
+            index = graph_edit.NodeIndex(skeleton, graph_edit.assign_unique_names(skeleton))
+            if eng is None:
+                _static(report, skeleton, index, version, build)
+            else:
+                eng.workspace = ws
+                _executed(report, model, skeleton, index, eng, targets, build=build, input_shapes=input_shapes,
+                          profile=profile, seed=seed, say=say)
+    finally:
+        if eng is not None:
+            eng.close()
     replaceable = remedies.builtin_matches(model, report.failures)
     for f in report.failures:
         if f.remedy is None:
@@ -143,42 +151,72 @@ def _distinct_probe(model: onnx.ModelProto) -> profiles.Profile:
 
 
 def _executed(report: TrtCheckReport, model: onnx.ModelProto, skeleton: onnx.ModelProto, index: graph_edit.NodeIndex,
-              ws: Workspace, name: str, targets: list[tuple[int, int]], *, build: bool,
+              eng: engines.ExecutedEngine, targets: list[tuple[int, int]], *, build: bool,
               input_shapes: Mapping[str, Shape] | None, profile: Mapping[str, tuple[Shape, Shape, Shape]] | None,
-              seed: int, timeout: float, say: Callable[[str], None]) -> None:
-    eng = engines.ExecutedEngine(name, ws, timeout=timeout)
-    try:
-        say(f"starting {report_label(name)}")
-        report.engine = eng.describe()
-        eng.check_targets(targets)
-        eng.supports_ops = sorted({r.op_type for r in index.refs.values() if r.domain not in graph_edit.STANDARD_DOMAINS})
-        loop = parse_loop.find_all(skeleton, index, eng.parse, progress=say)
-        report.parses, report.first_parse_failures = loop.parses, loop.first_parse_failures
-        report.parse_ok, report.parse_seconds = loop.clean, loop.seconds
-        report.failures.extend(loop.failures)
-        report.notes.extend(loop.notes)
-        if loop.failures and loop.rest_parses:
-            report.notes.append(f"with the {len(loop.cut)} failing node(s) cut out, the rest of the model parses")
-        supports = loop.supports
-        report.failures.extend(domain_trap(index, lambda op: supports.get(op, False), {f.working_name for f in loop.failures}))
-        if not build:
-            report.build_skipped = "--no-build"
-        elif not loop.clean:
-            report.build_skipped = "the model does not parse; the build runs once the parse failures are fixed"
-        else:
-            say("choosing the optimization profile")
-            prof = profiles.build_profile(model, input_shapes=input_shapes, profile=profile, seed=seed,
-                                          runs=_ort_probe(model) if _needs_probe(model, input_shapes, profile) else None)
-            report.profile = prof.to_dict()
-            report.notes.extend(prof.notes)
-            report.build_attempted = True
-            results, failures, notes = build_step.run_builds(skeleton, index, prof, targets, eng.build, say=say)
-            report.builds, report.notes = results, report.notes + notes
-            report.failures.extend(failures)
-        if eng.worker.restarts:
-            report.notes.append(f"the {report_label(name)} worker crashed and was restarted {eng.worker.restarts} time(s)")
-    finally:
-        eng.close()
+              seed: int, say: Callable[[str], None]) -> None:
+    name = eng.name
+    say(f"starting {report_label(name)}")
+    report.engine = eng.describe()
+    eng.check_targets(targets)
+    eng.supports_ops = sorted({r.op_type for r in index.refs.values() if r.domain not in graph_edit.STANDARD_DOMAINS})
+    loop = parse_loop.find_all(skeleton, index, eng.parse, progress=say)
+    report.parses, report.first_parse_failures = loop.parses, loop.first_parse_failures
+    report.parse_ok, report.parse_seconds = loop.clean, loop.seconds
+    report.failures.extend(loop.failures)
+    report.notes.extend(loop.notes)
+    if loop.failures and loop.rest_parses:
+        report.notes.append(f"with the {len(loop.cut)} failing node(s) cut out, the rest of the model parses")
+    supports = loop.supports
+    report.failures.extend(domain_trap(index, lambda op: supports.get(op, False), {f.working_name for f in loop.failures}))
+    if not build:
+        report.build_skipped = "--no-build"
+    elif not loop.clean:
+        report.build_skipped = "the model does not parse; the build runs once the parse failures are fixed"
+    else:
+        say("choosing the optimization profile")
+        prof = profiles.build_profile(model, input_shapes=input_shapes, profile=profile, seed=seed,
+                                      runs=_ort_probe(model) if _needs_probe(model, input_shapes, profile) else None)
+        report.profile = prof.to_dict()
+        report.notes.extend(prof.notes)
+        report.build_attempted = True
+        results, failures, notes = build_step.run_builds(skeleton, index, prof, targets, eng.build, say=say,
+                                                         shapes_of=_ort_shapes(model, prof, seed))
+        report.builds, report.notes = results, report.notes + notes
+        report.failures.extend(failures)
+    if eng.worker.restarts:
+        report.notes.append(f"the {report_label(name)} worker crashed and was restarted {eng.worker.restarts} time(s)")
+
+
+def _ort_shapes(model: onnx.ModelProto, prof: profiles.Profile, seed: int) -> Callable[[list[str]], list | None]:
+    """``shapes_of(tensor names)``: their shapes at the profile's min/opt/max, from ONNX Runtime runs of the model.
+
+    Used when a node the builder rejects is cut out: its outputs become inputs, and the
+    next build needs profile sizes for them. ``None`` where ONNX Runtime cannot run it.
+    """
+    import numpy as np
+
+    from surgeon import backends
+    from surgeon.debug.bisect import extract
+    from surgeon.errors import SurgeonError
+
+    specs = [s for s in input_data.input_specs(model) if s.is_tensor]
+
+    def shapes_of(names: list[str]) -> list | None:
+        try:
+            marked = extract.with_outputs(model, names, extract.inferred_types(model))
+            session = backends.create("onnxrt").session(marked)
+            points = []
+            for k in range(3):
+                rng = np.random.default_rng(seed + k)
+                feeds = {s.name: input_data.random_array(s.dtype, tuple(prof.inputs[s.name][k]) if s.name in prof.inputs
+                                                         else tuple(s.shape), rng) for s in specs}
+                got = session.run(feeds)
+                points.append({n: tuple(np.shape(got[n])) for n in names})
+            return points
+        except (SurgeonError, KeyError, TypeError):
+            return None
+
+    return shapes_of
 
 
 def _needs_probe(model: onnx.ModelProto, input_shapes, profile) -> bool:

@@ -75,10 +75,20 @@ def _same_named_failure(first: str, same_named: list[dict], skeleton: onnx.Model
     return failure
 
 
+ShapesOf = Callable[[list[str]], "list[dict[str, tuple]] | None"]
+
+
 def run_builds(skeleton: onnx.ModelProto, index: graph_edit.NodeIndex, prof: profiles.Profile,
                targets: list[tuple[int, int]], build: Callable[[onnx.ModelProto, list[dict], tuple | None], dict],
-               *, say: Callable[[str], None] = lambda _m: None) -> tuple[list[BuildTarget], list[Failure], list[str]]:
+               *, shapes_of: ShapesOf | None = None, max_rounds: int = 8,
+               say: Callable[[str], None] = lambda _m: None) -> tuple[list[BuildTarget], list[Failure], list[str]]:
     """Build once per target; returns per-target results, failures and notes.
+
+    The builder stops at its first error. When that error names a node of the main graph,
+    the node is cut out (as the parse loop does) and the rest is built again, to find the
+    next one; the cut node's outputs become inputs, whose profile sizes ``shapes_of``
+    gives (tensor names -> their shapes at the profile's min/opt/max, from a run of the
+    model). Without it, or for a node inside a body, the search stops and says so.
 
     Dims that share a name but get different sizes in the profile can still build when
     their ranges overlap (TensorRT then assumes them equal, and the engine refuses
@@ -103,9 +113,11 @@ def run_builds(skeleton: onnx.ModelProto, index: graph_edit.NodeIndex, prof: pro
             failures.append(_same_named_failure(first, same_named, skeleton, prof.for_worker(), target, label, build, notes))
             continue
         ref = locate(first, index)
-        failures.append(Failure(node=ref.original if ref else "", working_name=ref.name if ref else "",
-                                op=ref.op_type if ref else "", domain=ref.domain if ref else "", path=ref.where if ref else "",
-                                phase=classify(first), code=code_of(first), message=first, target=label if target else ""))
+        failures.append(_build_failure(first, ref, label if target else ""))
+        if ref is not None and target == (targets or [None])[0]:
+            more, more_notes = _build_after_cuts(skeleton, index, prof, target, build, ref, shapes_of, max_rounds, say)
+            failures.extend(_build_failure(m, r_, label if target else "", downstream=d) for m, r_, d in more)
+            notes.extend(more_notes)
     if same_named and results and all(b.ok for b in results):
         point = _differing_point(prof, same_named)
         if point is not None:
@@ -120,9 +132,54 @@ def run_builds(skeleton: onnx.ModelProto, index: graph_edit.NodeIndex, prof: pro
                                                     target_label(target), build, notes))
                 notes.append("the profile built only because its ranges for those dims overlap: TensorRT assumed them "
                              "equal, and the engine would refuse inputs where they differ")
-    if failures and any(f.phase == "build" for f in failures):
-        notes.append("the builder stops at its first error; layers after it were not built")
     return results, failures, notes
+
+
+def _build_failure(message: str, ref: graph_edit.NodeRef | None, target: str, downstream: bool = False) -> Failure:
+    return Failure(node=ref.original if ref else "", working_name=ref.name if ref else "", op=ref.op_type if ref else "",
+                   domain=ref.domain if ref else "", path=ref.where if ref else "", phase=classify(message),
+                   code=code_of(message), message=message, target=target, downstream_of_cut=downstream)
+
+
+def _build_after_cuts(skeleton, index, prof, target, build, ref, shapes_of, max_rounds, say):
+    """Cut each located failing node and build again; the later failures, and why the search stopped."""
+    found: list[tuple[str, graph_edit.NodeRef | None, bool]] = []
+    types = graph_edit.value_infos(skeleton)
+    cut: list[str] = []
+    cut_outputs: set[str] = set()
+    while len(cut) < max_rounds:
+        if ref.path:
+            return found, [f"the builder's failing node {ref.display} is inside {ref.where}; later build failures were not searched"]
+        if shapes_of is None:
+            return found, ["the builder stops at its first error; later build failures were not searched "
+                           "(ONNX Runtime cannot run the model to size the cut node's outputs)"]
+        node = next(n for _p, _g, n in graph_edit.walk(skeleton.graph) if n.name == ref.name)
+        outputs = [o for o in node.output if o]
+        points = shapes_of(outputs)
+        if points is None:
+            return found, [f"the builder stops at its first error; later build failures were not searched (the outputs "
+                           f"of {ref.display} could not be sized by a run of the model)"]
+        cut.append(ref.name)
+        cut_outputs.update(outputs)
+        model, _ = graph_edit.cut(skeleton, cut, types)
+        extra = {}
+        for o in outputs:
+            if o in {i.name for i in model.graph.input}:
+                seen = [tuple(points[k][o]) for k in range(3)]
+                extra[o] = [list(map(min, *seen)), list(seen[1]), list(map(max, *seen))]
+        profile = [{**(prof.for_worker()[0] if prof.inputs else {}), **extra}]
+        say(f"building again with {len(cut)} failing node(s) cut out")
+        r = build(model, profile, target)
+        if r.get("built"):
+            return found, [f"with the {len(cut)} failing node(s) cut out, the rest of the model builds"]
+        messages = [m for _s, m in r.get("messages", [])]
+        first = messages[0] if messages else "the builder returned no engine and no message"
+        nxt = locate(first, index)
+        found.append((first, nxt, nxt is not None and nxt.name in graph_edit.downstream(skeleton, cut_outputs)))
+        if nxt is None or nxt.name in cut:
+            return found, []
+        ref = nxt
+    return found, [f"stopped after cutting {max_rounds} nodes; there may be more build failures"]
 
 
 def _differing_point(prof: profiles.Profile, same_named: list[dict]) -> dict[str, tuple] | None:

@@ -57,10 +57,10 @@ def parse_target_cc(values: list[str] | None, engine: str) -> list[tuple[int, in
 class ExecutedEngine:
     """Parse and build through a worker process; one instance per check."""
 
-    def __init__(self, name: str, workspace: Workspace, *, timeout: float = 600.0):
+    def __init__(self, name: str, workspace: Workspace | None = None, *, timeout: float = 600.0):
         self.name = name
-        self.workspace = workspace
-        self.worker = trt_backend.TrtWorker(name, timeout=timeout)
+        self.workspace = workspace  # set before the first parse or build
+        self.worker = trt_backend.TrtWorker(name, timeout=timeout).start()
         self._info: dict[str, Any] | None = None
         self.supports_ops: list[str] = []
 

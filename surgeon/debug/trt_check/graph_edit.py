@@ -156,18 +156,22 @@ def cut(model: onnx.ModelProto, names: list[str], types: dict[str, onnx.ValueInf
 
     ``model`` should be a skeleton (weights external), so the copy is cheap. Graph
     outputs that a cut node produced are dropped from the main graph's outputs (a graph
-    input cannot also be the output).
+    input cannot also be the output); the main-graph tensors a cut node read become
+    outputs instead, so the nodes that fed it stay alive for the builder.
     """
     out = copy.deepcopy(model)
     existing_inputs = {i.name for i in out.graph.input}
     guessed: list[str] = []
     produced: set[str] = set()
+    keep_alive: list[str] = []
+    made_in_main = {o for n in out.graph.node for o in n.output if o}
     for name in names:
         found = _find(out.graph, name)
         if found is None:
             continue
         graph, index = found
         node = graph.node[index]
+        keep_alive.extend(i for i in node.input if i in made_in_main and i in types)
         for o in node.output:
             if not o or o in existing_inputs:
                 continue
@@ -181,6 +185,12 @@ def cut(model: onnx.ModelProto, names: list[str], types: dict[str, onnx.ValueInf
             existing_inputs.add(o)
         del graph.node[index]
     keep = [o for o in out.graph.output if o.name not in produced]
+    names_kept = {o.name for o in keep}
+    for t in dict.fromkeys(keep_alive):
+        if t not in names_kept and t not in produced:
+            vi = copy.deepcopy(types[t])
+            keep.append(vi)
+            names_kept.add(t)
     del out.graph.output[:]
     out.graph.output.extend(keep)
     return out, guessed
