@@ -251,7 +251,6 @@ class TrtWorker:
         self._log: Any = None
         self.requests = 0
         self.restarts = 0
-        self._timed_out = False
 
     def __enter__(self) -> "TrtWorker":
         return self
@@ -293,15 +292,16 @@ class TrtWorker:
             proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # reported below as a crash
-        line = self._read_line(proc)
+        line, timed_out = self._read_line(proc)
         if line is None:
-            raise WorkerCrash(self._crash_text(proc, action))
+            raise WorkerCrash(self._crash_text(proc, action, timed_out))
         answer = json.loads(line)
         if not answer.get("ok"):
             raise BackendError(f"the {label(self.name)} worker could not {action}: {answer.get('error')}")
         return answer["result"]
 
-    def _read_line(self, proc: subprocess.Popen) -> str | None:
+    def _read_line(self, proc: subprocess.Popen) -> tuple[str | None, bool]:
+        """(the answer line or None when the worker died, whether it ran past the timeout and was killed)."""
         deadline = time.monotonic() + self.timeout
         with selectors.DefaultSelector() as sel:
             sel.register(proc.stdout, selectors.EVENT_READ)
@@ -310,14 +310,12 @@ class TrtWorker:
                 if left <= 0:
                     proc.kill()
                     proc.wait()
-                    self._timed_out = True
-                    return None
+                    return None, True
                 if sel.select(timeout=min(left, 1.0)):
                     line = proc.stdout.readline()
-                    return line.decode("utf-8") if line else None
+                    return (line.decode("utf-8") if line else None), False
 
-    def _crash_text(self, proc: subprocess.Popen, action: str) -> str:
-        timed_out, self._timed_out = self._timed_out, False
+    def _crash_text(self, proc: subprocess.Popen, action: str, timed_out: bool) -> str:
         if timed_out:
             return f"{label(self.name)} did not finish the {action} within {self.timeout:g} s"
         code = proc.wait()

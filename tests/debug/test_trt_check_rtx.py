@@ -163,7 +163,7 @@ def test_a_dead_worker_costs_one_answer_not_the_check(monkeypatch):
             killed.append(proc.pid)
             proc.kill()
             proc.wait()
-            return None
+            return None, False
         answered.append(True)
         return real(self, proc)
 

@@ -92,7 +92,8 @@ def check(
         raise UsageError("--matrix-version applies to --engine matrix only")
     specs = [s for s in input_data.input_specs(model) if s.is_tensor]
     input_data.check_pins(specs, dict(input_shapes or {}))
-    input_data.check_pins(specs, {n: p[1] for n, p in (profile or {}).items()})
+    for k in range(3):  # min, opt and max must fit the model's inputs before any work
+        input_data.check_pins(specs, {n: p[k] for n, p in (profile or {}).items()})
     report = TrtCheckReport(model=model_path, engine={})
     version = matrix.resolve_version(matrix_version) if name == "matrix" else None
     # the worker imports TensorRT while the weights are written out and the nodes named

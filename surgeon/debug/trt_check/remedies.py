@@ -104,9 +104,9 @@ def remedy_for(f: Failure, *, engine: str, replaceable: set[str] = frozenset(), 
     if op == "Attention":
         return Remedy("export", "no Attention kernel for these types/shapes: use FP16 inputs with shapes that have a "
                       "fused kernel, or export attention as MatMul+Softmax (opset < 23)")
-    if f.phase == "static" and "opset" in text:
-        return Remedy("fix-pass", "convert the model to a supported opset (an 'upgrade-opset' pass does not exist yet; "
-                      "onnx.version_converter.convert_version does it)", exists=False)
+    if not f.working_name and "opset" in text.lower():
+        return Remedy("fix-pass", "convert the model to an opset this TensorRT supports (an 'upgrade-opset' pass does "
+                      "not exist yet; onnx.version_converter.convert_version does it)", exists=False)
     if code in ("UNSUPPORTED_NODE", "UNSUPPORTED_NODE_ATTR", "UNSUPPORTED_NODE_DATATYPE", "UNSUPPORTED_NODE_INPUT",
                 "UNSUPPORTED_NODE_SHAPE", "UNSUPPORTED_NODE_DYNAMIC"):
         return Remedy("keep-on-ort", f"{op} is not supported in this form; {KEEP_ON_ORT}, or write a plugin rule")
