@@ -209,7 +209,7 @@ def test_trt_runs_fixture_within_fp32_tolerance():  # pragma: no cover - no Tens
 
 
 @pytest.mark.skipif(not trt_mod.available("trt-rtx"),
-                    reason="needs the optional 'tensorrt-rtx' package (pip install tensorrt-rtx-cu13); not a CI dependency")
+                    reason="needs the 'tensorrt-rtx' package (the test extra installs it on Linux x86_64; elsewhere pip install tensorrt-rtx)")
 def test_trt_rtx_builds_and_saves_engine_without_a_gpu(tmp_path):
     """TensorRT-RTX builds ahead of time with no GPU: the build phase runs for real and the
     engine is saved; only the run phase needs a GPU (and TensorRT-RTX refuses Hopper)."""
