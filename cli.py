@@ -385,6 +385,10 @@ def _add_doctor(sub) -> None:
     p.add_argument("--test", metavar="BACKEND", help="also run on this backend: fp16, reference, trt, ...")
     p.add_argument("--test-original", action="store_true", help="run the original model on --test, not the fixed one")
     p.add_argument("--report", metavar="REPORT.json", help="write the combined report as JSON")
+    p.add_argument("--trt", action="store_true", help="also run trt-check on the original and the fixed model: "
+                                                      "what the fix made TensorRT accept, and what is still not ready")
+    p.add_argument("--trt-engine", default="auto", metavar="ENGINE", help="--trt: auto, trt, trt-rtx or matrix")
+    p.add_argument("--target-cc", nargs="+", default=[], metavar="8.6", help="--trt with trt-rtx: build for these compute capabilities")
     _add_data_args(p)
     _add_backend_args(p)
     p.set_defaults(func=_cmd_doctor)
@@ -399,6 +403,9 @@ def _cmd_doctor(args) -> int:
     _check_outputs(args.model, args.output, args.report, args.save_inputs)
     test_options = _backend_options(args, args.test)
     surgeon.pipeline.registry.parse_pipeline(args.passes)  # unknown pass names fail before any work
+    if (args.trt_engine != "auto" or args.target_cc) and not args.trt:
+        raise SurgeonError("--trt-engine and --target-cc apply with --trt only")
+    trt = {"engine": args.trt_engine, "target_cc": args.target_cc} if args.trt else None
     model = surgeon.load(args.model)
     samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
     from surgeon.report import Progress
@@ -407,7 +414,7 @@ def _cmd_doctor(args) -> int:
         report = doctor(args.model, args.output, passes=args.passes, ref=args.ref, test=args.test,
                         test_options=test_options, test_original=args.test_original, samples=samples,
                         input_shapes=_data_shapes(args), atol=_tolerances(args.atol), rtol=_tolerances(args.rtol),
-                        nan_equal=args.nan_equal, seed=args.seed, progress=lambda msg: status.update(msg))
+                        nan_equal=args.nan_equal, seed=args.seed, trt=trt, progress=lambda msg: status.update(msg))
     if args.report:
         from surgeon.report import write_json
 
@@ -416,10 +423,28 @@ def _cmd_doctor(args) -> int:
     render_fix(report.fix, out)
     for what, comparison in report.comparisons:
         render_compare(comparison, out, title=f"surgeon doctor: {what}")
-    verdict = "[bold green]OK[/]" if report.passed else "[bold red]MISMATCH[/]"
+    if report.trt_after is not None:
+        _render_doctor_trt(report, out)
+    verdict = "[bold green]OK[/]" if report.passed else f"[bold red]{report.verdict.upper()}[/]"
     out.print(f"doctor: {verdict}: wrote {args.output}; {len(report.comparisons)} comparison(s), "
               f"{sum(c.passed for _, c in report.comparisons)} matched")
     return EXIT_OK if report.passed else EXIT_FAIL
+
+
+def _render_doctor_trt(report, out) -> None:
+    """doctor --trt: what the fix changed for TensorRT, then the fixed model's trt-check."""
+    from surgeon.debug import trt_check
+    from surgeon.doctor import resolved_by_fix
+
+    before, after = report.trt_before, report.trt_after
+    resolved = resolved_by_fix(before, after)
+    out.print(f"trt-check, original: {before.verdict} ({len(before.failures)} failure(s)); fixed: {after.verdict} "
+              f"({len(after.failures)} failure(s))", markup=False)
+    for item in resolved:
+        out.print(f"  resolved by the fix: {item}", markup=False)
+    if not after.ready:
+        out.print("still not ready after the fix:", markup=False)
+    trt_check.render(after, out)
 
 
 def _data_shapes(args) -> dict:
@@ -438,7 +463,8 @@ def _add_bisect(sub) -> None:
     which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend; tensors matched by name")
     which.add_argument("--check", metavar="CMD",
                        help="shell command as the oracle: exit 0 = good, other = fails; '{model}' is replaced by the "
-                            "candidate's path, '{inputs}' by an .npz of the reference values of its inputs")
+                            "candidate's path, '{inputs}' by an .npz of the reference values of its inputs; "
+                            "'trt-build' = built-in: TensorRT (or TensorRT-RTX) must parse and build it")
     p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
     p.add_argument("-o", "--outdir", required=True, help="output folder: reduced.onnx, inputs.npz, expected.npz, report.json, REPRO.md")
     p.add_argument("--block-size", type=int, default=32, metavar="N",
@@ -447,6 +473,8 @@ def _add_bisect(sub) -> None:
     p.add_argument("--max-context", type=int, default=16, metavar="N",
                    help="the most upstream nodes a culprit may need to fail (default 16); a first diverging node that "
                         "needs more is reported as accumulated error, with the error growth along its path")
+    p.add_argument("--trt-engine", default="auto", metavar="ENGINE", help="--check trt-build: auto, trt or trt-rtx")
+    p.add_argument("--target-cc", nargs="+", default=[], metavar="8.6", help="--check trt-build with trt-rtx: build for this compute capability")
     _add_data_args(p)
     _add_backend_args(p)
     p.set_defaults(func=_cmd_bisect)
@@ -494,6 +522,13 @@ def _cmd_bisect(args) -> int:
     if args.max_context < 0:
         raise UsageError("--max-context must be 0 or more")
     test_backend = backends.create(args.test, **_backend_options(args, args.test)) if args.test else None
+    check = args.check
+    if args.check == "trt-build":  # built-in oracle (trt-check): one TensorRT worker for the whole search
+        from surgeon.debug.trt_check.bisect_oracle import TrtBuildCheck
+
+        check = TrtBuildCheck(args.trt_engine, args.target_cc)
+    elif args.trt_engine != "auto" or args.target_cc:
+        raise UsageError("--trt-engine and --target-cc apply to --check trt-build only")
     model = surgeon.load(args.model)
     against = surgeon.load(args.against) if args.against else None
     ref = backends.create(args.ref)
@@ -508,10 +543,12 @@ def _cmd_bisect(args) -> int:
 
     with Progress("bisect: starting") as status:
         result = bisect_model(model, samples, ref=ref, test=test_backend if test_backend is not None else ref,
-                              against=against, against_label=args.against or "B", check=args.check, atol=atol,
+                              against=against, against_label=args.against or "B", check=check, atol=atol,
                               rtol=rtol, nan_equal=args.nan_equal, block_size=args.block_size,
                               timeout=args.check_timeout, outdir=outdir, max_context=args.max_context,
                               progress=lambda msg: status.update(f"bisect: {msg}"))
+    if hasattr(check, "close"):
+        check.close()
     from surgeon.report import write_json
 
     out = _stdout_console()
@@ -520,7 +557,7 @@ def _cmd_bisect(args) -> int:
         write_json(str(outdir / "report.json"), report)
         out.print(f"[bold green]no failure[/]: {result.oracle}: the full model passes ({result.confirm.detail}); nothing to bisect")
         return EXIT_OK
-    command = _repro_command(args, atol, rtol)
+    command = check.repro_command() if hasattr(check, "repro_command") else _repro_command(args, atol, rtol)
     report["repro"] = command
     artifacts.write_bundle(outdir, reduced=result.reduced_model, inputs=result.inputs, expected=result.expected,
                            ref_name=args.ref, report=report, repro=repro_text(result, command, model_path=args.model),
@@ -873,6 +910,53 @@ def _cmd_profile(args) -> int:
     return EXIT_OK
 
 
+# --- trt-check ----------------------------------------------------------------------------
+
+def _add_trt_check(sub) -> None:
+    p = sub.add_parser("trt-check", help="will TensorRT take this model? every failing node, why, and what to do")
+    p.add_argument("model", help="the .onnx model (never modified)")
+    p.add_argument("--engine", default="auto", metavar="ENGINE",
+                   help="auto (default: tensorrt, else tensorrt_rtx, else matrix), trt, trt-rtx, or matrix (static)")
+    p.add_argument("--input-shapes", nargs="+", default=[], metavar="NAME:1x3x224x224",
+                   help="build with these fixed shapes (a one-sized profile, as asked)")
+    p.add_argument("--profile", nargs="+", default=[], metavar="NAME:MIN/OPT/MAX",
+                   help="optimization profile per input, e.g. x:1x3x224x224/4x3x224x224/8x3x448x448")
+    p.add_argument("--no-build", action="store_true", help="parse only (no build_serialized_network)")
+    p.add_argument("--target-cc", nargs="+", default=[], metavar="8.6",
+                   help="trt-rtx: build ahead of time for these compute capabilities, one build each")
+    p.add_argument("--matrix-version", metavar="10.15", help="matrix: the TensorRT version of the operator matrix")
+    p.add_argument("--report", metavar="REPORT.json", help="write the report as JSON")
+    p.add_argument("--seed", type=int, default=0, help="seed for the inputs that probe profile sizes (default 0)")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S", help="seconds one parse or build may take (default 600)")
+    p.set_defaults(func=_cmd_trt_check)
+
+
+def _cmd_trt_check(args) -> int:
+    import surgeon
+    from surgeon import input_data
+    from surgeon.debug import trt_check
+    from surgeon.debug.trt_check.profiles import parse_profile_args
+
+    if args.timeout <= 0:
+        raise SurgeonError("--timeout must be a positive number of seconds")
+    _check_outputs(args.model, args.report)
+    shapes = input_data.parse_shape_args(args.input_shapes)
+    profile = parse_profile_args(args.profile)
+    model = surgeon.load(args.model)
+    from rich.status import Status
+
+    with Status("trt-check", console=_stderr_console()) as status:
+        report = trt_check.check(model, model_path=args.model, engine=args.engine, input_shapes=shapes, profile=profile,
+                                 build=not args.no_build, target_cc=args.target_cc, matrix_version=args.matrix_version,
+                                 seed=args.seed, timeout=args.timeout, progress=lambda msg: status.update(f"trt-check: {msg}"))
+    if args.report:
+        from surgeon.report import write_json
+
+        write_json(args.report, report.to_dict())
+    trt_check.render(report, _stdout_console())
+    return EXIT_OK if report.ready else EXIT_FAIL
+
+
 # --- shared plumbing -----------------------------------------------------------------------
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -921,7 +1005,7 @@ def _quiet_libraries(verbose: int) -> None:
 
 
 _COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_isolate, _add_bisect, _add_scan,
-             _add_profile]
+             _add_profile, _add_trt_check]
 
 
 def _version() -> str:

@@ -7,6 +7,9 @@ of the fixed model against the original on the reference backend (independent of
 pipeline's own per-pass verification, and on the same inputs the user asked for), and,
 with a test backend, the fixed model (or the original) on that backend against the
 original on the reference.
+
+With ``trt=...`` (``--trt``) it also runs ``trt-check`` on the original and on the fixed
+model, so the report says what the fix made TensorRT accept and what is still not ready.
 """
 
 from __future__ import annotations
@@ -26,20 +29,39 @@ class DoctorReport:
     output: str
     fix: Any  # FixReport
     comparisons: list[tuple[str, CompareReport]] = field(default_factory=list)
+    trt_before: Any = None  # TrtCheckReport of the original (with trt=...)
+    trt_after: Any = None  # TrtCheckReport of the fixed model
     seconds: float = 0.0
 
     @property
-    def passed(self) -> bool:
+    def matched(self) -> bool:
         return all(c.passed for _, c in self.comparisons)
 
     @property
+    def passed(self) -> bool:
+        return self.matched and (self.trt_after is None or self.trt_after.ready)
+
+    @property
     def verdict(self) -> str:
-        return "ok" if self.passed else "mismatch"
+        if not self.matched:
+            return "mismatch"
+        return "ok" if self.passed else "not ready for TensorRT"
 
     def to_dict(self) -> dict:
-        return {"verdict": self.verdict, "model": self.model, "output": self.output, "fix": self.fix.to_dict(),
-                "comparisons": [{"check": what, **c.to_dict()} for what, c in self.comparisons],
-                "seconds": round(self.seconds, 3)}
+        out = {"verdict": self.verdict, "model": self.model, "output": self.output, "fix": self.fix.to_dict(),
+               "comparisons": [{"check": what, **c.to_dict()} for what, c in self.comparisons],
+               "seconds": round(self.seconds, 3)}
+        if self.trt_after is not None:
+            out["trt"] = {"original": self.trt_before.to_dict(), "fixed": self.trt_after.to_dict(),
+                          "resolved_by_fix": resolved_by_fix(self.trt_before, self.trt_after)}
+        return out
+
+
+def resolved_by_fix(before: Any, after: Any) -> list[str]:
+    """Failures of the original that the fixed model no longer has (by node name and op)."""
+    key = lambda f: (f.node or f.working_name, f.op, f.phase)  # noqa: E731
+    still = {key(f) for f in after.failures}
+    return [f"{f.label} ({f.qualified_op}, {f.phase})" for f in before.failures if key(f) not in still]
 
 
 def doctor(
@@ -59,6 +81,7 @@ def doctor(
     atol: float | Mapping[str, float] | None = None,
     rtol: float | Mapping[str, float] | None = None,
     nan_equal: bool = False,
+    trt: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> DoctorReport:
     """Fix ``model_path`` into ``output_path`` and compare; see the module docstring."""
@@ -71,6 +94,11 @@ def doctor(
     original = model_io.load(model_path)
     # Create the test backend first: a missing TensorRT must stop us before anything is written.
     test_backend = backends.create(test, **dict(test_options or {})) if test else None
+    if trt is not None:
+        from surgeon.debug.trt_check import engines
+
+        name = engines.resolve(trt.get("engine", "auto"))
+        engines.parse_target_cc(trt.get("target_cc"), name)
     say = progress or (lambda _msg: None)
     say("running passes")
     fixed, fix_report = surgeon.fix(original, passes, input_shapes=input_shapes, seed=seed,
@@ -88,6 +116,15 @@ def doctor(
         report.comparisons.append((f"{what} on {test} vs original on {ref}",
                                    compare(original, ref=ref, test=test_backend,
                                            against=None if test_original else fixed, **common)))
+    if trt is not None:
+        from surgeon.debug import trt_check
+
+        options = dict(trt)
+        options.setdefault("input_shapes", input_shapes)
+        say("trt-check: the original model")
+        report.trt_before = trt_check.check(original, model_path=str(model_path), seed=seed, progress=progress, **options)
+        say("trt-check: the fixed model")
+        report.trt_after = trt_check.check(fixed, model_path=str(output_path), seed=seed, progress=progress, **options)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -183,7 +183,7 @@ def test_fp16_fuses_follows_its_ort_level():
 
 
 def test_import_surgeon_imports_no_heavy_backend():
-    code = ("import sys, surgeon, surgeon.backends, surgeon.debug.compare_run, surgeon.doctor; "
+    code = ("import sys, surgeon, surgeon.backends, surgeon.debug.compare_run, surgeon.doctor, surgeon.debug.trt_check; "
             "print(sorted(m for m in ('tensorrt', 'polygraphy', 'onnxruntime', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
@@ -209,7 +209,7 @@ def test_trt_runs_fixture_within_fp32_tolerance():  # pragma: no cover - no Tens
 
 
 @pytest.mark.skipif(not trt_mod.available("trt-rtx"),
-                    reason="needs the optional 'tensorrt-rtx' package (pip install tensorrt-rtx-cu13); not a CI dependency")
+                    reason="needs the 'tensorrt-rtx' package (the test extra installs it on Linux x86_64; elsewhere pip install tensorrt-rtx)")
 def test_trt_rtx_builds_and_saves_engine_without_a_gpu(tmp_path):
     """TensorRT-RTX builds ahead of time with no GPU: the build phase runs for real and the
     engine is saved; only the run phase needs a GPU (and TensorRT-RTX refuses Hopper)."""
@@ -246,3 +246,35 @@ def test_trt_worker_crash_becomes_backend_error(monkeypatch, script, needle):
     with pytest.raises(BackendError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         session.run(_feeds(model, {"a": (2, 3), "b": (2, 3)}))
     session.close()
+
+
+_STAND_IN_WORKER = """
+import json, os, sys, time
+for line in sys.stdin:
+    req = json.loads(line)
+    if req["action"] == "parse":
+        os.abort()
+    if req["action"] == "build":
+        time.sleep(30)
+    print(json.dumps({"ok": True, "result": {"action": req["action"]}}), flush=True)
+"""
+
+
+def test_trt_worker_survives_a_crash_and_a_hang(monkeypatch):
+    # The persistent worker's parent side, with a stand-in worker (no TensorRT needed): an abort or a
+    # hang inside TensorRT costs one request (WorkerCrash), and the next request gets a fresh worker.
+    monkeypatch.setattr(trt_mod, "available", lambda name="trt": True)
+    monkeypatch.setattr(trt_mod, "_worker_command", lambda: [sys.executable, "-c", _STAND_IN_WORKER])
+    with trt_mod.TrtWorker("trt-rtx", timeout=3.0) as worker:
+        assert worker.request("info") == {"action": "info"}
+        with pytest.raises(trt_mod.WorkerCrash, match=r"crashed during the parse \(SIGABRT\)"):
+            worker.request("parse", model="m.onnx")
+        assert worker.request("info") == {"action": "info"} and worker.restarts == 1
+        with pytest.raises(trt_mod.WorkerCrash, match="did not finish the build within 3 s"):
+            worker.request("build", model="m.onnx")
+        assert worker.request("info") == {"action": "info"} and worker.restarts == 2
+
+
+def test_trt_worker_usage_error_by_path_exits_2():
+    out = subprocess.run(trt_mod._worker_command() + ["bogus"], capture_output=True, text=True)
+    assert out.returncode == 2 and "usage" in out.stderr

@@ -14,6 +14,12 @@ this module is exercised only up to "TensorRT is not installed" here (see the RE
 Engines: built on the first run for the input shapes of that run, unless optimization
 profiles are given (``profiles=[{"x": ((1,3,8,8), (4,3,8,8), (8,3,8,8))}]``); a loaded
 engine (``load_engine=``) is used as it is; ``save_engine=`` writes the built engine.
+A parser rejection is reported node by node (name, op, the parser's error code and
+text), and a run on a machine without a CUDA driver says exactly that.
+
+:class:`TrtWorker` is the same isolation for many small requests: one long-lived worker
+process answering parse/build requests (``surgeon trt-check``'s repeated parses,
+``bisect --check trt-build``), restarted after a crash, killed after a timeout.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ import importlib.util
 import json
 import logging
 import os
+import selectors
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -39,17 +47,59 @@ from surgeon.errors import BackendError, BackendUnavailableError, UsageError
 
 log = logging.getLogger(__name__)
 
-_INSTALL = {
+_MISSING = {
     "trt": ("tensorrt", "TensorRT is not installed here; install it with "
-            "'pip install tensorrt --extra-index-url https://pypi.nvidia.com' on a machine with an NVIDIA GPU, "
-            "or use '--test fp16' to emulate an FP16 engine's overflow and rounding on the CPU"),
+            "'pip install tensorrt --extra-index-url https://pypi.nvidia.com' on a machine with an NVIDIA GPU"),
     "trt-rtx": ("tensorrt_rtx", "TensorRT-RTX is not installed here; install it with 'pip install tensorrt-rtx' "
-                "on a machine with a supported NVIDIA GPU, or use '--test fp16' to emulate FP16 on the CPU"),
+                "(its parser and builder also run without a GPU)"),
 }
+_INSTALL = {
+    "trt": (_MISSING["trt"][0], _MISSING["trt"][1] + ", or use '--test fp16' to emulate an FP16 engine's overflow "
+            "and rounding on the CPU"),
+    "trt-rtx": (_MISSING["trt-rtx"][0], _MISSING["trt-rtx"][1] + ", or use '--test fp16' to emulate FP16 on the CPU"),
+}
+
+
+def missing_sentence(name: str, alternative: str) -> str:
+    """What is missing and how to install it, then what else the user can do, as one sentence."""
+    return f"{_MISSING[name][1]}, or {alternative}"
 
 Shape = tuple[int, ...]
 
 _PHASE = {"build": "engine build", "infer": "engine run (deserialize + inference)"}
+
+# What TensorRT and the CUDA runtime print when there is no usable driver or GPU.
+_CUDA_MISSING = ("cudaError 35", "cudaError 100", "CUDA driver version is insufficient", "no CUDA-capable device",
+                 "CUDA initialization failure", "libcuda.so")
+
+
+def label(name: str) -> str:
+    return "TensorRT-RTX" if name == "trt-rtx" else "TensorRT"
+
+
+def worker_env(name: str) -> dict[str, str]:
+    """The worker's environment: Polygraphy picks TensorRT-RTX by this variable, as it documents."""
+    env = dict(os.environ)
+    if name == "trt-rtx":
+        env["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"
+    else:
+        env.pop("POLYGRAPHY_USE_TENSORRT_RTX", None)
+    return env
+
+
+def cuda_missing(text: str) -> bool:
+    return any(marker in text for marker in _CUDA_MISSING)
+
+
+def describe_parse_errors(errors: Sequence[Mapping[str, Any]], engine: str = "trt") -> str:
+    """One sentence naming every node the parser rejected (name, op, code, first line of its text)."""
+    parts = []
+    for e in errors:
+        where = f"node '{e['node_name']}'" if e.get("node_name") else (f"node #{e['node']}" if e.get("node", -1) >= 0 else "a node")
+        op = f" ({e['op']})" if e.get("op") else ""
+        text = (e.get("desc") or "").strip().splitlines()
+        parts.append(f"{where}{op}: {e.get('code', 'UNKNOWN')}: {text[0][:200] if text else ''}")
+    return f"the {label(engine)} ONNX parser rejected {'; '.join(parts) or 'the model'}"
 
 
 def available(name: str = "trt") -> bool:
@@ -66,7 +116,9 @@ def _signal_name(code: int) -> str:
 
 
 def _worker_command() -> list[str]:
-    return [sys.executable, "-m", "surgeon.backends.trt_worker"]
+    """The worker runs as a script by path: the very code next to this module, and no ``import surgeon``
+    (the worker imports nothing of ours; that saves about a second per worker start)."""
+    return [sys.executable, str(Path(__file__).resolve().with_name("trt_worker.py"))]
 
 
 class TrtSession(Session):
@@ -123,20 +175,32 @@ class TrtSession(Session):
 
     def _worker(self, action: str, spec: dict) -> None:
         spec_path = Path(self._dir) / f"{action}.json"
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        env = dict(os.environ)
-        if self._backend.rtx:
-            env["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"
+        result_path = Path(self._dir) / f"{action}.result.json"
+        result_path.unlink(missing_ok=True)
+        spec_path.write_text(json.dumps({**spec, "result": str(result_path)}), encoding="utf-8")
         cmd = [*_worker_command(), action, str(spec_path)]
+        name = label(self._backend.name)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=self._backend.timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(self._backend.name),
+                                  timeout=self._backend.timeout)
         except subprocess.TimeoutExpired as exc:
-            raise BackendError(f"TensorRT {_PHASE[action]} did not finish within {self._backend.timeout:g} s") from exc
+            raise BackendError(f"{name} {_PHASE[action]} did not finish within {self._backend.timeout:g} s") from exc
         if proc.returncode < 0:
-            raise BackendError(f"the TensorRT worker crashed during the {_PHASE[action]} ({_signal_name(proc.returncode)})")
-        if proc.returncode != 0:
-            lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-            raise BackendError(f"TensorRT {_PHASE[action]} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
+            raise BackendError(f"the {name} worker crashed during the {_PHASE[action]} ({_signal_name(proc.returncode)})")
+        if proc.returncode == 0:
+            return
+        record = json.loads(result_path.read_text(encoding="utf-8")) if result_path.is_file() else {}
+        if record.get("phase") == "parse":
+            raise BackendError(describe_parse_errors(record.get("errors", []), self._backend.name))
+        if record.get("phase") == "build":
+            msgs = [m for _, m in record.get("messages", [])]
+            raise BackendError(f"{name} engine build failed: {msgs[0][:300] if msgs else 'no message from the builder'}")
+        output = f"{proc.stdout}\n{proc.stderr}"
+        if action == "infer" and cuda_missing(output):
+            raise BackendError(f"{name} engine run failed: no CUDA driver or GPU is available here (the engine was "
+                               "built; building needs no GPU, running an engine does)")
+        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+        raise BackendError(f"{name} {_PHASE[action]} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
 
 
 class TrtBackend(Backend):
@@ -166,6 +230,115 @@ class TrtBackend(Backend):
     def describe(self) -> str:
         flags = [k for k, v in self.precision().items() if v]
         return f"{self.name} (Polygraphy{', ' + ', '.join(flags) if flags else ''})"
+
+
+class TrtWorker:
+    """One long-lived worker process answering parse/build requests (see the module docstring).
+
+    Why not one process per request: a parse takes about a millisecond, importing
+    TensorRT a few hundred; repeated parses and bisect oracles ask hundreds of questions.
+    A crash (abort, segfault inside TensorRT) or a timeout ends only the worker: the
+    request raises :class:`WorkerCrash` and the next request starts a fresh worker.
+    """
+
+    def __init__(self, name: str = "trt-rtx", *, timeout: float = 600.0):
+        if name not in _INSTALL:
+            raise UsageError(f"unknown TensorRT engine '{name}'")
+        if not available(name):
+            raise BackendUnavailableError(_INSTALL[name][1])
+        self.name, self.timeout = name, timeout
+        self._proc: subprocess.Popen | None = None
+        self._log: Any = None
+        self.requests = 0
+        self.restarts = 0
+
+    def __enter__(self) -> "TrtWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> "TrtWorker":
+        """Start the process now (importing TensorRT takes a while; the caller can prepare meanwhile)."""
+        self._start()
+        return self
+
+    def _start(self) -> subprocess.Popen:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        if self._proc is not None:
+            self.restarts += 1
+        if self._log is None:
+            self._log = tempfile.TemporaryFile(mode="w+b")
+        self._proc = subprocess.Popen([*_worker_command(), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._log, env=worker_env(self.name))
+        return self._proc
+
+    def _stderr_tail(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0, os.SEEK_END)
+        size = self._log.tell()
+        self._log.seek(max(0, size - 4000))
+        lines = [l for l in self._log.read().decode("utf-8", "replace").splitlines() if l.strip() and "Node name:" not in l]
+        return lines[-1][:300] if lines else ""
+
+    def request(self, action: str, **payload: Any) -> dict:
+        """Send one request; the answer's ``result``, or :class:`WorkerCrash` / :class:`BackendError`."""
+        proc = self._start()
+        self.requests += 1
+        try:
+            proc.stdin.write((json.dumps({"action": action, **payload}) + "\n").encode("utf-8"))
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # reported below as a crash
+        line, timed_out = self._read_line(proc)
+        if line is None:
+            raise WorkerCrash(self._crash_text(proc, action, timed_out))
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise BackendError(f"the {label(self.name)} worker could not {action}: {answer.get('error')}")
+        return answer["result"]
+
+    def _read_line(self, proc: subprocess.Popen) -> tuple[str | None, bool]:
+        """(the answer line or None when the worker died, whether it ran past the timeout and was killed)."""
+        deadline = time.monotonic() + self.timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    proc.kill()
+                    proc.wait()
+                    return None, True
+                if sel.select(timeout=min(left, 1.0)):
+                    line = proc.stdout.readline()
+                    return (line.decode("utf-8") if line else None), False
+
+    def _crash_text(self, proc: subprocess.Popen, action: str, timed_out: bool) -> str:
+        if timed_out:
+            return f"{label(self.name)} did not finish the {action} within {self.timeout:g} s"
+        code = proc.wait()
+        how = _signal_name(code) if code < 0 else f"exit code {code}"
+        tail = self._stderr_tail()
+        return f"the {label(self.name)} worker crashed during the {action} ({how})" + (f": {tail}" if tail else "")
+
+    def close(self) -> None:
+        if self._proc is not None:
+            try:
+                self._proc.stdin.close()
+                self._proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class WorkerCrash(BackendError):
+    """The worker process died (or ran past its timeout) while answering a request."""
 
 
 def create(**options: Any) -> TrtBackend:

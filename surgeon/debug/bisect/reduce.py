@@ -115,8 +115,11 @@ class BisectResult:
 
 
 def make_oracle(view: extract.GraphView, ref_values: list[dict], types: dict, *, test: Any = None,
-                against: onnx.ModelProto | None = None, check: str | None = None, atol: Any = None, rtol: Any = None,
-                nan_equal: bool = False, block_size: int = 32, timeout: float | None = None, against_label: str = "B"):
+                against: onnx.ModelProto | None = None, check: str | Callable | None = None, atol: Any = None,
+                rtol: Any = None, nan_equal: bool = False, block_size: int = 32, timeout: float | None = None,
+                against_label: str = "B"):
+    if callable(check):  # a built-in oracle factory, e.g. trt-check's ``--check trt-build``
+        return check(view, ref_values, types, timeout=timeout)
     if check is not None:
         return CommandOracle(view, check, ref_values, types, timeout=timeout)
     return NumericOracle(view, ref_values, types, test=test, against=against, atol=atol, rtol=rtol,
@@ -131,7 +134,7 @@ def bisect_model(
     test: Any = None,
     against: onnx.ModelProto | None = None,
     against_label: str = "B",
-    check: str | None = None,
+    check: str | Callable | None = None,
     atol: Any = None,
     rtol: Any = None,
     nan_equal: bool = False,
