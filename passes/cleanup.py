@@ -18,6 +18,7 @@ import logging
 from collections import Counter
 from typing import Iterator
 
+import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G
@@ -263,6 +264,36 @@ def _remove_unused_initializers(model: G.Model, ctx: PassContext, log: PassLog) 
     return bool(removed)
 
 
+_ONNX_DOMAINS = frozenset({"", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"})
+
+
+def _repair_header(model: G.Model, ctx: PassContext, log: PassLog) -> bool:
+    """Opset imports the checker would reject, where the right value is certain.
+
+    Duplicated imports keep the last version listed (what protobuf readers see); a custom
+    domain used without an import gets version 1 (custom domains start there). A missing
+    import of an ONNX domain is not guessed: the checker's sentence stays. The IR version
+    is left alone: the checker and ONNX Runtime accept an old one, and raising it would
+    make IR < 4 initializers listed as inputs overridable.
+    """
+    changed = False
+    duplicates = len(model.header.opset_import) - len(model.opsets)
+    if duplicates > 0 and ctx.permit("opset-imports", "model"):
+        del model.header.opset_import[:]
+        model.header.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in model.opsets.items())
+        log.count("duplicate opset import removed", duplicates)
+        changed = True
+    used = {n.domain or "" for n in G.walk_nodes(model.graph)} - {"ai.onnx"}
+    for domain in sorted(used - set(model.opsets)):
+        if domain in _ONNX_DOMAINS:
+            log.note(f"nodes of domain '{domain or 'ai.onnx'}' are used but no opset of it is imported; not guessed")
+        elif ctx.permit("opset-imports", domain):
+            model.opsets[domain] = 1
+            log.count("missing opset import added")
+            changed = True
+    return changed
+
+
 def _note_unused_inputs(graph: gs.Graph, log: PassLog) -> None:
     used = {t.name for n in G.walk_nodes(graph) for t in n.inputs} | {t.name for t in graph.outputs}
     for t in graph.inputs:
@@ -298,4 +329,5 @@ class Cleanup(Pass):
         changed |= _name_nodes(graph, ctx, log)
         _note_unused_inputs(graph, log)
         changed |= _remove_unused_initializers(model, ctx, log)
+        changed |= _repair_header(model, ctx, log)
         return changed

@@ -60,6 +60,6 @@ def render_fix(report: FixReport, out: Console, err: Console | None = None) -> N
         out.print("verified on: " + " | ".join(report.samples), markup=False)
     for n in report.notes:
         out.print(f"note: {n}", markup=False)
-    if report.verification != "numeric" and err is not None:
+    if not report.verified and err is not None:
         err.print(f"warning: the output was not verified numerically ({report.verification}); "
                   "only structural checks ran", markup=False, style="bold yellow")

@@ -380,7 +380,8 @@ class Model:
         Identities of nodes, tensors and weight arrays, names, dtypes and shapes, and
         attribute values; no weight byte is read.
         """
-        parts: list = [tuple(sorted(self.opsets.items())), len(self.unused_initializers)]
+        parts: list = [tuple(sorted(self.opsets.items())), len(self.unused_initializers), self.header.ir_version,
+                       len(self.header.opset_import)]
         for g in iter_graphs(self.graph):
             parts.append(("graph", id(g), tuple(map(_tensor_sig, g.inputs)), tuple(map(_tensor_sig, g.outputs))))
             for n in g.nodes:
@@ -631,10 +632,6 @@ class _Exporter:
         for imp in root.import_domains or []:
             domain = "" if imp.domain == "ai.onnx" else imp.domain
             opsets.setdefault(domain, imp.version)
-        used_domains = {n.domain or "" for n in walk_nodes(root)}
-        for domain in used_domains:
-            if domain not in opsets and domain != "ai.onnx":
-                opsets[domain] = 1
         for domain, version in opsets.items():
             out.opset_import.append(onnx.helper.make_opsetid(domain, version))
         return Exported(out, self.weights)

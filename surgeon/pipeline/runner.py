@@ -22,7 +22,7 @@ from surgeon.errors import ModelLoadError, SurgeonError
 from surgeon.graph import Model
 from surgeon.pipeline import registry
 from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
-from surgeon.verify import INVALID, Verifier
+from surgeon.verify import INVALID, NUMERIC, PROOF, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,12 @@ class FixReport:
     nodes_after: int
     ops_before: dict[str, int]
     ops_after: dict[str, int]
-    verification: str  # "numeric", or why only structural checks ran
+    verification: str  # "numeric", "proof" (every change proven structurally), or why only structural checks ran
+
+    @property
+    def verified(self) -> bool:
+        """Whether the output is shown to compute what the input does (numerically or by proof)."""
+        return self.verification in (NUMERIC, PROOF)
     samples: list[str]
     seconds: float
     applications: list[dict[str, Any]] = field(default_factory=list)
@@ -228,13 +233,21 @@ def fix(
     if verifier.level == INVALID:
         raise ModelLoadError(f"the model is invalid and the passes could not repair it: {verifier.checker_reason}")
     notes = [verifier.note] if verifier.note else []
+    if verifier.numeric:
+        verification = NUMERIC
+    elif all(p.checked == PROOF for p in reports if p.status == APPLIED):
+        # Every change is the same computation graph: equivalent without running anything.
+        verification = PROOF
+        notes.append(f"numeric checks were not possible ({verifier.skipped}); every change was proven structurally")
+    else:
+        verification = verifier.skipped or "structural only"
     report = FixReport(
         passes=reports,
         nodes_before=nodes_before,
         nodes_after=cur_nodes,
         ops_before=dict(ops_before),
         ops_after=dict(cur_ops),
-        verification="numeric" if verifier.numeric else (verifier.skipped or "structural only"),
+        verification=verification,
         samples=verifier.sample_shapes(),
         seconds=time.perf_counter() - start,
         applications=[asdict(a) for a in budget.applications],

@@ -237,3 +237,72 @@ def test_vit_identities_removed_verified():
     assert rep.counts["identity removed"] == 120
     assert sum(1 for n in iter_proto_nodes(out) if n.op_type == "Identity") == 0
     assert report.verification == "numeric" and len(report.samples) >= 2
+
+
+# --- repairs: a model the checker rejects but that can be repaired ---------------------------
+
+def _out_of_order_model(ir_version=3, opsets=(13, 13)):
+    """Nodes out of topological order, two nodes named 'n', a duplicated opset import."""
+    from onnx import helper
+
+    nodes = [helper.make_node("Relu", ["a"], ["y"], name="n"), helper.make_node("Sigmoid", ["x"], ["a"], name="n")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, ["N", 4])],
+                          [helper.make_tensor_value_info("y", 1, ["N", 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", v) for v in opsets])
+    m.ir_version = ir_version
+    return m
+
+
+def test_repairs_order_names_and_opset_imports():
+    m = _out_of_order_model()
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(m)
+    out, log = run_cleanup(m)  # run_cleanup runs the full checker on the output
+    assert log.counts["graph sorted topologically"] == 1
+    assert log.counts["duplicate node name made unique"] == 1
+    assert log.counts["duplicate opset import removed"] == 1
+    assert out.ir_version == 3
+    assert [(o.domain, o.version) for o in out.opset_import] == [("", 13)]
+    x = np.linspace(-2, 2, 8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_allclose(run_ort(out, {"x": x})["y"], np.maximum(1 / (1 + np.exp(-x)), 0), atol=1e-6, rtol=1e-6)
+
+
+def test_custom_domain_without_import_gets_one_and_onnx_domains_are_not_guessed():
+    from onnx import helper
+
+    nodes = [helper.make_node("Foo", ["x"], ["y"], domain="my.ops", name="foo")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [2])], [helper.make_tensor_value_info("y", 1, [2])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    out, log = helpers.run_pass(Cleanup, m)
+    assert log.counts["missing opset import added"] == 1
+    assert {(o.domain, o.version) for o in out.opset_import} == {("", 17), ("my.ops", 1)}
+    ml = helper.make_model(helper.make_graph([helper.make_node("Normalizer", ["x"], ["y"], domain="ai.onnx.ml", name="nz")],
+                                             "g", [helper.make_tensor_value_info("x", 1, [1, 2])],
+                                             [helper.make_tensor_value_info("y", 1, [1, 2])]),
+                           opset_imports=[helper.make_opsetid("", 17)])
+    out, log = helpers.run_pass(Cleanup, ml)
+    assert out is None and any("ai.onnx.ml" in n and "not guessed" in n for n in log.notes)
+
+
+def test_fix_cli_repairs_a_model_the_checker_rejects(tmp_path):
+    from helpers import run_cli
+
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    src.write_bytes(_out_of_order_model().SerializeToString())
+    before = src.read_bytes()
+    proc = run_cli("fix", str(src), "-o", str(out), "--strict")
+    assert proc.returncode == 0, proc.stderr
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    assert src.read_bytes() == before
+    assert "verification: proof" in proc.stdout  # ONNX Runtime refuses the input (two nodes named 'n')
+
+
+def test_fix_cli_refuses_what_stays_invalid_with_the_checkers_sentence(tmp_path):
+    from helpers import run_cli
+
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    src.write_bytes(_out_of_order_model().SerializeToString())
+    proc = run_cli("fix", str(src), "-o", str(out), "--passes", "fold-conv-bn")  # nothing that repairs
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "could not repair it" in proc.stderr and "topologically sorted" in proc.stderr
+    assert not out.exists()
