@@ -82,6 +82,7 @@ def io_problem(before: onnx.ModelProto, after: onnx.ModelProto) -> str | None:
 
 # How a candidate was shown to compute the same function.
 PROOF = "proof"  # the same computation graph up to Identity, dead nodes, names and order (surgeon.equivalence)
+PENDING = "pending"  # structurally checked; its outputs are compared later, with the changes after it
 NUMERIC = "numeric"  # outputs compared on the samples
 STRUCTURAL = "structural"  # checker and interface only (numeric verification off or impossible)
 
@@ -165,8 +166,14 @@ class Verifier:
     def sample_shapes(self) -> list[str]:
         return [input_data.describe_feeds(s) for s in self.samples]
 
-    def check(self, before: Exported, candidate: Exported, opaque: Iterable[str] = ()) -> VerifyResult:
-        """``opaque``: ``domain::Op`` the pass added on purpose (see PassLog.opaque_ops)."""
+    def check(self, before: Exported, candidate: Exported, opaque: Iterable[str] = (), *,
+              numeric: bool = True) -> VerifyResult:
+        """Interface, checker, then a proof or (``numeric``) a comparison on the samples.
+
+        ``opaque``: ``domain::Op`` the pass added on purpose (see PassLog.opaque_ops). With
+        ``numeric=False`` a change that is not proven comes back ``method=PENDING``: the
+        caller compares it later, together with the changes after it (see the runner).
+        """
         problem = io_problem(before.skeleton, candidate.skeleton)
         if problem:
             return VerifyResult(False, problem)
@@ -175,12 +182,19 @@ class Verifier:
             return VerifyResult(False, reason)
         if same_computation(before.skeleton, before.weights, candidate.skeleton, candidate.weights):
             result = VerifyResult(True, method=PROOF)
+        elif numeric or not self.numeric:
+            result = self.compare(before, candidate, opaque)
         else:
-            result = self._numeric(before, candidate, opaque)
+            result = VerifyResult(True, method=PENDING)
         result.level = level
         return result
 
-    def _numeric(self, before: Exported, candidate: Exported, opaque: Iterable[str]) -> VerifyResult:
+    def compare(self, before: Exported, candidate: Exported, opaque: Iterable[str] = ()) -> VerifyResult:
+        """The candidate's outputs against the reference (the last accepted outputs) on every sample.
+
+        ``before`` is the state the reference outputs belong to; it is only read to tell
+        which declared plugin ops are new when ONNX Runtime cannot load the candidate.
+        """
         if not self.numeric:
             return VerifyResult(True)
         try:

@@ -100,8 +100,11 @@ def test_custom_op_model_processed_without_numeric_verification(tmp_path):
     proc = run_cli("fix", str(FIXTURES / "custom_op.onnx"), "-o", str(out), "--report", str(rep))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(rep.read_text())
-    assert report["verification"].startswith("verification skipped")
-    assert "verification skipped" in proc.stdout
+    # ONNX Runtime cannot run the custom op, so nothing could be compared; the one change
+    # (a dead node removed) is proven structurally instead, and the report says both.
+    assert report["verification"] == "proof"
+    assert any("ONNX Runtime cannot load" in n and "proven structurally" in n for n in report["notes"])
+    assert "verification: proof" in proc.stdout
     m = onnx.load(str(out))
     assert [n.op_type for n in m.graph.node if n.domain == "my.plugins"] == ["MyActivation"]
     assert {o.domain for o in m.opset_import} >= {"my.plugins"}

@@ -22,7 +22,7 @@ from surgeon.errors import ModelLoadError, SurgeonError
 from surgeon.graph import Model
 from surgeon.pipeline import registry
 from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
-from surgeon.verify import INVALID, NUMERIC, PROOF, Verifier
+from surgeon.verify import INVALID, NUMERIC, PENDING, PROOF, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,169 @@ class _Unchanged:
     all_refused: bool  # every request was refused (replaying is then exact under a bisect limit too)
 
 
+class _Pipeline:
+    """One pipeline run (local state only; see :func:`fix`).
+
+    Numeric verification is batched: a change that is not proven structurally is
+    checked at once for everything cheap (interface, checker) and its outputs are
+    compared at the end of the round, together with the changes after it. When that
+    comparison fails, the model goes back to the last state whose outputs were compared
+    and the same passes run again one at a time, each compared on its own, so the one
+    that broke equivalence is the one rolled back. Passes are deterministic functions of
+    (model, options, rewrite budget), so the rerun makes the same changes.
+    """
+
+    def __init__(self, work: Model, names: list[str], verifier: Verifier, budget: RewriteBudget,
+                 options: Mapping[str, Any], progress: Callable[[str], None] | None, batch: bool):
+        self.work, self.names, self.verifier, self.budget = work, names, verifier, budget
+        self.options, self.progress, self.batch = dict(options), progress, batch
+        self.reports: list[PassReport] = []
+        self.version = 0  # bumped whenever the model changes
+        self.unchanged: dict[str, _Unchanged] = {}  # pass name -> its last run that changed nothing
+        self.current = work.export()  # the state passes build on (checked; its outputs maybe not compared yet)
+        self.compared = self.current  # the last state whose outputs were compared (or that needs no comparison)
+        self.signature = work.signature()
+        self.nodes, self.ops = G.count_nodes(work), G.op_histogram(work)
+        self.pending: list[PassReport] = []  # applied, outputs not compared yet
+        self.since_compared: list[tuple[str, int]] = []  # (pass, round) run since ``compared``, for a rerun
+        self.mark = (0, 0, self.nodes, self.ops)  # len(reports), len(applications), nodes, ops at ``compared``
+        self.opaque: set[str] = set()
+
+    def run(self, rounds: int) -> None:
+        for round_no in range(1, max(1, rounds) + 1):
+            changed = False
+            for name in self.names:
+                changed |= self._step(name, round_no, defer=self.batch)
+            changed &= self._settle()
+            if not changed:
+                break
+
+    def _roll_back(self) -> None:
+        self.work.restore(self.current)
+        self.signature = self.work.signature()
+
+    def _step(self, name: str, round_no: int, *, defer: bool) -> bool:
+        """Run one pass; True when it changed the model (and the change was kept)."""
+        if self.progress:
+            self.progress(f"round {round_no}: {name}")
+        self.since_compared.append((name, round_no))
+        nodes = self.nodes
+        seen = self.unchanged.get(name)
+        if seen is not None and seen.version == self.version and (self.budget.limit is None or seen.all_refused):
+            # Same model as last time: the pass would change nothing again. Its permit
+            # requests are replayed so that rewrite numbering (opt-bisect) is unchanged.
+            for request in seen.applications:
+                self.budget.permit(*request)
+            if round_no == 1 or seen.notes:
+                self.reports.append(PassReport(name, round_no, UNCHANGED, nodes, nodes, 0.0,
+                                               counts=dict(seen.counts), notes=list(seen.notes)))
+            return False
+        instance = registry.get(name)()
+        ctx = PassContext(budget=self.budget, options=dict(self.options), pass_name=name)
+        plog = PassLog()
+        t0 = time.perf_counter()
+        first_request = len(self.budget.applications)
+        try:
+            claimed = instance.run(self.work, ctx, plog)
+        except SurgeonError:
+            self._roll_back()
+            raise
+        except Exception as exc:  # a bug in a pass must not lose the user's run
+            log.debug("pass %s crashed", name, exc_info=True)
+            self._roll_back()
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            plog.note(f"pass crashed and was rolled back: {reason}")
+            self.reports.append(PassReport(name, round_no, ROLLED_BACK, nodes, nodes, time.perf_counter() - t0,
+                                           notes=plog.notes, reason=f"crashed: {reason}"))
+            return False
+        after = self.work.signature()
+        if after == self.signature:
+            requests = self.budget.applications[first_request:]
+            self.unchanged[name] = _Unchanged(self.version, dict(plog.counts), list(plog.notes),
+                                              [(a.pass_name, a.rule, a.node) for a in requests],
+                                              all(not a.applied for a in requests))
+            if round_no == 1 or plog.notes:
+                self.reports.append(PassReport(name, round_no, UNCHANGED, nodes, nodes, time.perf_counter() - t0,
+                                               counts=dict(plog.counts), notes=plog.notes))
+            return False
+        verdict = None
+        if not claimed:
+            reason = "the pass changed the model but returned False (contract violation)"
+        elif not plog.counts:
+            reason = "the pass changed the model but reported no change (contract violation)"
+        else:
+            candidate = self.work.export()
+            verdict = self.verifier.check(self.current, candidate, opaque=plog.opaque, numeric=not defer)
+            reason = verdict.reason
+            if verdict.ok and verdict.note:
+                plog.note(verdict.note)
+        elapsed = time.perf_counter() - t0
+        if verdict is None or not verdict.ok:
+            log.info("pass %s rolled back: %s", name, reason)
+            self._roll_back()
+            self.reports.append(PassReport(name, round_no, ROLLED_BACK, nodes, nodes, elapsed, {}, dict(plog.counts),
+                                           plog.notes, reason, verdict.max_abs if verdict else None,
+                                           verdict.max_rel if verdict else None, verdict.method if verdict else ""))
+            return False
+        self.verifier.accept(verdict)
+        after_nodes, after_ops = G.count_nodes(self.work), G.op_histogram(self.work)
+        report = PassReport(name, round_no, APPLIED, nodes, after_nodes, elapsed, _op_delta(self.ops, after_ops),
+                            dict(plog.counts), plog.notes, "", verdict.max_abs, verdict.max_rel, verdict.method)
+        self.reports.append(report)
+        self.current, self.signature = candidate, after
+        self.nodes, self.ops = after_nodes, after_ops
+        self.version += 1
+        if verdict.method == PENDING:
+            self.pending.append(report)
+            self.opaque |= plog.opaque
+        elif not self.pending:
+            self._mark_compared()
+        return True
+
+    def _mark_compared(self) -> None:
+        self.compared = self.current
+        self.since_compared = []
+        self.mark = (len(self.reports), len(self.budget.applications), self.nodes, self.ops)
+
+    def _settle(self) -> bool:
+        """Compare the outputs of the pending changes; on a mismatch, rerun them one by one.
+
+        Returns False when the rerun kept none of the changes since the last comparison.
+        """
+        if not self.pending:
+            return True
+        started = time.perf_counter()
+        verdict = self.verifier.compare(self.compared, self.current, self.opaque)
+        names = ", ".join(dict.fromkeys(p.name for p in self.pending))
+        if verdict.ok:
+            self.verifier.accept(verdict)
+            share = (time.perf_counter() - started) / len(self.pending)
+            for p in self.pending:
+                p.checked, p.max_abs, p.max_rel = verdict.method, verdict.max_abs, verdict.max_rel
+                p.seconds += share
+                if verdict.note:
+                    p.notes.append(verdict.note)
+                if len(self.pending) > 1:
+                    p.notes.append(f"outputs compared once for the changes of: {names}")
+            self.pending, self.opaque = [], set()
+            self._mark_compared()
+            return True
+        log.info("batched comparison of %s failed (%s); rerunning them one at a time", names, verdict.reason)
+        rerun = self.since_compared
+        n_reports, n_apps, self.nodes, self.ops = self.mark
+        del self.reports[n_reports:]
+        del self.budget.applications[n_apps:]
+        self.pending, self.opaque = [], set()
+        self.current = self.compared
+        self._roll_back()
+        self.version += 1  # a fresh version: nothing run in the batch is replayed as "unchanged"
+        self.since_compared = []
+        changed = False
+        for name, round_no in rerun:
+            changed |= self._step(name, round_no, defer=False)
+        return changed
+
+
 def fix(
     model: "onnx.ModelProto | Model",
     passes: str | list[str] | None = None,
@@ -140,96 +303,15 @@ def fix(
 
         pin_input_shapes(work, input_shapes)
     nodes_before, ops_before = G.count_nodes(work), G.op_histogram(work)
-    cur_nodes, cur_ops = nodes_before, ops_before
-    accepted = work.export()  # the verified state; a rollback re-imports it
-    verifier = Verifier(accepted, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol,
+    initial = work.export()
+    verifier = Verifier(initial, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol,
                         seed=seed)
     budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude),
                            only=None if only is None else frozenset(only))
-    reports: list[PassReport] = []
-    version = 0  # bumped whenever the model changes
-    signature = work.signature()
-    unchanged: dict[str, _Unchanged] = {}  # pass name -> its last run that changed nothing
-
-    def roll_back() -> None:
-        nonlocal signature
-        work.restore(accepted)
-        signature = work.signature()
-
-    for round_no in range(1, max(1, rounds) + 1):
-        round_changed = False
-        for name in names:
-            if progress:
-                progress(f"round {round_no}: {name}")
-            seen = unchanged.get(name)
-            if seen is not None and seen.version == version and (budget.limit is None or seen.all_refused):
-                # Same model as last time: the pass would change nothing again. Its permit
-                # requests are replayed so that rewrite numbering (opt-bisect) is unchanged.
-                for request in seen.applications:
-                    budget.permit(*request)
-                if round_no == 1 or seen.notes:
-                    reports.append(PassReport(name, round_no, UNCHANGED, cur_nodes, cur_nodes, 0.0,
-                                              counts=dict(seen.counts), notes=list(seen.notes)))
-                continue
-            instance = registry.get(name)()
-            ctx = PassContext(budget=budget, options=dict(options or {}), pass_name=name)
-            plog = PassLog()
-            t0 = time.perf_counter()
-            first_request = len(budget.applications)
-            try:
-                claimed = instance.run(work, ctx, plog)
-            except SurgeonError:
-                roll_back()
-                raise
-            except Exception as exc:  # a bug in a pass must not lose the user's run
-                log.debug("pass %s crashed", name, exc_info=True)
-                roll_back()
-                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                plog.note(f"pass crashed and was rolled back: {reason}")
-                reports.append(PassReport(name, round_no, ROLLED_BACK, cur_nodes, cur_nodes,
-                                          time.perf_counter() - t0, notes=plog.notes, reason=f"crashed: {reason}"))
-                continue
-            after = work.signature()
-            if after == signature:
-                requests = budget.applications[first_request:]
-                unchanged[name] = _Unchanged(version, dict(plog.counts), list(plog.notes),
-                                             [(a.pass_name, a.rule, a.node) for a in requests],
-                                             all(not a.applied for a in requests))
-                if round_no == 1 or plog.notes:
-                    reports.append(PassReport(name, round_no, UNCHANGED, cur_nodes, cur_nodes,
-                                              time.perf_counter() - t0, counts=dict(plog.counts), notes=plog.notes))
-                continue
-            verdict = None
-            if not claimed:
-                result_reason = "the pass changed the model but returned False (contract violation)"
-            elif not plog.counts:
-                result_reason = "the pass changed the model but reported no change (contract violation)"
-            else:
-                candidate = work.export()
-                verdict = verifier.check(accepted, candidate, opaque=plog.opaque)
-                result_reason = verdict.reason
-                if verdict.ok and verdict.note:
-                    plog.note(verdict.note)
-            elapsed = time.perf_counter() - t0
-            if verdict is not None and verdict.ok:
-                verifier.accept(verdict)
-                after_nodes, after_ops = G.count_nodes(work), G.op_histogram(work)
-                reports.append(PassReport(name, round_no, APPLIED, cur_nodes, after_nodes, elapsed,
-                                          _op_delta(cur_ops, after_ops), dict(plog.counts),
-                                          plog.notes, "", verdict.max_abs, verdict.max_rel, verdict.method))
-                accepted, signature = candidate, after
-                cur_nodes, cur_ops = after_nodes, after_ops
-                version += 1
-                round_changed = True
-            else:
-                log.info("pass %s rolled back: %s", name, result_reason)
-                roll_back()
-                reports.append(PassReport(name, round_no, ROLLED_BACK, cur_nodes, cur_nodes, elapsed,
-                                          {}, dict(plog.counts), plog.notes, result_reason,
-                                          verdict.max_abs if verdict else None, verdict.max_rel if verdict else None,
-                                          verdict.method if verdict else ""))
-        if not round_changed:
-            break
+    pipeline = _Pipeline(work, names, verifier, budget, options or {}, progress,
+                         batch=verifier.numeric and bisect_limit is None and only is None)
+    pipeline.run(rounds)
+    reports, accepted, cur_nodes, cur_ops = pipeline.reports, pipeline.current, pipeline.nodes, pipeline.ops
     if verifier.level == INVALID:
         raise ModelLoadError(f"the model is invalid and the passes could not repair it: {verifier.checker_reason}")
     notes = [verifier.note] if verifier.note else []
@@ -254,7 +336,7 @@ def fix(
         notes=notes,
     )
     if as_proto:
-        if version == 0 and not fix_shapes:  # nothing changed: the input as it was, byte for byte
+        if not any(p.status == APPLIED for p in reports) and not fix_shapes:  # the input as it was, byte for byte
             unchanged_model = onnx.ModelProto()
             unchanged_model.CopyFrom(model)
             return unchanged_model, report

@@ -208,3 +208,48 @@ def test_ort_cannot_run_model_skips_numeric_verification_with_note():
     out, report = surgeon.fix(m, ["test-relu-to-max"])
     assert report.verification.startswith("verification skipped") and "MyActivation" in report.verification
     assert _status(report, "test-relu-to-max").status == APPLIED
+
+
+class ReluToMaxOfZeros(ReluToMax):
+    """Correct too, a second numeric change in the same round (Max(x, 0) with the zero doubled)."""
+
+    name = "test-max-zero-twice"
+    summary = "Max(x, 0) as Max(x, 0, 0)"
+
+    def run_on_graph(self, graph, ctx, log):
+        changed = False
+        for node in graph.nodes:
+            if node.op == "Max" and len(node.inputs) == 2 and ctx.permit("max-zero", node):
+                node.inputs.append(gs.Constant(f"{node.outputs[0].name}_zero2", np.zeros((1,), np.float32)))
+                log.count("max-zero")
+                changed = True
+        return changed
+
+
+def test_changes_of_one_round_are_compared_once(monkeypatch):
+    from surgeon.verify import Verifier
+
+    monkeypatch.setitem(registry._PASSES, ReluToMaxOfZeros.name, ReluToMaxOfZeros)
+    calls = []
+    original = Verifier.compare
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Verifier, "compare", counting)
+    out, report = surgeon.fix(DYN, ["test-relu-to-max", "test-max-zero-twice"], rounds=1)
+    a, b = _status(report, "test-relu-to-max"), _status(report, "test-max-zero-twice")
+    assert a.status == b.status == APPLIED and a.checked == b.checked == "numeric"
+    assert len(calls) == 1  # one ONNX Runtime comparison for both changes
+    assert any("compared once" in n for n in a.notes)
+    assert [len(n.input) for n in out.graph.node if n.op_type == "Max"] == [3]
+
+
+def test_failed_batch_reruns_passes_one_by_one_without_renumbering():
+    out, report = surgeon.fix(DYN, ["test-relu-to-max", "test-bake-batch"], rounds=1)
+    assert _status(report, "test-relu-to-max").status == APPLIED
+    assert _status(report, "test-bake-batch").status == ROLLED_BACK
+    assert [p.name for p in report.passes] == ["test-relu-to-max", "test-bake-batch"]  # no duplicate reports
+    keys = [(a["pass_name"], a["rule"]) for a in report.applications]
+    assert keys == [("test-relu-to-max", "relu-max"), ("test-bake-batch", "bake")]  # numbered once
