@@ -42,13 +42,14 @@ def _ort_value(array: Any) -> Any:
 
 
 class OrtSession(Session):
-    def __init__(self, sess: Any):
+    def __init__(self, sess: Any, weights: Mapping[str, Any] | None = None):
         self._sess = sess
         self.output_names = [o.name for o in sess.get_outputs()]
+        self._weights = dict(weights or {})  # fed with every run (see Exported.for_ort)
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            values = self._sess.run(self.output_names, dict(feeds))
+            values = self._sess.run(self.output_names, {**dict(feeds), **self._weights})
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"ONNX Runtime failed to run the model: {_first_line(exc)}") from exc
         return dict(zip(self.output_names, values))
@@ -93,13 +94,26 @@ class OnnxRuntimeBackend(Backend):
         if self.disabled_optimizers:
             kwargs["disabled_optimizers"] = self.disabled_optimizers
         keep: list = []
+        feed_weights: dict = {}
         try:
             if not isinstance(model, onnx.ModelProto):
-                data, arrays = model.for_ort()
-                if arrays:
-                    keep = [_ort_value(a) for a in arrays.values()]
-                    options.add_external_initializers(list(arrays), keep)
-                sess = ort.InferenceSession(data, **kwargs)
+                sess = None
+                if not self.disabled_optimizers:  # ORT's optimizers see weights as inputs then: not what is asked
+                    data, arrays = model.for_ort(as_inputs=True)
+                    if all(a.dtype.kind in "biuf" for a in arrays.values()):
+                        try:
+                            sess = ort.InferenceSession(data, **kwargs)
+                            feed_weights = arrays
+                        except Exception as exc:  # noqa: BLE001 - a kernel that wants constant weights: initializers
+                            log.debug("weights as inputs refused (%s); as initializers", _first_line(exc))
+                if sess is None:
+                    data, arrays = model.for_ort(as_inputs=False)
+                    options = self._options()
+                    kwargs["sess_options"] = options
+                    if arrays:
+                        keep = [_ort_value(a) for a in arrays.values()]
+                        options.add_external_initializers(list(arrays), keep)
+                    sess = ort.InferenceSession(data, **kwargs)
             elif model_io.needs_external_data(model):
                 with model_io.materialized(model) as path:
                     sess = ort.InferenceSession(str(path), **kwargs)
@@ -107,7 +121,7 @@ class OnnxRuntimeBackend(Backend):
                 sess = ort.InferenceSession(model.SerializeToString(), **kwargs)
         except Exception as exc:
             raise BackendError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
-        session = OrtSession(sess)
+        session = OrtSession(sess, feed_weights)
         session.keep_alive = keep  # ONNX Runtime reads the weights from these buffers for the session's life
         return session
 
