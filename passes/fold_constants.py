@@ -197,7 +197,9 @@ class _Folder:
     def apply(self, results: dict[int, np.ndarray]) -> bool:
         changed = False
         self.removed: set[int] = set()
-        self.graph_outputs = {id(o) for g in G.iter_graphs(self.model.graph) for o in g.outputs}
+        self.graph_outputs = {id(o) for o in self.model.graph.outputs}
+        self.body_outputs = {id(o): g for g in G.iter_graphs(self.model.graph) if g is not self.model.graph
+                             for o in g.outputs}
         for g, node, vals in self.direct:
             changed |= self._replace(g, node, vals, "Constant node made initializer" if node.op == "Constant"
                                      else "constant folded")
@@ -237,6 +239,9 @@ class _Folder:
                 for i, x in enumerate(consumer.inputs):
                     if x is t:
                         consumer.inputs[i] = const
+            body = self.body_outputs.get(id(t))
+            if body is not None:  # a body may return an initializer (a Loop's constant condition)
+                body.outputs = [const if o is t else o for o in body.outputs]
         node.inputs.clear()
         node.outputs.clear()
         self.removed.add(id(node))
@@ -244,6 +249,7 @@ class _Folder:
         return True
 
     def _is_graph_output(self, t: gs.Tensor) -> bool:
+        """An output of the main graph: produced by a node there, for engines that refuse constant outputs."""
         return id(t) in self.graph_outputs
 
 

@@ -169,3 +169,21 @@ def test_corpus_dynamic_batch_stays_dynamic_in_pipeline():
     assert dims(out.graph.input[0])[0] == "batch" and dims(out.graph.output[0])[0] == "batch"
     assert "Shape" in {n.op_type for n in iter_proto_nodes(out)}  # the batch dim is read at run time
     assert report.nodes_after < report.nodes_before
+
+
+def test_constant_node_returned_by_a_body_becomes_an_initializer_of_the_body():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (int64 n, float[2] x) => (float[2] y) {
+      y = Loop(n, , x) <body = b (int64 i, bool c, float[2] v) => (bool t, float[2] w) {
+          t = Constant<value = bool {1}>()
+          w = Relu(v)
+      }>
+    }""")
+    out, log = run_fold(m)
+    body = out.graph.node[0].attribute[0].g
+    assert [n.op_type for n in body.node] == ["Relu"]
+    assert [t.name for t in body.initializer] == ["t"] and body.output[0].name == "t"
+    assert log.counts["Constant node made initializer"] == 1
+    feeds = {"n": np.array(3, np.int64), "x": np.array([-1.0, 2.0], np.float32)}
+    np.testing.assert_allclose(run_ort(out, feeds)["y"], run_ort(m, feeds)["y"], **TOL)
