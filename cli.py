@@ -678,6 +678,61 @@ def _render_isolate(report: dict, outdir: str) -> None:
     con.print(f"report: {Path(outdir) / 'report.json'}", markup=False)
 
 
+# --- fp16 ---------------------------------------------------------------------------------
+
+def _add_fp16(sub) -> None:
+    p = sub.add_parser("fp16", help="write a mixed-precision (FP16/BF16) model with the fewest FP32 islands that keep the tolerance")
+    p.add_argument("model", help="the FP32 .onnx model (never modified)")
+    p.add_argument("-o", "--output", required=True, help="the mixed-precision model (written atomically)")
+    p.add_argument("--precision", choices=("fp16", "bf16"), default="fp16", help="reduced precision (default fp16)")
+    p.add_argument("--keep", nargs="+", default=[], metavar="OP_OR_NODE", help="op types or node names kept in FP32 whatever the search finds")
+    p.add_argument("--keep-io-types", action="store_true", help="keep float32 graph inputs and outputs (Casts at the interface)")
+    p.add_argument("--layer-precisions", metavar="FILE",
+                   help="also write the decision as trtexec --layerPrecisions/--precisionConstraints and Polygraphy --layer-precisions flags")
+    p.add_argument("--report", metavar="REPORT.json", help="write the report as JSON")
+    p.add_argument("--max-oracle-calls", type=int, default=300, metavar="N",
+                   help="budget of emulation runs for the search (default 300); past it the result is not proven minimal")
+    p.add_argument("--no-trt-check", action="store_true", help="skip the TensorRT-RTX build of OUT (done where tensorrt_rtx is installed)")
+    _add_common_model_args(p)
+    p.add_argument("--val-range", nargs="+", default=[], metavar="NAME:[LO,HI]", help="value range for generated inputs")
+    p.add_argument("--iterations", type=int, default=2, help="number of input samples the tolerance must hold on (default 2)")
+    p.add_argument("--load-inputs", metavar="FILE", help="inputs from .npz or Polygraphy JSON (polygraphy run --save-inputs)")
+    p.add_argument("--save-inputs", metavar="FILE", help="write the inputs used (.npz or .json, Polygraphy's format)")
+    p.set_defaults(func=_cmd_fp16)
+
+
+def _cmd_fp16(args) -> int:
+    import surgeon
+    from surgeon import input_files
+    from surgeon.errors import UsageError
+    from surgeon.precision import Fp16Options, convert_mixed_precision
+    from surgeon.precision.api import output_path_checks
+    from surgeon.precision.report import render
+
+    output_path_checks(args.model, args.output, args.report, args.layer_precisions, args.save_inputs)
+    if args.iterations < 1:
+        raise UsageError("--iterations must be at least 1")
+    for path in (args.save_inputs, args.load_inputs):
+        if path:
+            input_files.check_path(path, "input data")
+    model = surgeon.load(args.model)
+    samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs("onnxrt", model))
+    options = Fp16Options(precision=args.precision, keep=args.keep, keep_io_types=args.keep_io_types,
+                          atol=_tolerances(args.atol), rtol=_tolerances(args.rtol), max_oracle_calls=args.max_oracle_calls,
+                          trt_check=False if args.no_trt_check else None, layer_precisions=args.layer_precisions)
+    from rich.status import Status
+
+    with Status("fp16", console=_stderr_console()) as status:
+        report = convert_mixed_precision(args.model, args.output, samples=samples, options=options,
+                                         progress=lambda msg: status.update(f"fp16: {msg}"))
+    if args.report:
+        from surgeon.report import write_json
+
+        write_json(args.report, report.to_dict())
+    render(report, _stdout_console())
+    return EXIT_OK if report.passed else EXIT_FAIL
+
+
 # --- shared plumbing -----------------------------------------------------------------------
 
 def _stdout_console():
@@ -707,7 +762,8 @@ def _quiet_libraries(verbose: int) -> None:
         pass
 
 
-_COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_isolate, _add_bisect, _add_scan]
+_COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_isolate, _add_bisect, _add_scan,
+             _add_fp16]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,211 @@
+"""Choose the FP32 islands by proof: the smallest set of nodes whose FP32 keeps the tolerance.
+
+The property searched is monotone in practice (more FP32 nodes, less error) but not
+assumed to be: every claim in the result is a verdict the oracle gave.
+
+1. Preconditions: with every candidate in FP32 the tolerance is met (else the tolerance
+   cannot be met at all: a usage error); with none, it is missed (else there is nothing to
+   keep).
+2. The prior (``scan``'s overflows) alone; when it meets the tolerance it is the pool.
+3. Otherwise prefix bisection (the isolate engine's ``prefix_bisect``, as LLVM's
+   opt-bisect) over the ranking after the prior: the shortest prefix that meets the
+   tolerance, in log2(n) calls.
+4. ddmin (the isolate engine's strategy) over the pool: a 1-minimal set, from which
+   removing any single node misses the tolerance.
+5. Islands (connected components of the set): each one removed must miss the tolerance;
+   one that does not is dropped and ddmin runs again on what is left. A final uncached run
+   of the chosen set must meet the tolerance (a flaky oracle is reported, not trusted).
+
+A budget of oracle calls bounds it all; when it runs out the best set that met the
+tolerance so far is returned and the result says it is not proven minimal, and why.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import onnx
+
+from surgeon.debug.isolate.ddmin import Verdict, ddmin, prefix_bisect
+from surgeon.precision.oracle import BudgetExhausted, EmulationOracle, Judgement
+
+log = logging.getLogger(__name__)
+
+NO_ISLANDS = "no-islands"  # the full reduced-precision model meets the tolerance
+MINIMAL = "minimal"  # a 1-minimal set, every island confirmed
+BUDGET = "budget"  # stopped by the call budget: the set meets the tolerance, minimality not proven
+FLAKY = "flaky"  # the oracle answered the same question two ways
+
+
+@dataclass
+class Island:
+    nodes: list[str]
+    op_types: list[str]
+    why: list[str] = field(default_factory=list)
+    without: Judgement | None = None  # the verdict with this island back in reduced precision
+
+    def to_dict(self) -> dict:
+        return {"nodes": self.nodes, "op_types": self.op_types, "why": self.why,
+                "without_it": self.without.to_dict() if self.without else None}
+
+
+@dataclass
+class SearchResult:
+    status: str
+    kept: list[str]
+    message: str
+    baseline: Judgement
+    full: Judgement
+    final: Judgement
+    islands: list[Island] = field(default_factory=list)
+    phases: list[dict] = field(default_factory=list)
+
+    @property
+    def minimal(self) -> bool:
+        return self.status in (MINIMAL, NO_ISLANDS)
+
+
+def islands_of(model: onnx.ModelProto, labels: Sequence[str], kept: Sequence[str]) -> list[list[str]]:
+    """Connected components of ``kept`` in the dataflow graph (in graph order)."""
+    order = {label: i for i, label in enumerate(labels)}
+    kept_set = set(kept)
+    parent = {k: k for k in kept}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    producer = {}
+    for label, n in zip(labels, model.graph.node):
+        for o in n.output:
+            if o:
+                producer[o] = label
+    for label, n in zip(labels, model.graph.node):
+        if label not in kept_set:
+            continue
+        for i in n.input:
+            p = producer.get(i)
+            if p in kept_set:
+                parent[find(p)] = find(label)
+    groups: dict[str, list[str]] = {}
+    for k in sorted(kept, key=lambda x: order[x]):
+        groups.setdefault(find(k), []).append(k)
+    return sorted(groups.values(), key=lambda g: order[g[0]])
+
+
+class _Best:
+    """The smallest set seen that met the tolerance (what a budget stop returns)."""
+
+    def __init__(self, oracle: EmulationOracle, everything: frozenset[str]):
+        self.oracle = oracle
+        self.best = everything
+
+    def __call__(self, kept: Sequence[str] | frozenset[str], phase: str) -> Judgement:
+        j = self.oracle(frozenset(kept), phase)
+        if j.passed and len(kept) < len(self.best):
+            self.best = frozenset(kept)
+        return j
+
+
+def _ddmin(ask: _Best, pool: list[str], phase: str) -> list[str]:
+    """ddmin over ``pool`` (which meets the tolerance): "fails" in ddmin's terms means "meets"."""
+    search = ddmin(range(len(pool)))
+    query = next(search)
+    while True:
+        verdict = Verdict.FAIL if ask([pool[i] for i in query], phase).passed else Verdict.PASS
+        try:
+            query = search.send(verdict)
+        except StopIteration as stop:
+            return [pool[i] for i in stop.value]
+
+
+def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Sequence[str], oracle: EmulationOracle, *,
+                   prior: Sequence[str], ranking: Sequence[str],
+                   progress: Callable[[str], None] | None = None) -> SearchResult:
+    """See the module docstring. ``labels``: every main-graph node's label, in order."""
+    say = progress or (lambda _m: None)
+    everything = frozenset(candidates)
+    ask = _Best(oracle, everything)
+    phases: list[dict] = []
+
+    def phase(name: str, before: int, **extra) -> None:
+        phases.append({"phase": name, "oracle_calls": len(oracle.calls) - before, **extra})
+
+    say("checking that the FP32 model meets the tolerance")
+    baseline = oracle(everything, "precondition")
+    full = oracle(frozenset(), "precondition")
+    phase("preconditions", 0)
+    if not baseline.passed:
+        return SearchResult("unmeetable", sorted(everything), "the model with every node in FP32 misses the tolerance",
+                            baseline, full, baseline, phases=phases)
+    if full.passed:
+        return SearchResult(NO_ISLANDS, [], "the model meets the tolerance with every node in reduced precision",
+                            baseline, full, full, phases=phases)
+
+    status, message = MINIMAL, ""
+    kept: list[str] = sorted(everything)
+    try:
+        # 2-3: the pool.
+        p = [c for c in ranking if c in set(prior)]
+        start = len(oracle.calls)
+        pool: list[str] | None = None
+        if p and len(p) < len(everything):
+            say(f"testing the prior: {len(p)} node(s) from the range analysis")
+            if ask(p, "prior").passed:
+                pool = p
+            phase("prior", start, nodes=len(p), met=pool is not None)
+        if pool is None:
+            rest = [c for c in ranking if c not in set(p)]
+            start = len(oracle.calls)
+            say(f"prefix bisection over {len(rest)} ranked node(s)")
+
+            def prefix_oracle(subset: tuple[int, ...]) -> Verdict:
+                return Verdict.FAIL if ask(p + rest[:len(subset)], "prefix bisect").passed else Verdict.PASS
+
+            last, _calls = prefix_bisect(len(rest), prefix_oracle)
+            pool = p + rest[:(last or 0) + 1]
+            phase("prefix bisect", start, nodes=len(pool))
+        kept = list(pool)
+        # 4-5: minimize, then confirm island by island.
+        while True:
+            start = len(oracle.calls)
+            say(f"ddmin over {len(kept)} node(s)")
+            kept = _ddmin(ask, kept, "ddmin")
+            phase("ddmin", start, nodes=len(kept))
+            start = len(oracle.calls)
+            groups = islands_of(model, labels, kept)
+            dropped = False
+            for group in groups:
+                rest_k = [k for k in kept if k not in set(group)]
+                if ask(rest_k, "island check").passed:
+                    kept, dropped = rest_k, True
+                    say(f"island {group[0]} ({len(group)} node(s)) is not needed: dropped")
+                    break
+            phase("island checks", start, islands=len(groups), dropped=dropped)
+            if not dropped:
+                break
+    except BudgetExhausted as exc:
+        kept = sorted(ask.best)
+        status = BUDGET
+        message = (f"stopped after {exc} (--max-oracle-calls): the set meets the tolerance "
+                   f"but is not proven 1-minimal")
+    # Final confirmation, uncached.
+    final = oracle(frozenset(kept), "confirm", fresh=True)
+    cached = oracle.cache.get(frozenset(kept))
+    if not final.passed or (cached is not None and cached.passed != final.passed):
+        return SearchResult(FLAKY, kept, "the chosen set met the tolerance once and missed it on a re-run: "
+                            "the model or the emulation is nondeterministic", baseline, full, final, phases=phases)
+    if status == MINIMAL:
+        message = (f"{len(kept)} node(s) in FP32: removing any one of them, or any island, misses the tolerance "
+                   f"(1-minimal, proven by {len(oracle.calls)} oracle calls)")
+    result = SearchResult(status, kept, message, baseline, full, final, phases=phases)
+    for group in islands_of(model, labels, kept):
+        rest_k = frozenset(k for k in kept if k not in set(group))
+        without = oracle.cache.get(rest_k)
+        ops = {label: n.op_type for label, n in zip(labels, model.graph.node)}
+        result.islands.append(Island(group, [ops[g] for g in group], without=without))
+    return result
