@@ -377,6 +377,11 @@ def _cmd_doctor(args) -> int:
     render_fix(report.fix, out)
     for what, comparison in report.comparisons:
         render_compare(comparison, out, title=f"surgeon doctor: {what}")
+    for suggestion in report.suggestions:
+        if args.load_inputs:
+            suggestion += f" --load-inputs {args.load_inputs}"
+        out.print(f"the FP16 comparison fails: search the FP32 islands it needs with\n  {suggestion}", markup=False,
+                  soft_wrap=True)
     verdict = "[bold green]OK[/]" if report.passed else "[bold red]MISMATCH[/]"
     out.print(f"doctor: {verdict}: wrote {args.output}; {len(report.comparisons)} comparison(s), "
               f"{sum(c.passed for _, c in report.comparisons)} matched")

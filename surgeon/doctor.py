@@ -27,6 +27,7 @@ class DoctorReport:
     fix: Any  # FixReport
     comparisons: list[tuple[str, CompareReport]] = field(default_factory=list)
     seconds: float = 0.0
+    suggestions: list[str] = field(default_factory=list)  # commands that address a failure
 
     @property
     def passed(self) -> bool:
@@ -39,7 +40,7 @@ class DoctorReport:
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "model": self.model, "output": self.output, "fix": self.fix.to_dict(),
                 "comparisons": [{"check": what, **c.to_dict()} for what, c in self.comparisons],
-                "seconds": round(self.seconds, 3)}
+                "suggestions": self.suggestions, "seconds": round(self.seconds, 3)}
 
 
 def doctor(
@@ -88,6 +89,26 @@ def doctor(
         report.comparisons.append((f"{what} on {test} vs original on {ref}",
                                    compare(original, ref=ref, test=test_backend,
                                            against=None if test_original else fixed, **common)))
+        if test == "fp16" and not report.comparisons[-1][1].passed:
+            report.suggestions.append(fp16_suggestion(model_path if test_original else output_path, input_shapes, atol, rtol))
     report.seconds = time.perf_counter() - start
     return report
 
+
+
+def fp16_suggestion(model: str | os.PathLike, input_shapes: Mapping[str, tuple[int, ...]] | None, atol: Any, rtol: Any) -> str:
+    """The ``surgeon fp16`` command that searches the FP32 islands this model needs."""
+    import shlex
+
+    path = str(model)
+    stem = path[:-5] if path.endswith(".onnx") else path
+    parts = ["surgeon", "fp16", path, "-o", f"{stem}.fp16.onnx"]
+    if input_shapes:
+        parts += ["--input-shapes", *(f"{k}:{'x'.join(map(str, v))}" for k, v in input_shapes.items())]
+    for flag, value in (("--atol", atol), ("--rtol", rtol)):
+        if isinstance(value, Mapping):
+            parts += [flag, *(f"{k}:{v:g}" for k, v in value.items())]
+        elif value is not None:
+            parts += [flag, f"{value:g}"]
+    parts += ["--report", f"{stem}.fp16.json"]
+    return " ".join(shlex.quote(p) for p in parts)

@@ -194,6 +194,10 @@ def _schema(op_type: str, version: int, cache: dict) -> Any:
     return cache[key]
 
 
+def _formal(formals: Sequence[Any], index: int) -> Any:
+    return formals[min(index, len(formals) - 1)]
+
+
 def _allowed(formals: Sequence[Any], index: int, schema: Any) -> set[str] | None:
     """Type strings the formal parameter at ``index`` accepts (None: unknown)."""
     if not formals:
@@ -285,10 +289,14 @@ def classify(model: onnx.ModelProto, precision: str = "fp16", types: dict[str, i
                 allowed = _allowed(schema.inputs, i, schema)
                 if allowed is not None and low_str in allowed:
                     low_in.add(i)
+        # An output follows the reduced type only when its type parameter is bound by a
+        # converted input (LayerNormalization's Mean/InvStdDev follow stash_type instead),
+        # or when it is a Cast's (whose target we change).
+        bound = {_formal(schema.inputs, i).type_str for i in low_in}
         float_outs = [j for j, name in enumerate(node.output) if name and is_float(name)]
         for j in float_outs:
             allowed = _allowed(schema.outputs, j, schema)
-            if allowed is not None and low_str in allowed:
+            if allowed is not None and low_str in allowed and (_formal(schema.outputs, j).type_str in bound or node.op_type == "Cast"):
                 low_out.add(j)
         if float_outs and not low_out:
             fixed(f"{node.op_type} (opset {version}) has no {precision} type in ONNX")

@@ -77,7 +77,9 @@ def trt_rtx_build(model_path: str | os.PathLike, shapes: Mapping[str, tuple[int,
                 "precision": {}, "profiles": [{k: [list(v)] * 3 for k, v in shapes.items()}] if shapes else []}
         spec_path = Path(tmp) / "build.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        env = dict(os.environ, POLYGRAPHY_USE_TENSORRT_RTX="1")
+        from surgeon.backends.ort_worker import worker_env
+
+        env = worker_env({"POLYGRAPHY_USE_TENSORRT_RTX": "1"})
         start = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, "-m", "surgeon.backends.trt_worker", "build", str(spec_path)],
@@ -106,8 +108,10 @@ def trt_layer_names(model_path: str | os.PathLike, *, timeout: float = 300.0) ->
     with tempfile.TemporaryDirectory(prefix="surgeon-fp16-layers-") as tmp:
         out = Path(tmp) / "layers.json"
         try:
+            from surgeon.backends.ort_worker import worker_env
+
             proc = subprocess.run([sys.executable, "-m", "surgeon.backends.trt_layers", str(model_path), str(out)],
-                                  capture_output=True, text=True, timeout=timeout)
+                                  capture_output=True, text=True, timeout=timeout, env=worker_env())
         except subprocess.TimeoutExpired:
             return {"parsed": False, "layers": [], "error": f"parsing did not finish within {timeout:g} s"}
         if not out.exists():

@@ -151,20 +151,13 @@ class Call:
     seconds: float
 
 
-class EmulationOracle:
-    """``oracle(kept)``: keep these float compute nodes (labels) in FP32, everything else in
-    reduced precision; run the emulation on every sample; judge against the FP32 outputs."""
+class CachedOracle:
+    """Caching, counting and the call budget, around ``evaluate(kept) -> Judgement``.
 
-    def __init__(self, model: onnx.ModelProto, cls: Classification, samples: Sequence[Mapping[str, Any]],
-                 reference: Sequence[Mapping[str, Any]], tolerances: Mapping[str, Tolerance], *,
-                 always_keep: frozenset[str] = frozenset(), optimization: str = "all", max_calls: int | None = None,
-                 progress: Callable[[str], None] | None = None):
-        from surgeon.backends.onnxrt import OnnxRuntimeBackend
+    The search talks to this interface only, so it can be tested with a fake oracle (a
+    predicate over node sets) where no model runs."""
 
-        self.model, self.cls, self.samples, self.reference = model, cls, list(samples), list(reference)
-        self.tolerances = dict(tolerances)
-        self.always_keep = frozenset(always_keep)
-        self.backend = OnnxRuntimeBackend(optimization=optimization, name="fp16")
+    def __init__(self, *, max_calls: int | None = None, progress: Callable[[str], None] | None = None):
         self.max_calls = max_calls
         self.progress = progress
         self.cache: dict[frozenset[str], Judgement] = {}
@@ -173,18 +166,7 @@ class EmulationOracle:
         self.ort_runs = 0
 
     def evaluate(self, kept: frozenset[str]) -> Judgement:
-        """One real evaluation (not cached, not counted against the budget)."""
-        emulated, _plan = emulate(self.model, keep_nodes=kept | self.always_keep, precision=self.cls.precision,
-                                  classification=self.cls)
-        try:
-            session = self.backend.session(emulated)
-            runs = []
-            for s in self.samples:
-                self.ort_runs += 1
-                runs.append(session.run(s))
-        except BackendError as exc:
-            return Judgement(False, [], error=str(exc))
-        return judge(self.reference, runs, self.tolerances)
+        raise NotImplementedError
 
     def __call__(self, kept: Any, phase: str = "search", *, fresh: bool = False) -> Judgement:
         key = frozenset(kept)
@@ -202,3 +184,34 @@ class EmulationOracle:
             self.progress(f"oracle call {len(self.calls)} ({phase}): {len(key)} node(s) in FP32 -> "
                           f"{'meets' if verdict.passed else 'misses'} the tolerance")
         return verdict
+
+
+class EmulationOracle(CachedOracle):
+    """``oracle(kept)``: keep these float compute nodes (labels) in FP32, everything else in
+    reduced precision; run the emulation on every sample; judge against the FP32 outputs."""
+
+    def __init__(self, model: onnx.ModelProto, cls: Classification, samples: Sequence[Mapping[str, Any]],
+                 reference: Sequence[Mapping[str, Any]], tolerances: Mapping[str, Tolerance], *,
+                 always_keep: frozenset[str] = frozenset(), optimization: str = "all", max_calls: int | None = None,
+                 progress: Callable[[str], None] | None = None):
+        from surgeon.backends.onnxrt import OnnxRuntimeBackend
+
+        super().__init__(max_calls=max_calls, progress=progress)
+        self.model, self.cls, self.samples, self.reference = model, cls, list(samples), list(reference)
+        self.tolerances = dict(tolerances)
+        self.always_keep = frozenset(always_keep)
+        self.backend = OnnxRuntimeBackend(optimization=optimization, name="fp16")
+
+    def evaluate(self, kept: frozenset[str]) -> Judgement:
+        """One real evaluation (not cached, not counted against the budget)."""
+        emulated, _plan = emulate(self.model, keep_nodes=kept | self.always_keep, precision=self.cls.precision,
+                                  classification=self.cls)
+        try:
+            session = self.backend.session(emulated)
+            runs = []
+            for s in self.samples:
+                self.ort_runs += 1
+                runs.append(session.run(s))
+        except BackendError as exc:
+            return Judgement(False, [], error=str(exc))
+        return judge(self.reference, runs, self.tolerances)

@@ -89,7 +89,7 @@ def render(report: Fp16Report, console: Any) -> None:
         console.print(table(f"surgeon fp16: FP32 islands ({len(report.kept)} node(s))",
                             ["#", "nodes", "ops", "why", f"with it in {low}"], rows))
     if report.user_kept:
-        console.print(f"kept in FP32 on request: {', '.join(report.user_kept)}", markup=False)
+        console.print(f"kept in FP32 on request: {', '.join(report.user_kept)}", markup=False, soft_wrap=True)
     out_rows = []
     for name, tol in report.tolerances.items():
         out_rows.append([name, f"{tol['atol']:g} / {tol['rtol']:g}", _cell(report.full, name), _cell(report.mixed, name),
@@ -98,26 +98,26 @@ def render(report: Fp16Report, console: Any) -> None:
                         ["output", "atol / rtol", f"all {low} (emulation)", "mixed (emulation)", "mixed (ORT float16)"],
                         out_rows))
     if report.ort_note:
-        console.print(f"note: {report.ort_note}", markup=False)
+        console.print(f"note: {report.ort_note}", markup=False, soft_wrap=True)
     conv = report.conversion
-    console.print(f"{report.message}", markup=False)
+    console.print(f"{report.message}", markup=False, soft_wrap=True)
     console.print(f"{report.candidates} float compute node(s): {len(conv.get('fp32_nodes', []))} in FP32, "
                   f"{conv.get('low_nodes', 0)} in {low}; {conv.get('casts', 0)} border Cast(s) "
-                  f"({conv.get('merged_casts', 0)} merged); checker: {report.checker}", markup=False)
+                  f"({conv.get('merged_casts', 0)} merged); checker: {report.checker}", markup=False, soft_wrap=True)
     console.print(f"search: {report.oracle_calls} oracle call(s), {report.ort_runs} ONNX Runtime run(s), "
-                  f"{report.cache_hits} answered from cache, {report.search_seconds:.1f} s", markup=False)
+                  f"{report.cache_hits} answered from cache, {report.search_seconds:.1f} s", markup=False, soft_wrap=True)
     if report.trt_rtx:
         t = report.trt_rtx
         if t.get("built"):
             console.print(f"TensorRT-RTX: built the strongly typed model on the CPU ({t.get('engine_bytes', 0)} bytes, "
-                          f"{t.get('seconds', 0)} s); no engine can run here", markup=False)
+                          f"{t.get('seconds', 0)} s); no engine can run here", markup=False, soft_wrap=True)
         elif t.get("ran"):
-            console.print(f"TensorRT-RTX: the build failed: {t.get('reason')}", markup=False)
+            console.print(f"TensorRT-RTX: the build failed: {t.get('reason')}", markup=False, soft_wrap=True)
         else:
-            console.print(f"TensorRT-RTX: not checked ({t.get('reason')})", markup=False)
+            console.print(f"TensorRT-RTX: not checked ({t.get('reason')})", markup=False, soft_wrap=True)
     for note in report.notes:
-        console.print(f"note: {note}", markup=False)
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
     if report.layer_precisions:
-        console.print(f"TensorRT builder flags: {report.layer_precisions}", markup=False)
+        console.print(f"TensorRT builder flags: {report.layer_precisions}", markup=False, soft_wrap=True)
     verdict = "[bold green]OK[/]" if report.passed else "[bold red]MISMATCH[/]"
     console.print(f"fp16: {verdict}: wrote {report.output}")

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import onnx
 
 from surgeon.debug.isolate.ddmin import Verdict, ddmin, prefix_bisect
-from surgeon.precision.oracle import BudgetExhausted, EmulationOracle, Judgement
+from surgeon.precision.oracle import BudgetExhausted, CachedOracle, Judgement
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def islands_of(model: onnx.ModelProto, labels: Sequence[str], kept: Sequence[str
 class _Best:
     """The smallest set seen that met the tolerance (what a budget stop returns)."""
 
-    def __init__(self, oracle: EmulationOracle, everything: frozenset[str]):
+    def __init__(self, oracle: CachedOracle, everything: frozenset[str]):
         self.oracle = oracle
         self.best = everything
 
@@ -114,7 +114,10 @@ class _Best:
 def _ddmin(ask: _Best, pool: list[str], phase: str) -> list[str]:
     """ddmin over ``pool`` (which meets the tolerance): "fails" in ddmin's terms means "meets"."""
     search = ddmin(range(len(pool)))
-    query = next(search)
+    try:
+        query = next(search)
+    except StopIteration as stop:  # a pool of one: nothing to ask
+        return [pool[i] for i in stop.value]
     while True:
         verdict = Verdict.FAIL if ask([pool[i] for i in query], phase).passed else Verdict.PASS
         try:
@@ -123,7 +126,7 @@ def _ddmin(ask: _Best, pool: list[str], phase: str) -> list[str]:
             return [pool[i] for i in stop.value]
 
 
-def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Sequence[str], oracle: EmulationOracle, *,
+def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Sequence[str], oracle: CachedOracle, *,
                    prior: Sequence[str], ranking: Sequence[str],
                    progress: Callable[[str], None] | None = None) -> SearchResult:
     """See the module docstring. ``labels``: every main-graph node's label, in order."""
