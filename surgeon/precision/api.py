@@ -98,15 +98,25 @@ def _refuse_without_floats(cls: Classification, label: str, precision: str) -> N
                          f"control-flow paths ({detail}): there is nothing to convert to {precision}")
 
 
-def reference_outputs(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def reference_outputs(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The FP32 outputs per sample, and a second run of the first sample in the same session
+    (a fresh session can repeat a random op's sequence; the same session does not)."""
     from surgeon.backends.onnxrt import OnnxRuntimeBackend
 
     try:
         session = OnnxRuntimeBackend().session(model)
-        return [session.run(s) for s in samples]
+        runs = [session.run(s) for s in samples]
+        return runs, session.run(samples[0])
     except BackendError as exc:
         raise BackendError(f"the FP32 model does not run on ONNX Runtime with these inputs ({exc}); "
                            "give --input-shapes, --val-range or --load-inputs") from exc
+
+
+def _unmeetable(j: Judgement) -> UsageError:
+    worst = j.worst()
+    detail = j.error or (f"output '{worst.name}': {worst.short()}" if worst else "")
+    return UsageError(f"the FP32 model itself misses the tolerance against its own reference run ({detail}): it is "
+                      "nondeterministic or the tolerance is tighter than run-to-run differences; nothing to search")
 
 
 def _island_why(nodes: Sequence[str], why: Mapping[str, list[str]], growth: Mapping[str, float], low: str) -> list[str]:
@@ -174,8 +184,11 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
     samples = [dict(s) for s in samples]
     check_feeds(named, samples, f"'{label}'")
     say("running the FP32 model")
-    reference = reference_outputs(named, samples)
+    reference, again = reference_outputs(named, samples)
     tolerances = resolve_tolerances(reference[0], options.atol, options.rtol, options.precision)
+    repeat = judge(reference[:1], [again], tolerances)
+    if not repeat.passed:
+        raise _unmeetable(repeat)
     oracle = EmulationOracle(named, cls, samples, reference, tolerances, always_keep=always,
                              optimization=options.optimization, max_calls=options.max_oracle_calls, progress=say)
     say("range analysis (scan) and error growth along the full reduced-precision model")
@@ -187,10 +200,7 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
                             progress=say)
     search_seconds = time.perf_counter() - t0
     if result.status == "unmeetable":
-        worst = result.baseline.worst()
-        detail = result.baseline.error or (f"output '{worst.name}': {worst.short()}" if worst else "")
-        raise UsageError(f"the FP32 model itself misses the tolerance against its own reference run ({detail}): it is "
-                         "nondeterministic or the tolerance is tighter than run-to-run differences; nothing to search")
+        raise _unmeetable(result.baseline)
     if result.status == FLAKY:
         raise SurgeonError(f"{result.message}; nothing was written")
     low = options.precision.upper()
@@ -215,7 +225,7 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
         nodes=len(cls.nodes), candidates=len(candidates), status=result.status, message=result.message,
         kept=list(result.kept), user_kept=list(requested), fixed=dict(fixed), islands=result.islands,
         full=result.full, mixed=result.final, ort=ort, ort_note=ort_note, oracle_calls=len(oracle.calls),
-        ort_runs=oracle.ort_runs + ort_runs + len(samples), cache_hits=oracle.cache_hits, phases=result.phases,
+        ort_runs=oracle.ort_runs + ort_runs + len(samples) + 1, cache_hits=oracle.cache_hits, phases=result.phases,
         conversion=conv.to_dict(), checker="passes (full_check)", renamed_nodes=renamed,
         notes=list(analysis.notes) + conv.notes, search_seconds=search_seconds)
     if renamed:
