@@ -11,7 +11,7 @@ from surgeon.doctor import doctor
 def test_failing_fp16_comparison_suggests_the_concrete_fp16_command(tmp_path):
     out = tmp_path / "fixed.onnx"
     r = run_cli("doctor", str(FIXTURES / "debug_fp16_overflow.onnx"), "-o", str(out), "--test", "fp16",
-                "--input-shapes", "x:2x16", "--atol", "0.01")
+                "--input-shapes", "x:2x16", "--atol", "0.01", "--passes", "cleanup")
     assert r.returncode == 1
     line = next(l.strip() for l in r.stdout.splitlines() if l.strip().startswith("surgeon fp16 "))
     argv = shlex.split(line)
@@ -24,5 +24,5 @@ def test_failing_fp16_comparison_suggests_the_concrete_fp16_command(tmp_path):
 
 
 def test_no_suggestion_when_fp16_matches(tmp_path):
-    report = doctor(FIXTURES / "tutorial_cnn.onnx", tmp_path / "o.onnx", test="fp16")
+    report = doctor(FIXTURES / "tutorial_cnn.onnx", tmp_path / "o.onnx", test="fp16", passes="cleanup")
     assert report.passed and report.suggestions == []

@@ -225,7 +225,7 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
         nodes=len(cls.nodes), candidates=len(candidates), status=result.status, message=result.message,
         kept=list(result.kept), user_kept=list(requested), fixed=dict(fixed), islands=result.islands,
         full=result.full, mixed=result.final, ort=ort, ort_note=ort_note, oracle_calls=len(oracle.calls),
-        ort_runs=oracle.ort_runs + ort_runs + len(samples) + 1, cache_hits=oracle.cache_hits, phases=result.phases,
+        ort_runs=oracle.ort_runs + ort_runs + len(samples) + 1, cache_hits=oracle.cache_hits, inferred=result.inferred, phases=result.phases,
         conversion=conv.to_dict(), checker="passes (full_check)", renamed_nodes=renamed,
         notes=list(analysis.notes) + conv.notes, search_seconds=search_seconds)
     if renamed:

@@ -32,6 +32,7 @@ class Fp16Report:
     oracle_calls: int = 0
     ort_runs: int = 0
     cache_hits: int = 0
+    inferred: int = 0
     phases: list[dict] = field(default_factory=list)
     conversion: dict[str, Any] = field(default_factory=dict)
     checker: str = ""
@@ -58,7 +59,7 @@ class Fp16Report:
                        "mixed_emulation": self.mixed.to_dict() if self.mixed else None,
                        "mixed_onnxruntime": self.ort.to_dict() if self.ort else None, "onnxruntime_note": self.ort_note},
             "search": {"oracle_calls": self.oracle_calls, "onnxruntime_runs": self.ort_runs, "cache_hits": self.cache_hits,
-                       "phases": self.phases, "seconds": round(self.search_seconds, 3)},
+                       "answered_by_monotonicity": self.inferred, "phases": self.phases, "seconds": round(self.search_seconds, 3)},
             "conversion": self.conversion, "checker": self.checker, "trt_rtx": self.trt_rtx,
             "layer_precisions": self.layer_precisions, "renamed_nodes": self.renamed_nodes, "notes": self.notes,
             "seconds": round(self.seconds, 3),
@@ -105,7 +106,8 @@ def render(report: Fp16Report, console: Any) -> None:
                   f"{conv.get('low_nodes', 0)} in {low}; {conv.get('casts', 0)} border Cast(s) "
                   f"({conv.get('merged_casts', 0)} merged); checker: {report.checker}", markup=False, soft_wrap=True)
     console.print(f"search: {report.oracle_calls} oracle call(s), {report.ort_runs} ONNX Runtime run(s), "
-                  f"{report.cache_hits} answered from cache, {report.search_seconds:.1f} s", markup=False, soft_wrap=True)
+                  f"{report.cache_hits} answered from cache, {report.inferred} inside ddmin by monotonicity "
+                  f"(every claim re-checked), {report.search_seconds:.1f} s", markup=False, soft_wrap=True)
     if report.trt_rtx:
         t = report.trt_rtx
         if t.get("built"):

@@ -61,6 +61,7 @@ class SearchResult:
     final: Judgement
     islands: list[Island] = field(default_factory=list)
     phases: list[dict] = field(default_factory=list)
+    inferred: int = 0  # ddmin questions answered by monotonicity (never a claim of the result)
 
     @property
     def minimal(self) -> bool:
@@ -97,21 +98,38 @@ def islands_of(model: onnx.ModelProto, labels: Sequence[str], kept: Sequence[str
     return sorted(groups.values(), key=lambda g: order[g[0]])
 
 
-class _Best:
-    """The smallest set seen that met the tolerance (what a budget stop returns)."""
+class _Asker:
+    """The search's view of the oracle: remembers the smallest set that met the tolerance (what
+    a budget stop returns) and, inside ddmin, answers by monotonicity where it can.
+
+    Monotonicity (more nodes in FP32, no more error) holds in practice, not by law. So it is
+    used only to skip questions *during* the search, and every claim of the result is
+    re-asked for real afterwards: each single removal and each island removal."""
 
     def __init__(self, oracle: CachedOracle, everything: frozenset[str]):
         self.oracle = oracle
         self.best = everything
+        self.met: list[frozenset[str]] = []
+        self.missed: list[frozenset[str]] = []
+        self.inferred = 0
 
-    def __call__(self, kept: Sequence[str] | frozenset[str], phase: str) -> Judgement:
-        j = self.oracle(frozenset(kept), phase)
-        if j.passed and len(kept) < len(self.best):
-            self.best = frozenset(kept)
-        return j
+    def __call__(self, kept: Sequence[str] | frozenset[str], phase: str, *, infer: bool = False) -> bool:
+        key = frozenset(kept)
+        if infer and key not in self.oracle.cache:
+            if any(key <= m for m in self.missed):
+                self.inferred += 1
+                return False
+            if any(m <= key for m in self.met):
+                self.inferred += 1
+                return True
+        j = self.oracle(key, phase)
+        (self.met if j.passed else self.missed).append(key)
+        if j.passed and len(key) < len(self.best):
+            self.best = key
+        return j.passed
 
 
-def _ddmin(ask: _Best, pool: list[str], phase: str) -> list[str]:
+def _ddmin(ask: _Asker, pool: list[str], phase: str) -> list[str]:
     """ddmin over ``pool`` (which meets the tolerance): "fails" in ddmin's terms means "meets"."""
     search = ddmin(range(len(pool)))
     try:
@@ -119,7 +137,7 @@ def _ddmin(ask: _Best, pool: list[str], phase: str) -> list[str]:
     except StopIteration as stop:  # a pool of one: nothing to ask
         return [pool[i] for i in stop.value]
     while True:
-        verdict = Verdict.FAIL if ask([pool[i] for i in query], phase).passed else Verdict.PASS
+        verdict = Verdict.FAIL if ask([pool[i] for i in query], phase, infer=True) else Verdict.PASS
         try:
             query = search.send(verdict)
         except StopIteration as stop:
@@ -132,7 +150,7 @@ def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Se
     """See the module docstring. ``labels``: every main-graph node's label, in order."""
     say = progress or (lambda _m: None)
     everything = frozenset(candidates)
-    ask = _Best(oracle, everything)
+    ask = _Asker(oracle, everything)
     phases: list[dict] = []
 
     def phase(name: str, before: int, **extra) -> None:
@@ -158,7 +176,7 @@ def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Se
         pool: list[str] | None = None
         if p and len(p) < len(everything):
             say(f"testing the prior: {len(p)} node(s) from the range analysis")
-            if ask(p, "prior").passed:
+            if ask(p, "prior"):
                 pool = p
             phase("prior", start, nodes=len(p), met=pool is not None)
         if pool is None:
@@ -167,29 +185,39 @@ def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Se
             say(f"prefix bisection over {len(rest)} ranked node(s)")
 
             def prefix_oracle(subset: tuple[int, ...]) -> Verdict:
-                return Verdict.FAIL if ask(p + rest[:len(subset)], "prefix bisect").passed else Verdict.PASS
+                return Verdict.FAIL if ask(p + rest[:len(subset)], "prefix bisect") else Verdict.PASS
 
             last, _calls = prefix_bisect(len(rest), prefix_oracle)
             pool = p + rest[:(last or 0) + 1]
             phase("prefix bisect", start, nodes=len(pool))
-        kept = list(pool)
-        # 4-5: minimize, then confirm island by island.
+        # ddmin's chunks are contiguous runs of the pool: in graph order they follow the
+        # islands, which are connected, so an island is seldom split.
+        order = {label: i for i, label in enumerate(labels)}
+        kept = sorted(pool, key=lambda x: order[x])
+        # 4-5: minimize, then prove every claim with real calls.
         while True:
-            start = len(oracle.calls)
+            start, inferred = len(oracle.calls), ask.inferred
             say(f"ddmin over {len(kept)} node(s)")
             kept = _ddmin(ask, kept, "ddmin")
-            phase("ddmin", start, nodes=len(kept))
+            phase("ddmin", start, nodes=len(kept), answered_by_monotonicity=ask.inferred - inferred)
+            start = len(oracle.calls)
+            smaller = next((k for k in kept if ask([x for x in kept if x != k], "1-minimality")), None)
+            if smaller is not None:
+                kept = [x for x in kept if x != smaller]
+                phase("1-minimality", start, dropped=smaller)
+                continue
+            phase("1-minimality", start, checked=len(kept))
             start = len(oracle.calls)
             groups = islands_of(model, labels, kept)
-            dropped = False
+            dropped = None
             for group in groups:
                 rest_k = [k for k in kept if k not in set(group)]
-                if ask(rest_k, "island check").passed:
-                    kept, dropped = rest_k, True
+                if ask(rest_k, "island check"):
+                    kept, dropped = rest_k, group
                     say(f"island {group[0]} ({len(group)} node(s)) is not needed: dropped")
                     break
-            phase("island checks", start, islands=len(groups), dropped=dropped)
-            if not dropped:
+            phase("island checks", start, islands=len(groups), dropped=dropped[0] if dropped else None)
+            if dropped is None:
                 break
     except BudgetExhausted as exc:
         kept = sorted(ask.best)
@@ -205,7 +233,7 @@ def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Se
     if status == MINIMAL:
         message = (f"{len(kept)} node(s) in FP32: removing any one of them, or any island, misses the tolerance "
                    f"(1-minimal, proven by {len(oracle.calls)} oracle calls)")
-    result = SearchResult(status, kept, message, baseline, full, final, phases=phases)
+    result = SearchResult(status, kept, message, baseline, full, final, phases=phases, inferred=ask.inferred)
     for group in islands_of(model, labels, kept):
         rest_k = frozenset(k for k in kept if k not in set(group))
         without = oracle.cache.get(rest_k)
