@@ -44,6 +44,7 @@ class Analysis:
     max_abs: dict[str, float] = field(default_factory=dict)  # tensor -> FP32 max |value| over the samples
     findings: int = 0
     notes: list[str] = field(default_factory=list)
+    ort_runs: int = 0  # ONNX Runtime runs the analysis took (scan's, and the two marked runs)
 
     def to_dict(self) -> dict:
         return {"prior": self.prior, "scan_findings": self.findings, "notes": self.notes,
@@ -112,6 +113,7 @@ def analyse(model: onnx.ModelProto, cls: Classification, samples: Sequence[Mappi
     try:
         report = scan_model(model, samples, backends.create("onnxrt"))
         findings = list(report.findings)
+        result.ort_runs += len(samples)
     except Exception as exc:  # the prior is a help: without it the ranking alone orders the search
         log.info("scan failed (%s); no prior", exc)
         result.notes.append(f"scan's range analysis failed ({exc}); the search starts without a prior")
@@ -144,6 +146,7 @@ def analyse(model: onnx.ModelProto, cls: Classification, samples: Sequence[Mappi
         ref_vals = _run_marked(model, float_tensors, cls.types, samples)
         emulated, _ = emulate(model, keep_nodes=always_keep, precision=cls.precision, classification=cls)
         low_vals = _run_marked(emulated, float_tensors, cls.types, samples)
+        result.ort_runs += 2 * len(samples)
     except Exception as exc:
         log.info("marked runs failed (%s); ranking by graph order", exc)
         result.notes.append(f"error growth could not be measured ({exc}); the ranking follows graph order")

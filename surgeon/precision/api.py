@@ -25,7 +25,7 @@ from surgeon import model as model_io
 from surgeon.backends.fp16 import Classification, classify, opset_version
 from surgeon.errors import BackendError, SurgeonError, UsageError
 from surgeon.precision import layer_precisions as lp
-from surgeon.precision.analysis import analyse
+from surgeon.precision.analysis import Analysis, analyse
 from surgeon.precision.convert import convert, feeds_for
 from surgeon.precision.oracle import EmulationOracle, Judgement, judge, resolve_tolerances
 from surgeon.precision.report import Fp16Report
@@ -191,13 +191,18 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
         raise _unmeetable(repeat)
     oracle = EmulationOracle(named, cls, samples, reference, tolerances, always_keep=always,
                              optimization=options.optimization, max_calls=options.max_oracle_calls, progress=say)
-    say("range analysis (scan) and error growth along the full reduced-precision model")
     t0 = time.perf_counter()
-    analysis = analyse(named, cls, samples, always_keep=always)
     labels = [c.label for c in cls.nodes]
     searchable = [c for c in candidates if c not in always]
-    result = search_islands(named, labels, searchable, oracle, prior=list(analysis.prior), ranking=analysis.ranking,
-                            progress=say)
+    analysis = Analysis()
+
+    def plan() -> tuple[list[str], list[str]]:
+        nonlocal analysis
+        say("range analysis (scan) and error growth along the full reduced-precision model")
+        analysis = analyse(named, cls, samples, always_keep=always)
+        return list(analysis.prior), analysis.ranking
+
+    result = search_islands(named, labels, searchable, oracle, plan=plan, progress=say)
     search_seconds = time.perf_counter() - t0
     if result.status == "unmeetable":
         raise _unmeetable(result.baseline)
@@ -225,7 +230,7 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
         nodes=len(cls.nodes), candidates=len(candidates), status=result.status, message=result.message,
         kept=list(result.kept), user_kept=list(requested), fixed=dict(fixed), islands=result.islands,
         full=result.full, mixed=result.final, ort=ort, ort_note=ort_note, oracle_calls=len(oracle.calls),
-        ort_runs=oracle.ort_runs + ort_runs + len(samples) + 1, cache_hits=oracle.cache_hits, inferred=result.inferred, phases=result.phases,
+        ort_runs=oracle.ort_runs + ort_runs + len(samples) + 1 + analysis.ort_runs, cache_hits=oracle.cache_hits, inferred=result.inferred, phases=result.phases,
         conversion=conv.to_dict(), checker="passes (full_check)", renamed_nodes=renamed,
         notes=list(analysis.notes) + conv.notes, search_seconds=search_seconds)
     if renamed:

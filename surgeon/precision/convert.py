@@ -40,6 +40,9 @@ from surgeon.backends.fp16 import PRECISIONS, Classification, _constant_array, l
 log = logging.getLogger(__name__)
 
 _ANY_TYPE_READERS = frozenset({"Shape", "Size"})  # read a tensor's shape, whatever its type
+# Data movement: on float16 values it gives the float16 values of its float32 result.
+_DATA_MOVEMENT = frozenset({"Identity", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Tile",
+                            "Concat", "Slice", "Gather", "Split"})
 
 
 @dataclass
@@ -178,12 +181,15 @@ def convert(model: onnx.ModelProto, cls: Classification, keep_nodes: set[str] | 
             for name in free_names(sub):
                 refs.setdefault(name, []).append(idx)
 
+    low_in = [set(c.low_inputs) for c in cls.nodes]
+    low_out = [set(c.low_outputs) for c in cls.nodes]
+
     def wanted(idx: int, i: int) -> int | None:
         """Type node ``idx`` reads its input ``i`` in (None: any)."""
         n = nodes[idx]
         if n.op_type in _ANY_TYPE_READERS and n.domain in ("", "ai.onnx"):
             return None
-        return low if low_mode[idx] and i in cls.nodes[idx].low_inputs else TensorProto.FLOAT
+        return low if low_mode[idx] and i in low_in[idx] else TensorProto.FLOAT
 
     readers: dict[str, list[tuple[int, int]]] = {}
     for idx, n in enumerate(nodes):
@@ -191,13 +197,35 @@ def convert(model: onnx.ModelProto, cls: Classification, keep_nodes: set[str] | 
             if name:
                 readers.setdefault(name, []).append((idx, i))
 
+    # Weights reach their readers through Identity/Reshape/Transpose... chains (exporters
+    # alias shared weights with Identity): such a constant chain read only in reduced
+    # precision moves the weight in reduced precision too, instead of a Cast after it.
+    weight_like = {n for n in init_by_name if is_f32(n)} | set(const_by_out)
+    for idx, n in enumerate(nodes):
+        c = cls.nodes[idx]
+        if c.silent and c.fixed and n.op_type in _DATA_MOVEMENT and n.domain in ("", "ai.onnx") and \
+                any(i in weight_like for i in n.input if i and is_f32(i)) and \
+                all(i in weight_like for i in n.input if i and is_f32(i)):
+            weight_like.update(o for o in n.output if o and is_f32(o))
+    for idx in range(len(nodes) - 1, -1, -1):
+        n, c = nodes[idx], cls.nodes[idx]
+        outs = [o for o in n.output if o and is_f32(o)]
+        if not (c.silent and c.fixed and outs and all(o in weight_like for o in outs)):
+            continue
+        users = [wanted(r, i) for o in outs for r, i in readers.get(o, [])]
+        if users and low in users and all(u in (low, None) for u in users) and \
+                not any(o in graph_outputs or o in refs for o in outs):
+            low_mode[idx] = True
+            low_in[idx] = {i for i, name in enumerate(n.input) if name and is_f32(name)}
+            low_out[idx] = {j for j, name in enumerate(n.output) if name and is_f32(name)}
+
     # 1. Types of produced tensors; Cast nodes in reduced precision cast to it.
     for idx, n in enumerate(nodes):
         if not low_mode[idx]:
             continue
-        for j in cls.nodes[idx].low_outputs:
+        for j in low_out[idx]:
             types[n.output[j]] = low
-        if n.op_type == "Cast" and 0 in cls.nodes[idx].low_outputs:
+        if n.op_type == "Cast" and 0 in low_out[idx]:
             for a in n.attribute:
                 if a.name == "to":
                     a.i = low

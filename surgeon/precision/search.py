@@ -145,9 +145,13 @@ def _ddmin(ask: _Asker, pool: list[str], phase: str) -> list[str]:
 
 
 def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Sequence[str], oracle: CachedOracle, *,
-                   prior: Sequence[str], ranking: Sequence[str],
+                   prior: Sequence[str] = (), ranking: Sequence[str] | None = None,
+                   plan: Callable[[], tuple[Sequence[str], Sequence[str]]] | None = None,
                    progress: Callable[[str], None] | None = None) -> SearchResult:
-    """See the module docstring. ``labels``: every main-graph node's label, in order."""
+    """See the module docstring. ``labels``: every main-graph node's label, in order.
+
+    ``plan()`` returns (prior, ranking) and is called only when the preconditions leave
+    something to search (the range analysis costs model runs of its own)."""
     say = progress or (lambda _m: None)
     everything = frozenset(candidates)
     ask = _Asker(oracle, everything)
@@ -169,6 +173,9 @@ def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Se
 
     status, message = MINIMAL, ""
     kept: list[str] = sorted(everything)
+    if plan is not None:
+        prior, ranking = plan()
+    ranking = list(ranking) if ranking is not None else list(candidates)
     try:
         # 2-3: the pool.
         p = [c for c in ranking if c in set(prior)]
