@@ -98,3 +98,16 @@ def test_cli_trt_rtx_builds_the_strongly_typed_output_on_the_cpu(tmp_path):
     data = json.loads(rep.read_text())
     assert data["trt_rtx"]["built"] is True and data["trt_rtx"]["engine_bytes"] > 0
     assert "every name above is a layer" in (tmp_path / "l.txt").read_text()
+
+
+def test_cli_per_output_tolerance_makes_only_that_output_exact(tmp_path):
+    """z = Relu(x) must be bit-exact (atol=rtol=0 for z), y keeps float16's defaults: Relu joins
+    the overflow island's two nodes, and nothing else does."""
+    rep = tmp_path / "r.json"
+    r = run_cli("fp16", str(FIXTURES / "debug_fp16_overflow.onnx"), "-o", str(tmp_path / "m.onnx"), "--report", str(rep),
+                "--atol", "z:0", "--rtol", "z:0", "--input-shapes", "x:2x16", "--no-trt-check")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(rep.read_text())
+    assert data["tolerances"] == {"y": {"atol": 0.01, "rtol": 0.01}, "z": {"atol": 0.0, "rtol": 0.0}}
+    assert sorted(data["fp32_nodes"]["searched"]) == ["mul_sq", "relu_z", "sqrt_y"]
+    assert data["errors"]["mixed_onnxruntime"]["outputs"][1]["max_abs"] == 0.0
