@@ -93,7 +93,7 @@ def _refuse_without_floats(cls: Classification, label: str, precision: str) -> N
         raise UsageError(f"'{label}' has no float32 tensors: there is nothing to convert to {precision}")
     if not cls.candidates:
         reasons = Counter(c.fixed for c in cls.nodes if c.fixed and c.fixed != "no float32 tensors")
-        detail = "; ".join(f"{n} {r}" for r, n in reasons.most_common(3)) or "none compute in float32"
+        detail = "; ".join(f"{r} x{n}" for r, n in reasons.most_common(3)) or "none compute in float32"
         raise UsageError(f"no node of '{label}' computes in float32 outside shape, integer, quantization and "
                          f"control-flow paths ({detail}): there is nothing to convert to {precision}")
 

@@ -96,7 +96,8 @@ def render(report: Fp16Report, console: Any) -> None:
         out_rows.append([name, f"{tol['atol']:g} / {tol['rtol']:g}", _cell(report.full, name), _cell(report.mixed, name),
                          _cell(report.ort, name)])
     console.print(table("error per output against the FP32 model",
-                        ["output", "atol / rtol", f"all {low} (emulation)", "mixed (emulation)", "mixed (ORT float16)"],
+                        ["output", "atol / rtol", f"all {low} (emulation)", "mixed (emulation)",
+                         f"mixed (ORT {'float16' if report.precision == 'fp16' else 'bfloat16'})"],
                         out_rows))
     if report.ort_note:
         console.print(f"note: {report.ort_note}", markup=False, soft_wrap=True)
