@@ -112,10 +112,11 @@ class _Asker:
         self.met: list[frozenset[str]] = []
         self.missed: list[frozenset[str]] = []
         self.inferred = 0
+        self.monotone = True  # switched off once a real answer contradicts an inferred one
 
     def __call__(self, kept: Sequence[str] | frozenset[str], phase: str, *, infer: bool = False) -> bool:
         key = frozenset(kept)
-        if infer and key not in self.oracle.cache:
+        if infer and self.monotone and key not in self.oracle.cache:
             if any(key <= m for m in self.missed):
                 self.inferred += 1
                 return False
@@ -208,6 +209,11 @@ def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Se
             kept = _ddmin(ask, kept, "ddmin")
             phase("ddmin", start, nodes=len(kept), answered_by_monotonicity=ask.inferred - inferred)
             start = len(oracle.calls)
+            if not ask(kept, "1-minimality"):  # ddmin's last reduction was inferred, and wrongly
+                ask.monotone = False
+                kept = sorted(ask.best, key=lambda x: order[x])
+                phase("1-minimality", start, note="the model is not monotone here: ddmin again without inference")
+                continue
             smaller = next((k for k in kept if ask([x for x in kept if x != k], "1-minimality")), None)
             if smaller is not None:
                 kept = [x for x in kept if x != smaller]

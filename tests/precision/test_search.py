@@ -131,3 +131,15 @@ def test_overflow_in_one_branch_of_eight_keeps_exactly_that_branchs_overflowing_
     assert report.mixed.passed and report.ort is not None and report.ort.passed
     assert report.full is not None and not report.full.passed
     assert report.oracle_calls <= 8
+
+
+def test_a_non_monotone_oracle_never_yields_an_unproven_claim():
+    """Meets with {n1, n3} and with {n1, n2, n3, n4, n5}, but not with {n1, n2, n3}: inference
+    from monotonicity can mislead ddmin; every claim of the result must still be a real verdict."""
+    def needed(k):
+        return {"n1", "n3"} <= k and not ({"n2"} <= k and "n4" not in k)
+
+    result, oracle = run(8, needed)
+    assert result.final.passed and needed(frozenset(result.kept))
+    for node in result.kept:
+        assert not needed(frozenset(result.kept) - {node})
