@@ -103,7 +103,11 @@ def timed(cmd: list[str], *, timeout: float, cwd: Path) -> tuple[int, float, flo
             rss = float(rss_file.read_text().strip().splitlines()[-1]) / 1024
         except ValueError:
             pass
-    lines = [l for l in err.strip().splitlines() if l.strip() and not l.startswith("Command exited")]
+    crash = [l for l in err.splitlines() if l.startswith("Command terminated by signal")]
+    if crash:
+        return rc, secs, rss, f"crashed ({crash[0].split('by ')[-1]})", out
+    lines = [l for l in err.strip().splitlines() if l.strip() and not l.startswith("Command exited")
+             and "warn" not in l.lower()]
     return rc, secs, rss, (lines[-1] if lines else ""), out
 
 
@@ -185,6 +189,8 @@ def run_model(name: str, path: Path, samples, args, work: Path) -> dict:
         entry = {"rc": rc, "seconds": statistics.median(times), "peak_mb": round(rss, 1)}
         if rc != 0 or not out.exists():
             entry["error"] = why or f"exit code {rc}"
+            if tool == "acmp":
+                entry["oracle_calls"] = stdout.count("Running attempt")  # attempts made before it failed
             row["tools"][tool] = entry
             print(f"  {tool}: failed ({entry['error']})", flush=True)
             continue
@@ -251,7 +257,8 @@ def main() -> None:
     for row in rows:
         for tool, e in row["tools"].items():
             if "error" in e:
-                t.add_row(row["model"], tool, "-", e["error"][:60], "-", "-", "-", "-", f"{e['seconds']:.1f}", f"{e['peak_mb']:.0f}")
+                t.add_row(row["model"], tool, "-", f"failed: {e['error'][:70]}", "-", "-", str(e.get("oracle_calls", "-")), "-",
+                          f"{e['seconds']:.1f}", f"{e['peak_mb']:.0f}")
                 continue
             t.add_row(row["model"], tool, f"{e['fp32_nodes']}/{row['candidates']}", fmt_usage(e["emu_usage"]),
                       str(e["emu_met"]), str(e["ort_met"]), str(e.get("oracle_calls")), str(e.get("ort_runs")),

@@ -61,14 +61,6 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str], types: Mapping[s
     return out
 
 
-def _run_marked(model: onnx.ModelProto, names: Sequence[str], types: Mapping[str, int],
-                samples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    from surgeon.backends.onnxrt import OnnxRuntimeBackend
-
-    sess = OnnxRuntimeBackend(optimization="disable").session(_with_outputs(model, names, types))
-    return [sess.run(s) for s in samples]
-
-
 def _rel_err(ref: Any, test: Any) -> float:
     if not (isinstance(ref, np.ndarray) and isinstance(test, np.ndarray)) or ref.shape != test.shape or not ref.size:
         return 0.0
@@ -142,21 +134,30 @@ def analyse(model: onnx.ModelProto, cls: Classification, samples: Sequence[Mappi
     # 2. Error growth along the full-FP16 emulation, one run with every float tensor marked.
     float_tensors = [o for n in nodes for o in n.output if o and cls.types.get(o) == TensorProto.FLOAT]
     growth: dict[str, float] = {}
+    err: dict[str, float] = {}
     try:
-        ref_vals = _run_marked(model, float_tensors, cls.types, samples)
+        # One sample at a time: every tensor of two runs is held at once, never of all samples.
+        from surgeon.backends.onnxrt import OnnxRuntimeBackend
+
         emulated, _ = emulate(model, keep_nodes=always_keep, precision=cls.precision, classification=cls)
-        low_vals = _run_marked(emulated, float_tensors, cls.types, samples)
-        result.ort_runs += 2 * len(samples)
+        ort = OnnxRuntimeBackend(optimization="disable")
+        ref_sess = ort.session(_with_outputs(model, float_tensors, cls.types))
+        low_sess = ort.session(_with_outputs(emulated, float_tensors, cls.types))
+        for s in samples:
+            ref_vals, low_vals = ref_sess.run(s), low_sess.run(s)
+            result.ort_runs += 2
+            for t in float_tensors:
+                err[t] = max(err.get(t, 0.0), _rel_err(ref_vals.get(t), low_vals.get(t)))
+                v = ref_vals.get(t)
+                if isinstance(v, np.ndarray) and v.size:
+                    peak = float(np.max(np.abs(v[np.isfinite(v)]), initial=0.0))
+                    result.max_abs[t] = max(result.max_abs.get(t, 0.0), peak)
+            del ref_vals, low_vals
     except Exception as exc:
         log.info("marked runs failed (%s); ranking by graph order", exc)
         result.notes.append(f"error growth could not be measured ({exc}); the ranking follows graph order")
-        ref_vals, low_vals = [], []
-    if ref_vals:
-        err = {t: max(_rel_err(r.get(t), l.get(t)) for r, l in zip(ref_vals, low_vals)) for t in float_tensors}
-        for t in float_tensors:
-            vals = [r.get(t) for r in ref_vals]
-            peaks = [float(np.max(np.abs(v[np.isfinite(v)]), initial=0.0)) for v in vals if isinstance(v, np.ndarray) and v.size]
-            result.max_abs[t] = max(peaks, default=0.0)
+        err = {}
+    if err:
         static = cls.static
         for label, n in zip(labels, nodes):
             if label not in cand_set:

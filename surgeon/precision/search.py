@@ -3,9 +3,9 @@
 The property searched is monotone in practice (more FP32 nodes, less error) but not
 assumed to be: every claim in the result is a verdict the oracle gave.
 
-1. Preconditions: with every candidate in FP32 the tolerance is met (else the tolerance
-   cannot be met at all: a usage error); with none, it is missed (else there is nothing to
-   keep).
+1. Preconditions: with no candidate in FP32 the tolerance is missed (else there is nothing
+   to keep, and the search ends after this one call); with every candidate in FP32 it is met
+   (else the tolerance cannot be met at all: a usage error).
 2. The prior (``scan``'s overflows) alone; when it meets the tolerance it is the pool.
 3. Otherwise prefix bisection (the isolate engine's ``prefix_bisect``, as LLVM's
    opt-bisect) over the ranking after the prior: the shortest prefix that meets the
@@ -56,7 +56,7 @@ class SearchResult:
     status: str
     kept: list[str]
     message: str
-    baseline: Judgement
+    baseline: Judgement | None  # every candidate in FP32 (not run when full reduced precision meets)
     full: Judgement
     final: Judgement
     islands: list[Island] = field(default_factory=list)
@@ -161,16 +161,18 @@ def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Se
     def phase(name: str, before: int, **extra) -> None:
         phases.append({"phase": name, "oracle_calls": len(oracle.calls) - before, **extra})
 
-    say("checking that the FP32 model meets the tolerance")
-    baseline = oracle(everything, "precondition")
+    say("running the model with every node in reduced precision")
     full = oracle(frozenset(), "precondition")
+    if full.passed:  # nothing to search, and nothing to prove about the FP32 end
+        phase("preconditions", 0)
+        return SearchResult(NO_ISLANDS, [], "the model meets the tolerance with every node in reduced precision",
+                            None, full, full, phases=phases)
+    say("checking that the model with every node in FP32 meets the tolerance")
+    baseline = oracle(everything, "precondition")
     phase("preconditions", 0)
     if not baseline.passed:
         return SearchResult("unmeetable", sorted(everything), "the model with every node in FP32 misses the tolerance",
                             baseline, full, baseline, phases=phases)
-    if full.passed:
-        return SearchResult(NO_ISLANDS, [], "the model meets the tolerance with every node in reduced precision",
-                            baseline, full, full, phases=phases)
 
     status, message = MINIMAL, ""
     kept: list[str] = sorted(everything)
