@@ -174,9 +174,6 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}#{index}"
 
 
-_node_label = node_label  # older name, kept for callers
-
-
 def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
     for imp in model.opset_import:
         if imp.domain in (domain, "ai.onnx" if domain == "" else domain):
@@ -333,7 +330,7 @@ def low_weights(arr: np.ndarray, precision: str) -> tuple[np.ndarray, int, int]:
     return a.astype(ml_dtypes.bfloat16), int(big.sum()), 0
 
 
-def _constant_array(node: onnx.NodeProto) -> np.ndarray | None:
+def constant_array(node: onnx.NodeProto) -> np.ndarray | None:
     for a in node.attribute:
         if a.name == "value" and a.t.data_type == TensorProto.FLOAT:
             return numpy_helper.to_array(a.t)
@@ -412,7 +409,7 @@ def emulate(model: onnx.ModelProto, keep: Iterable[str] = (), *, keep_nodes: Ite
         if name in inits and inits[name].data_type == TensorProto.FLOAT:
             arr = numpy_helper.to_array(inits[name])
         elif name in constants:
-            arr = _constant_array(constants[name])
+            arr = constant_array(constants[name])
         dst = fresh(f"{name}__{precision}r")
         if arr is not None:
             conv, clamped, raised = low_weights(arr, precision)

@@ -35,7 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from surgeon import model as model_io
-from surgeon.backends.fp16 import PRECISIONS, Classification, _constant_array, low_weights
+from surgeon.backends.fp16 import PRECISIONS, Classification, constant_array, low_weights
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def convert(model: onnx.ModelProto, cls: Classification, keep_nodes: set[str] | 
         need_f32 = TensorProto.FLOAT in wants or name in refs or name in graph_outputs
         if not need_low:
             continue
-        arr = numpy_helper.to_array(init_by_name[name]) if name in init_by_name else _constant_array(const_by_out[name])
+        arr = numpy_helper.to_array(init_by_name[name]) if name in init_by_name else constant_array(const_by_out[name])
         conv, clamped, _raised = low_weights(arr, precision)
         if clamped:
             result.clamped.append(f"{name}: {clamped} value(s) clamped to the {precision} range")

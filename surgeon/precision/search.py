@@ -235,6 +235,8 @@ def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Se
             if dropped is None:
                 break
     except BudgetExhausted as exc:
+        phases.append({"phase": "budget exhausted", "oracle_calls": len(oracle.calls),
+                       "smallest_set_that_met": len(ask.best)})
         kept = sorted(ask.best)
         status = BUDGET
         message = (f"stopped after {exc} (--max-oracle-calls): the set meets the tolerance "
