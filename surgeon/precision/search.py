@@ -235,7 +235,8 @@ def search_islands(model: onnx.ModelProto, labels: Sequence[str], candidates: Se
             if dropped is None:
                 break
     except BudgetExhausted as exc:
-        phases.append({"phase": "budget exhausted", "oracle_calls": 0, "calls_so_far": len(oracle.calls),
+        phases.append({"phase": "budget exhausted (the phase under way)",
+                       "oracle_calls": len(oracle.calls) - sum(x["oracle_calls"] for x in phases),
                        "smallest_set_that_met": len(ask.best)})
         kept = sorted(ask.best)
         status = BUDGET
