@@ -8,7 +8,6 @@ from collections import Counter
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto
 
 from helpers import FIXTURES, model_from_text, run_ort

@@ -6,7 +6,6 @@ may stay in FP32."""
 from __future__ import annotations
 
 import onnx
-import pytest
 from onnx import TensorProto, helper
 
 from helpers import FIXTURES
