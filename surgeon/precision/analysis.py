@@ -101,31 +101,32 @@ def analyse(model: onnx.ModelProto, cls: Classification, samples: Sequence[Mappi
             result.prior.setdefault(node, why)
             result.why.setdefault(node, []).append(why)
 
-    # 1. scan's range analysis on the FP32 model.
-    try:
-        report = scan_model(model, samples, backends.create("onnxrt"))
-        findings = list(report.findings)
-        result.ort_runs += len(samples)
-    except Exception as exc:  # the prior is a help: without it the ranking alone orders the search
-        log.info("scan failed (%s); no prior", exc)
-        result.notes.append(f"scan's range analysis failed ({exc}); the search starts without a prior")
-        findings = []
+    # 1. scan's range analysis (an FP16 analysis: bfloat16 has float32's range, so not for bf16).
+    findings = []
+    if cls.precision == "fp16":
+        try:
+            report = scan_model(model, samples, backends.create("onnxrt"))
+            findings = list(report.findings)
+            result.ort_runs += len(samples)
+        except Exception as exc:  # the prior is a help: the measurements below still give one
+            log.info("scan failed (%s)", exc)
+            result.notes.append(f"scan's range analysis failed ({exc}); the prior comes from the measured runs only")
     result.findings = len(findings)
     for f in findings:
         kind = getattr(f, "kind", "")
         tensor = getattr(f, "tensor", "")
         peak = (getattr(f, "details", {}) or {}).get("max_abs")
         value = f"{peak:.4g}" if isinstance(peak, (int, float)) else "beyond 65504"
-        if kind == "fp16-overflow":
-            if getattr(f, "op_type", "") in ("initializer", "Constant"):
-                for r in readers.get(tensor, []):
-                    add(r, f"reads weight '{tensor}' with values up to {value} (clamped to 65504 in FP16)")
-            else:
-                src = producer.get(tensor, getattr(f, "node", ""))
-                add(src, f"overflow: output '{tensor}' reaches {value} (float16 max 65504)")
-                for r in readers.get(tensor, []):
-                    add(r, f"overflow: reads '{tensor}', which reaches {value}")
-        elif kind == "fp16-underflow":
+        weight = getattr(f, "op_type", "") in ("initializer", "Constant")
+        if weight and kind in ("fp16-overflow", "fp16-clamped"):
+            for r in readers.get(tensor, []):
+                add(r, f"reads weight '{tensor}' with values up to {value} (clamped to 65504 in FP16)")
+        elif not weight and kind in ("fp16-overflow", "fp16-saturated"):
+            src = producer.get(tensor, getattr(f, "node", ""))
+            add(src, f"overflow: output '{tensor}' reaches {value} (float16 max 65504)")
+            for r in readers.get(tensor, []):
+                add(r, f"overflow: reads '{tensor}', which reaches {value}")
+        elif kind in ("fp16-underflow", "fp16-subnormal"):
             src = producer.get(tensor, "")
             if src in cand_set:
                 msg = getattr(f, "message", "").split(": ", 1)[-1]
@@ -166,9 +167,16 @@ def analyse(model: onnx.ModelProto, cls: Classification, samples: Sequence[Mappi
             ins = [err.get(i, 0.0) for i in n.input if i in err and i not in static]
             out_e, in_e = max(outs, default=0.0), max(ins, default=0.0)
             growth[label] = float("inf") if (np.isinf(out_e) and not np.isinf(in_e)) else max(out_e - in_e, 0.0)
-            over = [o for o in n.output if result.max_abs.get(o, 0.0) > FP16_MAX]
-            if over and label not in result.prior:
-                add(label, f"overflow: output '{over[0]}' reaches {result.max_abs[over[0]]:.4g} (float16 max 65504)")
+            # The measured runs give the same prior as scan where scan gave none (or changed):
+            # a tensor beyond float16's range, or one that turns non-finite right here.
+            over = [o for o in n.output if cls.precision == "fp16" and result.max_abs.get(o, 0.0) > FP16_MAX]
+            starts = [o for o in n.output if np.isinf(err.get(o, 0.0))] if np.isinf(growth[label]) else []
+            for o in dict.fromkeys(over + starts):
+                what = (f"reaches {result.max_abs[o]:.4g} (float16 max 65504)" if o in over
+                        else f"becomes non-finite in {cls.precision.upper()} while its inputs are finite")
+                add(label, f"overflow: output '{o}' {what}")
+                for r in readers.get(o, []):
+                    add(r, f"overflow: reads '{o}', which {what.split(' (')[0]}")
     result.growth = growth
 
     # 3. Ranking: the prior, then the fragile ops and underflows, then everything by error growth.
