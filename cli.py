@@ -425,6 +425,11 @@ def _cmd_doctor(args) -> int:
         render_compare(comparison, out, title=f"surgeon doctor: {what}")
     if report.trt_after is not None:
         _render_doctor_trt(report, out)
+    for suggestion in report.suggestions:
+        if args.load_inputs:
+            suggestion += f" --load-inputs {args.load_inputs}"
+        out.print(f"the FP16 comparison fails: search the FP32 islands it needs with\n  {suggestion}", markup=False,
+                  soft_wrap=True)
     verdict = "[bold green]OK[/]" if report.passed else f"[bold red]{report.verdict.upper()}[/]"
     out.print(f"doctor: {verdict}: wrote {args.output}; {len(report.comparisons)} comparison(s), "
               f"{sum(c.passed for _, c in report.comparisons)} matched")
@@ -943,9 +948,9 @@ def _cmd_trt_check(args) -> int:
     shapes = input_data.parse_shape_args(args.input_shapes)
     profile = parse_profile_args(args.profile)
     model = surgeon.load(args.model)
-    from rich.status import Status
+    from surgeon.report import Progress
 
-    with Status("trt-check", console=_stderr_console()) as status:
+    with Progress("trt-check") as status:
         report = trt_check.check(model, model_path=args.model, engine=args.engine, input_shapes=shapes, profile=profile,
                                  build=not args.no_build, target_cc=args.target_cc, matrix_version=args.matrix_version,
                                  seed=args.seed, timeout=args.timeout, progress=lambda msg: status.update(f"trt-check: {msg}"))
@@ -955,6 +960,61 @@ def _cmd_trt_check(args) -> int:
         write_json(args.report, report.to_dict())
     trt_check.render(report, _stdout_console())
     return EXIT_OK if report.ready else EXIT_FAIL
+
+
+# --- fp16 ---------------------------------------------------------------------------------
+
+def _add_fp16(sub) -> None:
+    p = sub.add_parser("fp16", help="write a mixed-precision (FP16/BF16) model with the fewest FP32 islands that keep the tolerance")
+    p.add_argument("model", help="the FP32 .onnx model (never modified)")
+    p.add_argument("-o", "--output", required=True, help="the mixed-precision model (written atomically)")
+    p.add_argument("--precision", choices=("fp16", "bf16"), default="fp16", help="reduced precision (default fp16)")
+    p.add_argument("--keep", nargs="+", default=[], metavar="OP_OR_NODE", help="op types or node names kept in FP32 whatever the search finds")
+    p.add_argument("--keep-io-types", action="store_true", help="keep float32 graph inputs and outputs (Casts at the interface)")
+    p.add_argument("--layer-precisions", metavar="FILE",
+                   help="also write the decision as trtexec --layerPrecisions/--precisionConstraints and Polygraphy --layer-precisions flags")
+    p.add_argument("--report", metavar="REPORT.json", help="write the report as JSON")
+    p.add_argument("--max-oracle-calls", type=int, default=300, metavar="N",
+                   help="budget of emulation runs for the search (default 300); past it the result is not proven minimal")
+    p.add_argument("--no-trt-check", action="store_true", help="skip the TensorRT-RTX build of OUT (done where tensorrt_rtx is installed)")
+    _add_common_model_args(p)
+    p.add_argument("--val-range", nargs="+", default=[], metavar="NAME:[LO,HI]", help="value range for generated inputs")
+    p.add_argument("--iterations", type=int, default=2, help="number of input samples the tolerance must hold on (default 2)")
+    p.add_argument("--load-inputs", metavar="FILE", help="inputs from .npz or Polygraphy JSON (polygraphy run --save-inputs)")
+    p.add_argument("--save-inputs", metavar="FILE", help="write the inputs used (.npz or .json, Polygraphy's format)")
+    p.set_defaults(func=_cmd_fp16)
+
+
+def _cmd_fp16(args) -> int:
+    import surgeon
+    from surgeon import input_files
+    from surgeon.errors import UsageError
+    from surgeon.precision import Fp16Options, convert_mixed_precision
+    from surgeon.precision.api import output_path_checks
+    from surgeon.precision.report import render
+
+    output_path_checks(args.model, args.output, args.report, args.layer_precisions, args.save_inputs)
+    if args.iterations < 1:
+        raise UsageError("--iterations must be at least 1")
+    for path in (args.save_inputs, args.load_inputs):
+        if path:
+            input_files.check_path(path, "input data")
+    model = surgeon.load(args.model)
+    samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs("onnxrt", model))
+    options = Fp16Options(precision=args.precision, keep=args.keep, keep_io_types=args.keep_io_types,
+                          atol=_tolerances(args.atol), rtol=_tolerances(args.rtol), max_oracle_calls=args.max_oracle_calls,
+                          trt_check=False if args.no_trt_check else None, layer_precisions=args.layer_precisions)
+    from surgeon.report import Progress
+
+    with Progress("fp16") as status:
+        report = convert_mixed_precision(args.model, args.output, samples=samples, options=options,
+                                         progress=lambda msg: status.update(f"fp16: {msg}"))
+    if args.report:
+        from surgeon.report import write_json
+
+        write_json(args.report, report.to_dict())
+    render(report, _stdout_console())
+    return EXIT_OK if report.passed else EXIT_FAIL
 
 
 # --- shared plumbing -----------------------------------------------------------------------
@@ -1005,7 +1065,7 @@ def _quiet_libraries(verbose: int) -> None:
 
 
 _COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_isolate, _add_bisect, _add_scan,
-             _add_profile, _add_trt_check]
+             _add_profile, _add_trt_check, _add_fp16]
 
 
 def _version() -> str:

@@ -32,6 +32,7 @@ class DoctorReport:
     trt_before: Any = None  # TrtCheckReport of the original (with trt=...)
     trt_after: Any = None  # TrtCheckReport of the fixed model
     seconds: float = 0.0
+    suggestions: list[str] = field(default_factory=list)  # commands that address a failure
 
     @property
     def matched(self) -> bool:
@@ -50,7 +51,7 @@ class DoctorReport:
     def to_dict(self) -> dict:
         out = {"verdict": self.verdict, "model": self.model, "output": self.output, "fix": self.fix.to_dict(),
                "comparisons": [{"check": what, **c.to_dict()} for what, c in self.comparisons],
-               "seconds": round(self.seconds, 3)}
+               "suggestions": self.suggestions, "seconds": round(self.seconds, 3)}
         if self.trt_after is not None:
             out["trt"] = {"original": self.trt_before.to_dict(), "fixed": self.trt_after.to_dict(),
                           "resolved_by_fix": resolved_by_fix(self.trt_before, self.trt_after)}
@@ -116,6 +117,8 @@ def doctor(
         report.comparisons.append((f"{what} on {test} vs original on {ref}",
                                    compare(original, ref=ref, test=test_backend,
                                            against=None if test_original else fixed, **common)))
+        if test == "fp16" and not report.comparisons[-1][1].passed:
+            report.suggestions.append(fp16_suggestion(model_path if test_original else output_path, input_shapes, atol, rtol))
     if trt is not None:
         from surgeon.debug import trt_check
 
@@ -128,3 +131,20 @@ def doctor(
     report.seconds = time.perf_counter() - start
     return report
 
+
+def fp16_suggestion(model: str | os.PathLike, input_shapes: Mapping[str, tuple[int, ...]] | None, atol: Any, rtol: Any) -> str:
+    """The ``surgeon fp16`` command that searches the FP32 islands this model needs."""
+    import shlex
+
+    path = str(model)
+    stem = path[:-5] if path.endswith(".onnx") else path
+    parts = ["surgeon", "fp16", path, "-o", f"{stem}.fp16.onnx"]
+    if input_shapes:
+        parts += ["--input-shapes", *(f"{k}:{'x'.join(map(str, v))}" for k, v in input_shapes.items())]
+    for flag, value in (("--atol", atol), ("--rtol", rtol)):
+        if isinstance(value, Mapping):
+            parts += [flag, *(f"{k}:{v:g}" for k, v in value.items())]
+        elif value is not None:
+            parts += [flag, f"{value:g}"]
+    parts += ["--report", f"{stem}.fp16.json"]
+    return " ".join(shlex.quote(p) for p in parts)
