@@ -8,7 +8,8 @@ dimension is dynamic. This pass evaluates each chain symbolically
 the same thing for *every* input size:
 
 - a Reshape target entry that is "dim i of the Reshape's own input" becomes ``0``
-  (copy; only with ``allowzero=0``), one remaining unknown entry becomes ``-1``;
+  (copy; with ``allowzero=1`` only where no entry is a constant 0, and the node then
+  gets ``allowzero=0``), one remaining unknown entry becomes ``-1``;
 - an Expand entry equal to the input's aligned dim becomes ``1``; an Expand (or Tile,
   Reshape, Slice, Cast) that provably changes nothing is removed;
 - Resize ``sizes`` equal to the input's dims times integer factors become ``scales``;
@@ -144,6 +145,12 @@ def _reshape(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
         _chain_note(edit, node, shape, "its target cannot be evaluated")
         return False
     dims = su.tensor_dims(data, edit.facts)
+    # allowzero=1 (what the dynamo exporter writes) differs from 0 only where the target
+    # holds a 0. Without a constant 0 entry, an entry equal to the input's dim there may
+    # become 0 (copy) under allowzero=0: both give that dim, even when it is 0 at run time.
+    relaxed = bool(allowzero) and not any(e.is_const and e.coef == 0 for e in value.entries)
+    if relaxed:
+        allowzero = 0
     target: list[int | None] = []
     unknown = []
     for i, e in enumerate(value.entries):
@@ -166,7 +173,11 @@ def _reshape(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
     old = su.constant_array(shape)
     if old is not None and old.ndim == 1 and old.tolist() == target:
         return False
-    return _set_int_input(edit, node, 1, "target", target, "reshape-target")
+    if not _set_int_input(edit, node, 1, "target", target, "reshape-target"):
+        return False
+    if relaxed and 0 in target:
+        node.attrs["allowzero"] = 0  # the copies above need allowzero=0's meaning of 0
+    return True
 
 
 def _set_int_input(edit: _Edit, node: gs.Node, index: int, suffix: str, values: list, rule: str) -> bool:

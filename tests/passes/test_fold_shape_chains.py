@@ -137,21 +137,44 @@ def test_two_unknown_entries_stay_with_a_note():
     assert any("Reshape" in n and "keeps its shape chain" in n for n in log.notes)
 
 
-def test_allowzero_blocks_copy_semantics():
-    """With allowzero=1 a 0 means zero, so dim-equal entries cannot become 0 (two unknowns: keep)."""
+def test_allowzero_with_a_constant_zero_blocks_copy_semantics():
+    """With allowzero=1 and a constant 0 entry, a 0 means zero: dim-equal entries cannot become 0."""
     m = model_from_text("""
     <ir_version: 8, opset_import: ["" : 17]>
-    g (float[N,S,4] x) => (float[N,S,4] y) {
+    g (float[N,S,0] x) => (float[N,S,0] y) {
       s = Shape(x)
       st = Constant<value = int64[1] {0}>()
       en = Constant<value = int64[1] {2}>()
       h = Slice(s, st, en)
-      four = Constant<value = int64[1] {4}>()
-      t = Concat<axis = 0>(h, four)
+      zero = Constant<value = int64[1] {0}>()
+      t = Concat<axis = 0>(h, zero)
       y = Reshape<allowzero = 1>(x, t)
     }""")
     out, _ = run_pass(m)
     assert out is None
+
+
+def test_allowzero_without_zero_entries_is_read_as_copy():
+    """The dynamo exporter writes allowzero=1; with no constant 0 in the target, dim-equal
+    entries become copies (0) and the node gets allowzero=0, which means the same."""
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,S,4] x) => (float[N,S,2,2] y) {
+      s = Shape(x)
+      st = Constant<value = int64[1] {0}>()
+      en = Constant<value = int64[1] {2}>()
+      h = Slice(s, st, en)
+      two = Constant<value = int64[2] {2, 2}>()
+      t = Concat<axis = 0>(h, two)
+      y = Reshape<allowzero = 1>(x, t)
+    }""")
+    out, log = run_pass(m)
+    assert out is not None and log.counts["reshape-target"] == 1
+    (reshape,) = [n for n in out.graph.node if n.op_type == "Reshape"]
+    assert init_value(out, reshape.input[1]) == [0, 0, 2, 2]
+    assert [a.i for a in reshape.attribute if a.name == "allowzero"] == [0]
+    assert "Shape" not in op_types(out)
+    assert_equivalent(m, out, [{"x": (1, 3, 4)}, {"x": (5, 2, 4)}, {"x": (0, 2, 4)}], **TOL)
 
 
 def test_noop_reshape_is_removed_and_graph_output_kept():
