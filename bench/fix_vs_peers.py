@@ -41,7 +41,7 @@ ROOT = HERE.parent
 SETS = {
     "corpus": ROOT.parent / "shared" / "corpus",
     "fixtures": ROOT / "fixtures" / "exports",
-    "models": Path("/work/models"),
+    "models": Path("/work/models"),  # *.onnx and packaged/*.onnx (see bench/make_large_exports.py)
 }
 TOOLS = ("surgeon", "surgeon-noverify", "onnxslim", "onnxsim")
 
@@ -121,8 +121,8 @@ def find_models(sets: list[str], only: list[str]) -> list[Path]:
         if not folder.is_dir():
             print(f"[{name}] {folder} not found; skipped", file=sys.stderr)
             continue
-        if name == "models":  # the large exports and packaged models, not venvs or scratch
-            paths = sorted(p for p in folder.rglob("*.onnx") if "venv" not in p.parts and "site-packages" not in p.parts)
+        if name == "models":  # bench/make_large_exports.py's exports and the packaged models beside them
+            paths = sorted(folder.glob("*.onnx")) + sorted((folder / "packaged").glob("*.onnx"))
         else:
             paths = sorted(folder.glob("*.onnx"))
         found += paths

@@ -1,7 +1,8 @@
 """``eliminate-neutral-ops``: remove nodes whose output provably equals one of their inputs.
 
 Exporters leave many of these: ``x + 0`` and ``x * 1`` where a bias or scale is zero or
-one (random-init and pruned models, deduplicated initializers), ``Dropout`` in inference,
+one, ``And(x, true)`` / ``Or(x, false)`` and ``Where`` on an all-true or all-false
+constant condition in attention-mask code (random-init and pruned models, deduplicated initializers), ``Dropout`` in inference,
 ``Cast`` to the type a tensor already has, a ``Transpose`` with the identity permutation,
 ``Concat``/``Sum``/``Max`` of a single input, a ``Reshape``/``Expand``/``Slice``/``Tile``/
 ``Pad`` that keeps everything. Each is a node TensorRT and ONNX Runtime must still
@@ -37,7 +38,8 @@ from surgeon.pipeline.registry import register
 logger = logging.getLogger(__name__)
 
 # op -> (neutral constant, operand positions the constant may take)
-_BINARY = {"Add": (0, (0, 1)), "Sub": (0, (1,)), "Mul": (1, (0, 1)), "Div": (1, (1,)), "Pow": (1, (1,))}
+_BINARY = {"Add": (0, (0, 1)), "Sub": (0, (1,)), "Mul": (1, (0, 1)), "Div": (1, (1,)), "Pow": (1, (1,)),
+           "And": (True, (0, 1)), "Or": (False, (0, 1)), "Xor": (False, (0, 1))}
 _VARIADIC = ("Sum", "Mean", "Max", "Min", "Concat")
 _INT64_BIG = 2**31 - 1  # slice ends at or past this are "to the end" sentinels in practice
 
@@ -61,6 +63,33 @@ def _rule_binary(node: gs.Node) -> tuple[str, gs.Tensor] | str | None:
                     f"{list(c.shape)} may change the shape of {x.name} ({R.shape_of(x)})")
         return f"{node.op.lower()}-neutral", x
     return None
+
+
+def _rule_where(node: gs.Node) -> tuple[str, gs.Tensor] | str | None:
+    """``Where(c, a, b)`` with a constant ``c`` that is all true (→ ``a``) or all false (→ ``b``).
+
+    The exporters' mask code leaves these once shapes are folded (``torch.where`` on a
+    condition computed from constants). The output is the broadcast of all three
+    inputs, so the chosen branch is the output only when neither ``c`` nor the other
+    branch can broadcast it to a larger shape: ``c`` is checked by its constant shape,
+    the other branch by its shape when that is static.
+    """
+    if len(node.inputs) != 3:
+        return None
+    c = R.constant_value(node.inputs[0])
+    if c is None or c.size == 0 or c.dtype != np.bool_ or not (np.all(c) or not np.any(c)):
+        return None
+    chosen, other = (node.inputs[1], node.inputs[2]) if np.all(c) else (node.inputs[2], node.inputs[1])
+    if isinstance(chosen, gs.Constant):
+        return None  # constant folding's job
+    shape = R.shape_of(chosen)
+    other_value = R.constant_value(other)
+    other_shape = tuple(other_value.shape) if other_value is not None else R.shape_of(other)
+    static_other = other_shape is not None and all(isinstance(d, (int, np.integer)) for d in other_shape)
+    if not (R.broadcast_keeps_shape(shape, c.shape) and static_other and R.broadcast_keeps_shape(shape, tuple(other_shape))):
+        return (f"Where {node.name} on a constant condition kept: broadcasting with the condition "
+                f"{list(c.shape)} or the other branch ({other_shape}) may change the shape of {chosen.name} ({shape})")
+    return ("where-constant-condition", chosen)
 
 
 def _rule_dropout(node: gs.Node, opset: int) -> tuple[str, gs.Tensor] | str | None:
@@ -208,6 +237,8 @@ def _match(node: gs.Node, opset: int) -> tuple[str, gs.Tensor] | str | None:
         return _rule_binary(node)
     if op == "Dropout":
         return _rule_dropout(node, opset)
+    if op == "Where":
+        return _rule_where(node)
     if op in ("Cast", "CastLike"):
         return _rule_cast(node)
     if op == "Transpose":
@@ -219,7 +250,7 @@ def _match(node: gs.Node, opset: int) -> tuple[str, gs.Tensor] | str | None:
     return None
 
 
-_OPS = frozenset(_BINARY) | frozenset(_VARIADIC) | {"Dropout", "Cast", "CastLike", "Transpose", "Reshape",
+_OPS = frozenset(_BINARY) | frozenset(_VARIADIC) | {"Dropout", "Where", "Cast", "CastLike", "Transpose", "Reshape",
                                                      "Expand", "Tile", "Pad", "Slice", "Split"}
 
 

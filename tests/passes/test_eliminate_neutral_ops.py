@@ -194,3 +194,79 @@ def test_vit_zero_biases_removed_in_the_pipeline():
     assert entry.status != "rolled-back"
     assert entry.counts.get("add-neutral", 0) >= 60  # the zero (deduplicated) q/k/v/o/fc biases
     assert surgeon.graph.op_histogram(out)["Add"] < surgeon.graph.op_histogram(model)["Add"] - 60
+
+
+@pytest.mark.parametrize("expr,rule", [
+    ("And(m, yes)", "and-neutral"), ("And(yes_scalar, m)", "and-neutral"), ("Or(m, no)", "or-neutral"),
+    ("Xor(no, m)", "xor-neutral"),
+])
+def test_neutral_boolean_removed(expr, rule):
+    """The attention-mask code of transformers exports: ``mask & ones`` is the mask."""
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (bool[N,4] y)
+      <bool[4] yes = {{1, 1, 1, 1}}, bool yes_scalar = {{1}}, bool[1,4] no = {{0, 0, 0, 0}}> {{
+      zero = Constant<value = float {{0.0}}>()
+      m = Greater(x, zero)
+      t = {expr}
+      y = Not(t)
+    }}""")
+    out, log = run_pass(m)
+    assert op_types(out) == ["Constant", "Greater", "Not"]
+    assert log.counts[rule] == 1
+    assert_equivalent(m, out, BATCHES, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("expr", ["And(m, no)", "Or(m, yes)", "And(m, mixed)", "And(m, wide)"])
+def test_boolean_not_neutral_kept(expr):
+    """``x & false``, ``x | true`` and a mixed constant are no identities; a wider constant broadcasts."""
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (bool[?,?,?] y) <bool[4] yes = {{1, 1, 1, 1}}, bool[4] no = {{0, 0, 0, 0}},
+      bool[4] mixed = {{1, 0, 1, 1}}, bool[2,1,4] wide = {{1, 1, 1, 1, 1, 1, 1, 1}}> {{
+      zero = Constant<value = float {{0.0}}>()
+      m = Greater(x, zero)
+      t = {expr}
+      y = Not(t)
+    }}""")
+    out, log = run_pass(m)
+    assert out is None and not log.counts
+
+
+@pytest.mark.parametrize("expr,kept", [("Where(all_true, a, fill)", "a"), ("Where(all_false, fill, a)", "a"),
+                                        ("Where(all_true, a, fill_row)", "a")])
+def test_where_on_a_constant_condition_picks_a_branch(expr, kept):
+    """Mask code: ``where(cond, x, -inf)`` whose condition folded to all true (or all false)."""
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y) <bool[4] all_true = {{1, 1, 1, 1}}, bool[1,4] all_false = {{0, 0, 0, 0}},
+      float fill = {{-3.0}}, float[1,4] fill_row = {{-1.0, -2.0, -3.0, -4.0}}, float[4] bias = {{1.0, 2.0, 3.0, 4.0}}> {{
+      a = Relu(x)
+      w = {expr}
+      y = Add(w, bias)
+    }}""")
+    out, log = run_pass(m)
+    assert log.counts["where-constant-condition"] == 1
+    add = [n for n in out.graph.node if n.op_type == "Add"][0]
+    assert add.input[0] == kept and "Where" not in op_types(out)
+    assert_equivalent(m, out, BATCHES, **TOL)
+
+
+def test_where_kept_when_a_mixed_condition_or_a_broadcast_could_change_the_result():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x, float[2,N,4] big) => (float[N,4] y, float[2,N,4] z) <bool[4] mixed = {1, 0, 1, 1},
+      bool[4] all_true = {1, 1, 1, 1}, bool[3,1,1] wide_true = {1, 1, 1}> {
+      a = Relu(x)
+      b = Sigmoid(x)
+      y = Where(mixed, a, b)
+      z = Where(all_true, a, big)
+      w = Where(wide_true, a, b)
+      s = ReduceSum<keepdims = 0>(w)
+      v = Where(all_true, a, b)
+      u = ReduceSum<keepdims = 0>(v)
+    }""")
+    out, log = run_pass(m)
+    assert out is None and not log.counts
+    # the big branch, the wide condition, and a branch whose shape is not static (not provably N x 4)
+    assert sum("Where" in n and "kept" in n for n in log.notes) == 3
