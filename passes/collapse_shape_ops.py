@@ -1,4 +1,4 @@
-"""``collapse-shape-ops``: merge chains of ops that only move dims around into one node.
+"""``collapse-shape-ops``: merge chains of ops that only move or cut dims into one node.
 
 Exporters write ``x[None, :, None, None]`` (attention masks, position ids, causal masks)
 as ``Unsqueeze(Unsqueeze(Unsqueeze(x, 0), 2), 3)``, one node per ``None`` or per
@@ -10,6 +10,9 @@ Rules, each exact (no value changes, only how the shape is reached):
 - ``unsqueeze-merge``: ``Unsqueeze(Unsqueeze(x, a1), a2)`` becomes ``Unsqueeze(x, a)``,
   where ``a`` is ``a2`` plus the positions of ``a1``'s new dims in the final output. Axes
   must be constants; negative axes need the ranks (from the inferred shapes).
+- ``slice-merge``: ``Slice(Slice(x, ...), ...)`` that cut different axes become one
+  Slice with both axes (YOLOv5's space-to-depth ``x[..., ::2, ::2]``; a Slice cuts each
+  axis independently). Bounds must be constants; an axis cut twice is left alone.
 - ``reshape-merge``: ``Reshape(P(x), t)`` with ``P`` a Reshape, Flatten, Squeeze or
   Unsqueeze and ``t`` a constant becomes ``Reshape(x, t)``: a Reshape reads only the
   element order, which ``P`` does not change. A ``0`` in ``t`` (copy the input's dim,
@@ -38,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 PASS_NAME = "collapse-shape-ops"
 _RESHAPING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+_OUTER = frozenset({"Unsqueeze", "Reshape", "Slice"})
 
 
 def _const_ints(t: gs.Tensor | None) -> list[int] | None:
@@ -109,6 +113,49 @@ def _check_reshape(outer: gs.Node, inner: gs.Node) -> list[int] | str:
     return target
 
 
+def _slice_params(node: gs.Node) -> tuple[list, list, list | None, list | None] | None:
+    """(starts, ends, axes or None, steps or None) when all given are constants (opset >= 10 form)."""
+    params = []
+    for i in range(1, 5):
+        t = R.present(node, i)
+        if t is None:
+            if i < 3:
+                return None
+            params.append(None)
+            continue
+        values = _const_ints(t)
+        if values is None:
+            return None
+        params.append(values)
+    return tuple(params)  # type: ignore[return-value]
+
+
+def _check_slice(outer: gs.Node, inner: gs.Node) -> list | str | None:
+    """Two Slices on different axes are one Slice over both (each axis is cut once)."""
+    if "starts" in inner.attrs or "starts" in outer.attrs:
+        return None  # opset < 10: bounds are attributes; not worth a second code path
+    p_in, p_out = _slice_params(inner), _slice_params(outer)
+    if p_in is None or p_out is None:
+        return f"Slice {outer.name} not merged with {inner.name}: bounds are not constants"
+    rank = _rank(inner.inputs[0])
+    merged: dict[int, tuple[int, int, int]] = {}
+    for starts, ends, axes, steps in (p_in, p_out):
+        axes = axes if axes is not None else list(range(len(starts)))
+        steps = steps if steps is not None else [1] * len(starts)
+        if not len(starts) == len(ends) == len(axes) == len(steps):
+            return f"Slice {outer.name} not merged with {inner.name}: malformed bounds"
+        for start, end, axis, step in zip(starts, ends, axes, steps):
+            if axis < 0:
+                if rank is None:
+                    return f"Slice {outer.name} not merged with {inner.name}: negative axis on a value of unknown rank"
+                axis += rank
+            if axis in merged:
+                return f"Slice {outer.name} not merged with {inner.name}: both cut axis {axis}"
+            merged[axis] = (start, end, step)
+    axes = sorted(merged)
+    return [[merged[a][0] for a in axes], [merged[a][1] for a in axes], axes, [merged[a][2] for a in axes]]
+
+
 def _check(outer: gs.Node, inner: gs.Node) -> tuple[str, list[int]] | str | None:
     """(rule, merged axes or target) when ``outer`` can read ``inner``'s input directly, a note, or None."""
     if not R.is_standard(inner) or len(inner.outputs) != 1 or not inner.inputs:
@@ -116,6 +163,9 @@ def _check(outer: gs.Node, inner: gs.Node) -> tuple[str, list[int]] | str | None
     if outer.op == "Unsqueeze" and inner.op == "Unsqueeze":
         found = _check_unsqueeze(outer, inner)
         return found if isinstance(found, str) else ("unsqueeze-merge", found)
+    if outer.op == "Slice" and inner.op == "Slice":
+        found = _check_slice(outer, inner)
+        return found if found is None or isinstance(found, str) else ("slice-merge", found)
     if outer.op == "Reshape" and inner.op in _RESHAPING and len(outer.inputs) >= 2:
         found = _check_reshape(outer, inner)
         return found if isinstance(found, str) else ("reshape-merge", found)
@@ -135,6 +185,25 @@ def _set_axes(outer: gs.Node, axes: list[int], names: set[str]) -> None:
     outer.inputs[1] = gs.Constant(name, np.array(axes, dtype=np.int64))
 
 
+def _set_slice(outer: gs.Node, params: list[list[int]], names: set[str], scope: R.Scope) -> None:
+    old = [R.present(outer, i) for i in range(1, len(outer.inputs))]
+    new = []
+    for suffix, values in zip(("starts", "ends", "axes", "steps"), params):
+        base = f"{outer.name or outer.outputs[0].name}_{suffix}"
+        name, k = base, 0
+        while name in names:
+            k += 1
+            name = f"{base}_{k}"
+        names.add(name)
+        new.append(gs.Constant(name, np.array(values, dtype=np.int64)))
+    while len(outer.inputs) > 1:
+        outer.inputs.pop()  # graphsurgeon's input list keeps tensor readers in sync per item
+    outer.inputs.extend(new)
+    for t in old:
+        if t is not None:
+            R.drop_if_dead(scope, t)
+
+
 def _hidden_reads(graph: gs.Graph) -> set[str]:
     """Names that bodies of this graph's nodes read from it (no visible edge)."""
     names: set[str] = set()
@@ -147,7 +216,7 @@ def _hidden_reads(graph: gs.Graph) -> set[str]:
 
 
 def collapse(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
-    candidates = [n for n in graph.nodes if n.op in ("Unsqueeze", "Reshape") and R.is_standard(n) and n.inputs]
+    candidates = [n for n in graph.nodes if n.op in _OUTER and R.is_standard(n) and n.inputs]
     if not candidates:
         return False
     scope = R.Scope(graph)
@@ -187,6 +256,8 @@ def collapse(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
             if not ctx.permit(rule, reader):
                 continue  # the others still merge (each is exact); the inner node then stays
             reader.inputs[0] = x
+            if rule == "slice-merge":
+                _set_slice(reader, values, names, scope)
             if rule == "unsqueeze-merge":
                 old_axes = R.present(reader, 1)
                 _set_axes(reader, values, names)
@@ -203,9 +274,10 @@ def collapse(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
 @register
 class CollapseShapeOps(GraphPass):
     name = PASS_NAME
-    summary = "Merge Unsqueeze chains into one Unsqueeze, and Reshape/Flatten/Squeeze/Unsqueeze into a following Reshape."
+    summary = ("Merge Unsqueeze chains and Slice chains on different axes into one node, and "
+               "Reshape/Flatten/Squeeze/Unsqueeze into a following Reshape.")
     default_order = 45
-    candidate_ops = frozenset({"Unsqueeze", "Reshape"})
+    candidate_ops = _OUTER
 
     def run_on_graph(self, graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
         return collapse(graph, ctx, log)

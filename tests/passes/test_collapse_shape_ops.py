@@ -173,3 +173,42 @@ def test_bisect_limit_applies_each_merge_separately():
     assert log.counts["unsqueeze-merge"] == 1
     assert op_types(out).count("Unsqueeze") == 3  # one reader still reads u, so u stays
     assert_equivalent(m, out, [{"x": (3,)}, {"x": (4,)}], **EXACT)
+
+
+def test_space_to_depth_slices_merge_into_one_slice_per_phase():
+    """YOLOv5's Focus: x[..., ::2, ::2] written as a Slice on H, then a Slice on W."""
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N,3,H,W] x) => (float[N,12,?,?] y) <int64[1] s0 = {0}, int64[1] s1 = {1}, int64[1] big = {2147483647},
+      int64[1] ax2 = {2}, int64[1] ax3 = {-1}, int64[1] two = {2}> {
+      h0 = Slice(x, s0, big, ax2, two)
+      a = Slice(h0, s0, big, ax3, two)
+      b = Slice(h0, s1, big, ax3, two)
+      h1 = Slice(x, s1, big, ax2, two)
+      c = Slice(h1, s0, big, ax3, two)
+      d = Slice(h1, s1, big, ax3, two)
+      y = Concat<axis = 1>(a, c, b, d)
+    }""")
+    out, log = run_pass("collapse-shape-ops", m)
+    onnx.checker.check_model(out, full_check=True)
+    assert log.counts["slice-merge"] == 4
+    assert op_types(out) == ["Slice"] * 4 + ["Concat"]
+    assert all(n.input[0] == "x" for n in out.graph.node if n.op_type == "Slice")
+    assert_equivalent(m, out, [{"x": (1, 3, 8, 6)}, {"x": (2, 3, 6, 10)}], **EXACT)
+
+
+def test_slices_cutting_the_same_axis_or_with_computed_bounds_stay():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[N,8] x, int64[1] e) => (float[?,?] y, float[?,?] z) <int64[1] s0 = {0}, int64[1] s1 = {1},
+      int64[1] big = {100}, int64[1] ax1 = {1}> {
+      u = Slice(x, s1, big, ax1)
+      y = Slice(u, s1, big, ax1)
+      v = Slice(x, s0, e, ax1)
+      w = Slice(v, s0, big, s0)
+      z = Neg(w)
+    }""")
+    out, log = run_pass("collapse-shape-ops", m)
+    assert out is None and not log.counts
+    assert any("both cut axis 1" in n for n in log.notes)
+    assert any("bounds are not constants" in n for n in log.notes)
