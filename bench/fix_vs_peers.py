@@ -15,7 +15,7 @@ printed from the same run. The machines here are shared and noisy: read the rati
 
     python bench/fix_vs_peers.py [--sets corpus,fixtures,models] [--only SUBSTR ...] [--runs 3]
                                  [--tools surgeon,surgeon-noverify,onnxslim,onnxsim]
-                                 [--keep DIR] [--ops] [--json FILE]
+                                 [--keep DIR] [--ops] [--json FILE] [--surgeon-cli OTHER/cli.py]
 
 ``--keep DIR`` leaves each tool's last output in DIR (for diffing graphs); ``--ops`` prints,
 for every model where surgeon keeps more nodes than the best peer, the op-type histogram
@@ -55,12 +55,11 @@ def _console_script(name: str) -> str:
     return found
 
 
-def command(tool: str, src: Path, dst: Path, extra: dict[str, list[str]]) -> list[str]:
+def command(tool: str, src: Path, dst: Path, extra: dict[str, list[str]], cli: Path = ROOT / "cli.py") -> list[str]:
     if tool == "surgeon":
-        return [sys.executable, str(ROOT / "cli.py"), "fix", str(src), "-o", str(dst), *extra.get(tool, [])]
+        return [sys.executable, str(cli), "fix", str(src), "-o", str(dst), *extra.get(tool, [])]
     if tool == "surgeon-noverify":
-        return [sys.executable, str(ROOT / "cli.py"), "fix", str(src), "-o", str(dst), "--no-verify",
-                *extra.get(tool, [])]
+        return [sys.executable, str(cli), "fix", str(src), "-o", str(dst), "--no-verify", *extra.get(tool, [])]
     if tool in ("onnxslim", "onnxsim"):
         return [_console_script(tool), str(src), str(dst), *extra.get(tool, [])]
     raise SystemExit(f"unknown tool {tool}")
@@ -114,7 +113,7 @@ def model_facts(path: Path) -> dict:
     return {"nodes": sum(ops.values()), "initializers": inits, "ops": dict(ops)}
 
 
-def find_models(sets: list[str], only: list[str]) -> list[Path]:
+def find_models(sets: list[str], only: list[str], skip: list[str] = ()) -> list[Path]:
     found: list[Path] = []
     for name in sets:
         folder = SETS[name]
@@ -128,11 +127,11 @@ def find_models(sets: list[str], only: list[str]) -> list[Path]:
         found += paths
     if only:
         found = [p for p in found if any(s in p.name for s in only)]
-    return found
+    return [p for p in found if not any(s in p.name for s in skip)]
 
 
 def measure_model(path: Path, tools: list[str], runs: int, timeout: float, keep: Path | None,
-                  extra: dict[str, list[str]]) -> dict:
+                  extra: dict[str, list[str]], cli: Path = ROOT / "cli.py") -> dict:
     row: dict = {"path": str(path), "input": model_facts(path)}
     with tempfile.TemporaryDirectory(prefix="fix_vs_peers_") as tmp:
         for tool in tools:
@@ -141,7 +140,7 @@ def measure_model(path: Path, tools: list[str], runs: int, timeout: float, keep:
             for _ in range(runs):
                 for stale in Path(tmp).glob(f"{tool}.onnx*"):
                     stale.unlink()
-                attempts.append(_spawn(command(tool, path, dst, extra), timeout, Path(tmp) / f"{tool}.log"))
+                attempts.append(_spawn(command(tool, path, dst, extra, cli), timeout, Path(tmp) / f"{tool}.log"))
                 if "error" in attempts[-1]:
                     break  # a failing tool fails every run; do not wait for it again
             good = [a for a in attempts if "error" not in a]
@@ -229,12 +228,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="corpus,fixtures", help=f"comma list of {', '.join(SETS)} (default corpus,fixtures)")
     ap.add_argument("--only", nargs="*", default=[], help="only models whose file name contains one of these")
+    ap.add_argument("--skip", nargs="*", default=[], help="leave out models whose file name contains one of these")
     ap.add_argument("--runs", type=int, default=3, help="runs per tool and model (median; default 3)")
     ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per run before it counts as failed")
     ap.add_argument("--keep", type=Path, help="keep each tool's output here (for diffing graphs)")
     ap.add_argument("--ops", action="store_true", help="print op-histogram differences where a peer has fewer nodes")
     ap.add_argument("--surgeon-args", default="", help="extra arguments for both surgeon commands (one string)")
+    ap.add_argument("--surgeon-cli", type=Path, default=ROOT / "cli.py",
+                    help="cli.py of the surgeon checkout to measure (e.g. an older commit unpacked elsewhere)")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     args = ap.parse_args()
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -243,12 +245,13 @@ def main() -> None:
     if unknown or not set(tools) <= set(TOOLS) or args.runs < 1:
         ap.error(f"--sets from {list(SETS)}, --tools from {list(TOOLS)}, --runs >= 1")
     extra = {"surgeon": args.surgeon_args.split(), "surgeon-noverify": args.surgeon_args.split()}
-    models = find_models(sets, args.only)
+    models = find_models(sets, args.only, args.skip)
     if not models:
         ap.error("no models found")
     results: dict[str, dict] = {}
     for path in models:
-        results[path.name] = row = measure_model(path, tools, args.runs, args.timeout, args.keep, extra)
+        results[path.name] = row = measure_model(path, tools, args.runs, args.timeout, args.keep, extra,
+                                                 args.surgeon_cli.resolve())
         brief = {t: (row[t].get("nodes"), round(row[t]["seconds"], 2)) if "error" not in row[t] else row[t]["error"]
                  for t in tools}
         print(f"{path.name}: in {row['input']['nodes']} {brief}", file=sys.stderr, flush=True)

@@ -320,17 +320,27 @@ def tensor_dims(t: gs.Tensor, facts: ShapeFacts, _depth: int = 0) -> list | None
     ``view(-1, C, 1)`` followed by an expand to the batch is the common tf2onnx/jax shape.
     """
     out = _raw_dims(t, facts)
-    if out is None or any(_unknown(e) for e in out):
+    if out is None or any(_unknown(e) or _fresh(e, facts) for e in out):
         derived = structural_dims(t, facts)
         if derived is not None and (out is None or len(out) == len(derived)):
-            out = [d if (o is None or _unknown(o)) and d is not None else o
-                   for o, d in zip(out or [None] * len(derived), derived)]
+            out = [d if d is not None and (_unknown(o) or (_fresh(o, facts) and not _unknown(d) and not _fresh(d, facts)))
+                   else o for o, d in zip(out or [None] * len(derived), derived)]
     if _depth < 8 and len(t.inputs) == 1 and t.inputs[0].op == "Reshape" and (out is None or any(not e.is_const and e.atoms[0][0][0] == "dim" for e in out)):
         refined = _reshape_dims(t.inputs[0], facts, _depth)
         if refined is not None and (out is None or len(out) == len(refined)):
             out = [r if (o is None or (not o.is_const and o.atoms[0][0][0] == "dim")) else o
                    for o, r in zip(out or [None] * len(refined), refined)]
     return out
+
+
+def _fresh(e: Expr | None, facts: ShapeFacts) -> bool:
+    """A symbol shape inference invented (``unk__6``): true, but equal only to itself.
+
+    A broadcast of ``batch`` with an unknown gets a fresh symbol although it is ``batch``;
+    where the producer's semantics prove a declared symbol or a number, that is preferred.
+    """
+    return e is not None and not e.is_const and len(e.atoms) == 1 and e.atoms[0][0][0] == "sym" \
+        and e.atoms[0][0][1] not in facts.inputs
 
 
 def _unknown(e: Expr | None) -> bool:
@@ -432,22 +442,24 @@ def _axes(node: gs.Node, rank: int) -> list[int] | None:
     return [a + rank if a < 0 else a for a in values]
 
 
-def _broadcast_dims(shapes: list) -> list | None:
+def _broadcast_dims(shapes: list, facts: ShapeFacts) -> list | None:
     """ONNX multidirectional broadcasting on Expr dims.
 
     In a model that runs, every input's dim at a position is 1 or the output's: so where
     the known sides other than 1 agree, that is the output's dim even if another side is
-    unknown (it must be 1 or the same). Where only unknowns and 1s meet, the dim is unknown.
+    unknown or a symbol inference invented (it must be 1 or the same). Where only
+    unknowns and 1s meet, the dim is unknown.
     """
     n = max(len(s) for s in shapes)
     out = []
     for j in range(n):
         seen = [s[j - (n - len(s))] for s in shapes if j - (n - len(s)) >= 0]
-        known = [e for e in seen if not _unknown(e) and e != Expr.const(1)]
-        if known:
-            out.append(known[0] if all(e == known[0] for e in known) else None)
-        elif any(_unknown(e) for e in seen):
-            out.append(None)
+        strong = [e for e in seen if not _unknown(e) and not _fresh(e, facts) and e != Expr.const(1)]
+        weak = [e for e in seen if _unknown(e) or _fresh(e, facts)]
+        if strong:
+            out.append(strong[0] if all(e == strong[0] for e in strong) else None)
+        elif weak:
+            out.append(weak[0] if not _unknown(weak[0]) and all(e == weak[0] for e in weak) else None)
         else:
             out.append(Expr.const(1))
     return out
@@ -462,12 +474,12 @@ def _derive(node: gs.Node, facts: ShapeFacts) -> list | None:
     if op in _SAME_SHAPE:
         return list(a)
     if op in _BROADCAST:
-        return _broadcast_dims(ins)
+        return _broadcast_dims(ins, facts)
     if op == "MatMul":
         b = ins[1]
         if len(a) < 2 or len(b) < 2:
             return None
-        batch = _broadcast_dims([a[:-2], b[:-2]]) if (len(a) > 2 or len(b) > 2) else []
+        batch = _broadcast_dims([a[:-2], b[:-2]], facts) if (len(a) > 2 or len(b) > 2) else []
         return None if batch is None else batch + [a[-2], b[-1]]
     if op == "Transpose":
         perm = node.attrs.get("perm") or list(range(len(a)))[::-1]
