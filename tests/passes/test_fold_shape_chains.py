@@ -520,3 +520,71 @@ def test_corpus_vit_keeps_cls_expand_and_folds_attention_views():
     assert hist["Expand"] == 1 and hist["Shape"] == 1  # only the CLS-token batch expand needs the shape
     assert log.counts["reshape-target"] >= 48
     assert_equivalent(m, out, [{"pixel_values": (1, 3, 224, 224)}, {"pixel_values": (2, 3, 224, 224)}], atol=1e-4, rtol=1e-4)
+
+
+DENSE = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[B,S,{k_dims}] x) => (float[B,S,3] y) <float[{k},3] w = {w}, float[{c_shape}] bias = {bias},
+  int64[2] flat = {{-1, {k}}}, int64[1] n = {{3}}> {{
+  s = Shape(x)
+  st = Constant<value = int64[1] {{0}}>()
+  en = Constant<value = int64[1] {{2}}>()
+  lead = Slice(s, st, en)
+  target = Concat<axis = 0>(lead, n)
+  v = Reshape(x, flat)
+  a = Gemm<{gemm_attrs}>(v, w, bias)
+  y = Reshape<allowzero = 1>(a, target)
+}}"""
+
+
+def dense_model(k_dims="4", k=4, c_shape="3", bias="{0.5, -1.0, 2.0}", gemm_attrs="alpha = 1.0"):
+    w = "{" + ", ".join(str((i % 7) / 7.0 - 0.4) for i in range(k * 3)) + "}"
+    return model_from_text(DENSE.format(k_dims=k_dims, k=k, w=w, c_shape=c_shape, bias=bias, gemm_attrs=gemm_attrs))
+
+
+@pytest.mark.parametrize("k_dims,k,expected", [("4", 4, ["MatMul", "Add"]), ("2,2", 4, ["Reshape", "MatMul", "Add"])])
+def test_dynamo_linear_on_3d_becomes_matmul(k_dims, k, expected):
+    """view(-1, K) -> addmm -> view(B, S, N): MatMul broadcasts over B and S itself."""
+    m = dense_model(k_dims=k_dims, k=k)
+    out, log = run_pass(m)
+    assert log.counts["unflatten-dense"] == 1
+    assert [t for t in op_types(out) if t != "Constant"] == expected
+    assert [o.name for o in out.graph.output] == ["y"] and out.graph.node[-1].output[0] == "y"
+    meta = {p.key: p.value for p in out.graph.node[-1].metadata_props}
+    assert meta["surgeon.rule"] == "unflatten-dense" and "surgeon.from" in meta
+    sizes = [{"x": (1, 5, *map(int, k_dims.split(",")))}, {"x": (3, 2, *map(int, k_dims.split(",")))}]
+    assert_equivalent(m, out, sizes, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("gemm_attrs,c_shape,bias,why", [
+    ("alpha = 2.0", "3", "{0.5, -1.0, 2.0}", "alpha or beta"),
+    ("transB = 1", "3", "{0.5, -1.0, 2.0}", "transposed"),
+])
+def test_dense_sandwich_refused_with_a_note(gemm_attrs, c_shape, bias, why):
+    m = dense_model(gemm_attrs=gemm_attrs, c_shape=c_shape, bias=bias)
+    if "transB" in gemm_attrs:  # W must then be [N, K]
+        w = onnx.helper.make_tensor("w", onnx.TensorProto.FLOAT, [3, 4], [0.1 * i for i in range(12)])
+        m.graph.initializer.remove([t for t in m.graph.initializer if t.name == "w"][0])
+        m.graph.initializer.append(w)
+    out, log = run_pass(m)
+    assert not log.counts.get("unflatten-dense")
+    assert any(why in n for n in log.notes), log.notes
+
+
+def test_dense_sandwich_kept_when_the_final_shape_is_not_the_leading_dims():
+    """view(-1, K) -> addmm -> view(S, B, N) mixes rows: not a MatMul over the leading dims."""
+    m = dense_model()
+    swapped = onnx.helper.make_node("Concat", ["lead_r", "n"], ["target"], axis=0)
+    nodes = list(m.graph.node)
+    i = [j for j, n in enumerate(nodes) if n.output[0] == "target"][0]
+    rev = [onnx.helper.make_node("Constant", [], ["idx"], value=onnx.helper.make_tensor("idx", onnx.TensorProto.INT64, [2], [1, 0])),
+           onnx.helper.make_node("Gather", ["lead", "idx"], ["lead_r"], axis=0)]
+    nodes[i:i + 1] = rev + [swapped]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "S"
+    m.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "B"
+    onnx.checker.check_model(m)
+    out, log = run_pass(m)
+    assert not log.counts.get("unflatten-dense")
+    assert any("leading dims" in n for n in log.notes)
