@@ -13,7 +13,7 @@ as the kernel reports it to ``os.wait4`` (``ru_maxrss``), also a median. Node co
 include If/Loop/Scan bodies; initializer counts include bodies too. Ratios ours/peer are
 printed from the same run. The machines here are shared and noisy: read the ratios.
 
-    python bench/fix_vs_peers.py [--sets corpus,fixtures,models] [--only SUBSTR ...] [--runs 3]
+    python bench/fix_vs_peers.py [--sets corpus,fixtures,models,light] [--only SUBSTR ...] [--skip SUBSTR ...] [--runs 3]
                                  [--tools surgeon,surgeon-noverify,onnxslim,onnxsim]
                                  [--keep DIR] [--ops] [--json FILE] [--surgeon-cli OTHER/cli.py]
 
@@ -42,6 +42,7 @@ SETS = {
     "corpus": ROOT.parent / "shared" / "corpus",
     "fixtures": ROOT / "fixtures" / "exports",
     "models": Path("/work/models"),  # *.onnx and packaged/*.onnx (see bench/make_large_exports.py)
+    "light": None,  # the onnx package's light_* models, weights randomised (see light_models)
 }
 TOOLS = ("surgeon", "surgeon-noverify", "onnxslim", "onnxsim")
 
@@ -113,9 +114,50 @@ def model_facts(path: Path) -> dict:
     return {"nodes": sum(ops.values()), "initializers": inits, "ops": dict(ops)}
 
 
+def light_models(dest: Path) -> list[Path]:
+    """The onnx package's light_* model-zoo models with seeded random weights instead of
+    their ConstantOfShape fills (identical fills would let every tool merge branches)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    src_dir = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for src in sorted(src_dir.glob("light_*.onnx")):
+        target = dest / src.name
+        if not target.exists():
+            model = onnx.load(str(src))
+            inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+            rng = np.random.default_rng(len(src.name))
+            keep, new_inits = [], []
+            for node in model.graph.node:
+                if node.op_type == "ConstantOfShape" and node.input[0] in inits:
+                    shape = tuple(int(d) for d in inits[node.input[0]])
+                    fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+                    value = rng.normal(0, 1 / np.sqrt(max(fan_in, 1)), shape).astype(np.float32)
+                    if len(shape) == 1:  # biases, BN stats: keep variances positive
+                        value = np.abs(value) + 0.5
+                    new_inits.append(numpy_helper.from_array(value, node.output[0]))
+                else:
+                    keep.append(node)
+            del model.graph.node[:]
+            model.graph.node.extend(keep)
+            model.graph.initializer.extend(new_inits)
+            if model.ir_version < 4:  # IR 3: every initializer must also be a graph input
+                model.graph.input.extend(
+                    onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new_inits)
+            onnx.save(model, str(target))
+        out.append(target)
+    return out
+
+
 def find_models(sets: list[str], only: list[str], skip: list[str] = ()) -> list[Path]:
     found: list[Path] = []
     for name in sets:
+        if name == "light":
+            found += light_models(Path(tempfile.gettempdir()) / "surgeon-bench-light")
+            continue
         folder = SETS[name]
         if not folder.is_dir():
             print(f"[{name}] {folder} not found; skipped", file=sys.stderr)
