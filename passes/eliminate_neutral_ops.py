@@ -3,7 +3,7 @@
 Exporters leave many of these: ``x + 0`` and ``x * 1`` where a bias or scale is zero or
 one, ``And(x, true)`` / ``Or(x, false)`` and ``Where`` on an all-true or all-false
 constant condition in attention-mask code (random-init and pruned models, deduplicated initializers), ``Dropout`` in inference,
-``Cast`` to the type a tensor already has, a ``Transpose`` with the identity permutation,
+``Cast`` to the type a tensor already has or a lossless ``Cast`` round trip, a ``Transpose`` with the identity permutation,
 ``Concat``/``Sum``/``Max`` of a single input, a ``Reshape``/``Expand``/``Slice``/``Tile``/
 ``Pad`` that keeps everything. Each is a node TensorRT and ONNX Runtime must still
 schedule, and a layer a debug report has to name.
@@ -117,7 +117,7 @@ def _same_dtype(a, b) -> bool:
         return False
 
 
-def _rule_cast(node: gs.Node) -> tuple[str, gs.Tensor] | None:
+def _rule_cast(node: gs.Node) -> tuple[str, gs.Tensor] | str | None:
     x = node.inputs[0]
     if isinstance(x, gs.Constant):
         return None
@@ -126,7 +126,53 @@ def _rule_cast(node: gs.Node) -> tuple[str, gs.Tensor] | None:
     else:  # CastLike
         like = node.inputs[1] if len(node.inputs) > 1 else None
         target = like.dtype if like is not None else None
-    return ("cast-same-type", x) if _same_dtype(x.dtype, target) else None
+    if _same_dtype(x.dtype, target):
+        return "cast-same-type", x
+    return _rule_cast_round_trip(node, target)
+
+
+def _exactly_representable(src: np.dtype, dst: np.dtype) -> bool:
+    """Whether every value of ``src`` converts to ``dst`` and back unchanged. Pure.
+
+    bool goes anywhere; an integer fits a wider integer of a range that contains it, and a
+    float whose significand holds all its bits (float16: 11 bits, float32: 24, float64: 53);
+    a float fits a wider float. Nothing narrows, and no float fits an integer.
+    """
+    if src == np.bool_:
+        return True
+    if src.kind in "iu" and dst.kind in "iu":
+        a, b = np.iinfo(src), np.iinfo(dst)
+        return b.min <= a.min and a.max <= b.max
+    if src.kind in "iu" and dst.kind == "f":
+        bits = {2: 11, 4: 24, 8: 53}.get(dst.itemsize, 0)
+        info = np.iinfo(src)
+        return max(info.max, -info.min) <= 2**bits
+    if src.kind == "f" and dst.kind == "f":
+        return dst.itemsize > src.itemsize
+    return False
+
+
+def _rule_cast_round_trip(node: gs.Node, target) -> tuple[str, gs.Tensor] | None:
+    """``Cast(Cast(x, T1), T0)`` with ``x`` of type T0 is ``x`` when T0 → T1 loses nothing.
+
+    Exporters leave these around integer masks and indices (int64 → int32 → int64 for an
+    engine that wanted int32, bool → float → bool). A narrowing first step (float → int,
+    int64 → int32, float32 → float16) is not a round trip and is never touched.
+    """
+    inner = R.producer(node.inputs[0])
+    if inner is None or inner.op != "Cast" or not R.is_standard(inner) or node.op != "Cast":
+        return None
+    x = inner.inputs[0]
+    middle = _np_dtype(inner.attrs.get("to", 0))
+    if isinstance(x, gs.Constant) or not _same_dtype(x.dtype, target) or middle is None:
+        return None
+    try:
+        exact = _exactly_representable(np.dtype(x.dtype), middle)
+    except (TypeError, ValueError):
+        return None
+    if not exact:
+        return f"Cast {inner.name} -> Cast {node.name} kept: {np.dtype(x.dtype)} -> {middle} can change values"
+    return "cast-round-trip", x
 
 
 def _rule_transpose(node: gs.Node) -> tuple[str, gs.Tensor] | None:
@@ -280,7 +326,10 @@ def eliminate(graph: gs.Graph, ctx: PassContext, log: PassLog, opset: int) -> bo
             continue
         if not ctx.permit(rule, node):
             continue
+        first = node.inputs[0]
         R.bypass(scope, node, x, y)
+        if first is not x:
+            R.drop_if_dead(scope, first)  # a round trip's first Cast, when nothing else reads it
         log.count(rule)
         changed = True
     scope.finish()

@@ -270,3 +270,53 @@ def test_where_kept_when_a_mixed_condition_or_a_broadcast_could_change_the_resul
     assert out is None and not log.counts
     # the big branch, the wide condition, and a branch whose shape is not static (not provably N x 4)
     assert sum("Where" in n and "kept" in n for n in log.notes) == 3
+
+
+@pytest.mark.parametrize("t0,t1,t1_name", [("int32", "INT64", "int64"), ("bool", "FLOAT", "float"),
+                                           ("float16", "FLOAT", "float"), ("uint8", "FLOAT16", "float16"),
+                                           ("int16", "FLOAT", "float")])
+def test_lossless_cast_round_trip_removed(t0, t1, t1_name):
+    """y's round trip goes whole; z's first Cast stays because v reads it too."""
+    to0, to1 = getattr(onnx.TensorProto, t0.upper()), getattr(onnx.TensorProto, t1)
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g ({t0}[N,4] x) => ({t0}[N,4] y, {t0}[N,4] z, {t1_name}[N,4] v) {{
+      a = Cast<to = {to1}>(x)
+      b = Cast<to = {to0}>(a)
+      y = Identity(b)
+      c = Cast<to = {to1}>(x)
+      d = Cast<to = {to0}>(c)
+      z = Identity(d)
+      v = Identity(c)
+    }}""")
+    out, log = run_pass(m)
+    assert log.counts["cast-round-trip"] == 2
+    assert op_types(out) == ["Identity", "Cast", "Identity", "Identity"]
+    assert [o.name for o in out.graph.output] == ["y", "z", "v"]
+    rng = np.random.default_rng(0)
+    dtype = np.dtype(t0)
+    for n in (1, 3):
+        if dtype == np.bool_:
+            x = rng.integers(0, 2, size=(n, 4)).astype(bool)
+        elif dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            x = np.array([[info.min, info.max, 0, 1]] * n, dtype=dtype)
+        else:
+            x = rng.standard_normal((n, 4)).astype(dtype)
+        ref, got = run_ort(m, {"x": x}), run_ort(out, {"x": x})
+        for name in ("y", "z", "v"):
+            np.testing.assert_array_equal(got[name], ref[name])
+
+
+@pytest.mark.parametrize("t0,t1", [("int64", "INT32"), ("float", "FLOAT16"), ("int32", "FLOAT"), ("float", "INT64")])
+def test_lossy_cast_round_trip_kept_with_a_note(t0, t1):
+    """int64 -> int32, float32 -> float16, int32 -> float32 (24-bit significand), float -> int lose values."""
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g ({t0}[N,4] x) => ({t0}[N,4] y) {{
+      a = Cast<to = {getattr(onnx.TensorProto, t1)}>(x)
+      y = Cast<to = {getattr(onnx.TensorProto, t0.upper())}>(a)
+    }}""")
+    out, log = run_pass(m)
+    assert out is None and not log.counts
+    assert any("can change values" in n for n in log.notes)
