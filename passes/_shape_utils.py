@@ -238,7 +238,7 @@ class ShapeFacts:
     types: dict
     inputs: frozenset = frozenset()  # trusted symbols declared on graph inputs
     aliases: dict = field(default_factory=dict)  # fresh inference symbol -> Expr it provably equals
-    derived: dict = field(default_factory=dict, compare=False)  # id(tensor) -> dims from its producer
+    derived: dict = field(default_factory=dict, compare=False)  # id(tensor) -> (tensor, dims from its producer)
 
     def rank(self, name: str) -> int | None:
         d = self.dims.get(name)
@@ -381,9 +381,9 @@ def structural_dims(t: gs.Tensor, facts: ShapeFacts) -> list | None:
     equal without knowing their values. Memoized per pass run on ``facts``; the walk up
     the producers is iterative (a deep network is a long chain of residual Adds).
     """
-    memo = facts.derived
+    memo = facts.derived  # id -> (tensor, dims): holding the tensor keeps its id from being reused
     if id(t) in memo:
-        return memo[id(t)]
+        return memo[id(t)][1]
     order, seen, stack = [], set(), [(t, False)]
     while stack:
         cur, done = stack.pop()
@@ -398,14 +398,14 @@ def structural_dims(t: gs.Tensor, facts: ShapeFacts) -> list | None:
         if node is not None:
             stack.extend((x, False) for x in _data_inputs(node))
     for cur in order:
-        memo[id(cur)] = None  # cycle guard
+        memo[id(cur)] = (cur, None)  # cycle guard
         node = _structural_producer(cur)
         if node is not None:
             try:
-                memo[id(cur)] = _derive(node, facts)
+                memo[id(cur)] = (cur, _derive(node, facts))
             except (ValueError, TypeError, IndexError, KeyError) as exc:
                 log.debug("cannot derive dims of %s: %s", cur.name, exc)
-    return memo[id(t)]
+    return memo[id(t)][1]
 
 
 def _structural_producer(t: gs.Tensor) -> gs.Node | None:

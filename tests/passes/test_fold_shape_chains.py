@@ -13,7 +13,7 @@ import pytest
 from onnx import numpy_helper
 
 import surgeon
-from helpers import CORPUS, assert_equivalent, model_from_text, op_types, requires_corpus
+from helpers import CORPUS, FIXTURES, assert_equivalent, model_from_text, op_types, requires_corpus
 from passes.fold_shape_chains import FoldShapeChains
 from surgeon.graph import count_nodes, op_histogram
 from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
@@ -588,3 +588,22 @@ def test_dense_sandwich_kept_when_the_final_shape_is_not_the_leading_dims():
     out, log = run_pass(m)
     assert not log.counts.get("unflatten-dense")
     assert any("leading dims" in n for n in log.notes)
+
+
+def test_dims_lost_by_inference_are_derived_from_the_producers():
+    """BERT (legacy exporter): word + position embeddings meet an unknown-size position slice,
+    and shape inference gives every later tensor unknown dims. The attention Reshapes read
+    dims of the LayerNorm output while their input is ``MatMul(that, W)``: MatMul keeps the
+    leading dims, so each ``Concat(Shape(h)[0], Shape(h)[1], [-1, 16])`` folds to ``[0, 0, -1, 16]``
+    (two layers: q, k, v and the context Reshape each)."""
+    model = onnx.load(str(FIXTURES / "exports" / "bert_sentence_legacy_op14.onnx"))
+    out, report = surgeon.fix(model, passes="cleanup,fold-constants,fold-shape-chains", verify=False, rounds=1)
+    counts = [p.counts for p in report.passes if p.name == "fold-shape-chains"][0]
+    assert counts["reshape-target"] >= 8
+    targets = {tuple(init_value(out, n.input[1])) for n in out.graph.node
+               if n.op_type == "Reshape" and n.input[1] in {t.name for t in out.graph.initializer}}
+    assert (0, 0, -1, 16) in targets and (0, 0, -1) in targets
+    from helpers import random_feeds
+    shapes = [{k: (1, 5) for k in ("input_ids", "attention_mask", "token_type_ids")},
+              {k: (3, 9) for k in ("input_ids", "attention_mask", "token_type_ids")}]
+    assert_equivalent(model, out, shapes, atol=1e-5, rtol=1e-4)
