@@ -238,6 +238,7 @@ class ShapeFacts:
     types: dict
     inputs: frozenset = frozenset()  # trusted symbols declared on graph inputs
     aliases: dict = field(default_factory=dict)  # fresh inference symbol -> Expr it provably equals
+    derived: dict = field(default_factory=dict, compare=False)  # id(tensor) -> (tensor, dims from its producer)
 
     def rank(self, name: str) -> int | None:
         d = self.dims.get(name)
@@ -319,12 +320,217 @@ def tensor_dims(t: gs.Tensor, facts: ShapeFacts, _depth: int = 0) -> list | None
     ``view(-1, C, 1)`` followed by an expand to the batch is the common tf2onnx/jax shape.
     """
     out = _raw_dims(t, facts)
+    if out is None or any(_unknown(e) or _fresh(e, facts) for e in out):
+        derived = structural_dims(t, facts)
+        if derived is not None and (out is None or len(out) == len(derived)):
+            out = [d if d is not None and (_unknown(o) or (_fresh(o, facts) and not _unknown(d) and not _fresh(d, facts)))
+                   else o for o, d in zip(out or [None] * len(derived), derived)]
     if _depth < 8 and len(t.inputs) == 1 and t.inputs[0].op == "Reshape" and (out is None or any(not e.is_const and e.atoms[0][0][0] == "dim" for e in out)):
         refined = _reshape_dims(t.inputs[0], facts, _depth)
         if refined is not None and (out is None or len(out) == len(refined)):
             out = [r if (o is None or (not o.is_const and o.atoms[0][0][0] == "dim")) else o
                    for o, r in zip(out or [None] * len(refined), refined)]
     return out
+
+
+def _fresh(e: Expr | None, facts: ShapeFacts) -> bool:
+    """A symbol shape inference invented (``unk__6``): true, but equal only to itself.
+
+    A broadcast of ``batch`` with an unknown gets a fresh symbol although it is ``batch``;
+    where the producer's semantics prove a declared symbol or a number, that is preferred.
+    """
+    return e is not None and not e.is_const and len(e.atoms) == 1 and e.atoms[0][0][0] == "sym" \
+        and e.atoms[0][0][1] not in facts.inputs
+
+
+def _unknown(e: Expr | None) -> bool:
+    """An entry that says only "dim i of this very tensor" (inference knew nothing)."""
+    return e is None or (not e.is_const and e.atoms[0][0][0] == "dim")
+
+
+# Ops whose output 0 has the shape of input 0.
+_SAME_SHAPE = frozenset({
+    "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "BatchNormalization", "Cast", "CastLike",
+    "Ceil", "Celu", "Clip", "Cos", "Cosh", "Dropout", "Elu", "Erf", "Exp", "Floor", "Gelu", "HardSigmoid",
+    "HardSwish", "Hardmax", "Identity", "InstanceNormalization", "IsInf", "IsNaN", "LayerNormalization",
+    "LeakyRelu", "Log", "LogSoftmax", "LpNormalization", "Mish", "Neg", "Not", "Reciprocal", "Relu",
+    "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softmax", "Softplus", "Softsign", "Sqrt",
+    "Tan", "Tanh", "ThresholdedRelu", "Trilu",
+})
+# Ops whose output is the multidirectional broadcast of all inputs.
+_BROADCAST = frozenset({
+    "Add", "And", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Div", "Equal", "Greater",
+    "GreaterOrEqual", "Less", "LessOrEqual", "Max", "Mean", "Min", "Mod", "Mul", "Or", "Pow", "PRelu", "Sub",
+    "Sum", "Where", "Xor",
+})
+_REDUCE = frozenset({"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+                     "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare"})
+_STRUCTURAL = _SAME_SHAPE | _BROADCAST | _REDUCE | {"MatMul", "Transpose", "Concat", "Unsqueeze", "Squeeze",
+                                                    "Gather"}
+
+
+def structural_dims(t: gs.Tensor, facts: ShapeFacts) -> list | None:
+    """Dims of ``t`` derived from its producer's semantics and its inputs' dims; None if unknown.
+
+    Why: shape inference gives up on a dim as soon as one broadcast meets an unknown
+    (BERT's ``word + position`` embeddings with a sliced position table), and every
+    tensor after it is "some size". The exporter's ``Reshape(q, Concat(Shape(h)[0],
+    Shape(h)[1], [heads, dim]))`` still reads dims of ``h`` while the Reshape's input is
+    ``MatMul(h, W)``: ONNX's own shape rules (MatMul keeps the leading dims, elementwise
+    ops keep the shape, a broadcast against 1 keeps the other side) prove the entries
+    equal without knowing their values. Memoized per pass run on ``facts``; the walk up
+    the producers is iterative (a deep network is a long chain of residual Adds).
+    """
+    memo = facts.derived  # id -> (tensor, dims): holding the tensor keeps its id from being reused
+    if id(t) in memo:
+        return memo[id(t)][1]
+    order, seen, stack = [], set(), [(t, False)]
+    while stack:
+        cur, done = stack.pop()
+        if done:
+            order.append(cur)
+            continue
+        if id(cur) in seen or id(cur) in memo:
+            continue
+        seen.add(id(cur))
+        stack.append((cur, True))
+        node = _structural_producer(cur)
+        if node is not None:
+            stack.extend((x, False) for x in _data_inputs(node))
+    for cur in order:
+        memo[id(cur)] = (cur, None)  # cycle guard
+        node = _structural_producer(cur)
+        if node is not None:
+            try:
+                memo[id(cur)] = (cur, _derive(node, facts))
+            except (ValueError, TypeError, IndexError, KeyError) as exc:
+                log.debug("cannot derive dims of %s: %s", cur.name, exc)
+    return memo[id(t)][1]
+
+
+def _structural_producer(t: gs.Tensor) -> gs.Node | None:
+    if isinstance(t, gs.Constant) or len(t.inputs) != 1:
+        return None
+    node = t.inputs[0]
+    if node.domain not in (None, "", "ai.onnx") or node.op not in _STRUCTURAL or not node.outputs \
+            or node.outputs[0] is not t:
+        return None
+    return node
+
+
+def _data_inputs(node: gs.Node) -> list:
+    """Inputs whose dims the output's dims are made of."""
+    present = [x for x in node.inputs if isinstance(x, gs.Constant) or x.name]
+    if node.op in _SAME_SHAPE or node.op in _REDUCE or node.op in ("Transpose", "Unsqueeze", "Squeeze"):
+        return present[:1]
+    if node.op == "Gather":
+        return present[:2]
+    return present
+
+
+def _axes(node: gs.Node, rank: int) -> list[int] | None:
+    """Constant ``axes`` (attribute before opset 13/18, input after), normalised; None: not constant."""
+    if "axes" in node.attrs:
+        values = list(node.attrs["axes"])
+    elif len(node.inputs) > 1 and (isinstance(node.inputs[1], gs.Constant) or node.inputs[1].name):
+        arr = constant_array(node.inputs[1])
+        if arr is None:
+            return None
+        values = [int(v) for v in np.asarray(arr).ravel()]
+    else:
+        return []
+    return [a + rank if a < 0 else a for a in values]
+
+
+def _broadcast_dims(shapes: list, facts: ShapeFacts) -> list | None:
+    """ONNX multidirectional broadcasting on Expr dims.
+
+    In a model that runs, every input's dim at a position is 1 or the output's: so where
+    the known sides other than 1 agree, that is the output's dim even if another side is
+    unknown or a symbol inference invented (it must be 1 or the same). Where only
+    unknowns and 1s meet, the dim is unknown.
+    """
+    n = max(len(s) for s in shapes)
+    out = []
+    for j in range(n):
+        seen = [s[j - (n - len(s))] for s in shapes if j - (n - len(s)) >= 0]
+        strong = [e for e in seen if not _unknown(e) and not _fresh(e, facts) and e != Expr.const(1)]
+        weak = [e for e in seen if _unknown(e) or _fresh(e, facts)]
+        if strong:
+            out.append(strong[0] if all(e == strong[0] for e in strong) else None)
+        elif weak:
+            out.append(weak[0] if not _unknown(weak[0]) and all(e == weak[0] for e in weak) else None)
+        else:
+            out.append(Expr.const(1))
+    return out
+
+
+def _derive(node: gs.Node, facts: ShapeFacts) -> list | None:
+    op = node.op
+    ins = [tensor_dims(x, facts) for x in _data_inputs(node)]
+    if not ins or any(d is None for d in ins):
+        return None
+    a = ins[0]
+    if op in _SAME_SHAPE:
+        return list(a)
+    if op in _BROADCAST:
+        return _broadcast_dims(ins, facts)
+    if op == "MatMul":
+        b = ins[1]
+        if len(a) < 2 or len(b) < 2:
+            return None
+        batch = _broadcast_dims([a[:-2], b[:-2]], facts) if (len(a) > 2 or len(b) > 2) else []
+        return None if batch is None else batch + [a[-2], b[-1]]
+    if op == "Transpose":
+        perm = node.attrs.get("perm") or list(range(len(a)))[::-1]
+        return [a[p] for p in perm] if sorted(perm) == list(range(len(a))) else None
+    if op in _REDUCE:
+        axes = _axes(node, len(a))
+        if axes is None or (not axes and node.attrs.get("noop_with_empty_axes", 0)):
+            return None
+        axes = set(axes or range(len(a)))
+        if node.attrs.get("keepdims", 1):
+            return [Expr.const(1) if i in axes else e for i, e in enumerate(a)]
+        return [e for i, e in enumerate(a) if i not in axes]
+    if op == "Unsqueeze":
+        axes = _axes(node, len(a) + len(_axes(node, 0) or []))
+        if not axes:
+            return None
+        out, it = [], iter(a)
+        for i in range(len(a) + len(axes)):
+            out.append(Expr.const(1) if i in axes else next(it))
+        return out
+    if op == "Squeeze":
+        axes = _axes(node, len(a))
+        if not axes:
+            return None  # squeeze-all needs static ones
+        return [e for i, e in enumerate(a) if i not in set(axes)]
+    if op == "Gather":
+        axis = node.attrs.get("axis", 0)
+        axis = axis + len(a) if axis < 0 else axis
+        return list(a[:axis]) + list(ins[1]) + list(a[axis + 1:])
+    if op == "Concat":
+        axis = node.attrs["axis"]
+        rank = len(a)
+        axis = axis + rank if axis < 0 else axis
+        if any(len(d) != rank for d in ins):
+            return None
+        out = []
+        for j in range(rank):
+            col = [d[j] for d in ins]
+            if j == axis:
+                if any(_unknown(e) for e in col):
+                    out.append(None)
+                    continue
+                total = col[0]
+                for e in col[1:]:
+                    total = add(total, e)
+                out.append(total)
+            else:
+                known = [e for e in col if not _unknown(e)]
+                out.append(known[0] if known else None)  # all inputs share every other dim
+        return out
+    return None
 
 
 def _reshape_dims(node: gs.Node, facts: ShapeFacts, depth: int) -> list | None:

@@ -1,8 +1,9 @@
 """``eliminate-neutral-ops``: remove nodes whose output provably equals one of their inputs.
 
 Exporters leave many of these: ``x + 0`` and ``x * 1`` where a bias or scale is zero or
-one (random-init and pruned models, deduplicated initializers), ``Dropout`` in inference,
-``Cast`` to the type a tensor already has, a ``Transpose`` with the identity permutation,
+one, ``And(x, true)`` / ``Or(x, false)`` and ``Where`` on an all-true or all-false
+constant condition in attention-mask code (random-init and pruned models, deduplicated initializers), ``Dropout`` in inference,
+``Cast`` to the type a tensor already has or a lossless ``Cast`` round trip, a ``Transpose`` with the identity permutation,
 ``Concat``/``Sum``/``Max`` of a single input, a ``Reshape``/``Expand``/``Slice``/``Tile``/
 ``Pad`` that keeps everything. Each is a node TensorRT and ONNX Runtime must still
 schedule, and a layer a debug report has to name.
@@ -37,7 +38,8 @@ from surgeon.pipeline.registry import register
 logger = logging.getLogger(__name__)
 
 # op -> (neutral constant, operand positions the constant may take)
-_BINARY = {"Add": (0, (0, 1)), "Sub": (0, (1,)), "Mul": (1, (0, 1)), "Div": (1, (1,)), "Pow": (1, (1,))}
+_BINARY = {"Add": (0, (0, 1)), "Sub": (0, (1,)), "Mul": (1, (0, 1)), "Div": (1, (1,)), "Pow": (1, (1,)),
+           "And": (True, (0, 1)), "Or": (False, (0, 1)), "Xor": (False, (0, 1))}
 _VARIADIC = ("Sum", "Mean", "Max", "Min", "Concat")
 _INT64_BIG = 2**31 - 1  # slice ends at or past this are "to the end" sentinels in practice
 
@@ -61,6 +63,33 @@ def _rule_binary(node: gs.Node) -> tuple[str, gs.Tensor] | str | None:
                     f"{list(c.shape)} may change the shape of {x.name} ({R.shape_of(x)})")
         return f"{node.op.lower()}-neutral", x
     return None
+
+
+def _rule_where(node: gs.Node) -> tuple[str, gs.Tensor] | str | None:
+    """``Where(c, a, b)`` with a constant ``c`` that is all true (→ ``a``) or all false (→ ``b``).
+
+    The exporters' mask code leaves these once shapes are folded (``torch.where`` on a
+    condition computed from constants). The output is the broadcast of all three
+    inputs, so the chosen branch is the output only when neither ``c`` nor the other
+    branch can broadcast it to a larger shape: ``c`` is checked by its constant shape,
+    the other branch by its shape when that is static.
+    """
+    if len(node.inputs) != 3:
+        return None
+    c = R.constant_value(node.inputs[0])
+    if c is None or c.size == 0 or c.dtype != np.bool_ or not (np.all(c) or not np.any(c)):
+        return None
+    chosen, other = (node.inputs[1], node.inputs[2]) if np.all(c) else (node.inputs[2], node.inputs[1])
+    if isinstance(chosen, gs.Constant):
+        return None  # constant folding's job
+    shape = R.shape_of(chosen)
+    other_value = R.constant_value(other)
+    other_shape = tuple(other_value.shape) if other_value is not None else R.shape_of(other)
+    static_other = other_shape is not None and all(isinstance(d, (int, np.integer)) for d in other_shape)
+    if not (R.broadcast_keeps_shape(shape, c.shape) and static_other and R.broadcast_keeps_shape(shape, tuple(other_shape))):
+        return (f"Where {node.name} on a constant condition kept: broadcasting with the condition "
+                f"{list(c.shape)} or the other branch ({other_shape}) may change the shape of {chosen.name} ({shape})")
+    return ("where-constant-condition", chosen)
 
 
 def _rule_dropout(node: gs.Node, opset: int) -> tuple[str, gs.Tensor] | str | None:
@@ -88,7 +117,7 @@ def _same_dtype(a, b) -> bool:
         return False
 
 
-def _rule_cast(node: gs.Node) -> tuple[str, gs.Tensor] | None:
+def _rule_cast(node: gs.Node) -> tuple[str, gs.Tensor] | str | None:
     x = node.inputs[0]
     if isinstance(x, gs.Constant):
         return None
@@ -97,7 +126,53 @@ def _rule_cast(node: gs.Node) -> tuple[str, gs.Tensor] | None:
     else:  # CastLike
         like = node.inputs[1] if len(node.inputs) > 1 else None
         target = like.dtype if like is not None else None
-    return ("cast-same-type", x) if _same_dtype(x.dtype, target) else None
+    if _same_dtype(x.dtype, target):
+        return "cast-same-type", x
+    return _rule_cast_round_trip(node, target)
+
+
+def _exactly_representable(src: np.dtype, dst: np.dtype) -> bool:
+    """Whether every value of ``src`` converts to ``dst`` and back unchanged. Pure.
+
+    bool goes anywhere; an integer fits a wider integer of a range that contains it, and a
+    float whose significand holds all its bits (float16: 11 bits, float32: 24, float64: 53);
+    a float fits a wider float. Nothing narrows, and no float fits an integer.
+    """
+    if src == np.bool_:
+        return True
+    if src.kind in "iu" and dst.kind in "iu":
+        a, b = np.iinfo(src), np.iinfo(dst)
+        return b.min <= a.min and a.max <= b.max
+    if src.kind in "iu" and dst.kind == "f":
+        bits = {2: 11, 4: 24, 8: 53}.get(dst.itemsize, 0)
+        info = np.iinfo(src)
+        return max(info.max, -info.min) <= 2**bits
+    if src.kind == "f" and dst.kind == "f":
+        return dst.itemsize > src.itemsize
+    return False
+
+
+def _rule_cast_round_trip(node: gs.Node, target) -> tuple[str, gs.Tensor] | None:
+    """``Cast(Cast(x, T1), T0)`` with ``x`` of type T0 is ``x`` when T0 → T1 loses nothing.
+
+    Exporters leave these around integer masks and indices (int64 → int32 → int64 for an
+    engine that wanted int32, bool → float → bool). A narrowing first step (float → int,
+    int64 → int32, float32 → float16) is not a round trip and is never touched.
+    """
+    inner = R.producer(node.inputs[0])
+    if inner is None or inner.op != "Cast" or not R.is_standard(inner) or node.op != "Cast":
+        return None
+    x = inner.inputs[0]
+    middle = _np_dtype(inner.attrs.get("to", 0))
+    if isinstance(x, gs.Constant) or not _same_dtype(x.dtype, target) or middle is None:
+        return None
+    try:
+        exact = _exactly_representable(np.dtype(x.dtype), middle)
+    except (TypeError, ValueError):
+        return None
+    if not exact:
+        return f"Cast {inner.name} -> Cast {node.name} kept: {np.dtype(x.dtype)} -> {middle} can change values"
+    return "cast-round-trip", x
 
 
 def _rule_transpose(node: gs.Node) -> tuple[str, gs.Tensor] | None:
@@ -208,6 +283,8 @@ def _match(node: gs.Node, opset: int) -> tuple[str, gs.Tensor] | str | None:
         return _rule_binary(node)
     if op == "Dropout":
         return _rule_dropout(node, opset)
+    if op == "Where":
+        return _rule_where(node)
     if op in ("Cast", "CastLike"):
         return _rule_cast(node)
     if op == "Transpose":
@@ -219,7 +296,7 @@ def _match(node: gs.Node, opset: int) -> tuple[str, gs.Tensor] | str | None:
     return None
 
 
-_OPS = frozenset(_BINARY) | frozenset(_VARIADIC) | {"Dropout", "Cast", "CastLike", "Transpose", "Reshape",
+_OPS = frozenset(_BINARY) | frozenset(_VARIADIC) | {"Dropout", "Where", "Cast", "CastLike", "Transpose", "Reshape",
                                                      "Expand", "Tile", "Pad", "Slice", "Split"}
 
 
@@ -249,7 +326,10 @@ def eliminate(graph: gs.Graph, ctx: PassContext, log: PassLog, opset: int) -> bo
             continue
         if not ctx.permit(rule, node):
             continue
+        first = node.inputs[0]
         R.bypass(scope, node, x, y)
+        if first is not x:
+            R.drop_if_dead(scope, first)  # a round trip's first Cast, when nothing else reads it
         log.count(rule)
         changed = True
     scope.finish()

@@ -8,10 +8,13 @@ dimension is dynamic. This pass evaluates each chain symbolically
 the same thing for *every* input size:
 
 - a Reshape target entry that is "dim i of the Reshape's own input" becomes ``0``
-  (copy; only with ``allowzero=0``), one remaining unknown entry becomes ``-1``;
+  (copy; with ``allowzero=1`` only where no entry is a constant 0, and the node then
+  gets ``allowzero=0``), one remaining unknown entry becomes ``-1``;
 - an Expand entry equal to the input's aligned dim becomes ``1``; an Expand (or Tile,
   Reshape, Slice, Cast) that provably changes nothing is removed;
 - Resize ``sizes`` equal to the input's dims times integer factors become ``scales``;
+- ``Reshape(x, [-1, K]) → Gemm → Reshape(…, [x's leading dims, N])`` (the dynamo
+  exporter's ``nn.Linear`` on a 3-D activation) becomes ``MatMul(x, W)`` (+ the bias);
 - ConstantOfShape/Expand/Tile/any consumer whose chain is fully static folds to a constant;
 - Slice bounds outside the int32 range (``INT64_MAX`` ends, reversed slices) are
   clamped, since TensorRT casts them down; dims never reach 2**31, so nothing changes.
@@ -136,7 +139,105 @@ def _chain_note(edit: _Edit, node: gs.Node, t: gs.Tensor, why: str) -> None:
         edit.log.note(f"{node.op} {node.name} keeps its shape chain: {why}")
 
 
+def _only_reader(edit: _Edit, t: gs.Tensor, node: gs.Node) -> bool:
+    return len(t.outputs) == 1 and t.outputs[0] is node and id(t) not in edit.graph_outputs()
+
+
+def _dense_sandwich(edit: _Edit, node: gs.Node):
+    """``(inner Reshape, Gemm, x, W, C or None)`` when ``node`` ends Reshape→Gemm→Reshape; else None/a note. Pure."""
+    gemm = node.inputs[0].inputs[0] if len(node.inputs[0].inputs) == 1 else None
+    if gemm is None or gemm.op != "Gemm" or not _std(gemm) or len(gemm.outputs) != 1 or len(gemm.inputs) < 2:
+        return None
+    inner = gemm.inputs[0].inputs[0] if len(gemm.inputs[0].inputs) == 1 else None
+    if inner is None or inner.op != "Reshape" or not _std(inner) or len(inner.inputs) < 2:
+        return None
+    flat = su.constant_array(inner.inputs[1])
+    if flat is None or flat.ndim != 1 or len(flat) != 2 or int(flat[0]) != -1:
+        return None
+    if not (_only_reader(edit, gemm.outputs[0], node) and _only_reader(edit, inner.outputs[0], gemm)):
+        return None
+    what = f"Reshape {inner.name} -> Gemm {gemm.name} -> Reshape {node.name}"
+    if gemm.attrs.get("transA", 0) or gemm.attrs.get("transB", 0) or _near_qdq(gemm):
+        return f"{what} kept as it is: transposed Gemm operands or Q/DQ neighbours"
+    c = gemm.inputs[2] if len(gemm.inputs) > 2 and _present(gemm.inputs[2]) else None
+    if float(gemm.attrs.get("alpha", 1.0)) != 1.0 or (c is not None and float(gemm.attrs.get("beta", 1.0)) != 1.0):
+        return f"{what} kept as it is: alpha or beta is not 1"
+    x, w = inner.inputs[0], gemm.inputs[1]
+    dims, wdims = su.tensor_dims(x, edit.facts), su.tensor_dims(w, edit.facts)
+    k = int(flat[1])
+    if dims is None or len(dims) < 2 or wdims is None or len(wdims) != 2 or wdims[0] != su.Expr.const(k):
+        return None
+    value = edit.evaluator.value(node.inputs[1])
+    lead = len(value.entries) - 1 if value is not None and not value.scalar else 0
+    rest = su.Expr.const(1)
+    for e in dims[lead:]:
+        rest = su.mul(rest, e)
+    if value is None or value.kind != "int" or not 1 <= lead < len(dims) or rest != su.Expr.const(k):
+        return f"{what} kept as it is: the final shape is not the input's leading dims and the Gemm's width"
+    free = [i for i, e in enumerate(value.entries) if e == su.Expr.const(-1)]
+    expected = list(dims[:lead]) + [wdims[1]]
+    if len(free) > 1 or any(e != want for i, (e, want) in enumerate(zip(value.entries, expected)) if i not in free) \
+            or (not int(node.attrs.get("allowzero", 0)) and any(e == su.Expr.const(0) for e in value.entries)):
+        return f"{what} kept as it is: the final shape is not the input's leading dims and the Gemm's width"
+    if c is not None:
+        bias = su.constant_array(c)
+        # Gemm broadcasts C to [M, N] one way; after the MatMul it must broadcast to [..., M', N] alike.
+        if bias is None or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
+            return f"{what} kept as it is: the bias is not a constant row"
+    return inner, gemm, x, w, c, (None if lead == len(dims) - 1 else [0] * lead + [k])
+
+
+def _unflatten_dense(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
+    """``Reshape(Gemm(Reshape(x, [-1, K]), W, C), [*x.shape[:-1], N])`` → ``MatMul(x, W) + C``.
+
+    The dynamo exporter writes every ``nn.Linear`` on a 3-D activation as view → addmm →
+    view, the last view's target a Shape→Concat chain. MatMul broadcasts over the leading
+    dims itself, so the two Reshapes and the chain go; the bias row is added after it
+    (one node fewer per layer, three or more with the chain). Proven by the symbolic
+    shapes: the final target must be exactly the input's leading dims and the Gemm's N.
+    """
+    found = _dense_sandwich(edit, node)
+    if found is None or isinstance(found, str):
+        if found:
+            edit.log.note(found)
+        return False
+    inner, gemm, x, w, c, merge = found
+    if not edit.ctx.permit("unflatten-dense", node.name):
+        return False
+    y = node.outputs[0]
+    sources = [inner.name, gemm.name, node.name]
+    seeds = [node.inputs[1], inner.inputs[1]]
+    for n in (node, gemm, inner):
+        n.inputs.clear()
+        n.outputs.clear()
+        _remove_node(g, n)
+        edit.removed.add(id(n))
+    base = gemm.name or y.name
+    new = []
+    if merge is not None:  # x's trailing dims make K together (heads x head size): join them first
+        joined = gs.Variable(su.unique_name(edit.names, f"{x.name}_joined"), dtype=x.dtype)
+        new.append(gs.Node("Reshape", name=su.unique_name(edit.names, f"{base}_join"), attrs={"allowzero": 0},
+                           inputs=[x, gs.Constant(su.unique_name(edit.names, f"{base}_join_shape"), np.array(merge, dtype=np.int64))],
+                           outputs=[joined]))
+        x = joined
+    if c is None:
+        new.append(gs.Node("MatMul", name=su.unique_name(edit.names, f"{base}_matmul"), inputs=[x, w], outputs=[y]))
+    else:
+        mm = gs.Variable(su.unique_name(edit.names, f"{y.name}_matmul"), dtype=y.dtype)
+        new += [gs.Node("MatMul", name=su.unique_name(edit.names, f"{base}_matmul"), inputs=[x, w], outputs=[mm]),
+                gs.Node("Add", name=su.unique_name(edit.names, f"{base}_bias"), inputs=[mm, c], outputs=[y])]
+    for n in new:
+        G.stamp(n, PASS, "unflatten-dense", sources)
+    g.nodes.extend(new)
+    edit.reorder.add(id(g))
+    edit.seeds.extend(seeds)
+    edit.log.count("unflatten-dense")
+    return True
+
+
 def _reshape(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
+    if _unflatten_dense(edit, g, node):
+        return True
     data, shape = node.inputs[0], node.inputs[1]
     allowzero = int(node.attrs.get("allowzero", 0))
     value = edit.evaluator.value(shape)
@@ -144,6 +245,12 @@ def _reshape(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
         _chain_note(edit, node, shape, "its target cannot be evaluated")
         return False
     dims = su.tensor_dims(data, edit.facts)
+    # allowzero=1 (what the dynamo exporter writes) differs from 0 only where the target
+    # holds a 0. Without a constant 0 entry, an entry equal to the input's dim there may
+    # become 0 (copy) under allowzero=0: both give that dim, even when it is 0 at run time.
+    relaxed = bool(allowzero) and not any(e.is_const and e.coef == 0 for e in value.entries)
+    if relaxed:
+        allowzero = 0
     target: list[int | None] = []
     unknown = []
     for i, e in enumerate(value.entries):
@@ -166,7 +273,11 @@ def _reshape(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
     old = su.constant_array(shape)
     if old is not None and old.ndim == 1 and old.tolist() == target:
         return False
-    return _set_int_input(edit, node, 1, "target", target, "reshape-target")
+    if not _set_int_input(edit, node, 1, "target", target, "reshape-target"):
+        return False
+    if relaxed and 0 in target:
+        node.attrs["allowzero"] = 0  # the copies above need allowzero=0's meaning of 0
+    return True
 
 
 def _set_int_input(edit: _Edit, node: gs.Node, index: int, suffix: str, values: list, rule: str) -> bool:

@@ -193,3 +193,129 @@ def test_vit_zero_biases_removed_in_the_pipeline():
     assert entry.status != "rolled-back"
     assert entry.counts.get("add-neutral", 0) >= 60  # the zero (deduplicated) q/k/v/o/fc biases
     assert surgeon.graph.op_histogram(out)["Add"] < surgeon.graph.op_histogram(model)["Add"] - 60
+
+
+@pytest.mark.parametrize("expr,rule", [
+    ("And(m, yes)", "and-neutral"), ("And(yes_scalar, m)", "and-neutral"), ("Or(m, no)", "or-neutral"),
+    ("Xor(no, m)", "xor-neutral"),
+])
+def test_neutral_boolean_removed(expr, rule):
+    """The attention-mask code of transformers exports: ``mask & ones`` is the mask."""
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (bool[N,4] y)
+      <bool[4] yes = {{1, 1, 1, 1}}, bool yes_scalar = {{1}}, bool[1,4] no = {{0, 0, 0, 0}}> {{
+      zero = Constant<value = float {{0.0}}>()
+      m = Greater(x, zero)
+      t = {expr}
+      y = Not(t)
+    }}""")
+    out, log = run_pass(m)
+    assert op_types(out) == ["Constant", "Greater", "Not"]
+    assert log.counts[rule] == 1
+    assert_equivalent(m, out, BATCHES, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("expr", ["And(m, no)", "Or(m, yes)", "And(m, mixed)", "And(m, wide)"])
+def test_boolean_not_neutral_kept(expr):
+    """``x & false``, ``x | true`` and a mixed constant are no identities; a wider constant broadcasts."""
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (bool[?,?,?] y) <bool[4] yes = {{1, 1, 1, 1}}, bool[4] no = {{0, 0, 0, 0}},
+      bool[4] mixed = {{1, 0, 1, 1}}, bool[2,1,4] wide = {{1, 1, 1, 1, 1, 1, 1, 1}}> {{
+      zero = Constant<value = float {{0.0}}>()
+      m = Greater(x, zero)
+      t = {expr}
+      y = Not(t)
+    }}""")
+    out, log = run_pass(m)
+    assert out is None and not log.counts
+
+
+@pytest.mark.parametrize("expr,kept", [("Where(all_true, a, fill)", "a"), ("Where(all_false, fill, a)", "a"),
+                                        ("Where(all_true, a, fill_row)", "a")])
+def test_where_on_a_constant_condition_picks_a_branch(expr, kept):
+    """Mask code: ``where(cond, x, -inf)`` whose condition folded to all true (or all false)."""
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] y) <bool[4] all_true = {{1, 1, 1, 1}}, bool[1,4] all_false = {{0, 0, 0, 0}},
+      float fill = {{-3.0}}, float[1,4] fill_row = {{-1.0, -2.0, -3.0, -4.0}}, float[4] bias = {{1.0, 2.0, 3.0, 4.0}}> {{
+      a = Relu(x)
+      w = {expr}
+      y = Add(w, bias)
+    }}""")
+    out, log = run_pass(m)
+    assert log.counts["where-constant-condition"] == 1
+    add = [n for n in out.graph.node if n.op_type == "Add"][0]
+    assert add.input[0] == kept and "Where" not in op_types(out)
+    assert_equivalent(m, out, BATCHES, **TOL)
+
+
+def test_where_kept_when_a_mixed_condition_or_a_broadcast_could_change_the_result():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x, float[2,N,4] big) => (float[N,4] y, float[2,N,4] z) <bool[4] mixed = {1, 0, 1, 1},
+      bool[4] all_true = {1, 1, 1, 1}, bool[3,1,1] wide_true = {1, 1, 1}> {
+      a = Relu(x)
+      b = Sigmoid(x)
+      y = Where(mixed, a, b)
+      z = Where(all_true, a, big)
+      w = Where(wide_true, a, b)
+      s = ReduceSum<keepdims = 0>(w)
+      v = Where(all_true, a, b)
+      u = ReduceSum<keepdims = 0>(v)
+    }""")
+    out, log = run_pass(m)
+    assert out is None and not log.counts
+    # the big branch, the wide condition, and a branch whose shape is not static (not provably N x 4)
+    assert sum("Where" in n and "kept" in n for n in log.notes) == 3
+
+
+@pytest.mark.parametrize("t0,t1,t1_name", [("int32", "INT64", "int64"), ("bool", "FLOAT", "float"),
+                                           ("float16", "FLOAT", "float"), ("uint8", "FLOAT16", "float16"),
+                                           ("int16", "FLOAT", "float")])
+def test_lossless_cast_round_trip_removed(t0, t1, t1_name):
+    """y's round trip goes whole; z's first Cast stays because v reads it too."""
+    to0, to1 = getattr(onnx.TensorProto, t0.upper()), getattr(onnx.TensorProto, t1)
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g ({t0}[N,4] x) => ({t0}[N,4] y, {t0}[N,4] z, {t1_name}[N,4] v) {{
+      a = Cast<to = {to1}>(x)
+      b = Cast<to = {to0}>(a)
+      y = Identity(b)
+      c = Cast<to = {to1}>(x)
+      d = Cast<to = {to0}>(c)
+      z = Identity(d)
+      v = Identity(c)
+    }}""")
+    out, log = run_pass(m)
+    assert log.counts["cast-round-trip"] == 2
+    assert op_types(out) == ["Identity", "Cast", "Identity", "Identity"]
+    assert [o.name for o in out.graph.output] == ["y", "z", "v"]
+    rng = np.random.default_rng(0)
+    dtype = np.dtype(t0)
+    for n in (1, 3):
+        if dtype == np.bool_:
+            x = rng.integers(0, 2, size=(n, 4)).astype(bool)
+        elif dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            x = np.array([[info.min, info.max, 0, 1]] * n, dtype=dtype)
+        else:
+            x = rng.standard_normal((n, 4)).astype(dtype)
+        ref, got = run_ort(m, {"x": x}), run_ort(out, {"x": x})
+        for name in ("y", "z", "v"):
+            np.testing.assert_array_equal(got[name], ref[name])
+
+
+@pytest.mark.parametrize("t0,t1", [("int64", "INT32"), ("float", "FLOAT16"), ("int32", "FLOAT"), ("float", "INT64")])
+def test_lossy_cast_round_trip_kept_with_a_note(t0, t1):
+    """int64 -> int32, float32 -> float16, int32 -> float32 (24-bit significand), float -> int lose values."""
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g ({t0}[N,4] x) => ({t0}[N,4] y) {{
+      a = Cast<to = {getattr(onnx.TensorProto, t1)}>(x)
+      y = Cast<to = {getattr(onnx.TensorProto, t0.upper())}>(a)
+    }}""")
+    out, log = run_pass(m)
+    assert out is None and not log.counts
+    assert any("can change values" in n for n in log.notes)

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 
 import helpers
 import surgeon
-from helpers import CORPUS, assert_equivalent, model_from_text, op_types, requires_corpus
+from helpers import CORPUS, FIXTURES, assert_equivalent, model_from_text, op_types, requires_corpus
 from passes.fold_shape_chains import FoldShapeChains
 from surgeon.graph import count_nodes, op_histogram
 from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
@@ -136,21 +136,44 @@ def test_two_unknown_entries_stay_with_a_note():
     assert any("Reshape" in n and "keeps its shape chain" in n for n in log.notes)
 
 
-def test_allowzero_blocks_copy_semantics():
-    """With allowzero=1 a 0 means zero, so dim-equal entries cannot become 0 (two unknowns: keep)."""
+def test_allowzero_with_a_constant_zero_blocks_copy_semantics():
+    """With allowzero=1 and a constant 0 entry, a 0 means zero: dim-equal entries cannot become 0."""
     m = model_from_text("""
     <ir_version: 8, opset_import: ["" : 17]>
-    g (float[N,S,4] x) => (float[N,S,4] y) {
+    g (float[N,S,0] x) => (float[N,S,0] y) {
       s = Shape(x)
       st = Constant<value = int64[1] {0}>()
       en = Constant<value = int64[1] {2}>()
       h = Slice(s, st, en)
-      four = Constant<value = int64[1] {4}>()
-      t = Concat<axis = 0>(h, four)
+      zero = Constant<value = int64[1] {0}>()
+      t = Concat<axis = 0>(h, zero)
       y = Reshape<allowzero = 1>(x, t)
     }""")
     out, _ = run_pass(m)
     assert out is None
+
+
+def test_allowzero_without_zero_entries_is_read_as_copy():
+    """The dynamo exporter writes allowzero=1; with no constant 0 in the target, dim-equal
+    entries become copies (0) and the node gets allowzero=0, which means the same."""
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,S,4] x) => (float[N,S,2,2] y) {
+      s = Shape(x)
+      st = Constant<value = int64[1] {0}>()
+      en = Constant<value = int64[1] {2}>()
+      h = Slice(s, st, en)
+      two = Constant<value = int64[2] {2, 2}>()
+      t = Concat<axis = 0>(h, two)
+      y = Reshape<allowzero = 1>(x, t)
+    }""")
+    out, log = run_pass(m)
+    assert out is not None and log.counts["reshape-target"] == 1
+    (reshape,) = [n for n in out.graph.node if n.op_type == "Reshape"]
+    assert init_value(out, reshape.input[1]) == [0, 0, 2, 2]
+    assert [a.i for a in reshape.attribute if a.name == "allowzero"] == [0]
+    assert "Shape" not in op_types(out)
+    assert_equivalent(m, out, [{"x": (1, 3, 4)}, {"x": (5, 2, 4)}, {"x": (0, 2, 4)}], **TOL)
 
 
 def test_noop_reshape_is_removed_and_graph_output_kept():
@@ -496,3 +519,90 @@ def test_corpus_vit_keeps_cls_expand_and_folds_attention_views():
     assert hist["Expand"] == 1 and hist["Shape"] == 1  # only the CLS-token batch expand needs the shape
     assert log.counts["reshape-target"] >= 48
     assert_equivalent(m, out, [{"pixel_values": (1, 3, 224, 224)}, {"pixel_values": (2, 3, 224, 224)}], atol=1e-4, rtol=1e-4)
+
+
+DENSE = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[B,S,{k_dims}] x) => (float[B,S,3] y) <float[{k},3] w = {w}, float[{c_shape}] bias = {bias},
+  int64[2] flat = {{-1, {k}}}, int64[1] n = {{3}}> {{
+  s = Shape(x)
+  st = Constant<value = int64[1] {{0}}>()
+  en = Constant<value = int64[1] {{2}}>()
+  lead = Slice(s, st, en)
+  target = Concat<axis = 0>(lead, n)
+  v = Reshape(x, flat)
+  a = Gemm<{gemm_attrs}>(v, w, bias)
+  y = Reshape<allowzero = 1>(a, target)
+}}"""
+
+
+def dense_model(k_dims="4", k=4, c_shape="3", bias="{0.5, -1.0, 2.0}", gemm_attrs="alpha = 1.0"):
+    w = "{" + ", ".join(str((i % 7) / 7.0 - 0.4) for i in range(k * 3)) + "}"
+    return model_from_text(DENSE.format(k_dims=k_dims, k=k, w=w, c_shape=c_shape, bias=bias, gemm_attrs=gemm_attrs))
+
+
+@pytest.mark.parametrize("k_dims,k,expected", [("4", 4, ["MatMul", "Add"]), ("2,2", 4, ["Reshape", "MatMul", "Add"])])
+def test_dynamo_linear_on_3d_becomes_matmul(k_dims, k, expected):
+    """view(-1, K) -> addmm -> view(B, S, N): MatMul broadcasts over B and S itself."""
+    m = dense_model(k_dims=k_dims, k=k)
+    out, log = run_pass(m)
+    assert log.counts["unflatten-dense"] == 1
+    assert [t for t in op_types(out) if t != "Constant"] == expected
+    assert [o.name for o in out.graph.output] == ["y"] and out.graph.node[-1].output[0] == "y"
+    meta = {p.key: p.value for p in out.graph.node[-1].metadata_props}
+    assert meta["surgeon.rule"] == "unflatten-dense" and "surgeon.from" in meta
+    sizes = [{"x": (1, 5, *map(int, k_dims.split(",")))}, {"x": (3, 2, *map(int, k_dims.split(",")))}]
+    assert_equivalent(m, out, sizes, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("gemm_attrs,c_shape,bias,why", [
+    ("alpha = 2.0", "3", "{0.5, -1.0, 2.0}", "alpha or beta"),
+    ("transB = 1", "3", "{0.5, -1.0, 2.0}", "transposed"),
+])
+def test_dense_sandwich_refused_with_a_note(gemm_attrs, c_shape, bias, why):
+    m = dense_model(gemm_attrs=gemm_attrs, c_shape=c_shape, bias=bias)
+    if "transB" in gemm_attrs:  # W must then be [N, K]
+        w = onnx.helper.make_tensor("w", onnx.TensorProto.FLOAT, [3, 4], [0.1 * i for i in range(12)])
+        m.graph.initializer.remove([t for t in m.graph.initializer if t.name == "w"][0])
+        m.graph.initializer.append(w)
+    out, log = run_pass(m)
+    assert not log.counts.get("unflatten-dense")
+    assert any(why in n for n in log.notes), log.notes
+
+
+def test_dense_sandwich_kept_when_the_final_shape_is_not_the_leading_dims():
+    """view(-1, K) -> addmm -> view(S, B, N) mixes rows: not a MatMul over the leading dims."""
+    m = dense_model()
+    swapped = onnx.helper.make_node("Concat", ["lead_r", "n"], ["target"], axis=0)
+    nodes = list(m.graph.node)
+    i = [j for j, n in enumerate(nodes) if n.output[0] == "target"][0]
+    rev = [onnx.helper.make_node("Constant", [], ["idx"], value=onnx.helper.make_tensor("idx", onnx.TensorProto.INT64, [2], [1, 0])),
+           onnx.helper.make_node("Gather", ["lead", "idx"], ["lead_r"], axis=0)]
+    nodes[i:i + 1] = rev + [swapped]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "S"
+    m.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "B"
+    onnx.checker.check_model(m)
+    out, log = run_pass(m)
+    assert not log.counts.get("unflatten-dense")
+    assert any("leading dims" in n for n in log.notes)
+
+
+def test_dims_lost_by_inference_are_derived_from_the_producers():
+    """BERT (legacy exporter): word + position embeddings meet an unknown-size position slice,
+    and shape inference gives every later tensor unknown dims. The attention Reshapes read
+    dims of the LayerNorm output while their input is ``MatMul(that, W)``: MatMul keeps the
+    leading dims, so each ``Concat(Shape(h)[0], Shape(h)[1], [-1, 16])`` folds to ``[0, 0, -1, 16]``
+    (two layers: q, k, v and the context Reshape each)."""
+    model = onnx.load(str(FIXTURES / "exports" / "bert_sentence_legacy_op14.onnx"))
+    out, report = surgeon.fix(model, passes="cleanup,fold-constants,fold-shape-chains", verify=False, rounds=1)
+    counts = [p.counts for p in report.passes if p.name == "fold-shape-chains"][0]
+    assert counts["reshape-target"] >= 8
+    targets = {tuple(init_value(out, n.input[1])) for n in out.graph.node
+               if n.op_type == "Reshape" and n.input[1] in {t.name for t in out.graph.initializer}}
+    assert (0, 0, -1, 16) in targets and (0, 0, -1) in targets
+    from helpers import random_feeds
+    shapes = [{k: (1, 5) for k in ("input_ids", "attention_mask", "token_type_ids")},
+              {k: (3, 9) for k in ("input_ids", "attention_mask", "token_type_ids")}]
+    assert_equivalent(model, out, shapes, atol=1e-5, rtol=1e-4)
