@@ -189,12 +189,10 @@ def _cmd_fix(args) -> int:
             except SurgeonError as exc:  # the fix itself stands; only the timing could not be done
                 speed_error = str(exc)
     extra = {"profile": speed.to_dict()} if speed else ({"profile": {"error": speed_error}} if speed_error else {})
-    if _emit(args, {**report.to_dict(), **extra}):
-        render_fix(report, _stdout_console(), _stderr_console())
-        if speed:
-            _stdout_console().print(f"{speed.headline()} on ONNX Runtime CPU, 1 thread; {speed.noise_line()}", markup=False)
-    elif not report.verified:
-        print(f"surgeon: warning: the output was not verified numerically ({report.verification})", file=sys.stderr)
+    out = _emit(args, {**report.to_dict(), **extra})
+    render_fix(report, out, _stderr_console())
+    if speed:
+        out.print(f"{speed.headline()} on ONNX Runtime CPU, 1 thread; {speed.noise_line()}", markup=False)
     if speed_error:
         print(f"surgeon: --profile: not timed: {speed_error}", file=sys.stderr)
     unproven = report.rolled_back or not report.verified
@@ -227,7 +225,7 @@ def _add_match(sub) -> None:
     p.add_argument("model", help="input .onnx file")
     p.add_argument("--rules", nargs="+", default=[], metavar="RULES.py", help="user rule files (tried before the built-in packs)")
     p.add_argument("--no-builtin", action="store_true", help="leave out the built-in rule packs (contrib ops, LayerNorm)")
-    p.add_argument("--report", metavar="REPORT.json", help="also write the listing as JSON")
+    _add_output_args(p)
     p.set_defaults(func=_cmd_match)
 
 
@@ -242,7 +240,7 @@ def _cmd_match(args) -> int:
         surgeon.model.check_output_path(args.model, args.report)
     rules = registry.get("replace-custom-ops").collect_rules({"rules": args.rules, "builtin_rules": not args.no_builtin})
     report = find_matches(model, rules)
-    out = _stdout_console()
+    out = _emit(args, report.to_dict())
     rows = [[f.graph, f.node, f.op, f.rule, "would replace" if f.status == "replace" else f.status,
              ", ".join(f.inputs), ", ".join(f.outputs), f.reason] for f in report.findings]
     out.print(table(f"surgeon match ({len(rules)} rules)", ["graph", "node", "op", "rule", "result", "inputs", "outputs",
@@ -251,10 +249,6 @@ def _cmd_match(args) -> int:
     out.print(f"{replaced} replacement(s), {len(report.findings) - replaced} refusal(s)", markup=False)
     for op, n in report.untouched.items():
         out.print(f"untouched custom op: {op} x{n}", markup=False)
-    if args.report:
-        from surgeon.report import write_json
-
-        write_json(args.report, report.to_dict())
     return EXIT_OK
 
 
@@ -336,7 +330,7 @@ def _add_compare(sub) -> None:
     which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend")
     _add_data_args(p)
     p.add_argument("--save-outputs", metavar="FILE", help="write both runs' outputs (.npz, or .json: Polygraphy RunResults)")
-    p.add_argument("--report", metavar="REPORT.json", help="write the report as JSON")
+    _add_output_args(p)
     p.add_argument("--plot", metavar="DIR", help="write one PNG per mismatching output into DIR")
     _add_backend_args(p)
     p.set_defaults(func=_cmd_compare)
@@ -368,11 +362,7 @@ def _cmd_compare(args) -> int:
         if "test" in report.runs:
             runs[f"test:{args.test or 'against'}"] = report.runs["test"]
         report.notes.extend(input_files.save_outputs(args.save_outputs, runs))
-    if args.report:
-        from surgeon.report import write_json
-
-        write_json(args.report, report.to_dict())
-    render_compare(report, _stdout_console())
+    render_compare(report, _emit(args, report.to_dict()))
     return EXIT_OK if report.passed else EXIT_FAIL
 
 
@@ -384,7 +374,7 @@ def _add_doctor(sub) -> None:
     p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
     p.add_argument("--test", metavar="BACKEND", help="also run on this backend: fp16, reference, trt, ...")
     p.add_argument("--test-original", action="store_true", help="run the original model on --test, not the fixed one")
-    p.add_argument("--report", metavar="REPORT.json", help="write the combined report as JSON")
+    _add_output_args(p)
     p.add_argument("--trt", action="store_true", help="also run trt-check on the original and the fixed model: "
                                                       "what the fix made TensorRT accept, and what is still not ready")
     p.add_argument("--trt-engine", default="auto", metavar="ENGINE", help="--trt: auto, trt, trt-rtx or matrix")
@@ -415,11 +405,7 @@ def _cmd_doctor(args) -> int:
                         test_options=test_options, test_original=args.test_original, samples=samples,
                         input_shapes=_data_shapes(args), atol=_tolerances(args.atol), rtol=_tolerances(args.rtol),
                         nan_equal=args.nan_equal, seed=args.seed, trt=trt, progress=lambda msg: status.update(msg))
-    if args.report:
-        from surgeon.report import write_json
-
-        write_json(args.report, report.to_dict())
-    out = _stdout_console()
+    out = _emit(args, report.to_dict())
     render_fix(report.fix, out)
     for what, comparison in report.comparisons:
         render_compare(comparison, out, title=f"surgeon doctor: {what}")
@@ -463,6 +449,7 @@ def _data_shapes(args) -> dict:
 def _add_bisect(sub) -> None:
     p = sub.add_parser("bisect", help="find the first node where a backend (or a second model) goes wrong and cut the model down to it")
     p.add_argument("model", help="the .onnx model (never modified)")
+    p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the tables")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx")
     which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend; tensors matched by name")
@@ -556,10 +543,11 @@ def _cmd_bisect(args) -> int:
         check.close()
     from surgeon.report import write_json
 
-    out = _stdout_console()
+    out = _tables_console(args)
     report = {"model": args.model, "tolerance": {"atol": atol, "rtol": rtol}, **result.to_dict()}
     if not result.failed:
         write_json(str(outdir / "report.json"), report)
+        _print_json(args, report)
         out.print(f"[bold green]no failure[/]: {result.oracle}: the full model passes ({result.confirm.detail}); nothing to bisect")
         return EXIT_OK
     command = check.repro_command() if hasattr(check, "repro_command") else _repro_command(args, atol, rtol)
@@ -567,6 +555,7 @@ def _cmd_bisect(args) -> int:
     artifacts.write_bundle(outdir, reduced=result.reduced_model, inputs=result.inputs, expected=result.expected,
                            ref_name=args.ref, report=report, repro=repro_text(result, command, model_path=args.model),
                            against=result.reduced_against)
+    _print_json(args, report)
     _render_bisect(out, result, outdir)
     return EXIT_FAIL
 
@@ -622,7 +611,7 @@ def _add_scan(sub) -> None:
                                     "float16 overflow and underflow, scatter and division hazards")
     p.add_argument("model", help="the .onnx model (never modified)")
     p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="backend for the reference run (default onnxrt)")
-    p.add_argument("--report", metavar="REPORT.json", help="write the findings as JSON")
+    _add_output_args(p)
     p.add_argument("--near-zero", type=float, default=1e-6, metavar="EPS", help="divisor magnitude counted as near zero (default 1e-6)")
     p.add_argument("--fp16-keep", nargs="+", default=[], metavar="OPTYPE/NODE",
                    help="op types or node names the FP16 run keeps in float32 (like TensorRT per-layer precision)")
@@ -649,9 +638,7 @@ def _cmd_scan(args) -> int:
         check_feeds(model, samples, f"'{args.model}'")
     report = scan_model(model, samples, backend, near_zero=args.near_zero, fp16=not args.no_fp16,
                         fp16_keep=args.fp16_keep, atol=_tolerances(args.atol), rtol=_tolerances(args.rtol))
-    if args.report:
-        write_json(args.report, {"model": args.model, **report.to_dict()})
-    out = _stdout_console()
+    out = _emit(args, {"model": args.model, **report.to_dict()})
     fp16 = report.fp16
     fp16_line, bad = "", []
     if fp16:
@@ -692,6 +679,7 @@ _ISOLATE_TARGETS = ("passes", "onnxrt-optimizers", "trt-tactics")
 def _add_isolate(sub) -> None:
     p = sub.add_parser("isolate", help="find the minimal set of rewrites / ORT optimizers / TensorRT tactics that breaks a model")
     p.add_argument("model", help="input .onnx file (never modified)")
+    p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the tables")
     p.add_argument("--target", required=True, choices=_ISOLATE_TARGETS,
                    help="what to search: our own rewrite applications, ONNX Runtime optimizers, or TensorRT tactics")
     p.add_argument("-o", "--outdir", required=True, help="output folder: report.json, the oracle-call log, and the avoid-file")
@@ -800,16 +788,16 @@ def _cmd_isolate(args) -> int:
                                                   flagged=args.layers, fp16=args.fp16)
         result, report = isolate.run(target, args.outdir, max_sets=args.max_sets, confirm_repeats=args.confirm_repeats,
                                      resume=not args.fresh, progress=lambda msg: status.update(msg))
-    _render_isolate(report, args.outdir)
+    _print_json(args, report)
+    _render_isolate(report, args.outdir, _tables_console(args))
     if result.status == isolate.NO_DIVERGENCE:
         return EXIT_OK
     return EXIT_FAIL
 
 
-def _render_isolate(report: dict, outdir: str) -> None:
+def _render_isolate(report: dict, outdir: str, con) -> None:
     from surgeon.report import table
 
-    con = _stdout_console()
     con.print(f"surgeon isolate --target {report['target']}: {report['mechanism']}", markup=False)
     rows = []
     for n, cset in enumerate(report["culprit_sets"], 1):
@@ -851,7 +839,7 @@ def _add_profile(sub) -> None:
                    help="ONNX Runtime intra-op threads (default: ONNX Runtime's own choice); 1 is steadiest")
     p.add_argument("--top", type=int, default=15, metavar="K", help="rows in the kernel and op-type tables (default 15)")
     p.add_argument("--plot", metavar="DIR", help="write bar charts (top-K kernels, op types) as PNG into DIR")
-    p.add_argument("--report", metavar="R.json", help="write the full profile as JSON")
+    _add_output_args(p)
     p.add_argument("--trt-profile", metavar="P.json", help="read per-layer times from 'trtexec --exportProfile' "
                                                            "instead of running anything")
     p.add_argument("--trt-layers", metavar="L.json", help="with --trt-profile: 'trtexec --exportLayerInfo' "
@@ -882,7 +870,6 @@ def _cmd_profile(args) -> int:
 
         samples = input_files.load_inputs(args.load_inputs)
     shapes = input_data.parse_shape_args(args.input_shapes)
-    out = _stdout_console()
     from surgeon.report import Progress
 
     with Progress("profiling") as status:
@@ -902,10 +889,7 @@ def _cmd_profile(args) -> int:
         from surgeon.debug.profile.plot import plot_comparison, plot_profile
 
         plots = plot_comparison(result, args.plot, args.top) if args.against else plot_profile(result, args.plot, args.top)
-    if args.report:
-        from surgeon.report import write_json
-
-        write_json(args.report, {**result.to_dict(), "plots": [str(p) for p in plots]})
+    out = _emit(args, {**result.to_dict(), "plots": [str(p) for p in plots]})
     if args.against:
         render_comparison(result, out, top=args.top)
     else:
@@ -930,7 +914,7 @@ def _add_trt_check(sub) -> None:
     p.add_argument("--target-cc", nargs="+", default=[], metavar="8.6",
                    help="trt-rtx: build ahead of time for these compute capabilities, one build each")
     p.add_argument("--matrix-version", metavar="10.15", help="matrix: the TensorRT version of the operator matrix")
-    p.add_argument("--report", metavar="REPORT.json", help="write the report as JSON")
+    _add_output_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed for the inputs that probe profile sizes (default 0)")
     p.add_argument("--timeout", type=float, default=600.0, metavar="S", help="seconds one parse or build may take (default 600)")
     p.set_defaults(func=_cmd_trt_check)
@@ -954,11 +938,7 @@ def _cmd_trt_check(args) -> int:
         report = trt_check.check(model, model_path=args.model, engine=args.engine, input_shapes=shapes, profile=profile,
                                  build=not args.no_build, target_cc=args.target_cc, matrix_version=args.matrix_version,
                                  seed=args.seed, timeout=args.timeout, progress=lambda msg: status.update(f"trt-check: {msg}"))
-    if args.report:
-        from surgeon.report import write_json
-
-        write_json(args.report, report.to_dict())
-    trt_check.render(report, _stdout_console())
+    trt_check.render(report, _emit(args, report.to_dict()))
     return EXIT_OK if report.ready else EXIT_FAIL
 
 
@@ -973,7 +953,7 @@ def _add_fp16(sub) -> None:
     p.add_argument("--keep-io-types", action="store_true", help="keep float32 graph inputs and outputs (Casts at the interface)")
     p.add_argument("--layer-precisions", metavar="FILE",
                    help="also write the decision as trtexec --layerPrecisions/--precisionConstraints and Polygraphy --layer-precisions flags")
-    p.add_argument("--report", metavar="REPORT.json", help="write the report as JSON")
+    _add_output_args(p)
     p.add_argument("--max-oracle-calls", type=int, default=300, metavar="N",
                    help="budget of emulation runs for the search (default 300); past it the result is not proven minimal")
     p.add_argument("--no-trt-check", action="store_true", help="skip the TensorRT-RTX build of OUT (done where tensorrt_rtx is installed)")
@@ -1009,11 +989,7 @@ def _cmd_fp16(args) -> int:
     with Progress("fp16") as status:
         report = convert_mixed_precision(args.model, args.output, samples=samples, options=options,
                                          progress=lambda msg: status.update(f"fp16: {msg}"))
-    if args.report:
-        from surgeon.report import write_json
-
-        write_json(args.report, report.to_dict())
-    render(report, _stdout_console())
+    render(report, _emit(args, report.to_dict()))
     return EXIT_OK if report.passed else EXIT_FAIL
 
 
@@ -1025,16 +1001,32 @@ def _add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout instead of the tables")
 
 
-def _emit(args, data: dict) -> bool:
-    """Write the report where asked; True when the terminal tables should still be printed."""
-    from surgeon.report import to_json, write_json
+def _emit(args, data: dict):
+    """Write the report where asked; returns the console the tables go to (a sink under --json)."""
+    from surgeon.report import write_json
 
     if getattr(args, "report", None):
         write_json(args.report, data)
+    _print_json(args, data)
+    return _tables_console(args)
+
+
+def _print_json(args, data: dict) -> None:
     if getattr(args, "json", False):
+        from surgeon.report import to_json
+
         sys.stdout.write(to_json(data))
-        return False
-    return True
+
+
+def _tables_console(args):
+    """Where tables go: stdout, or nowhere under --json (stdout is the JSON then)."""
+    if getattr(args, "json", False):
+        import io
+
+        from rich.console import Console
+
+        return Console(file=io.StringIO())
+    return _stdout_console()
 
 
 def _stdout_console():
