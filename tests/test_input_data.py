@@ -273,7 +273,7 @@ def test_user_value_range_wins_over_the_inferred_one():
 def test_float_roles_get_valid_values_too():
     m = model_from_text("""
     <ir_version: 8, opset_import: ["" : 11]>
-    g (int64[4] idx, float[1] depth, int64[2] values) => (int64[4, ?] y) {
+    g (int64[4] idx, float[1] depth, float[2] values) => (float[4, ?] y) {
       y = OneHot (idx, depth, values)
     }""")
     s = input_data.make_samples(m)[0]

@@ -60,7 +60,7 @@ def _to_ortvalue(value: Any, keep: list) -> Any:
     from onnx import helper, numpy_helper
 
     if isinstance(value, (list, tuple, dict)):
-        raise BackendError("sequences and maps cannot be fed together with bfloat16/float8/int4 tensors or outputs "
+        raise BackendError("sequence and map inputs cannot be fed to a model with bfloat16/float8/int4 outputs "
                            "(ONNX Runtime's Python API builds no sequence OrtValue)")
     arr = np.ascontiguousarray(value)
     if not _is_exotic_array(arr):
@@ -107,14 +107,17 @@ class OrtSession(Session):
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         """Tensors of numpy's own types, lists (sequences), None (absent optionals) and dicts
-        (maps) go to ORT as they are; bfloat16/float8/int4 arrays, or outputs of those types,
-        take the OrtValue path, where an absent optional is left out of the feed."""
+        (maps) go to ORT as they are, bfloat16/float8/int4 arrays as OrtValues. A model with
+        outputs of those types runs through ``run_with_ort_values`` (its outputs would not
+        convert to numpy otherwise), where an absent optional is left out of the feed."""
         feeds = dict(feeds)
+        keep: list = []
         try:
-            if not self._exotic_outputs and not any(_is_exotic_array(v) for v in feeds.values()):
-                values = self._sess.run(self.output_names, feeds)
+            if not self._exotic_outputs:
+                # ORT's run() takes OrtValues beside arrays and lists; only its outputs need numpy types.
+                fed = {k: _to_ortvalue(v, keep) if _is_exotic_array(v) else v for k, v in feeds.items()}
+                values = self._sess.run(self.output_names, fed)
             else:
-                keep: list = []
                 ort_feeds = {k: _to_ortvalue(v, keep) for k, v in feeds.items() if v is not None}
                 values = [_from_ortvalue(v) for v in self._sess.run_with_ort_values(self.output_names, ort_feeds)]
         except BackendError:
