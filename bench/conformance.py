@@ -12,7 +12,7 @@ Every test gets one outcome:
 
 - ``equivalent``: the written output keeps the interface and matches on the test inputs;
 - ``refused``: surgeon raised a SurgeonError (the CLI's exit 2);
-- ``crash``: any other exception, the worker dying, or the timeout;
+- ``crash``: any other exception, or the worker dying; ``timeout``: no result in time;
 - ``wrong-output``: ONNX Runtime cannot load or run the output, or its outputs differ;
 - ``interface-changed``: graph input/output names, order or types changed.
 
@@ -27,6 +27,7 @@ checkout uses the same judge.
     python bench/conformance.py prepare [--out /work/models/conformance]
     python bench/conformance.py run [--data DIR] [--jobs 2] [--timeout 180] [--peers onnxslim]
                                     [--only SUBSTR ...] [--json FILE]
+    python bench/conformance.py summary FILE.json
 
 ``PYTHONPATH`` decides which checkout's ``surgeon`` is measured (the path is printed):
 ``PYTHONPATH=. python bench/conformance.py run`` for this one. Records are appended to
@@ -450,8 +451,8 @@ def run_all(cases: list[Path], jobs: int, timeout: float, peers: tuple[str, ...]
                            "detail": f"worker died (exit {slot.proc.exitcode})"}
                     slot.kill()
                 if rec is None and time.time() - since > timeout:
-                    rec = {"test": f"{case.parent.name}/{case.name}", "kind": case.parent.name, "outcome": "crash",
-                           "detail": f"timeout ({timeout:g} s)"}
+                    rec = {"test": f"{case.parent.name}/{case.name}", "kind": case.parent.name, "outcome": "timeout",
+                           "detail": f"no result within {timeout:g} s"}
                     slot.kill()
                 if rec is not None:
                     results.append(rec)
@@ -472,16 +473,16 @@ def run_all(cases: list[Path], jobs: int, timeout: float, peers: tuple[str, ...]
 
 
 def _reason_group(text: str) -> str:
+    """Why a written model was not verified numerically, in a few buckets."""
     t = text.lower()
-    for key, label in (("bfloat16", "bfloat16/float8 data"), ("float8", "bfloat16/float8 data"),
-                       ("numpy_type", "bfloat16/float8 data"), ("no corresponding numpy", "bfloat16/float8 data"),
-                       ("out of", "integer inputs out of range"), ("index", "integer inputs out of range"),
-                       ("indices", "integer inputs out of range"), ("invalid", "integer inputs / shapes invalid"),
-                       ("no valid", "no valid sample (reported)"), ("fails on", "input model fails on generated inputs"),
-                       ("cannot run", "ORT cannot run an added op")):
-        if key in t:
+    for keys, label in ((("numpy_type", "no corresponding numpy type"), "bfloat16/float8 data ORT could not take or give"),
+                        (("no valid sample could be made",), "no valid sample could be made (reason given per input)"),
+                        (("fails on the given inputs", "does not run on generated inputs", "no generated input sizes run"),
+                         "generated inputs rejected by the model (indices, axes, shapes, counts)"),
+                        (("cannot load the model", "cannot run"), "ONNX Runtime cannot run the model or an added op")):
+        if any(k in t for k in keys):
             return label
-    return text[:60]
+    return text[:80]
 
 
 def summarize(results: list[dict], peers: tuple[str, ...]) -> dict:
@@ -496,7 +497,7 @@ def summarize(results: list[dict], peers: tuple[str, ...]) -> dict:
         "unverified_but_written": len(unverified),
         "unverified_reasons": dict(Counter(_reason_group(r["verification"]) for r in unverified).most_common()),
         "refused_reasons": dict(Counter(r["detail"][:80] for r in counted if r["outcome"] == "refused").most_common(15)),
-        "crashes": [f"{r['test']}: {r['detail']}" for r in counted if r["outcome"] == "crash"],
+        "crashes": [f"{r['test']}: {r['detail']}" for r in counted if r["outcome"] in ("crash", "timeout")],
         "wrong": [f"{r['test']}: {r['detail']}" for r in counted if r["outcome"] in ("wrong-output", "interface-changed")],
         "rolled_back_models": sum(1 for r in written if r.get("rolled_back")),
     }
@@ -514,7 +515,7 @@ def print_summary(s: dict, peers: tuple[str, ...]) -> None:
     t.add_column("surgeon", justify="right")
     for peer in peers:
         t.add_column(peer, justify="right")
-    rows = ["equivalent", "refused", "crash", "wrong-output", "interface-changed", "bench-error"]
+    rows = ["equivalent", "refused", "crash", "timeout", "wrong-output", "interface-changed", "bench-error"]
     for row in rows:
         t.add_row(row, str(s["outcomes"].get(row, 0)), *[str(s[p].get(row, 0)) for p in peers])
     t.add_row("numerically verified", str(s["numerically_verified"]), *["-" for _ in peers])
@@ -543,9 +544,17 @@ def main() -> None:
     r.add_argument("--peers", nargs="*", default=[], choices=["onnxslim", "onnxsim"])
     r.add_argument("--only", nargs="*", default=[], help="only tests whose name contains one of these")
     r.add_argument("--json", type=Path, help="write every record and the summary here")
+    sm = sub.add_parser("summary", help="print the summary of a JSON (or .partial.jsonl) written by 'run'")
+    sm.add_argument("file", type=Path)
     args = ap.parse_args()
     if args.cmd == "prepare":
         prepare(args.out)
+        return
+    if args.cmd == "summary":
+        text = args.file.read_text()
+        results = json.loads(text)["results"] if args.file.suffix == ".json" else [json.loads(l) for l in text.splitlines() if l]
+        peers = tuple(p for p in ("onnxslim", "onnxsim") if any(p in r for r in results))
+        print_summary(summarize(results, peers), peers)
         return
     import surgeon
 
