@@ -349,7 +349,7 @@ class _Plan:
 
 
 def _plan(model: onnx.ModelProto, specs: list[InputSpec], sizes: Mapping[str, int], pins: Mapping[str, tuple[int, ...]],
-          ranges: Mapping[str, tuple[float, float]]) -> _Plan:
+          ranges: Mapping[str, tuple[float, float]], index: Any = None) -> _Plan:
     names = [n for n in input_ranges.constrained_input_names(model) if n not in ranges]
     constraints: dict[str, input_ranges.Constraint] = {}
     if names:
@@ -362,7 +362,7 @@ def _plan(model: onnx.ModelProto, specs: list[InputSpec], sizes: Mapping[str, in
                     lengths[s.name] = SEQUENCE_LENGTH
             except InputDataError:
                 continue  # reported when the feed is made
-        constraints = input_ranges.infer_constraints(model, shapes, lengths, names)
+        constraints = input_ranges.infer_constraints(model, shapes, lengths, names, index)
     return _Plan(dict(sizes), constraints)
 
 
@@ -443,6 +443,7 @@ def verification_samples(
 
 def _verification_samples(model, specs, pins, seed, runs):
     fixed = pinned_sizes(specs, pins)
+    index = input_ranges.index_model(model)
 
     def finish(samples: list[dict[str, Any]], note: str | None):
         absent = _absent_variant(specs, samples[0])
@@ -451,7 +452,7 @@ def _verification_samples(model, specs, pins, seed, runs):
         return samples, note
 
     if all(s in fixed for s in symbols(specs)):
-        plan = _plan(model, specs, fixed, pins, {})
+        plan = _plan(model, specs, fixed, pins, {}, index)
         feeds = _feeds(specs, plan, pins, seed, {})
         if plan.problems() and not runs(feeds):
             return [], _no_sample_note(plan.problems(), "the model does not run on generated inputs")
@@ -460,7 +461,7 @@ def _verification_samples(model, specs, pins, seed, runs):
     problems: list[str] = []
     tried = []
     for pair in size_attempts(specs, pins):
-        plans = [_plan(model, specs, sizes, pins, {}) for sizes in pair]
+        plans = [_plan(model, specs, sizes, pins, {}, index) for sizes in pair]
         feeds = [_feeds(specs, p, pins, seed + i, {}) for i, p in enumerate(plans)]
         if all(runs(f) for f in feeds):
             return finish(feeds, None)
@@ -550,18 +551,18 @@ def make_samples(
         default = ranges.pop("")
         ranges = {s.name: ranges.get(s.name, default) for s in specs}
     sizes = pinned_sizes(specs, pins)
-    plan = None
+    index = input_ranges.index_model(model)
     if any(s not in sizes for s in symbols(specs)):
         candidates = [pair[0] for pair in size_attempts(specs, pins)]
-        plan = _plan(model, specs, candidates[0], pins, ranges)
+        plan = _plan(model, specs, candidates[0], pins, ranges, index)
         if runs is not None:
             for cand in candidates:
-                p = _plan(model, specs, cand, pins, ranges)
+                p = _plan(model, specs, cand, pins, ranges, index)
                 if runs(_feeds(specs, p, pins, seed, ranges)):
                     plan = p
                     break
     else:
-        plan = _plan(model, specs, sizes, pins, ranges)
+        plan = _plan(model, specs, sizes, pins, ranges, index)
     return [_feeds(specs, plan, pins, seed + i, ranges) for i in range(max(1, iterations))]
 
 

@@ -135,17 +135,15 @@ def _index(model: onnx.ModelProto) -> _Graph:
             except Exception:  # an exotic type we need no values of
                 pass
 
-    graphs = [model.graph]
-    for node, _g in _walk(model.graph):
+    for t in model.graph.initializer:
+        add_tensor(t)
+    for node, _g in _walk(model.graph):  # one walk: the node objects keyed here are the ones stored below
         for attr in node.attribute:
             if attr.HasField("g"):
-                graphs.append(attr.g)
+                for t in attr.g.initializer:
+                    add_tensor(t)
                 if node.op_type in ("Loop", "Scan"):
                     bodies[id(node)] = attr.g
-    for g in graphs:
-        for t in g.initializer:
-            add_tensor(t)
-    for node, _g in _walk(model.graph):
         nodes.append(node)
         for i, name in enumerate(node.input):
             if name:
@@ -674,11 +672,17 @@ def _input_names(model: onnx.ModelProto, types: frozenset[int]) -> list[str]:
             and vi.type.tensor_type.elem_type in types]
 
 
+def index_model(model: onnx.ModelProto) -> _Graph:
+    """The use index of a model, to pass to several :func:`infer_constraints` calls (one per sample size)."""
+    return _index(model)
+
+
 def infer_constraints(
     model: onnx.ModelProto,
     shapes: Mapping[str, tuple[int, ...]],
     sequence_lengths: Mapping[str, int] | None = None,
     names: list[str] | None = None,
+    index: _Graph | None = None,
 ) -> dict[str, Constraint]:
     """A Constraint for every integer input some use constrains (others are absent: any value works).
 
@@ -688,7 +692,7 @@ def infer_constraints(
     names = constrained_input_names(model) if names is None else names
     if not names:
         return {}
-    g = _index(model)
+    g = index if index is not None else _index(model)
     shape_of = _shape_oracle(model, g, shapes)
     seq_len = _sequence_lengths(g, dict(sequence_lengths or {}))
     out: dict[str, Constraint] = {}

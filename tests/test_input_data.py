@@ -356,3 +356,23 @@ def test_sequences_are_checked_elementwise():
         input_data.check_feeds(m, [{"s": np.zeros((2, 3), np.float32), "pos": good["pos"]}])
     with pytest.raises(InputDataError, match=r"input 'pos' holds values in \[5, 5\].*\[-2, 1\]"):
         input_data.check_feeds(m, [{"s": good["s"], "pos": np.array(5, np.int64)}])
+
+
+def test_loop_carried_index_is_bounded_by_a_gather_in_the_body():
+    body = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx_in"], ["g"]), helper.make_node("Identity", ["idx_in"], ["idx_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [helper.make_tensor_value_info("i", TP.INT64, []), helper.make_tensor_value_info("cond_in", TP.BOOL, []),
+         helper.make_tensor_value_info("idx_in", TP.INT64, [3])],
+        [helper.make_tensor_value_info("cond_out", TP.BOOL, []), helper.make_tensor_value_info("idx_out", TP.INT64, [3]),
+         helper.make_tensor_value_info("g", TP.FLOAT, [3, 4])])
+    m = _model([helper.make_node("Loop", ["M", "", "idx"], ["idx_final", "gs"], body=body)],
+               [helper.make_tensor_value_info("M", TP.INT64, []), helper.make_tensor_value_info("idx", TP.INT64, [3])],
+               [helper.make_tensor_value_info("idx_final", TP.INT64, [3]), helper.make_tensor_value_info("gs", TP.FLOAT, [None, 3, 4])],
+               [numpy_helper.from_array(np.zeros((7, 4), np.float32), "table")], opset=17, ir=8)
+    c = input_ranges.infer_constraints(m, {"M": (), "idx": (3,)})
+    assert (c["idx"].valid_lo, c["idx"].valid_hi) == (-7, 6) and (c["M"].lo, c["M"].hi) == (1, 3)
+    for seed in range(3):
+        s = input_data.make_samples(m, seed=seed)[0]
+        assert 0 <= s["idx"].min() and s["idx"].max() <= 6
+        assert _run(m, s)["gs"].shape == (int(s["M"]), 3, 4)
