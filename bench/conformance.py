@@ -323,7 +323,8 @@ def _line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
-def run_case(case: str, peers: tuple[str, ...]) -> dict:
+def run_case(case: str, tools: tuple[str, ...]) -> dict:
+    """One test: ORT on its own inputs (else ``ort-cannot-run``), then each tool on it."""
     import onnx
 
     path = Path(case)
@@ -336,6 +337,17 @@ def run_case(case: str, peers: tuple[str, ...]) -> dict:
     except Exception as exc:
         rec.update(outcome="ort-cannot-run", detail=_line(exc))
         return rec
+    rec["outcome"] = "not-run"
+    if "surgeon" in tools:
+        rec.update(run_surgeon(model, sets, refs))
+    for peer in tools:
+        if peer != "surgeon":
+            rec[peer] = run_peer(peer, path / "model.onnx", model, sets, refs)
+    return rec
+
+
+def run_surgeon(model, sets: list, refs: list) -> dict:
+    """``surgeon.fix`` through the Python API (default pipeline, verification on), its output judged."""
     import surgeon
     from surgeon.errors import SurgeonError
 
@@ -343,15 +355,12 @@ def run_case(case: str, peers: tuple[str, ...]) -> dict:
     try:
         out, report = surgeon.fix(model)
     except SurgeonError as exc:
-        rec.update(outcome="refused", detail=_line(exc), seconds=time.perf_counter() - t0)
-        return rec
+        return {"outcome": "refused", "detail": _line(exc), "seconds": time.perf_counter() - t0}
     except Exception as exc:
-        rec.update(outcome="crash", detail=f"{type(exc).__name__}: {_line(exc)}",
-                   where=traceback.format_exc().strip().splitlines()[-3:], seconds=time.perf_counter() - t0)
-        return rec
-    rec["seconds"] = time.perf_counter() - t0
-    rec["verification"] = getattr(report, "verification", "?")
-    rec["rolled_back"] = [p.name for p in getattr(report, "rolled_back", [])]
+        return {"outcome": "crash", "detail": f"{type(exc).__name__}: {_line(exc)}",
+                "where": traceback.format_exc().strip().splitlines()[-3:], "seconds": time.perf_counter() - t0}
+    rec = {"seconds": time.perf_counter() - t0, "verification": getattr(report, "verification", "?"),
+           "rolled_back": [p.name for p in getattr(report, "rolled_back", [])]}
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "out.onnx"
         try:
@@ -361,8 +370,6 @@ def run_case(case: str, peers: tuple[str, ...]) -> dict:
             rec.update(outcome="crash", detail=f"saving the output failed: {_line(exc)}")
             return rec
     rec["outcome"], rec["detail"] = judge_output(model, out_bytes, sets, refs)
-    for peer in peers:
-        rec[peer] = run_peer(peer, path / "model.onnx", model, sets, refs)
     return rec
 
 
@@ -385,7 +392,7 @@ def run_peer(peer: str, src: Path, model, sets, refs) -> dict:
 # --- the pool: long-lived workers, a hung or dead one is killed and replaced ---------------------
 
 
-def _worker(conn, peers) -> None:
+def _worker(conn, tools) -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -397,19 +404,19 @@ def _worker(conn, peers) -> None:
         if case is None:
             return
         try:
-            conn.send(run_case(case, peers))
+            conn.send(run_case(case, tools))
         except BaseException as exc:  # the judge itself failed: record it, keep going
             conn.send({"test": case, "outcome": "bench-error", "detail": f"{type(exc).__name__}: {_line(exc)}"})
 
 
 class _Slot:
-    def __init__(self, ctx, peers):
-        self.ctx, self.peers = ctx, peers
+    def __init__(self, ctx, tools):
+        self.ctx, self.tools = ctx, tools
         self.start()
 
     def start(self) -> None:
         self.conn, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker, args=(child, self.peers), daemon=True)
+        self.proc = self.ctx.Process(target=_worker, args=(child, self.tools), daemon=True)
         self.proc.start()
         child.close()
 
@@ -419,10 +426,10 @@ class _Slot:
         self.start()
 
 
-def run_all(cases: list[Path], jobs: int, timeout: float, peers: tuple[str, ...], log: Path | None = None) -> list[dict]:
+def run_all(cases: list[Path], jobs: int, timeout: float, tools: tuple[str, ...], log: Path | None = None) -> list[dict]:
     """Every case through the worker pool; each record is also appended to ``log`` (JSON lines) as it comes."""
     ctx = mp.get_context("fork")
-    slots = [_Slot(ctx, peers) for _ in range(max(1, jobs))]
+    slots = [_Slot(ctx, tools) for _ in range(max(1, jobs))]
     pending = list(cases)
     busy: dict[int, tuple[Path, float]] = {}
     results = []
@@ -486,7 +493,7 @@ def _reason_group(text: str) -> str:
 
 
 def summarize(results: list[dict], peers: tuple[str, ...]) -> dict:
-    counted = [r for r in results if r["outcome"] != "ort-cannot-run"]
+    counted = [r for r in results if r["outcome"] != "ort-cannot-run"]  # "not-run": peers only
     outcomes = Counter(r["outcome"] for r in counted)
     written = [r for r in counted if "verification" in r]
     numeric = sum(1 for r in written if r["verification"] == "numeric")
@@ -542,6 +549,7 @@ def main() -> None:
     r.add_argument("--jobs", type=int, default=2)
     r.add_argument("--timeout", type=float, default=180.0, help="seconds per test (default 180)")
     r.add_argument("--peers", nargs="*", default=[], choices=["onnxslim", "onnxsim"])
+    r.add_argument("--no-surgeon", action="store_true", help="run the peers only")
     r.add_argument("--only", nargs="*", default=[], help="only tests whose name contains one of these")
     r.add_argument("--json", type=Path, help="write every record and the summary here")
     sm = sub.add_parser("summary", help="print the summary of a JSON (or .partial.jsonl) written by 'run'")
@@ -569,7 +577,8 @@ def main() -> None:
     if partial is not None:
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text("")
-    results = run_all(cases, args.jobs, args.timeout, tuple(args.peers), partial)
+    tools = (() if args.no_surgeon else ("surgeon",)) + tuple(args.peers)
+    results = run_all(cases, args.jobs, args.timeout, tools, partial)
     summary = summarize(results, tuple(args.peers))
     summary["wall_s"] = round(time.time() - t0, 1)
     summary["surgeon"] = str(Path(surgeon.__file__).parent)
