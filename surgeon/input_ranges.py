@@ -453,6 +453,9 @@ def _role(use: _Use) -> Constraint | None:
         return _need(use, "the output shape", 1, 3, valid=(0, None))
     if op == "Resize" and i in (1, 2, 3):
         return _resize_input(use)
+    if op == "Upsample" and i == 1:
+        k = int(np.prod(use.seen_shape)) if use.seen_shape else 0
+        return _exact(use, "the scales (last two dims doubled)", [1] * (k - 2) + [2] * min(k, 2)) if k else None
     if op in ("LSTM", "GRU", "RNN") and i == 4:
         layout = int(_attr(node, "layout", 0))
         d, why = use.dim(0, 1 if layout else 0)

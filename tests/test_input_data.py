@@ -376,3 +376,24 @@ def test_loop_carried_index_is_bounded_by_a_gather_in_the_body():
         s = input_data.make_samples(m, seed=seed)[0]
         assert 0 <= s["idx"].min() and s["idx"].max() <= 6
         assert _run(m, s)["gs"].shape == (int(s["M"]), 3, 4)
+
+
+@pytest.mark.parametrize("text", [
+    # cubic Resize only resizes the last two dims: sizes must keep N and C
+    """<ir_version: 8, opset_import: ["" : 13]>
+    g (float[1, 2, 4, 4] x, int64[4] sizes) => (float[?, ?, ?, ?] y) {
+      roi = Constant <value = float[0] {}> ()
+      sc = Constant <value = float[0] {}> ()
+      y = Resize <mode = "cubic"> (x, roi, sc, sizes)
+    }""",
+    # Upsample's scales must be >= 1
+    """<ir_version: 8, opset_import: ["" : 9]>
+    g (float[1, 2, 4, 4] x, float[4] scales) => (float[?, ?, ?, ?] y) {
+      y = Upsample <mode = "nearest"> (x, scales)
+    }""",
+])
+def test_resize_like_inputs_get_values_the_kernel_accepts(text):
+    m = model_from_text(text)
+    s = input_data.make_samples(m)[0]
+    y = _run(m, s)["y"]
+    assert y.shape == (1, 2, 8, 8)
