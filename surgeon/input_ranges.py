@@ -93,12 +93,16 @@ class _Path:
 
     ``exact_ok``: the elements reach the use in order and unmixed (no Concat, Gather,
     Slice on the way), so an exact value for the use is an exact value for the input.
+    ``sure``: every element reaches the use unchanged in range (not only a Gather'd or
+    Slice'd part, not clamped by Max/Min), so what the use accepts bounds what a user may
+    feed; otherwise the bounds only guide generation.
     """
 
     scale: int = 1
     offset: int = 0
     exact_ok: bool = True
     via: tuple[str, ...] = ()
+    sure: bool = True
 
 
 @dataclass
@@ -110,16 +114,18 @@ class _Graph:
     constants: dict[str, np.ndarray]  # small initializers and Constant outputs
     dims: dict[str, tuple[int | None, ...]]  # known static dims (initializers, Constants)
     loop_bodies: dict[int, onnx.GraphProto] = field(default_factory=dict)  # id(node) -> body (Loop/Scan)
+    conditional: set[int] = field(default_factory=set)  # id(node) of nodes inside an If branch: may never run
 
 
-def _walk(graph: onnx.GraphProto) -> Iterator[tuple[onnx.NodeProto, onnx.GraphProto]]:
+def _walk(graph: onnx.GraphProto, in_branch: bool = False) -> Iterator[tuple[onnx.NodeProto, bool]]:
+    """Every node, subgraphs included, and whether it sits inside an If branch."""
     for node in graph.node:
-        yield node, graph
+        yield node, in_branch
         for attr in node.attribute:
             if attr.HasField("g"):
-                yield from _walk(attr.g)
+                yield from _walk(attr.g, in_branch or node.op_type == "If")
             for sub in attr.graphs:
-                yield from _walk(sub)
+                yield from _walk(sub, in_branch or node.op_type == "If")
 
 
 def _index(model: onnx.ModelProto) -> _Graph:
@@ -137,7 +143,10 @@ def _index(model: onnx.ModelProto) -> _Graph:
 
     for t in model.graph.initializer:
         add_tensor(t)
-    for node, _g in _walk(model.graph):  # one walk: the node objects keyed here are the ones stored below
+    conditional: set[int] = set()
+    for node, in_branch in _walk(model.graph):  # one walk: the node objects keyed here are the ones stored below
+        if in_branch:
+            conditional.add(id(node))
         for attr in node.attribute:
             if attr.HasField("g"):
                 for t in attr.g.initializer:
@@ -159,7 +168,7 @@ def _index(model: onnx.ModelProto) -> _Graph:
                     value = np.array(attr.i if attr.name == "value_int" else list(attr.ints), dtype=np.int64)
                     constants[node.output[0]] = value
                     dims[node.output[0]] = value.shape
-    return _Graph(nodes, consumers, constants, dims, bodies)
+    return _Graph(nodes, consumers, constants, dims, bodies, conditional)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -186,6 +195,7 @@ _PASS_ORDERED = {"Identity": (0,), "Cast": (0,), "CastLike": (0,), "Unsqueeze": 
                  "Reshape": (0,), "Flatten": (0,)}
 _PASS_MIXED = {"Concat": None, "Gather": (0,), "GatherElements": (0,), "GatherND": (0,), "Slice": (0,),
                "Expand": (0,), "Tile": (0,), "Transpose": (0,), "Max": None, "Min": None}
+_PASS_PART = {"Gather", "GatherElements", "GatherND", "Slice", "Max", "Min"}  # not every value arrives unchanged
 _INT_CAST_TARGETS = INT_TYPES
 
 
@@ -207,9 +217,9 @@ def _uses(g: _Graph, name: str) -> Iterator[tuple[onnx.NodeProto, int, _Path]]:
                     continue  # a float copy of the value: its uses need no integer
                 nxt = replace(path, via=path.via + (_label(node),))
             elif op in _PASS_MIXED and (_PASS_MIXED[op] is None or idx in _PASS_MIXED[op]):
-                nxt = replace(path, exact_ok=False, via=path.via + (_label(node),))
+                nxt = replace(path, exact_ok=False, via=path.via + (_label(node),), sure=path.sure and op not in _PASS_PART)
             elif op == "Neg":
-                nxt = _Path(-path.scale, -path.offset, path.exact_ok, path.via + (_label(node),))
+                nxt = replace(path, scale=-path.scale, offset=-path.offset, via=path.via + (_label(node),))
             elif op in ("Add", "Sub", "Mul") and len(node.input) == 2:
                 c = _scalar_constant(g, node.input[1 - idx])
                 if c is None:
@@ -219,9 +229,9 @@ def _uses(g: _Graph, name: str) -> Iterator[tuple[onnx.NodeProto, int, _Path]]:
                 elif op == "Sub" and idx == 0:
                     nxt = replace(path, offset=path.offset - c)
                 elif op == "Sub":
-                    nxt = _Path(-path.scale, c - path.offset, path.exact_ok)
+                    nxt = replace(path, scale=-path.scale, offset=c - path.offset)
                 elif c > 0:
-                    nxt = _Path(path.scale * c, path.offset * c, path.exact_ok)
+                    nxt = replace(path, scale=path.scale * c, offset=path.offset * c)
                 else:
                     continue
                 nxt = replace(nxt, via=path.via + (_label(node),))
@@ -707,6 +717,8 @@ def infer_constraints(
             if c is None:
                 continue
             c = _through(c, path)
+            if not path.sure or id(node) in g.conditional:
+                c = replace(c, valid_lo=None, valid_hi=None)  # a guide for generation, not a rule for users' data
             acc = c if acc is None else _intersect(acc, c)
         if acc is not None:
             out[name] = acc

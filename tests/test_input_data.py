@@ -397,3 +397,21 @@ def test_resize_like_inputs_get_values_the_kernel_accepts(text):
     s = input_data.make_samples(m)[0]
     y = _run(m, s)["y"]
     assert y.shape == (1, 2, 8, 8)
+
+
+def test_bounds_through_a_partial_path_guide_generation_but_do_not_reject_data():
+    # Only ids[:, :-1] reaches the Gather: the last column may hold anything (a pad id, say).
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (int64[1, 4] ids) => (float[1, ?, 2] e)
+      <float[10, 2] table = {0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0, 18.0, 19.0},
+       int64[1] st = {0}, int64[1] en = {-1}, int64[1] ax = {1}> {
+      head = Slice (ids, st, en, ax)
+      e = Gather (table, head)
+    }""")
+    s = input_data.make_samples(m, seed=2)[0]
+    assert 0 <= s["ids"].min() and s["ids"].max() <= 9  # generation still stays inside the table
+    data = {"ids": np.array([[1, 2, 3, 999]], np.int64)}
+    input_data.check_feeds(m, [data], run=True)  # not rejected: the model runs on it
+    with pytest.raises(InputDataError, match="cannot run on the input data"):
+        input_data.check_feeds(m, [{"ids": np.array([[1, 999, 3, 4]], np.int64)}], run=True)
