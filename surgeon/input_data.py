@@ -245,8 +245,10 @@ def random_array(
     if dtype == np.bool_:
         return rng.integers(0, 2, size=shape).astype(np.bool_)
     if is_integer_dtype(dtype):
-        lo, hi = value_range if value_range is not None else DEFAULT_INT_RANGE
         info = _iinfo(dtype)
+        lo, hi = value_range if value_range is not None else DEFAULT_INT_RANGE
+        if value_range is None and dtype.name in _ML_INTS:
+            lo, hi = int(info.min), int(info.max)  # int4/int2: the whole (small) range
         lo, hi = max(int(np.ceil(lo)), int(info.min)), min(int(np.floor(hi)), int(info.max))
         if lo > hi:
             lo = hi = min(max(0, int(info.min)), int(info.max))

@@ -54,18 +54,35 @@ def test_float8_and_bfloat16_reach_ort_and_come_back_by_value(elem, np_name):
     np.testing.assert_array_equal(out["y"].astype(np.float32), x.astype(np.float32))
 
 
-@pytest.mark.parametrize("elem,np_name", [("INT4", "int4"), ("UINT4", "uint4")])
-@pytest.mark.parametrize("shape", [[2, 3], [5]])  # an odd count: the last byte is half used
-def test_int4_is_packed_for_ort_and_unpacked_back(elem, np_name, shape):
-    t = getattr(TP, elem)
+@pytest.mark.parametrize("elem,np_name", [("INT4", "int4"), ("UINT4", "uint4"), ("INT2", "int2"), ("UINT2", "uint2")])
+@pytest.mark.parametrize("shape", [[2, 3], [5]])  # an odd count: the last byte is partly used
+def test_int4_and_int2_are_packed_for_ort_and_unpacked_back(elem, np_name, shape):
+    t = getattr(TP, elem, None)
+    if t is None:
+        pytest.skip(f"this onnx has no TensorProto.{elem}")
     m = _model([helper.make_node("Cast", ["x"], ["f"], to=TP.FLOAT), helper.make_node("Cast", ["f"], ["y"], to=t)],
                [helper.make_tensor_value_info("x", t, shape)],
-               [helper.make_tensor_value_info("f", TP.FLOAT, shape), helper.make_tensor_value_info("y", t, shape)])
-    x = np.array([1, 7, 0, 3, 5, 2][: int(np.prod(shape))]).reshape(shape).astype(np.dtype(np_name))
+               [helper.make_tensor_value_info("f", TP.FLOAT, shape), helper.make_tensor_value_info("y", t, shape)],
+               opset=25, ir=11)
+    x = input_data.make_samples(m, seed=0)[0]["x"]
+    assert x.dtype.name == np_name and x.shape == tuple(shape)
+    info = ml_dtypes.iinfo(x.dtype)
+    assert len(set(x.astype(np.int32).ravel().tolist())) > 1 and info.min <= x.astype(np.int32).min()
     out = _run(m, {"x": x})
     np.testing.assert_array_equal(out["f"], x.astype(np.float32))
     assert out["y"].dtype.name == np_name and out["y"].shape == tuple(shape)
     np.testing.assert_array_equal(out["y"].astype(np.int32), x.astype(np.int32))
+
+
+def test_float8_e8m0_scales_reach_ort():
+    t = getattr(TP, "FLOAT8E8M0", None)
+    if t is None:
+        pytest.skip("this onnx has no TensorProto.FLOAT8E8M0")
+    m = _model([helper.make_node("Cast", ["x"], ["f"], to=TP.FLOAT)], [helper.make_tensor_value_info("x", t, [6])],
+               [helper.make_tensor_value_info("f", TP.FLOAT, [6])], opset=25, ir=11)
+    x = input_data.make_samples(m, seed=0)[0]["x"]
+    assert x.dtype.name == "float8_e8m0fnu" and (x.astype(np.float32) > 0).all()  # powers of two: no zeros, no NaN
+    np.testing.assert_array_equal(_run(m, {"x": x})["f"], x.astype(np.float32))
 
 
 @pytest.mark.parametrize("elem", ["FLOAT", "DOUBLE", "FLOAT16", "INT8", "UINT8", "INT16", "UINT16", "INT32", "INT64",
