@@ -537,7 +537,16 @@ def _role(use: _Use) -> Constraint | None:
         k = int(np.prod(use.seen_shape)) if use.seen_shape else 1
         return _exact(use, "the output size", [n] + [1] + [3] * (k - 2)) if n else _fail(use, "the output size", why)
     if op == "Col2Im" and i in (1, 2):
-        return _fail(use, "the image or block shape", "it must match the input's block count, which is not inferred")
+        what = "the image shape" if i == 1 else "the block shape"
+        shape = use.shape_of(node.input[0])
+        if shape is None or len(shape) != 3 or any(d is None for d in shape):
+            return _fail(use, what, f"the shape of '{node.input[0]}' is unknown")
+        k = int(np.prod(use.seen_shape)) if use.seen_shape else 0
+        solution = _col2im_shapes(node, shape[1], shape[2], k)
+        if solution is None:
+            return _fail(use, what, f"no image and block shape of {k} dims up to size {_COL2IM_MAX} fit "
+                                    f"'{node.input[0]}' {list(shape)}")
+        return _exact(use, what, solution[i - 1])
     if op == "ImageDecoder" and i == 0:
         return _fail(use, "the encoded image", "random bytes are not an image")
     if op == "MaxUnpool" and i in (1, 2):
@@ -548,6 +557,51 @@ def _role(use: _Use) -> Constraint | None:
         if i == 2:
             return _exact(use, "the output shape (the default one)", list(shape[:2]) + spatial)
         return _need(use, "the indices (positions in one output plane)", 0, int(np.prod(spatial)) - 1)
+    return None
+
+
+_COL2IM_MAX = 16
+
+
+def _col2im_shapes(node: onnx.NodeProto, channels_x_block: int, blocks: int, k: int) -> tuple[list[int], list[int]] | None:
+    """An (image_shape, block_shape) pair Col2Im accepts for an input [N, C*prod(block), L].
+
+    The block must divide the channel dim, and the sliding-block counts per spatial dim
+    must multiply to L. Searched small-first, the same for both inputs (deterministic).
+    """
+    import itertools
+
+    if k <= 0:
+        return None
+    dil = list(_attr(node, "dilations", [1] * k))
+    strides = list(_attr(node, "strides", [1] * k))
+    pads = list(_attr(node, "pads", [0] * 2 * k))
+    for block in itertools.product(range(1, 5), repeat=k):
+        if channels_x_block % int(np.prod(block)):
+            continue
+        # per dim: block count -> the smallest image size giving it
+        counts: list[dict[int, int]] = []
+        for d in range(k):
+            options: dict[int, int] = {}
+            for img in range(1, _COL2IM_MAX + 1):
+                span = img + pads[d] + pads[k + d] - dil[d] * (block[d] - 1) - 1
+                if span >= 0:
+                    options.setdefault(span // strides[d] + 1, img)
+            counts.append(options)
+
+        def split(d: int, rest: int) -> list[int] | None:
+            if d == k:
+                return [] if rest == 1 else None
+            for n, img in sorted(counts[d].items()):
+                if rest % n == 0:
+                    tail = split(d + 1, rest // n)
+                    if tail is not None:
+                        return [img] + tail
+            return None
+
+        image = split(0, blocks)
+        if image is not None:
+            return image, list(block)
     return None
 
 

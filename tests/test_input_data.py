@@ -272,13 +272,30 @@ def test_shape_reached_through_concat_is_reported_not_guessed():
 
 def test_a_model_that_cannot_get_valid_integers_says_which_input_and_why():
     m = model_from_text("""
-    <ir_version: 8, opset_import: ["" : 18]>
-    g (float[1, 5, 5] x, int64[2] image_shape, int64[2] block_shape) => (float[?, ?, ?, ?] y) {
-      y = Col2Im (x, image_shape, block_shape)
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[3, 2, 4] x, int64[1] axes) => (float[?, ?] y) {
+      y = Squeeze (x, axes)
     }""")
     samples, note = input_data.verification_samples(m, None, 0, lambda f: _runs(m, f))
     assert samples == []
-    assert "no valid sample could be made" in note and "input 'image_shape'" in note and "Col2Im" in note
+    assert "no valid sample could be made" in note and "input 'axes'" in note and "Squeeze" in note
+    assert "has 0 dims of size 1 and 1 are needed" in note
+
+
+@pytest.mark.parametrize("shape,attrs", [
+    ([1, 5, 5], ""), ([1, 4, 5], "<dilations = [1, 5]>"), ([1, 5, 15], "<pads = [0, 1, 0, 1]>"),
+    ([1, 9, 4], "<strides = [2, 2]>"), ([2, 12, 6], ""),
+])
+def test_col2im_gets_an_image_and_block_shape_that_fit_its_input(shape, attrs):
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 18]>
+    g (float[{shape[0]}, {shape[1]}, {shape[2]}] x, int64[2] image_shape, int64[2] block_shape) => (float[?, ?, ?, ?] y) {{
+      y = Col2Im {attrs} (x, image_shape, block_shape)
+    }}""")
+    s = input_data.make_samples(m)[0]
+    y = _run(m, s)["y"]
+    block = int(np.prod(s["block_shape"]))
+    assert y.shape == (shape[0], shape[1] // block, *s["image_shape"].tolist())
 
 
 def test_user_value_range_wins_over_the_inferred_one():
