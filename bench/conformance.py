@@ -16,9 +16,10 @@ Every test gets one outcome:
 - ``wrong-output``: ONNX Runtime cannot load or run the output, or its outputs differ;
 - ``interface-changed``: graph input/output names, order or types changed.
 
-Orthogonal to the outcome, the report's own claim: ``numeric`` verification, or written
-with only structural checks (``unverified-but-written``: today's CLI exits 0 for these).
-The reasons for the latter are grouped in the summary.
+Orthogonal to the outcome, the report's own claim: ``numeric`` verification, ``proof``
+(every change proven structurally, where the engine offers that), or written with only
+structural checks (``unverified-but-written``). The reasons for the latter are grouped
+in the summary.
 
 The judge (feeding ONNX Runtime, comparing outputs) is written here, not imported from
 surgeon, so that the code under test does not grade itself and a BEFORE run on an older
@@ -497,10 +498,11 @@ def summarize(results: list[dict], peers: tuple[str, ...]) -> dict:
     outcomes = Counter(r["outcome"] for r in counted)
     written = [r for r in counted if "verification" in r]
     numeric = sum(1 for r in written if r["verification"] == "numeric")
-    unverified = [r for r in written if r["verification"] != "numeric"]
+    proof = sum(1 for r in written if r["verification"] == "proof")  # the new engine: every change proven structurally
+    unverified = [r for r in written if r["verification"] not in ("numeric", "proof")]
     summary = {
         "tests": len(results), "ort_can_run": len(counted), "by_kind": dict(Counter(r["kind"] for r in counted)),
-        "outcomes": dict(outcomes), "numerically_verified": numeric,
+        "outcomes": dict(outcomes), "numerically_verified": numeric, "proven": proof,
         "unverified_but_written": len(unverified),
         "unverified_reasons": dict(Counter(_reason_group(r["verification"]) for r in unverified).most_common()),
         "refused_reasons": dict(Counter(r["detail"][:80] for r in counted if r["outcome"] == "refused").most_common(15)),
@@ -526,6 +528,8 @@ def print_summary(s: dict, peers: tuple[str, ...]) -> None:
     for row in rows:
         t.add_row(row, str(s["outcomes"].get(row, 0)), *[str(s[p].get(row, 0)) for p in peers])
     t.add_row("numerically verified", str(s["numerically_verified"]), *["-" for _ in peers])
+    if s.get("proven"):
+        t.add_row("proven without a numeric run", str(s["proven"]), *["-" for _ in peers])
     t.add_row("unverified but written (exit 0)", str(s["unverified_but_written"]), *["-" for _ in peers])
     Console(width=200).print(t)
     print("unverified, by reason:")
