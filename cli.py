@@ -78,12 +78,17 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _samples_from_args(args, model, runs=None) -> list:
-    """The input samples a debug command runs on: loaded from a file, or generated and seeded."""
+    """The input samples a debug command runs on: loaded from a file, or generated and seeded.
+
+    A loaded file must fit the model (names, kinds, dtypes, ranks, static dims, integer
+    ranges, and one run on the reference backend): otherwise one line and exit 2.
+    """
     from surgeon import input_files
-    from surgeon.input_data import make_samples, parse_shape_args, parse_value_ranges
+    from surgeon.input_data import check_feeds, make_samples, parse_shape_args, parse_value_ranges
 
     if getattr(args, "load_inputs", None):
         feeds = input_files.load_inputs(args.load_inputs)
+        feeds = check_feeds(model, feeds, f"'{args.model}'", session=_reference_session(args, model))
     else:
         feeds = make_samples(
             model, input_shapes=parse_shape_args(args.input_shapes),
@@ -93,6 +98,19 @@ def _samples_from_args(args, model, runs=None) -> list:
     if getattr(args, "save_inputs", None):
         input_files.save_inputs(args.save_inputs, feeds)
     return feeds
+
+
+def _reference_session(args, model):
+    """A session of the command's reference backend for checking loaded inputs, or None
+    when it cannot load the model (the command then reports that itself)."""
+    from surgeon import backends
+    from surgeon.errors import BackendError
+
+    name = getattr(args, "ref", None) or "onnxrt"
+    try:
+        return backends.create(name).session(model)
+    except BackendError:
+        return None
 
 
 # --- fix -----------------------------------------------------------------------------
@@ -525,10 +543,6 @@ def _cmd_bisect(args) -> int:
     against = surgeon.load(args.against) if args.against else None
     ref = backends.create(args.ref)
     samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
-    if args.load_inputs:
-        from surgeon.debug.compare_run import check_feeds
-
-        check_feeds(model, samples, f"'{args.model}'")
     atol, rtol = _bisect_tolerances(args, test_backend)
     outdir = artifacts.prepare_outdir(args.outdir)
     from surgeon.report import Progress
@@ -632,10 +646,6 @@ def _cmd_scan(args) -> int:
     if args.fp16_keep:
         backends.create("fp16", keep=args.fp16_keep).check(model)
     samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs(args.ref, model))
-    if args.load_inputs:
-        from surgeon.debug.compare_run import check_feeds
-
-        check_feeds(model, samples, f"'{args.model}'")
     report = scan_model(model, samples, backend, near_zero=args.near_zero, fp16=not args.no_fp16,
                         fp16_keep=args.fp16_keep, atol=_tolerances(args.atol), rtol=_tolerances(args.rtol))
     out = _emit(args, {"model": args.model, **report.to_dict()})

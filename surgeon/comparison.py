@@ -5,6 +5,11 @@ an element matches when ``|test - ref| <= atol + rtol * |ref|``; NaN matches NaN
 +/-Inf matches the same Inf only when ``nan_equal`` is set (the default for
 verification, since a pass must not change where NaNs appear). Integer and boolean
 outputs must be equal. Tolerances default per dtype and are always reported.
+
+bfloat16 and float8 outputs (ml_dtypes arrays) are compared by value, through float64;
+int4/uint4 must be equal. Sequences are compared element by element (each element with
+its own dtype's tolerance), maps key by key, and an absent optional (None) matches only
+an absent one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
     "float32": (1e-4, 1e-3),
     "float16": (1e-2, 1e-2),
     "bfloat16": (5e-2, 5e-2),
+    # float8: one unit in the last place (rtol 2^-mantissa bits) above the smallest subnormal
+    # (atol), since reassociating the float32 math before a cast to float8 may round one step.
+    "float8_e4m3fn": (2.0 ** -9, 2.0 ** -3),
+    "float8_e4m3fnuz": (2.0 ** -10, 2.0 ** -3),
+    "float8_e5m2": (2.0 ** -16, 2.0 ** -2),
+    "float8_e5m2fnuz": (2.0 ** -17, 2.0 ** -2),
 }
 EXACT = (0.0, 0.0)
 
@@ -74,6 +85,10 @@ class OutputDiff:
         return dict(self.__dict__)
 
 
+def _is_float(dtype: np.dtype) -> bool:
+    return dtype.kind in "fc" or dtype.name in DEFAULT_TOLERANCES
+
+
 def _finite_stats(values: np.ndarray, detail: bool = True) -> tuple[float, float, float, float]:
     """max, mean, median, p99 (``detail=False``: the max only; the sorts dominate on large outputs)."""
     if values.size == 0:
@@ -93,7 +108,7 @@ def diff_arrays(name: str, ref: Any, test: Any, tol: Tolerance, *, nan_equal: bo
     if ref.shape != test.shape:
         d.passed, d.reason = False, f"shape {list(test.shape)} differs from the reference {list(ref.shape)}"
         return d
-    if ref.dtype != test.dtype and not (ref.dtype.kind in "fc" and test.dtype.kind in "fc"):
+    if ref.dtype != test.dtype and not (_is_float(ref.dtype) and _is_float(test.dtype)):
         d.passed, d.reason = False, f"dtype {test.dtype} differs from the reference {ref.dtype}"
         return d
     if ref.dtype.kind in "OUS":
@@ -169,31 +184,48 @@ def _all_close(d: OutputDiff, ref: np.ndarray, test: np.ndarray, tol: Tolerance)
     return True
 
 
-def diff_values(name: str, ref: Any, test: Any, tol: Tolerance, *, nan_equal: bool = True, detail: bool = True) -> OutputDiff:
-    """Compare tensors elementwise and sequences/maps structurally (ZipMap outputs)."""
+def diff_values(name: str, ref: Any, test: Any, tol: Tolerance | None, *, nan_equal: bool = True, detail: bool = True,
+                atol: float | None = None, rtol: float | None = None) -> OutputDiff:
+    """Compare tensors elementwise, sequences/maps structurally (ZipMap outputs), optionals by presence.
+
+    ``tol`` applies to every tensor inside; None: each tensor's dtype default, with
+    ``atol``/``rtol`` overriding where given.
+    """
+    if ref is None or test is None:
+        if ref is None and test is None:
+            return OutputDiff(name, True)  # both optionals absent
+        which = "the reference" if ref is None else "the test run"
+        return OutputDiff(name, False, reason=f"the optional is absent in {which} and present in the other")
     if isinstance(ref, Mapping) or isinstance(test, Mapping):
         if not (isinstance(ref, Mapping) and isinstance(test, Mapping)) or set(ref) != set(test):
             return OutputDiff(name, False, reason="map keys differ")
         worst = OutputDiff(name, True)
         for key in ref:
-            sub = diff_values(f"{name}[{key!r}]", ref[key], test[key], tol, nan_equal=nan_equal, detail=detail)
+            sub = diff_values(f"{name}[{key!r}]", ref[key], test[key], tol, nan_equal=nan_equal, detail=detail,
+                              atol=atol, rtol=rtol)
             worst = _merge(worst, sub, name)
         return worst
     if isinstance(ref, (list, tuple)) or isinstance(test, (list, tuple)):
-        if not (isinstance(ref, (list, tuple)) and isinstance(test, (list, tuple))) or len(ref) != len(test):
-            return OutputDiff(name, False, reason="sequence lengths differ")
-        worst = OutputDiff(name, True)
+        if not (isinstance(ref, (list, tuple)) and isinstance(test, (list, tuple))):
+            return OutputDiff(name, False, reason="a sequence against a tensor")
+        if len(ref) != len(test):
+            return OutputDiff(name, False, reason=f"sequence length {len(test)} differs from the reference {len(ref)}")
+        worst = OutputDiff(name, True, elements=0)
         for i, (a, b) in enumerate(zip(ref, test)):
-            worst = _merge(worst, diff_values(f"{name}[{i}]", a, b, tol, nan_equal=nan_equal, detail=detail), name)
+            worst = _merge(worst, diff_values(f"{name}[{i}]", a, b, tol, nan_equal=nan_equal, detail=detail,
+                                              atol=atol, rtol=rtol), name)
         return worst
     if isinstance(ref, np.ndarray) or isinstance(test, np.ndarray) or np.isscalar(ref):
+        if tol is None:
+            tol = tolerance_for(np.asarray(ref).dtype, atol, rtol)
         return diff_arrays(name, ref, test, tol, nan_equal=nan_equal, detail=detail)
     same = ref == test
     return OutputDiff(name, bool(same), reason="" if same else "values differ")
 
 
 def _merge(acc: OutputDiff, sub: OutputDiff, name: str) -> OutputDiff:
-    out = OutputDiff(name, acc.passed and sub.passed, reason=acc.reason or sub.reason,
+    sub_reason = f"{sub.name}: {sub.reason}" if sub.reason and sub.name != name else sub.reason
+    out = OutputDiff(name, acc.passed and sub.passed, reason=acc.reason or sub_reason,
                      dtype=sub.dtype or acc.dtype, atol=sub.atol, rtol=sub.rtol)
     out.max_abs = max(acc.max_abs, sub.max_abs)
     out.max_rel = max(acc.max_rel, sub.max_rel)
@@ -225,6 +257,6 @@ def diff_outputs(
             continue
         a = atol.get(name) if isinstance(atol, Mapping) else atol
         rt = rtol.get(name) if isinstance(rtol, Mapping) else rtol
-        dtype = r.dtype if isinstance(r, np.ndarray) else "float32"
-        diffs.append(diff_values(name, r, test[name], tolerance_for(dtype, a, rt), nan_equal=nan_equal, detail=detail))
+        tol = tolerance_for(r.dtype, a, rt) if isinstance(r, np.ndarray) else None  # None: per element of a sequence
+        diffs.append(diff_values(name, r, test[name], tol, nan_equal=nan_equal, detail=detail, atol=a, rtol=rt))
     return diffs

@@ -1,27 +1,41 @@
-"""Input data for running models: shapes, seeded random feeds, dynamic-dim sizes.
+"""Input data for running models: specs, seeded samples of every ONNX type, fit checks.
 
 Verification and every debug tool feed models through here, so a given seed gives the
-same data everywhere. Dynamic dimensions are resolved per *symbol*: dims that share a
-``dim_param`` get the same size; each unnamed dim (``?``, ``-1``, empty) is its own
-symbol.
+same data everywhere.
+
+- Every input type ONNX Runtime takes gets samples: tensors of every element type
+  (bfloat16, float8, int4/uint4 as ``ml_dtypes`` arrays, strings as object arrays),
+  sequences of tensors (Python lists), optionals (the value, or ``None`` when absent) and
+  maps (dicts). The ONNX Runtime backend turns what numpy cannot carry into OrtValues.
+- Integer inputs get values the graph can run on: :mod:`surgeon.input_ranges` infers
+  them from how the graph uses each input (indices, axes, shapes, counts), and says why
+  when it cannot.
+- Dynamic dimensions are resolved per *symbol*: dims that share a ``dim_param`` get the
+  same size; each unnamed dim (``?``, ``-1``, empty) is its own symbol.
+- :func:`check_feeds` checks loaded samples against the model (names, kinds, dtypes,
+  ranks, static dims, integer ranges, and optionally one run), so that a file that does
+  not fit is a usage error naming the input, not a silent unverified result.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from surgeon.errors import InputDataError
+from surgeon import input_ranges
+from surgeon.errors import BackendError, InputDataError
 
 Dim = int | str  # a static size, or a symbol key for a dynamic dim
 
 DEFAULT_FLOAT_RANGE = (-1.0, 1.0)
 DEFAULT_INT_RANGE = (1, 4)  # inclusive; small positive ints are valid indices, counts and trip counts
+SEQUENCE_LENGTH = 3  # elements in a generated sequence
+DEFAULT_ELEMENT_SHAPE = (3,)  # a sequence element whose shape the model leaves open
 
 # Scales tried for dynamic dims, in order. Each attempt gives every dynamic symbol two
 # different sizes, and different symbols different sizes, so a pass that bakes in or
@@ -31,45 +45,103 @@ DEFAULT_INT_RANGE = (1, 4)  # inclusive; small positive ints are valid indices, 
 _SIZE_LADDER = (32, 8, 256, 1)
 _BATCH_SIZES = (2, 3)
 
+# Element types numpy lacks; onnx maps them to ml_dtypes types of these names.
+_ML_FLOATS = frozenset({"bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
+                        "float8_e8m0fnu", "float4_e2m1fn", "float6_e2m3fn", "float6_e3m2fn"})
+_ML_INTS = frozenset({"int4", "uint4", "int2", "uint2"})
+_WORDS = ("alpha", "beta", "gamma", "delta", "a", "b", "c")
+
+KINDS = ("tensor", "sequence", "optional", "map")
+
 
 @dataclass(frozen=True)
 class InputSpec:
+    """One model input. Tensors: ``dtype`` and ``shape``. Sequences and optionals: ``elem``
+    (the element's spec); maps: ``key_dtype`` and ``elem`` (the value's spec)."""
+
     name: str
-    dtype: np.dtype | None  # None for non-tensor inputs (sequences, maps, optionals)
+    dtype: np.dtype | None  # tensors only; None for sequences, optionals, maps
     shape: tuple[Dim, ...] | None  # None when the rank is unknown
+    kind: str = "tensor"
+    elem: "InputSpec | None" = None
+    key_dtype: np.dtype | None = None
 
     @property
     def is_tensor(self) -> bool:
-        return self.dtype is not None
+        return self.kind == "tensor" and self.dtype is not None
+
+    def describe(self) -> str:
+        if self.kind == "tensor":
+            shape = "?" if self.shape is None else "[" + ",".join(str(d) if isinstance(d, int) else "?" for d in self.shape) + "]"
+            return f"{dtype_name(self.dtype)}{shape}"
+        if self.kind == "map":
+            return f"map({dtype_name(self.key_dtype)}, {self.elem.describe() if self.elem else '?'})"
+        return f"{self.kind}({self.elem.describe() if self.elem else '?'})"
+
+
+def dtype_name(dtype: Any) -> str:
+    if dtype is None:
+        return "?"
+    d = np.dtype(dtype)
+    return "string" if d.kind in "OUS" else d.name
+
+
+def is_integer_dtype(dtype: Any) -> bool:
+    d = np.dtype(dtype)
+    return d.kind in "iu" or d.name in _ML_INTS
+
+
+def is_float_dtype(dtype: Any) -> bool:
+    d = np.dtype(dtype)
+    return d.kind == "f" or d.name in _ML_FLOATS
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     """Inputs a caller must feed: graph inputs that are not also initializers."""
     inits = {t.name for t in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        specs.append(_spec_from_value_info(vi))
-    return specs
+    return [spec_from_type(vi.name, vi.type) for vi in model.graph.input if vi.name not in inits]
 
 
-def _spec_from_value_info(vi: onnx.ValueInfoProto) -> InputSpec:
-    t = vi.type
-    if t.WhichOneof("value") != "tensor_type":
-        return InputSpec(vi.name, None, None)
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type))
-    if not t.tensor_type.HasField("shape"):
-        return InputSpec(vi.name, dtype, None)
-    dims: list[Dim] = []
-    for axis, d in enumerate(t.tensor_type.shape.dim):
-        if d.HasField("dim_value") and d.dim_value >= 0:
-            dims.append(int(d.dim_value))
-        elif d.HasField("dim_param") and d.dim_param not in ("", "?", "-1"):
-            dims.append(d.dim_param)
-        else:
-            dims.append(f"{vi.name}:{axis}")  # unnamed: its own symbol
-    return InputSpec(vi.name, dtype, tuple(dims))
+def spec_from_type(name: str, t: onnx.TypeProto) -> InputSpec:
+    kind = t.WhichOneof("value")
+    if kind == "tensor_type":
+        elem = t.tensor_type.elem_type
+        try:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem else None
+        except (KeyError, ValueError, TypeError):
+            dtype = None
+        if not t.tensor_type.HasField("shape"):
+            return InputSpec(name, dtype, None)
+        dims: list[Dim] = []
+        for axis, d in enumerate(t.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value >= 0:
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param not in ("", "?", "-1"):
+                dims.append(d.dim_param)
+            else:
+                dims.append(f"{name}:{axis}")  # unnamed: its own symbol
+        return InputSpec(name, dtype, tuple(dims))
+    if kind == "sequence_type":
+        return InputSpec(name, None, None, "sequence", spec_from_type(f"{name}[]", t.sequence_type.elem_type))
+    if kind == "optional_type":
+        return InputSpec(name, None, None, "optional", spec_from_type(name, t.optional_type.elem_type))
+    if kind == "map_type":
+        key = np.dtype(helper.tensor_dtype_to_np_dtype(t.map_type.key_type))
+        return InputSpec(name, None, None, "map", spec_from_type(f"{name}{{}}", t.map_type.value_type), key)
+    return InputSpec(name, None, None, kind or "unknown")
+
+
+def _tensor_specs(spec: InputSpec) -> list[InputSpec]:
+    """The tensor specs inside a spec (itself, a sequence's element, an optional's value)."""
+    if spec.kind == "tensor":
+        return [spec]
+    return _tensor_specs(spec.elem) if spec.elem is not None and spec.kind in ("sequence", "optional") else []
+
+
+def _pin_target(spec: InputSpec) -> InputSpec | None:
+    """The tensor spec ``--input-shapes NAME:...`` sets: the tensor, a sequence's element, an optional's value."""
+    leaves = _tensor_specs(spec)
+    return leaves[0] if leaves else None
 
 
 _SHAPE_RE = re.compile(r"^(?P<name>.+):(?P<dims>\[[^\]]*\]|\d+(?:x\d+)*|)$")
@@ -105,12 +177,17 @@ def parse_shape_args(items: list[str] | None) -> dict[str, tuple[int, ...]]:
 
 
 def check_pins(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -> None:
-    """Pinned shapes must name real inputs, have the right rank and agree with static dims."""
+    """Pinned shapes must name real inputs, have the right rank and agree with static dims.
+
+    For a sequence the pinned shape is its elements' shape; for an optional, its value's.
+    """
     by_name = {s.name: s for s in specs}
     for name, dims in pins.items():
         if name not in by_name:
             raise InputDataError(f"--input-shapes names '{name}', which is not an input of the model; inputs: {', '.join(by_name)}")
-        spec = by_name[name]
+        spec = _pin_target(by_name[name])
+        if spec is None:
+            raise InputDataError(f"input '{name}' is a {by_name[name].kind}: it has no shape to give")
         if spec.shape is None:
             continue
         if len(dims) != len(spec.shape):
@@ -123,9 +200,10 @@ def check_pins(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -> N
 def symbols(specs: list[InputSpec]) -> list[str]:
     seen: dict[str, None] = {}
     for s in specs:
-        for d in s.shape or ():
-            if isinstance(d, str):
-                seen.setdefault(d)
+        for leaf in _tensor_specs(s):
+            for d in leaf.shape or ():
+                if isinstance(d, str):
+                    seen.setdefault(d)
     return list(seen)
 
 
@@ -133,9 +211,10 @@ def pinned_sizes(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) ->
     """Symbol sizes implied by pinned shapes (a symbol pinned twice must agree)."""
     sizes: dict[str, int] = {}
     for s in specs:
-        if s.name not in pins or s.shape is None:
+        leaf = _pin_target(s)
+        if s.name not in pins or leaf is None or leaf.shape is None:
             continue
-        for d, v in zip(s.shape, pins[s.name]):
+        for d, v in zip(leaf.shape, pins[s.name]):
             if isinstance(d, str):
                 if d in sizes and sizes[d] != v:
                     raise InputDataError(f"dimension '{d}' is pinned to both {sizes[d]} and {v}")
@@ -143,31 +222,106 @@ def pinned_sizes(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) ->
     return sizes
 
 
-def concrete_shape(spec: InputSpec, sizes: Mapping[str, int], pins: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
-    if spec.name in pins:
-        return tuple(pins[spec.name])
+def concrete_shape(spec: InputSpec, sizes: Mapping[str, int], pins: Mapping[str, tuple[int, ...]],
+                   pin_name: str | None = None) -> tuple[int, ...]:
+    key = pin_name or spec.name
+    if key in pins:
+        return tuple(pins[key])
     if spec.shape is None:
+        if spec.name.endswith("[]"):
+            return DEFAULT_ELEMENT_SHAPE  # a sequence element the model leaves open
         raise InputDataError(f"input '{spec.name}' has no shape in the model; give it with --input-shapes")
     return tuple(d if isinstance(d, int) else sizes[d] for d in spec.shape)
+
+
+# --- generation -------------------------------------------------------------------------------------------
 
 
 def random_array(
     dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator, value_range: tuple[float, float] | None = None
 ) -> np.ndarray:
+    """Seeded values of any ONNX element type; bfloat16/float8/int4 come as ml_dtypes arrays."""
     dtype = np.dtype(dtype)
     if dtype == np.bool_:
         return rng.integers(0, 2, size=shape).astype(np.bool_)
-    if np.issubdtype(dtype, np.integer):
+    if is_integer_dtype(dtype):
+        info = _iinfo(dtype)
         lo, hi = value_range if value_range is not None else DEFAULT_INT_RANGE
-        info = np.iinfo(dtype)
-        lo, hi = max(int(lo), info.min), min(int(hi), info.max)
+        if value_range is None and dtype.name in _ML_INTS:
+            lo, hi = int(info.min), int(info.max)  # int4/int2: the whole (small) range
+        lo, hi = max(int(np.ceil(lo)), int(info.min)), min(int(np.floor(hi)), int(info.max))
+        if lo > hi:
+            lo = hi = min(max(0, int(info.min)), int(info.max))
         return rng.integers(lo, hi, size=shape, endpoint=True).astype(dtype)
-    if np.issubdtype(dtype, np.floating) or dtype.kind == "V" or "bfloat16" in str(dtype):
+    if is_float_dtype(dtype):
         lo, hi = value_range if value_range is not None else DEFAULT_FLOAT_RANGE
+        if dtype.name == "float8_e8m0fnu" and value_range is None:
+            lo, hi = 0.25, 4.0  # powers of two only: no zero, no negatives
         return rng.uniform(lo, hi, size=shape).astype(dtype)
+    if dtype.kind == "c":
+        lo, hi = value_range if value_range is not None else DEFAULT_FLOAT_RANGE
+        return (rng.uniform(lo, hi, size=shape) + 1j * rng.uniform(lo, hi, size=shape)).astype(dtype)
     if dtype.kind in ("U", "S", "O"):
-        return np.array(rng.choice(["a", "b", "c"], size=shape), dtype=object)
+        return np.array(rng.choice(_WORDS, size=shape), dtype=object).reshape(shape)
     raise InputDataError(f"cannot generate data of type {dtype}")
+
+
+def _iinfo(dtype: np.dtype):
+    if dtype.name in _ML_INTS:
+        import ml_dtypes
+
+        return ml_dtypes.iinfo(dtype)
+    return np.iinfo(dtype)
+
+
+def constrained_array(dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator,
+                      c: input_ranges.Constraint) -> np.ndarray:
+    """Integers that satisfy an inferred constraint (nonnegative ones where the range allows:
+    real index data is nonnegative, and negative indices are the rarer path)."""
+    dtype = np.dtype(dtype)
+    if c.exact is not None:
+        return np.array(c.exact, dtype=np.float64 if is_float_dtype(dtype) else np.int64).reshape(shape).astype(dtype)
+    if is_float_dtype(dtype):
+        lo = -1.0 if c.lo is None else float(c.lo)
+        hi = lo + 2.0 if c.hi is None else float(c.hi)
+        return rng.uniform(lo, hi, size=shape).astype(dtype)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, size=shape).astype(np.bool_)
+    info = _iinfo(dtype)
+    lo = int(info.min) if c.lo is None else max(c.lo, int(info.min))
+    hi = int(info.max) if c.hi is None else min(c.hi, int(info.max))
+    if hi >= 0 and lo < 0:
+        lo = 0
+    if c.lo is None or c.hi is None:  # one-sided: stay small
+        lo, hi = (lo, lo + 3) if c.hi is None else (hi - 3, hi)
+    n = int(np.prod(shape)) if shape else 1
+    if c.distinct:
+        values = np.sort(rng.choice(np.arange(lo, hi + 1), size=n, replace=False))
+        return values.reshape(shape).astype(dtype)
+    return rng.integers(lo, hi, size=shape, endpoint=True).astype(dtype)
+
+
+def random_value(spec: InputSpec, sizes: Mapping[str, int], pins: Mapping[str, tuple[int, ...]], rng: np.random.Generator,
+                 value_range: tuple[float, float] | None = None, constraint: input_ranges.Constraint | None = None,
+                 pin_name: str | None = None) -> Any:
+    """A seeded value for any input kind: array, list (sequence), value or None (optional), dict (map)."""
+    pin_name = pin_name or spec.name
+    if spec.kind == "tensor":
+        if spec.dtype is None:
+            raise InputDataError(f"input '{spec.name}' has an element type numpy cannot hold")
+        shape = concrete_shape(spec, sizes, pins, pin_name)
+        if constraint is not None and not constraint.problem and value_range is None:
+            return constrained_array(spec.dtype, shape, rng, constraint)
+        return random_array(spec.dtype, shape, rng, value_range)
+    if spec.kind == "sequence" and spec.elem is not None:
+        return [random_value(spec.elem, sizes, pins, rng, value_range, pin_name=pin_name) for _ in range(SEQUENCE_LENGTH)]
+    if spec.kind == "optional" and spec.elem is not None:
+        return random_value(spec.elem, sizes, pins, rng, value_range, constraint, pin_name=pin_name)
+    if spec.kind == "map" and spec.elem is not None:
+        keys = list(_WORDS[:3]) if spec.key_dtype is not None and spec.key_dtype.kind in "OUS" else [0, 1, 2]
+        values = [random_value(spec.elem, sizes, pins, rng, value_range, pin_name=pin_name) for _ in keys]
+        return {k: (v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v) for k, v in zip(keys, values)}
+    raise InputDataError(f"input '{spec.name}' is of a kind ({spec.kind}) no sample can be made for; give --load-inputs")
 
 
 def make_feeds(
@@ -176,18 +330,64 @@ def make_feeds(
     pins: Mapping[str, tuple[int, ...]],
     rng: np.random.Generator,
     value_ranges: Mapping[str, tuple[float, float]] | None = None,
-) -> dict[str, np.ndarray]:
+    constraints: Mapping[str, input_ranges.Constraint] | None = None,
+) -> dict[str, Any]:
     feeds = {}
     for spec in specs:
-        if not spec.is_tensor:
-            raise InputDataError(f"input '{spec.name}' is not a tensor; load its data from a file instead")
-        shape = concrete_shape(spec, sizes, pins)
-        feeds[spec.name] = random_array(spec.dtype, shape, rng, (value_ranges or {}).get(spec.name))
+        feeds[spec.name] = random_value(spec, sizes, pins, rng, (value_ranges or {}).get(spec.name),
+                                        (constraints or {}).get(spec.name))
     return feeds
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Everything needed to make samples at one assignment of sizes."""
+
+    sizes: dict[str, int]
+    constraints: dict[str, input_ranges.Constraint]
+
+    def problems(self) -> list[str]:
+        return [f"input '{n}': {c.problem}" for n, c in self.constraints.items() if c.problem]
+
+
+def _plan(model: onnx.ModelProto, specs: list[InputSpec], sizes: Mapping[str, int], pins: Mapping[str, tuple[int, ...]],
+          ranges: Mapping[str, tuple[float, float]], index: Any = None) -> _Plan:
+    names = [n for n in input_ranges.constrained_input_names(model) if n not in ranges]
+    constraints: dict[str, input_ranges.Constraint] = {}
+    if names:
+        shapes, lengths = {}, {}
+        for s in specs:
+            try:
+                if s.kind == "tensor" and s.dtype is not None:
+                    shapes[s.name] = concrete_shape(s, sizes, pins)
+                elif s.kind == "sequence" or (s.kind == "optional" and s.elem is not None and s.elem.kind == "sequence"):
+                    lengths[s.name] = SEQUENCE_LENGTH
+            except InputDataError:
+                continue  # reported when the feed is made
+        constraints = input_ranges.infer_constraints(model, shapes, lengths, names, index)
+    return _Plan(dict(sizes), constraints)
+
+
+def _feeds(specs: list[InputSpec], plan: _Plan, pins: Mapping[str, tuple[int, ...]], seed: int,
+           ranges: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+    return make_feeds(specs, plan.sizes, pins, np.random.default_rng(seed), ranges, plan.constraints)
+
+
+def _absent_variant(specs: list[InputSpec], feeds: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The same feed with every optional input absent (None), or None without optionals."""
+    optional = [s.name for s in specs if s.kind == "optional"]
+    if not optional:
+        return None
+    return {k: (None if k in optional else v) for k, v in feeds.items()}
+
+
 def _batch_symbols(specs: list[InputSpec]) -> set[str]:
-    return {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str)}
+    out = set()
+    for s in specs:
+        for leaf in _tensor_specs(s):
+            if leaf.shape and isinstance(leaf.shape[0], str):
+                out.add(leaf.shape[0])
+    return out
 
 
 def size_attempts(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -> list[list[dict[str, int]]]:
@@ -214,41 +414,98 @@ def size_attempts(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -
     return attempts
 
 
+def _no_sample_note(problems: list[str], what: str) -> str:
+    if problems:
+        return f"{what}: no valid sample could be made ({'; '.join(dict.fromkeys(problems))}); give --load-inputs"
+    return f"{what}; give --input-shapes or --load-inputs"
+
+
 def verification_samples(
     model: onnx.ModelProto,
     pins: Mapping[str, tuple[int, ...]] | None,
     seed: int,
-    runs: Callable[[dict[str, np.ndarray]], bool],
+    runs: Callable[[dict[str, Any]], bool],
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Seeded feeds at two sizes for every dynamic dim, the first sizes the model runs at.
 
     ``runs(feeds)`` tells whether the model accepts a feed. Returns the samples and a
-    note when fewer than two sizes could be exercised.
+    note when fewer than two sizes could be exercised, or, with no samples, why none
+    could be made (per input, when an integer input has no value the graph accepts).
+    When the model has optional inputs and also runs with them absent, a sample with
+    every optional absent is added.
     """
     pins = dict(pins or {})
     specs = input_specs(model)
     check_pins(specs, pins)
-    rng = np.random.default_rng(seed)
-    if not symbols(specs) or all(s in pinned_sizes(specs, pins) for s in symbols(specs)):
-        feeds = make_feeds(specs, {}, pins, rng) if not symbols(specs) else make_feeds(specs, pinned_sizes(specs, pins), pins, rng)
-        return [feeds], None
+    try:
+        return _verification_samples(model, specs, pins, seed, runs)
+    except InputDataError as exc:  # a model we cannot feed is verified structurally, not refused
+        return [], str(exc)
+
+
+def _verification_samples(model, specs, pins, seed, runs):
+    fixed = pinned_sizes(specs, pins)
+    index = input_ranges.index_model(model)
+
+    def finish(samples: list[dict[str, Any]], note: str | None):
+        absent = _absent_variant(specs, samples[0])
+        if absent is not None and runs(absent):
+            samples = samples + [absent]
+        return samples, note
+
+    if all(s in fixed for s in symbols(specs)):
+        plan = _plan(model, specs, fixed, pins, {}, index)
+        feeds = _feeds(specs, plan, pins, seed, {})
+        if plan.problems() and not runs(feeds):
+            return [], _no_sample_note(plan.problems(), "the model does not run on generated inputs")
+        # Without known problems the verifier's own reference run reports why a feed fails.
+        return finish([feeds], None)
+    problems: list[str] = []
     tried = []
     for pair in size_attempts(specs, pins):
-        feeds = [make_feeds(specs, sizes, pins, np.random.default_rng(seed + i)) for i, sizes in enumerate(pair)]
-        ok = [runs(f) for f in feeds]
-        if all(ok):
-            return feeds, None
-        tried.append(pair)
-    # fall back to the first single assignment that runs
-    for pair in tried:
-        f = make_feeds(specs, pair[0], pins, np.random.default_rng(seed))
+        plans = [_plan(model, specs, sizes, pins, {}, index) for sizes in pair]
+        feeds = [_feeds(specs, p, pins, seed + i, {}) for i, p in enumerate(plans)]
+        if all(runs(f) for f in feeds):
+            return finish(feeds, None)
+        problems.extend(plans[0].problems())
+        tried.append(plans[0])
+    for plan in tried:  # fall back to the first single assignment that runs
+        f = _feeds(specs, plan, pins, seed, {})
         if runs(f):
-            return [f], "only one size of the dynamic dimensions could be run; give --input-shapes or --load-inputs"
-    return [], "no generated input sizes run on the model; give --input-shapes or --load-inputs"
+            return finish([f], "only one size of the dynamic dimensions could be run; give --input-shapes or --load-inputs")
+    return [], _no_sample_note(problems, "no generated input sizes run on the model")
+
+
+def input_problems(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[str]:
+    """Why generated samples may not run: per integer input, the use no valid value could be made for.
+
+    Computed at the first generated sizes; an empty list means every constrained input got a valid value.
+    """
+    pins = dict(input_shapes or {})
+    specs = input_specs(model)
+    try:
+        sizes = pinned_sizes(specs, pins)
+        if any(s not in sizes for s in symbols(specs)):
+            sizes = size_attempts(specs, pins)[0][0]
+        return _plan(model, specs, sizes, pins, {}).problems()
+    except InputDataError as exc:
+        return [str(exc)]
+
+
+def _describe_value(v: Any) -> str:
+    if v is None:
+        return "absent"
+    if isinstance(v, (list, tuple)):
+        inner = _describe_value(v[0]) if v else ""
+        return f"seq({len(v)}{' x ' + inner if inner else ''})"
+    if isinstance(v, Mapping):
+        return f"map({len(v)})"
+    return str(list(np.shape(v)))
 
 
 def describe_feeds(feeds: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}{list(np.shape(v))}" for k, v in feeds.items())
+    return ", ".join(f"{k}{_describe_value(v)}" if isinstance(v, np.ndarray) else f"{k} {_describe_value(v)}"
+                     for k, v in feeds.items())
 
 
 def parse_value_ranges(items: list[str] | None) -> dict[str, tuple[float, float]]:
@@ -277,12 +534,13 @@ def make_samples(
     value_ranges: Mapping[str, tuple[float, float]] | None = None,
     iterations: int = 1,
     seed: int = 0,
-    runs: Callable[[dict[str, np.ndarray]], bool] | None = None,
-) -> list[dict[str, np.ndarray]]:
+    runs: Callable[[dict[str, Any]], bool] | None = None,
+) -> list[dict[str, Any]]:
     """Seeded input samples for compare/bisect/isolate (the same seed gives the same data).
 
     Dynamic dims not pinned get the first generated sizes the model accepts (``runs``
     probes that; without it the smallest sizes are used). Sample *i* uses seed + i.
+    Integer inputs without a ``value_ranges`` entry get values inferred from their uses.
     """
     pins = dict(input_shapes or {})
     specs = input_specs(model)
@@ -295,13 +553,145 @@ def make_samples(
         default = ranges.pop("")
         ranges = {s.name: ranges.get(s.name, default) for s in specs}
     sizes = pinned_sizes(specs, pins)
+    index = input_ranges.index_model(model)
     if any(s not in sizes for s in symbols(specs)):
         candidates = [pair[0] for pair in size_attempts(specs, pins)]
-        chosen = candidates[0]
+        plan = _plan(model, specs, candidates[0], pins, ranges, index)
         if runs is not None:
             for cand in candidates:
-                if runs(make_feeds(specs, cand, pins, np.random.default_rng(seed), ranges)):
-                    chosen = cand
+                p = _plan(model, specs, cand, pins, ranges, index)
+                if runs(_feeds(specs, p, pins, seed, ranges)):
+                    plan = p
                     break
-        sizes = chosen
-    return [make_feeds(specs, sizes, pins, np.random.default_rng(seed + i), ranges) for i in range(max(1, iterations))]
+    else:
+        plan = _plan(model, specs, sizes, pins, ranges, index)
+    return [_feeds(specs, plan, pins, seed + i, ranges) for i in range(max(1, iterations))]
+
+
+# --- loaded samples: do they fit the model? ---------------------------------------------------------------
+
+
+def _fit_tensor(spec: InputSpec, value: Any, label: str, what: str) -> np.ndarray:
+    if value is None or isinstance(value, (list, tuple, Mapping)):
+        given = "absent (null)" if value is None else ("a sequence" if isinstance(value, (list, tuple)) else "a map")
+        raise InputDataError(f"{label} is {given}, but {what} expects a tensor {spec.describe()}")
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    want = spec.dtype
+    if want is not None and arr.dtype != want:
+        if arr.dtype.kind == "V" and want.itemsize == arr.dtype.itemsize and want.name in (_ML_FLOATS | _ML_INTS):
+            arr = arr.view(want)  # np.save writes ml_dtypes arrays as raw bytes: the model says what they are
+        elif want.kind == "O" and arr.dtype.kind in "US":
+            arr = arr.astype(object)
+        else:
+            raise InputDataError(f"{label} is {dtype_name(arr.dtype)}, but {what} expects {dtype_name(want)}")
+    if spec.shape is not None:
+        if arr.ndim != len(spec.shape):
+            raise InputDataError(f"{label} has rank {arr.ndim} (shape {list(arr.shape)}), but {what} expects rank "
+                                 f"{len(spec.shape)} ({spec.describe()})")
+        for axis, (dim, have) in enumerate(zip(spec.shape, arr.shape)):
+            if isinstance(dim, int) and dim != have:
+                raise InputDataError(f"{label} has size {have} on axis {axis} (shape {list(arr.shape)}), but {what} "
+                                     f"expects {dim} ({spec.describe()})")
+    return arr
+
+
+def _fit(spec: InputSpec, value: Any, label: str, what: str) -> Any:
+    if spec.kind == "tensor":
+        return _fit_tensor(spec, value, label, what)
+    if spec.kind == "sequence":
+        if not isinstance(value, (list, tuple)):
+            given = "absent (null)" if value is None else f"a tensor {list(np.shape(value))}"
+            raise InputDataError(f"{label} is {given}, but {what} expects a {spec.describe()}")
+        return [_fit(spec.elem, v, f"{label}[{j}]", what) for j, v in enumerate(value)] if spec.elem else list(value)
+    if spec.kind == "optional":
+        return None if value is None else (_fit(spec.elem, value, label, what) if spec.elem else value)
+    if spec.kind == "map":
+        if not isinstance(value, Mapping):
+            raise InputDataError(f"{label} is not a map, but {what} expects a {spec.describe()}")
+        return dict(value)
+    return value
+
+
+def _check_ranges(model: onnx.ModelProto, specs: list[InputSpec], sample: Mapping[str, Any], label: str, what: str) -> None:
+    """Integer inputs whose values the graph cannot accept (token ids beyond the embedding table)."""
+    names = [n for n in input_ranges.int_input_names(model) if isinstance(sample.get(n), np.ndarray) and sample[n].size]
+    if not names:
+        return
+    shapes = {s.name: tuple(np.shape(sample[s.name])) for s in specs if isinstance(sample.get(s.name), np.ndarray)}
+    lengths = {s.name: len(sample[s.name]) for s in specs if isinstance(sample.get(s.name), (list, tuple))}
+    for name, c in input_ranges.infer_constraints(model, shapes, lengths, names).items():
+        if c.problem or (c.valid_lo is None and c.valid_hi is None):
+            continue
+        values = np.asarray(sample[name]).astype(np.int64)
+        lo, hi = int(values.min()), int(values.max())
+        if (c.valid_lo is not None and lo < c.valid_lo) or (c.valid_hi is not None and hi > c.valid_hi):
+            bounds = f"[{'-inf' if c.valid_lo is None else c.valid_lo}, {'inf' if c.valid_hi is None else c.valid_hi}]"
+            raise InputDataError(f"input '{name}'{label} holds values in [{lo}, {hi}], but {what} needs values in "
+                                 f"{bounds}: {'; '.join(c.why)}")
+
+
+def check_feeds(
+    model: onnx.ModelProto,
+    samples: Sequence[Mapping[str, Any]],
+    what: str = "the model",
+    *,
+    run: bool = False,
+    session: Any = None,
+) -> list[dict[str, Any]]:
+    """Check loaded samples against ``model``; return them in the form the backends take.
+
+    Every problem is an :class:`InputDataError` whose one line names the input, what the
+    model expects and what was given: an input that is missing or not the model's, a
+    tensor where a sequence is expected (or the reverse), a dtype, rank or static size
+    that differs, integer values outside what the graph accepts (inferred from its uses:
+    a Gather's data size, a rank for axes). With ``run`` (or a ``session`` of any
+    backend), each sample is also run once, and a sample the model cannot run on is an
+    error too. Raw-byte arrays (how ``np.save`` writes bfloat16/float8/int4) are read as
+    the model's element type; an optional input left out of a sample is fed as absent.
+    """
+    specs = input_specs(model)
+    by_name = {s.name: s for s in specs}
+    inits = {t.name: t for t in model.graph.initializer}
+    overridable = {vi.name for vi in model.graph.input if vi.name in inits}
+    out: list[dict[str, Any]] = []
+    several = len(samples) > 1
+    for i, sample in enumerate(samples):
+        where = f" of sample {i}" if several else ""
+        extra = [n for n in sample if n not in by_name and n not in overridable]
+        missing = [n for n in by_name if n not in sample and by_name[n].kind != "optional"]
+        if extra:
+            hint = f"; no data was given for '{missing[0]}'" if missing else ""
+            raise InputDataError(f"the input data{where} names '{extra[0]}', which is not an input of {what}; "
+                                 f"its inputs are: {', '.join(by_name) or '(none)'}{hint}")
+        if missing:
+            raise InputDataError(f"the input data{where} has no data for input '{missing[0]}' "
+                                 f"({by_name[missing[0]].describe()}) of {what}; it has: {', '.join(sample) or '(nothing)'}")
+        fitted: dict[str, Any] = {}
+        for name, spec in by_name.items():
+            fitted[name] = _fit(spec, sample.get(name), f"input '{name}'{where}", what)
+        for name in sample:
+            if name in overridable:
+                t = inits[name]
+                want = spec_from_type(name, onnx.helper.make_tensor_type_proto(t.data_type, list(t.dims)))
+                fitted[name] = _fit(want, sample[name], f"input '{name}'{where}", what)
+        _check_ranges(model, specs, fitted, where, what)
+        out.append(fitted)
+    if run or session is not None:
+        _run_each(model, out, what, session)
+    return out
+
+
+def _run_each(model: onnx.ModelProto, samples: list[dict[str, Any]], what: str, session: Any) -> None:
+    if session is None:
+        from surgeon import backends
+
+        try:
+            session = backends.create("onnxrt").session(model)
+        except BackendError:
+            return  # the model cannot be loaded here at all: only the structural checks apply
+    for i, feeds in enumerate(samples):
+        try:
+            session.run(feeds)
+        except BackendError as exc:
+            where = f"sample {i} of the input data" if len(samples) > 1 else "the input data"
+            raise InputDataError(f"{what} cannot run on {where} ({describe_feeds(feeds)}): {exc}") from exc

@@ -107,3 +107,100 @@ def test_bad_files(tmp_path):
         input_files.load_inputs(tmp_path / "list.json")
     with pytest.raises(UsageError, match="folder does not exist"):
         input_files.save_inputs(tmp_path / "nodir" / "x.npz", _samples(1))
+
+
+# --- sequences, optionals and the types numpy lacks (see input_files' docstring for the layout) --------------------
+
+
+def _structured_samples(n: int) -> list[dict]:
+    import ml_dtypes
+
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        out.append({
+            "seq": [rng.uniform(-1, 1, (2, 3)).astype(np.float32) for _ in range(i + 2)],
+            "empty_seq": [],
+            "opt_absent": None,
+            "opt_present": rng.integers(0, 9, (4,)).astype(np.int64),
+            "bf": rng.uniform(-1, 1, (3,)).astype(ml_dtypes.bfloat16),
+        })
+    return out
+
+
+def _same_value(got, want) -> None:
+    if want is None:
+        assert got is None
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want)
+        for g, w in zip(got, want):
+            _same_value(g, w)
+    else:
+        assert got.shape == want.shape
+        assert got.tobytes() == np.ascontiguousarray(want).tobytes()  # bit for bit (bfloat16 comes back as raw bytes)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".json"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_sequences_and_optionals_round_trip(tmp_path, suffix, n):
+    samples = _structured_samples(n)
+    path = tmp_path / f"in{suffix}"
+    input_files.save_inputs(path, samples)
+    loaded = input_files.load_inputs(path)
+    assert len(loaded) == n
+    for got, want in zip(loaded, samples):
+        assert sorted(got) == sorted(want)
+        for k in want:
+            _same_value(got[k], want[k])
+
+
+def test_npz_keys_follow_the_documented_layout(tmp_path):
+    path = tmp_path / "in.npz"
+    input_files.save_inputs(path, _structured_samples(1))
+    with np.load(path) as z:
+        assert sorted(z.files) == ["bf", "empty_seq@len", "opt_absent@none", "opt_present", "seq@0", "seq@1", "seq@len"]
+        assert int(z["seq@len"]) == 2 and int(z["empty_seq@len"]) == 0
+
+
+def test_json_with_sequences_is_still_polygraphy_json(tmp_path):
+    from polygraphy.json import load_json
+
+    path = tmp_path / "in.json"
+    input_files.save_inputs(path, _structured_samples(1))
+    data = load_json(str(path))  # Polygraphy's own decoder reads it
+    assert isinstance(data, list) and data[0]["opt_absent"] is None and len(data[0]["seq"]) == 2
+
+
+def test_loaded_bfloat16_and_sequence_fit_a_model_and_run(tmp_path):
+    import onnx
+    from onnx import TensorProto as TP
+    from onnx import helper
+
+    from surgeon import backends, input_data
+
+    seq = helper.make_sequence_type_proto(helper.make_tensor_type_proto(TP.FLOAT, [2, 3]))
+    m = helper.make_model(helper.make_graph(
+        [helper.make_node("ConcatFromSequence", ["seq"], ["c"], axis=0), helper.make_node("Cast", ["bf"], ["f"], to=TP.FLOAT)],
+        "g", [helper.make_value_info("seq", seq), helper.make_tensor_value_info("bf", TP.BFLOAT16, [3])],
+        [helper.make_tensor_value_info("c", TP.FLOAT, [None, 3]), helper.make_tensor_value_info("f", TP.FLOAT, [3])]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    sample = {k: v for k, v in _structured_samples(1)[0].items() if k in ("seq", "bf")}
+    path = tmp_path / "in.npz"
+    input_files.save_inputs(path, [sample])
+    fitted = input_data.check_feeds(m, input_files.load_inputs(path), run=True)[0]
+    out = backends.create("onnxrt").session(m).run(fitted)
+    np.testing.assert_array_equal(out["c"], np.concatenate(sample["seq"]))
+    np.testing.assert_array_equal(out["f"], sample["bf"].astype(np.float32))
+
+
+def test_bad_sequence_layouts(tmp_path):
+    np.savez(tmp_path / "short.npz", **{"s@len": np.array(2), "s@0": np.zeros(1)})
+    with pytest.raises(InputDataError, match="has length 2 but no element 's@1'"):
+        input_files.load_inputs(tmp_path / "short.npz")
+    np.savez(tmp_path / "neg.npz", **{"s@len": np.array(-1)})
+    with pytest.raises(InputDataError, match="non-negative integer scalar"):
+        input_files.load_inputs(tmp_path / "neg.npz")
+    np.savez(tmp_path / "plain.npz", **{"a@3": np.zeros(1)})  # no a@len: a tensor whose name has '@3'
+    assert list(input_files.load_inputs(tmp_path / "plain.npz")[0]) == ["a@3"]

@@ -41,15 +41,105 @@ def _ort_value(array: Any) -> Any:
     return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, onnx_type)
 
 
+# ONNX Runtime's names for the element types numpy lacks, and their ONNX numbers. Its
+# numpy bridge refuses these (bfloat16, most float8) or hands back raw bytes under the
+# wrong dtype (float8e4m3fn as uint8), so they travel as OrtValues both ways.
+_EXOTIC = {"bfloat16": onnx.TensorProto.BFLOAT16, "float8e4m3fn": onnx.TensorProto.FLOAT8E4M3FN,
+           "float8e4m3fnuz": onnx.TensorProto.FLOAT8E4M3FNUZ, "float8e5m2": onnx.TensorProto.FLOAT8E5M2,
+           "float8e5m2fnuz": onnx.TensorProto.FLOAT8E5M2FNUZ, "uint4": onnx.TensorProto.UINT4,
+           "int4": onnx.TensorProto.INT4}
+for _name in ("FLOAT4E2M1", "FLOAT8E8M0", "UINT2", "INT2"):
+    if hasattr(onnx.TensorProto, _name):
+        _EXOTIC[_name.lower()] = getattr(onnx.TensorProto, _name)
+_PACKED = {"uint4", "int4", "float4e2m1", "uint2", "int2"}  # several elements per byte
+
+
+def _ort_elem(type_str: str) -> str:
+    """'tensor(bfloat16)' -> 'bfloat16'; 'optional(tensor(int4))' -> 'int4'."""
+    return type_str.rsplit("(", 1)[-1].rstrip(")")
+
+
+_EXOTIC_NUMPY_NAMES = frozenset({"bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
+                                  "int4", "uint4", "float4_e2m1fn", "float8_e8m0fnu", "int2", "uint2"})
+
+
+def _is_exotic_array(value: Any) -> bool:
+    """An ml_dtypes array (their numpy kinds vary: 'V' for most, 'f' for float8_e5m2)."""
+    import numpy as np
+
+    return isinstance(value, np.ndarray) and value.dtype.name in _EXOTIC_NUMPY_NAMES
+
+
+def _to_ortvalue(value: Any, keep: list) -> Any:
+    """A numpy array (ml_dtypes for bfloat16/float8/int4) as an OrtValue of its ONNX element type."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    if isinstance(value, (list, tuple, dict)):
+        raise BackendError("sequence and map inputs cannot be fed to a model with bfloat16/float8/int4 outputs "
+                           "(ONNX Runtime's Python API builds no sequence OrtValue)")
+    arr = np.ascontiguousarray(value)
+    if not _is_exotic_array(arr):
+        return ort.OrtValue.ortvalue_from_numpy(arr)
+    elem = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    if elem in {v for k, v in _EXOTIC.items() if k in _PACKED}:
+        # ORT holds these packed, two (or four) to a byte: pack with onnx's own packer, then copy in.
+        import ctypes
+
+        raw = numpy_helper.from_array(arr).raw_data
+        ov = ort.OrtValue.ortvalue_from_shape_and_type(list(arr.shape), elem)
+        if len(raw) != ov.tensor_size_in_bytes():
+            raise BackendError(f"cannot pack a {arr.dtype} tensor of shape {list(arr.shape)} for ONNX Runtime")
+        ctypes.memmove(ov.data_ptr(), raw, len(raw))
+        return ov
+    bits = arr.view(np.dtype(f"u{arr.dtype.itemsize}"))
+    keep.append(bits)  # the OrtValue borrows this buffer
+    return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, elem)
+
+
+def _from_ortvalue(ov: Any) -> Any:
+    """An output OrtValue as numpy: ml_dtypes arrays for the types numpy lacks, None when absent."""
+    import ctypes
+
+    from onnx import numpy_helper
+
+    if not ov.has_value():
+        return None
+    if not ov.is_tensor():
+        raise BackendError(f"ONNX Runtime returned a {ov.data_type()} next to bfloat16/float8/int4 data; "
+                           "its Python API cannot hand that back")
+    elem = _ort_elem(ov.data_type())
+    if elem not in _EXOTIC:
+        return ov.numpy()
+    raw = ctypes.string_at(ov.data_ptr(), ov.tensor_size_in_bytes())
+    return numpy_helper.to_array(onnx.TensorProto(data_type=_EXOTIC[elem], dims=ov.shape(), raw_data=raw))
+
+
 class OrtSession(Session):
     def __init__(self, sess: Any, weights: Mapping[str, Any] | None = None):
         self._sess = sess
         self.output_names = [o.name for o in sess.get_outputs()]
         self._weights = dict(weights or {})  # fed with every run (see Exported.for_ort)
+        self._exotic_outputs = any(_ort_elem(o.type) in _EXOTIC for o in sess.get_outputs())
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Tensors of numpy's own types, lists (sequences), None (absent optionals) and dicts
+        (maps) go to ORT as they are, bfloat16/float8/int4 arrays as OrtValues. A model with
+        outputs of those types runs through ``run_with_ort_values`` (its outputs would not
+        convert to numpy otherwise), where an absent optional is left out of the feed."""
+        feeds = {**dict(feeds), **self._weights}
+        keep: list = []
         try:
-            values = self._sess.run(self.output_names, {**dict(feeds), **self._weights})
+            if not self._exotic_outputs:
+                # ORT's run() takes OrtValues beside arrays and lists; only its outputs need numpy types.
+                fed = {k: _to_ortvalue(v, keep) if _is_exotic_array(v) else v for k, v in feeds.items()}
+                values = self._sess.run(self.output_names, fed)
+            else:
+                ort_feeds = {k: _to_ortvalue(v, keep) for k, v in feeds.items() if v is not None}
+                values = [_from_ortvalue(v) for v in self._sess.run_with_ort_values(self.output_names, ort_feeds)]
+        except BackendError:
+            raise
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"ONNX Runtime failed to run the model: {_first_line(exc)}") from exc
         return dict(zip(self.output_names, values))

@@ -25,7 +25,8 @@ import onnx
 from surgeon import model as model_io
 from surgeon import backends, input_data
 from surgeon.comparison import DEFAULT_TOLERANCES, OutputDiff, diff_values, tolerance_for
-from surgeon.errors import BackendError, InputDataError, UsageError
+from surgeon.errors import BackendError, UsageError
+from surgeon.input_data import check_feeds  # noqa: F401  (moved to the core; kept importable from here)
 from surgeon.report import table
 
 log = logging.getLogger(__name__)
@@ -114,30 +115,6 @@ def backend_precision(backend: backends.Backend) -> str | None:
     return None
 
 
-def check_feeds(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], what: str = "the model") -> None:
-    """Loaded samples must name exactly the model's inputs, with their dtypes and ranks."""
-    specs = {s.name: s for s in input_data.input_specs(model)}
-    for i, sample in enumerate(samples):
-        extra = [n for n in sample if n not in specs]
-        if extra:
-            raise InputDataError(f"sample {i} has data for '{extra[0]}', which is not an input of {what}; inputs: {', '.join(specs)}")
-        missing = [n for n in specs if n not in sample]
-        if missing:
-            raise InputDataError(f"sample {i} has no data for input '{missing[0]}' of {what}")
-        for name, value in sample.items():
-            spec = specs[name]
-            if not spec.is_tensor or not isinstance(value, np.ndarray):
-                continue
-            if value.dtype != spec.dtype:
-                raise InputDataError(f"input '{name}' of sample {i} is {value.dtype}, but {what} expects {spec.dtype}")
-            if spec.shape is not None:
-                if value.ndim != len(spec.shape):
-                    raise InputDataError(f"input '{name}' of sample {i} has rank {value.ndim}, but {what} expects {len(spec.shape)}")
-                for axis, (want, have) in enumerate(zip(spec.shape, value.shape)):
-                    if isinstance(want, int) and want != have:
-                        raise InputDataError(f"input '{name}' of sample {i} has size {have} on axis {axis}, but {what} expects {want}")
-
-
 def _tolerance(name: str, value: Any, given: float | Mapping[str, float] | None, precision: str | None, which: int) -> float | None:
     if isinstance(given, Mapping) and name in given:
         return given[name]  # named for this output: used as given
@@ -174,8 +151,8 @@ def _dtype(value: Any) -> str:
 def _judge(name: str, refs: list[Any], tests: list[Any], atol, rtol, nan_equal: bool) -> OutputResult:
     per = []
     for r, t in zip(refs, tests):
-        d = diff_values(name, r, t, tolerance_for(r.dtype if isinstance(r, np.ndarray) else "float32", atol, rtol),
-                        nan_equal=nan_equal)
+        tol = tolerance_for(r.dtype, atol, rtol) if isinstance(r, np.ndarray) else None  # None: per sequence element
+        d = diff_values(name, r, t, tol, nan_equal=nan_equal, atol=atol, rtol=rtol)
         if isinstance(r, np.ndarray) and isinstance(t, np.ndarray) and r.dtype != t.dtype:
             d.passed = False
             d.reason = f"dtype {t.dtype} differs from the reference {r.dtype}" + (f"; {d.reason}" if d.reason else "")
@@ -238,6 +215,7 @@ def compare(
     notes: list[str] = []
 
     ref_session = ref_backend.session(ref_model)
+    generated = samples is None
     if samples is None:
         def runs(feeds: dict[str, np.ndarray]) -> bool:
             try:
@@ -249,12 +227,11 @@ def compare(
         samples = input_data.make_samples(ref_model, input_shapes=input_shapes, value_ranges=value_ranges,
                                     iterations=iterations, seed=seed, runs=runs)
     else:
-        samples = [dict(s) for s in samples]
-        check_feeds(ref_model, samples)
+        samples = input_data.check_feeds(ref_model, samples)
         if input_shapes or value_ranges:
             notes.append("inputs were loaded: --input-shapes and --val-range were not used")
     if against is not None:
-        check_feeds(test_model, samples, what=f"'{against_label}'")
+        input_data.check_feeds(test_model, samples, what=f"'{against_label}'")
         missing = [n for n in out_names if n not in {o.name for o in test_model.graph.output}]
         if missing:
             notes.append(f"'{against_label}' has no output '{missing[0]}'")
@@ -262,8 +239,10 @@ def compare(
     try:
         ref_runs = _run_all(ref_session, samples)
     except BackendError as exc:  # a failing reference run is an input problem (exit 2), with a way out
+        problems = "" if generated is False else "; ".join(input_data.input_problems(ref_model, input_shapes))
+        why = f"; no valid sample could be made: {problems}" if problems else ""
         raise BackendError(f"the reference backend cannot run the model on inputs {input_data.describe_feeds(samples[0])} "
-                           f"({exc}); give --input-shapes and --val-range, or --load-inputs") from exc
+                           f"({exc}){why}; give --input-shapes and --val-range, or --load-inputs") from exc
     ref_label = f"{model_label} on {ref_backend.describe()}" if against is not None else ref_backend.describe()
     report = CompareReport(model_label, ref_label, test_label, against_label, [],
                            [input_data.describe_feeds(s) for s in samples], 0.0, notes=notes)

@@ -185,3 +185,82 @@ def test_plots_of_outputs_with_alike_names_do_not_overwrite(tmp_path):
     report = compare(model, test="fp16", plot_dir=tmp_path, value_ranges={"x": (0.5, 1.0)})
     assert sorted(report.mismatching) == ["o/1", "o:1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o_1.png", "o_1_2.png"]
+
+
+# --- loaded inputs that do not fit the model: exit 2, one line naming the input -----------------------------------
+
+TOKENS = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (int64[B, 4] ids, float[B, 3] x, int64[2] shape) => (float[B, 4, 2] e, float[?, ?] y)
+  <float[10, 2] table = {0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 17.0, 18.0, 19.0}> {
+  e = Gather (table, ids)
+  y = Reshape (x, shape)
+}
+"""
+
+
+def _tokens_model(tmp_path):
+    import numpy as np
+    import onnx
+
+    path = tmp_path / "tokens.onnx"
+    onnx.save(model_from_text(TOKENS), str(path))
+    good = {"ids": np.array([[0, 1, 2, 9]], np.int64), "x": np.zeros((1, 3), np.float32), "shape": np.array([3, 1], np.int64)}
+    return path, good
+
+
+def test_cli_loaded_inputs_that_fit_run(tmp_path):
+    from surgeon import input_files
+
+    path, sample = _tokens_model(tmp_path)
+    good = tmp_path / "good.npz"
+    input_files.save_inputs(good, [sample])
+    res = run_cli("compare", str(path), "--test", "onnxrt-noopt", "--load-inputs", str(good))
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+# One case per kind of check (names, values, a run); every kind is covered at the API level in tests/test_input_data.py.
+@pytest.mark.parametrize("change,needle", [
+    (lambda s: s.update(IDS=s.pop("ids")), "names 'IDS', which is not an input of"),
+    (lambda s: s.update(ids=s["ids"] + 10), "input 'ids' holds values in [10, 19], but"),
+    (lambda s: s.update(shape=s["shape"] * 2), "cannot run on the input data"),
+])
+def test_cli_loaded_inputs_that_do_not_fit_exit_2_one_line(tmp_path, change, needle):
+    import numpy as np
+
+    path, sample = _tokens_model(tmp_path)
+    change(sample)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **sample)
+    res = run_cli("compare", str(path), "--test", "onnxrt-noopt", "--load-inputs", str(bad))
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr, res.stderr
+    assert "tokens.onnx" in lines[0]  # says which model the data does not fit
+
+
+def test_cli_scan_checks_loaded_inputs_too(tmp_path):
+    import numpy as np
+
+    path, sample = _tokens_model(tmp_path)
+    sample["ids"] = sample["ids"] + 10
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **sample)
+    res = run_cli("scan", str(path), "--load-inputs", str(bad))
+    assert res.returncode == 2 and "input 'ids' holds values in [10, 19]" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_api_generated_inputs_that_cannot_be_valid_say_which_input_and_why():
+    from surgeon.errors import BackendError
+
+    model = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 13]>
+    g (float[3, 2, 4] x, int64[1] axes) => (float[?, ?] y) {
+      y = Squeeze (x, axes)
+    }""")
+    with pytest.raises(BackendError) as err:
+        compare(model, test="onnxrt-noopt")
+    text = str(err.value)
+    assert "no valid sample could be made" in text and "input 'axes'" in text and "Squeeze" in text
+    assert "--load-inputs" in text
