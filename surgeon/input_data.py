@@ -583,7 +583,9 @@ def _fit_tensor(spec: InputSpec, value: Any, label: str, what: str) -> np.ndarra
         elif want.kind == "O" and arr.dtype.kind in "US":
             arr = arr.astype(object)
         else:
-            raise InputDataError(f"{label} is {dtype_name(arr.dtype)}, but {what} expects {dtype_name(want)}")
+            hint = (f" (numpy has no {want.name}: write it with ml_dtypes, e.g. x.astype(ml_dtypes.{want.name}))"
+                    if want.name in (_ML_FLOATS | _ML_INTS) else "")
+            raise InputDataError(f"{label} is {dtype_name(arr.dtype)}, but {what} expects {dtype_name(want)}{hint}")
     if spec.shape is not None:
         if arr.ndim != len(spec.shape):
             raise InputDataError(f"{label} has rank {arr.ndim} (shape {list(arr.shape)}), but {what} expects rank "

@@ -375,6 +375,9 @@ def test_raw_bytes_from_np_save_are_read_as_the_model_type():
                [helper.make_tensor_value_info("f", TP.FLOAT, [3])])
     x = np.array([1.5, -2.0, 0.25], dtype=ml_dtypes.bfloat16)
     raw = x.view(np.dtype("V2"))  # what np.load gives back for an np.save'd bfloat16 array
+    with pytest.raises(InputDataError, match=r"is float32, but the model expects bfloat16 \(numpy has no bfloat16: "
+                                             r"write it with ml_dtypes"):
+        input_data.check_feeds(m, [{"x": x.astype(np.float32)}])
     fitted = input_data.check_feeds(m, [{"x": raw}], run=True)[0]["x"]
     assert fitted.dtype.name == "bfloat16"
     np.testing.assert_array_equal(_run(m, {"x": fitted})["f"], [1.5, -2.0, 0.25])
