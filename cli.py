@@ -1,7 +1,8 @@
 """The surgeon command line: parse arguments, call surgeon's API, print, exit.
 
 Exit codes: 0 success / match, 1 a verdict of failure (mismatch, or a rolled-back pass
-under --strict), 2 usage or input error (one sentence on stderr, never a traceback).
+under --strict), 2 usage or input error (one sentence on stderr, never a traceback), 3 a
+bug in surgeon (one sentence too; ``-v`` shows the traceback).
 Each subcommand has an ``_add_<name>`` function that builds its parser and a ``_cmd_<name>``
 function that runs it.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from surgeon.errors import SurgeonError
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -1130,6 +1131,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("surgeon: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ours: one line for the user, the traceback for -v and the debug log
+        if args.verbose:
+            raise
+        logging.getLogger("surgeon").debug("internal error", exc_info=True)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"surgeon: internal error: {type(exc).__name__}: {first} (nothing was written; rerun with -v for the "
+              "traceback and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -27,18 +27,25 @@ _STANDARD = ("", "ai.onnx")
 
 
 class _Digests:
-    def __init__(self, weights: Mapping[str, np.ndarray]):
+    def __init__(self, weights: Mapping[str, np.ndarray], by_value: frozenset[str] = frozenset()):
         self.weights = weights
+        self.by_value = by_value  # stub keys digested by content (tensors the other side holds embedded)
 
     def constant(self, t: onnx.TensorProto) -> bytes:
         key = W.stub_key(t)
-        if key is not None:
+        if key is not None and key not in self.by_value:
             return _h(b"weight", str(id(self.weights[key])).encode())
-        clean = onnx.TensorProto()
-        clean.CopyFrom(t)
-        clean.ClearField("name")
-        clean.ClearField("doc_string")
-        return _h(b"const", clean.SerializeToString(deterministic=True))
+        # By value: the same numbers in float_data or raw_data are the same constant.
+        try:
+            array = self.weights[key] if key is not None else onnx.numpy_helper.to_array(t)
+        except Exception:  # noqa: BLE001 - a tensor numpy cannot hold: its serialized form, without the name
+            clean = onnx.TensorProto()
+            clean.CopyFrom(t)
+            clean.ClearField("name")
+            clean.ClearField("doc_string")
+            return _h(b"const-proto", clean.SerializeToString(deterministic=True))
+        content = repr(array.tolist()).encode() if array.dtype == object else np.ascontiguousarray(array).tobytes()
+        return _h(b"const", str(t.data_type).encode(), repr(tuple(array.shape)).encode(), content)
 
     def graph(self, g: onnx.GraphProto, env: dict[str, bytes], root: bool) -> list[bytes]:
         """Digests of ``g``'s outputs; ``env`` holds the digests of enclosing-scope values."""
@@ -140,10 +147,13 @@ def _h(*parts: bytes) -> bytes:
 
 
 def same_computation(before: onnx.ModelProto, before_weights: Mapping[str, np.ndarray],
-                     after: onnx.ModelProto, after_weights: Mapping[str, np.ndarray]) -> bool:
+                     after: onnx.ModelProto, after_weights: Mapping[str, np.ndarray],
+                     after_by_value: frozenset[str] = frozenset()) -> bool:
     """Whether every graph output of ``after`` is provably the same computation as ``before``'s.
 
     Opset imports must match too: the same op under another opset may mean another thing.
+    ``after_by_value``: keys of ``after``'s weights to compare by content, for tensors
+    ``before`` holds embedded (a file read back; never needed between two exports).
     """
     def opsets(m: onnx.ModelProto) -> dict[str, int]:
         return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in m.opset_import}
@@ -151,5 +161,5 @@ def same_computation(before: onnx.ModelProto, before_weights: Mapping[str, np.nd
     if opsets(before) != opsets(after) or [o.name for o in before.graph.output] != [o.name for o in after.graph.output]:
         return False
     a = _Digests(before_weights).graph(before.graph, {}, root=True)
-    b = _Digests(after_weights).graph(after.graph, {}, root=True)
+    b = _Digests(after_weights, after_by_value).graph(after.graph, {}, root=True)
     return a == b

@@ -55,6 +55,14 @@ def proto_subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
             yield from attr.graphs
 
 
+def _walk_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        if node.attribute:
+            for sub in proto_subgraphs(node):
+                yield from _walk_graph_protos(sub)
+
+
 def _walk_proto_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     for node in graph.node:
         yield node
@@ -274,6 +282,30 @@ class Model:
 
     def __init__(self, skeleton: onnx.ModelProto, weights: Mapping[str, np.ndarray]):
         self._read(skeleton, weights)
+        self.original = Exported(skeleton, dict(weights))  # what was read, for fidelity_problem()
+
+    def fidelity_problem(self) -> str | None:
+        """What this in-memory model would change if written back untouched, or None.
+
+        onnx-graphsurgeon does not model everything ONNX can say; surgeon carries what it
+        knows is lost, and this check makes sure nothing else was: the same computation
+        (surgeon.equivalence) and the same declared types for every graph's interface.
+        """
+        from surgeon.equivalence import same_computation
+
+        now = self.export()
+        held = {id(a) for a in self.original.weights.values()}
+        embedded = frozenset(k for k, a in now.weights.items() if id(a) not in held)  # read from float_data and such
+        if not same_computation(self.original.skeleton, self.original.weights, now.skeleton, now.weights, embedded):
+            return "the graph read back differs from the file (an attribute or a node graphsurgeon cannot hold)"
+        for before, after in zip(_walk_graph_protos(self.original.skeleton.graph), _walk_graph_protos(now.skeleton.graph)):
+            for kind in ("input", "output"):
+                a = [(vi.name, vi.type.SerializeToString(deterministic=True)) for vi in getattr(before, kind)]
+                b = [(vi.name, vi.type.SerializeToString(deterministic=True)) for vi in getattr(after, kind)]
+                if a != b:
+                    changed = next((x[0] for x, y in zip(a, b) if x != y), "?")
+                    return f"the declared type of {kind} '{changed}' of graph '{before.name}' would change"
+        return None
 
     # -- import ------------------------------------------------------------------------
 
@@ -311,8 +343,11 @@ class Model:
         gs_nodes = list(walk_nodes(self.graph))
         if len(metas) != len(gs_nodes):
             raise AssertionError("graphsurgeon imported a different number of nodes")
-        for props, node in zip(metas, gs_nodes):
+        for (props, raw), node in zip(metas, gs_nodes):
             setattr(node, META, props)
+            if raw:
+                setattr(node, RAW_ATTRS, raw)
+        self.declared_types = _declared_types(skeleton.graph, self.graph)
         overridable = self.listed_initializers if self.header.ir_version >= 4 else set()
         owner_of = {name: gid for gid, names in _initializer_owners(skeleton.graph, self.graph).items() for name in names}
         root = id(self.graph)
@@ -527,7 +562,8 @@ def _value_key(const: gs.Constant) -> tuple:
 def _node_key(node: gs.Node) -> tuple:
     """Everything a node's NodeProto is made of, by value or identity (not its neighbours' types)."""
     return (node.op, node.domain, node.name, tuple(t.name for t in node.inputs), tuple(t.name for t in node.outputs),
-            _attrs_sig(node.attrs), tuple(sorted(getattr(node, META, {}).items())))
+            _attrs_sig(node.attrs), tuple(sorted(getattr(node, META, {}).items())),
+            tuple(id(a) for a in getattr(node, RAW_ATTRS, ())))
 
 
 def _tensor_sig(t: gs.Tensor) -> tuple:
@@ -572,14 +608,23 @@ def _copy_tensor(t: onnx.TensorProto) -> onnx.TensorProto:
     return out
 
 
-def _scan_protos(graph: onnx.GraphProto) -> tuple[list[dict[str, str]], set[str]]:
-    """In one walk: each node's metadata (walk order), and every name a node or a graph output reads."""
-    metas: list[dict[str, str]] = []
+# Attribute types graphsurgeon skips on import (with a warning): kept verbatim by surgeon.
+_GS_SKIPS = frozenset({onnx.AttributeProto.TENSORS, onnx.AttributeProto.GRAPHS, onnx.AttributeProto.SPARSE_TENSOR,
+                       onnx.AttributeProto.SPARSE_TENSORS, onnx.AttributeProto.TYPE_PROTO,
+                       onnx.AttributeProto.TYPE_PROTOS, onnx.AttributeProto.UNDEFINED})
+RAW_ATTRS = "surgeon_raw_attrs"  # node attribute: AttributeProtos graphsurgeon cannot hold, re-emitted on export
+
+
+def _scan_protos(graph: onnx.GraphProto) -> tuple[list[tuple[dict[str, str], list]], set[str]]:
+    """In one walk: each node's metadata and skipped attributes (walk order), and every name read."""
+    metas: list[tuple[dict[str, str], list]] = []
     names = {vi.name for vi in graph.output}
 
     def walk(g: onnx.GraphProto) -> None:
         for node in g.node:
-            metas.append({p.key: p.value for p in node.metadata_props} if len(node.metadata_props) else {})
+            raw = [_copy_attr(a) for a in node.attribute if a.type in _GS_SKIPS and not a.ref_attr_name] \
+                if node.attribute else []
+            metas.append(({p.key: p.value for p in node.metadata_props} if len(node.metadata_props) else {}, raw))
             names.update(node.input)
             if node.attribute:
                 for sub in proto_subgraphs(node):
@@ -588,6 +633,37 @@ def _scan_protos(graph: onnx.GraphProto) -> tuple[list[dict[str, str]], set[str]
 
     walk(graph)
     return metas, names
+
+
+def _copy_attr(a: onnx.AttributeProto) -> onnx.AttributeProto:
+    out = onnx.AttributeProto()
+    out.CopyFrom(a)
+    return out
+
+
+def _declared_types(graph: onnx.GraphProto, gs_graph: gs.Graph) -> dict[int, dict[str, tuple]]:
+    """id(gs graph) → name → (declared TypeProto, dtype and shape graphsurgeon gave that value on import).
+
+    graphsurgeon does not keep optional types or a sequence's element shape, and a graph
+    output takes the (often vaguer) shape of a value_info entry of the same name. The
+    declared type is written back as long as no pass changed the value's dtype or shape.
+    """
+    tensors = {t.name: t for t in list(gs_graph.inputs) + list(gs_graph.outputs)}
+    types: dict[str, tuple] = {}
+    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):  # the interface's declaration wins
+        plain = vi.type.WhichOneof("value") in (None, "tensor_type")
+        mine = tensors.get(vi.name)
+        if plain and mine is None:
+            continue  # an intermediate's value_info: graphsurgeon holds it
+        t = onnx.TypeProto()
+        t.CopyFrom(vi.type)
+        types[vi.name] = (t, None if mine is None else mine.dtype, None if mine is None else _shape_key(mine.shape))
+    out = {id(gs_graph): types} if types else {}
+    proto_subs = [sub for n in graph.node if n.attribute for sub in proto_subgraphs(n)]
+    gs_subs = [sub for n in gs_graph.nodes for sub in subgraphs(n)]
+    for p, g in zip(proto_subs, gs_subs):
+        out.update(_declared_types(p, g))
+    return out
 
 
 def _initializer_owners(graph: onnx.GraphProto, gs_graph: gs.Graph) -> dict[int, set[str]]:
@@ -743,6 +819,9 @@ class _Exporter:
                                       domain=node.domain or None)
         for key, value in node.attrs.items():
             proto.attribute.append(self._attribute(key, value))
+        for attr in getattr(node, RAW_ATTRS, ()):
+            if attr.name not in node.attrs:
+                proto.attribute.append(attr)
         for key, value in getattr(node, META, {}).items():
             proto.metadata_props.add(key=key, value=value)
         return proto
@@ -770,8 +849,9 @@ class _Exporter:
     def _graph(self, g: gs.Graph) -> onnx.GraphProto:
         out = onnx.GraphProto(name=g.name or "", doc_string=g.doc_string or "")
         out.node.extend(self._node(n) for n in g.nodes)
-        out.input.extend(_value_info(t) for t in g.inputs)
-        out.output.extend(_value_info(t) for t in g.outputs)
+        declared = self.model.declared_types.get(id(g), {})
+        out.input.extend(_value_info(t, declared) for t in g.inputs)
+        out.output.extend(_value_info(t, declared) for t in g.outputs)
         io = {id(t) for t in g.inputs} | {id(t) for t in g.outputs}
         for const in self.placement.get(id(g), []):
             if isinstance(const._values, SparseValues):
@@ -784,7 +864,7 @@ class _Exporter:
                 if isinstance(t, gs.Variable) and id(t) not in io and id(t) not in seen and \
                         (t.dtype is not None or t.shape is not None):
                     seen.add(id(t))
-                    out.value_info.append(_value_info(t))
+                    out.value_info.append(_value_info(t, declared))
         return out
 
     def _interface(self, graph: onnx.GraphProto) -> None:
@@ -813,7 +893,24 @@ class _Exporter:
                 vi.type.CopyFrom(declared.type)
 
 
-def _value_info(t: gs.Tensor) -> onnx.ValueInfoProto:
+def _shape_key(shape) -> tuple | None:
+    return None if shape is None else tuple(shape)
+
+
+def _value_info(t: gs.Tensor, declared: Mapping[str, tuple] | None = None) -> onnx.ValueInfoProto:
+    """``declared``: see :func:`_declared_types`."""
+    kept = (declared or {}).get(t.name)
+    if kept is not None and not isinstance(t, gs.Constant):
+        type_proto, dtype, shape = kept
+        plain = type_proto.WhichOneof("value") in (None, "tensor_type")
+        if not plain or (t.dtype == dtype and _shape_key(t.shape) == shape):
+            vi = onnx.ValueInfoProto(name=t.name)
+            vi.type.CopyFrom(type_proto)
+            return vi
+    if isinstance(t.dtype, onnx.TypeProto):  # graphsurgeon keeps optional and other non-tensor types as they are
+        vi = onnx.ValueInfoProto(name=t.name)
+        vi.type.CopyFrom(t.dtype)
+        return vi
     if t.dtype is None:
         return onnx.helper.make_empty_tensor_value_info(t.name)
     kind = getattr(t, "type", "tensor_type")

@@ -296,6 +296,9 @@ def fix(
     start = time.perf_counter()
     as_proto = isinstance(model, onnx.ModelProto)
     work = Model.from_proto(model) if as_proto else model
+    problem = work.fidelity_problem()
+    if problem:
+        raise ModelLoadError(f"surgeon cannot hold this model without changing it: {problem}; nothing was written")
     if fix_shapes:
         if not input_shapes:
             raise SurgeonError("--fix-shapes needs --input-shapes")
