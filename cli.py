@@ -182,10 +182,13 @@ def _cmd_fix(args) -> int:
         model_io.check_output_path(args.model, args.report)
     model = model_io.open_model(args.model)
     samples = None
-    if args.load_inputs:
+    if args.load_inputs:  # data that does not fit the input model is a usage error, not a silent skip
         from surgeon import input_files
+        from surgeon.input_data import check_feeds
 
-        samples = input_files.load_inputs(args.load_inputs)
+        exported = model.export()
+        samples = check_feeds(exported.skeleton, input_files.load_inputs(args.load_inputs), f"'{args.model}'",
+                              session=_reference_session(args, exported))
     from surgeon.report import Progress
 
     with Progress("running passes") as status:

@@ -103,6 +103,7 @@ def doctor(
     say = progress or (lambda _msg: None)
     say("running passes")
     fixed, fix_report = surgeon.fix(original, passes, input_shapes=input_shapes, seed=seed,
+                                    samples=[dict(s) for s in samples] if samples else None,
                                     atol=atol if not isinstance(atol, Mapping) else None,
                                     rtol=rtol if not isinstance(rtol, Mapping) else None, progress=progress)
     model_io.save(fixed, output_path)

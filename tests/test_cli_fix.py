@@ -119,3 +119,49 @@ def test_input_shapes_pin_verification_but_keep_dynamic_dims(tmp_path):
     proc = run_cli("fix", str(CNN), "-o", str(out), "--input-shapes", "input:[4,3,16,16]", "--fix-shapes")
     assert proc.returncode == 0, proc.stderr
     assert [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim] == [4, 3, 16, 16]
+
+
+# --- --load-inputs that do not fit, and --strict on unverified outputs -------------------------
+
+@pytest.mark.parametrize("case", ["misnamed", "dtype", "shape"])
+def test_load_inputs_that_do_not_fit_the_model_are_usage_errors(tmp_path, case):
+    import numpy as np
+
+    data = {"misnamed": {"images": np.zeros((1, 3, 16, 16), np.float32)},
+            "dtype": {"input": np.zeros((1, 3, 16, 16), np.float64)},
+            "shape": {"input": np.zeros((1, 3, 32, 32), np.float32)}}[case]
+    np.savez(tmp_path / "in.npz", **data)
+    out = tmp_path / "o.onnx"
+    proc = run_cli("fix", str(CNN), "-o", str(out), "--load-inputs", str(tmp_path / "in.npz"))
+    _one_line_error(proc, {"misnamed": "'images'", "dtype": "float64", "shape": "axis 2"}[case])
+    assert not out.exists()
+
+
+def _corpus(name):
+    from helpers import CORPUS
+
+    path = CORPUS / name
+    if not path.is_file():
+        pytest.skip(f"corpus model {path} not found (needs ../shared/corpus beside the checkout)")
+    return path
+
+
+def test_token_ids_out_of_range_are_a_usage_error(tmp_path):
+    import numpy as np
+
+    model = _corpus("rnn_bilstm_gru_legacy_op13.onnx")  # an 8000-row embedding table
+    np.savez(tmp_path / "in.npz", tokens=np.full((2, 5), 9000, np.int64), h0=np.zeros((4, 2, 256), np.float32),
+             c0=np.zeros((4, 2, 256), np.float32))
+    proc = run_cli("fix", str(model), "-o", str(tmp_path / "o.onnx"), "--load-inputs", str(tmp_path / "in.npz"))
+    _one_line_error(proc, "'tokens'")
+    assert "9000" in proc.stderr or "8000" in proc.stderr
+
+
+def test_strict_fails_an_output_that_was_not_verified(tmp_path):
+    model = _corpus("silero_vad_v6.onnx")  # no generated input sizes run on it (sr must be 8000 or 16000)
+    out = tmp_path / "o.onnx"
+    proc = run_cli("fix", str(model), "-o", str(out), "--strict")
+    assert proc.returncode == 1, proc.stderr
+    assert out.exists()  # written, but the exit code and a warning say it was not verified
+    assert "warning: the output was not verified numerically" in proc.stderr
+    assert run_cli("fix", str(model), "-o", str(out), "--strict", "--no-verify").returncode == 2

@@ -26,7 +26,6 @@ from surgeon import model as model_io
 from surgeon import backends, input_data
 from surgeon.comparison import DEFAULT_TOLERANCES, OutputDiff, diff_values, tolerance_for
 from surgeon.errors import BackendError, UsageError
-from surgeon.input_data import check_feeds  # noqa: F401  (moved to the core; kept importable from here)
 from surgeon.report import table
 
 log = logging.getLogger(__name__)

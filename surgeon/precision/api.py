@@ -160,7 +160,7 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
                             samples: Sequence[Mapping[str, Any]], options: Fp16Options | None = None,
                             progress: Callable[[str], None] | None = None) -> Fp16Report:
     """Search the FP32 islands, write the mixed-precision model to ``output``; see the package docstring."""
-    from surgeon.debug.compare_run import check_feeds
+    from surgeon.input_data import check_feeds
 
     options = options or Fp16Options()
     say = progress or (lambda _m: None)
@@ -181,8 +181,7 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
     always = frozenset(r for r in requested if r in set(candidates))
     if options.max_oracle_calls < 3:
         raise UsageError("--max-oracle-calls must be at least 3 (the two preconditions and a confirmation)")
-    samples = [dict(s) for s in samples]
-    check_feeds(named, samples, f"'{label}'")
+    samples = check_feeds(named, samples, f"'{label}'")
     say("running the FP32 model")
     reference, again = reference_outputs(named, samples)
     tolerances = resolve_tolerances(reference[0], options.atol, options.rtol, options.precision)

@@ -42,10 +42,9 @@ def _samples(src, samples, input_shapes, seed, backend) -> list[dict]:
     from surgeon.input_data import make_samples
 
     if samples:
-        from surgeon.debug.compare_run import check_feeds
+        from surgeon.input_data import check_feeds
 
-        check_feeds(src.model, samples, f"'{src.label}'")
-        return [dict(s) for s in samples]
+        return check_feeds(src.model, samples, f"'{src.label}'")
     runs = None
     if backend in ("onnxrt", "onnxrt-noopt"):
         from surgeon.debug.profile import onnxrt
@@ -122,9 +121,9 @@ def compare_models(a: Any, b: Any, *, backend: str = "onnxrt", samples: Sequence
     sa = _source(a, labels[0] if labels else None)
     sb = _source(b, labels[1] if labels else None)
     feeds = _samples(sa, samples, input_shapes, seed, backend)
-    from surgeon.debug.compare_run import check_feeds
+    from surgeon.input_data import check_feeds
 
-    check_feeds(sb.model, feeds, f"'{sb.label}'")
+    feeds = check_feeds(sb.model, feeds, f"'{sb.label}'")
     pa, pb = onnxrt.run([sa, sb], feeds, backend=backend, threads=threads, warmup=warmup, iterations=iterations,
                         profile=profile, progress=progress)
     diff = compare_timings(pa.latency_runs_ms, pb.latency_runs_ms)
