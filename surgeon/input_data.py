@@ -43,6 +43,10 @@ DEFAULT_ELEMENT_SHAPE = (3,)  # a sequence element whose shape the model leaves 
 # and at tiny sizes every feature map is 1x1, where a baked-in H/32 would go unnoticed.
 # 256 covers audio-length dims (STFT windows); 1 covers models that need tiny sizes.
 _SIZE_LADDER = (32, 8, 256, 1)
+# Dims only integer inputs carry (token ids, attention masks, positions) start small: a
+# sequence of 8 tokens exercises the same graph as 64, and a language model's cost, its
+# vocabulary projection above all, grows with every token of every verification run.
+_TOKEN_LADDER = (4, 32, 8, 1)
 _BATCH_SIZES = (2, 3)
 
 # Element types numpy lacks; onnx maps them to ml_dtypes types of these names.
@@ -390,13 +394,27 @@ def _batch_symbols(specs: list[InputSpec]) -> set[str]:
     return out
 
 
+def _token_symbols(specs: list[InputSpec]) -> set[str]:
+    """Dynamic dims that appear on integer or boolean tensor inputs only."""
+    seen: dict[str, bool] = {}
+    for s in specs:
+        if not s.is_tensor or s.shape is None:
+            continue
+        integer = s.dtype.kind in "biu"
+        for d in s.shape:
+            if isinstance(d, str):
+                seen[d] = seen.get(d, True) and integer
+    return {d for d, only_integer in seen.items() if only_integer}
+
+
 def size_attempts(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -> list[list[dict[str, int]]]:
     """Candidate size assignments: each attempt is two assignments (sample A, sample B)."""
     fixed = pinned_sizes(specs, pins)
     free = [s for s in symbols(specs) if s not in fixed]
     batch = _batch_symbols(specs)
+    tokens = _token_symbols(specs)
     attempts = []
-    for scale in _SIZE_LADDER:
+    for scale, token_scale in zip(_SIZE_LADDER, _TOKEN_LADDER):
         pair = []
         for sample in (0, 1):
             sizes = dict(fixed)
@@ -405,7 +423,7 @@ def size_attempts(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -
                 if sym in batch:
                     sizes[sym] = _BATCH_SIZES[sample]
                 else:
-                    sizes[sym] = scale * (2 + k + sample)
+                    sizes[sym] = (token_scale if sym in tokens else scale) * (2 + k + sample)
                     k += 1
             pair.append(sizes)
         attempts.append(pair)
