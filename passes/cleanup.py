@@ -91,7 +91,7 @@ def _identity_refusal(graph: gs.Graph, node: gs.Node, nested_outputs: set[int], 
         return "its input and output are both graph outputs"
     if id(x) in nested_outputs:
         return "its input is also a subgraph's output"
-    if any(x.name in _outer_reads(n) for n in graph.nodes):
+    if x.name in G.body_reads(graph):
         return "it names a graph output and its input is read by a subgraph"
     return None
 

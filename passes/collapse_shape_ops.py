@@ -204,23 +204,12 @@ def _set_slice(outer: gs.Node, params: list[list[int]], names: set[str], scope: 
             R.drop_if_dead(scope, t)
 
 
-def _hidden_reads(graph: gs.Graph) -> set[str]:
-    """Names that bodies of this graph's nodes read from it (no visible edge)."""
-    names: set[str] = set()
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(sub, gs.Graph):
-                    names |= G.outer_scope_names(sub)
-    return names
-
-
 def collapse(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
     candidates = [n for n in graph.nodes if n.op in _OUTER and R.is_standard(n) and n.inputs]
     if not candidates:
         return False
     scope = R.Scope(graph)
-    hidden = _hidden_reads(graph)
+    hidden = G.body_reads(graph)
     names = {t.name for t in graph.tensors().values()} | hidden
     changed = False
     for outer in candidates:

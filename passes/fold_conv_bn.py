@@ -451,17 +451,6 @@ def _rewrite_forward(graph: gs.Graph, bn: gs.Node, conv: gs.Node, names: set[str
 
 # --- driver ------------------------------------------------------------------------------
 
-def _subgraph_reads(graph: gs.Graph) -> set[str]:
-    """Names this graph's nested bodies read from it through outer scope."""
-    names: set[str] = set()
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            for sub in value if isinstance(value, (list, tuple)) else [value]:
-                if isinstance(sub, gs.Graph):
-                    names |= G.outer_scope_names(sub)
-    return names
-
-
 def _label(node: gs.Node) -> str:
     return node.name or (node.outputs[0].name if node.outputs else node.op)
 
@@ -469,7 +458,7 @@ def _label(node: gs.Node) -> str:
 def _fold_graph(graph: gs.Graph, ctx: PassContext, log: PassLog, names: set[str]) -> bool:
     """Apply every rule once over ``graph`` (not its bodies), in topological order."""
     graph_outputs = {t.name for t in graph.outputs}
-    outer = _subgraph_reads(graph)
+    outer = G.body_reads(graph)
     local = {id(n): n for n in graph.nodes}
     changed = False
     for node in list(graph.nodes):

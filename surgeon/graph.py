@@ -152,6 +152,15 @@ def all_names(graph: gs.Graph) -> set[str]:
     return names
 
 
+def body_reads(graph: gs.Graph) -> set[str]:
+    """Names the bodies of ``graph``'s nodes read from it through outer scope (no visible edge)."""
+    names: set[str] = set()
+    for node in graph.nodes:
+        for sub in subgraphs(node):
+            names |= outer_scope_names(sub)
+    return names
+
+
 # --- provenance and marks ----------------------------------------------------------------
 
 def meta(node: gs.Node) -> dict[str, str]:

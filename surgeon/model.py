@@ -35,22 +35,9 @@ EXTERNAL_THRESHOLD = 1_800_000_000
 EXTERNAL_MIN_BYTES = 1024
 
 
-def _iter_graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _iter_graph_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _iter_graph_tensors(sub)
-
-
 def iter_all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     """Every tensor that can carry external data: initializers and attributes, in subgraphs too."""
-    yield from _iter_graph_tensors(model.graph)
+    yield from W.iter_graph_tensors(model.graph)
     for function in model.functions:
         for node in function.node:
             for attr in node.attribute:

@@ -167,17 +167,22 @@ def layer_norm(b, x: gs.Tensor, gamma: gs.Tensor, beta: gs.Tensor | None, epsilo
     return b.op("Add", [y, beta]) if beta is not None else y
 
 
+def skip_norm_outputs_problem(m) -> str | None:
+    """Skip(Simplified)LayerNormalization: outputs 1 and 2 (mean, inv_std_var) have no standard equivalent."""
+    for t in m.outputs:
+        idx = next(i for i, o in enumerate(m.root.outputs) if o is t)
+        if idx in (1, 2):
+            return f"uses output {idx} ({'mean' if idx == 1 else 'inv_std_var'}), which standard ops do not produce"
+    return None
+
+
 class SkipLayerNormalization(_ContribRule):
     """LayerNorm(input + skip + bias) * gamma + beta; output 3 is the sum itself."""
 
     name, op = "ms-skip-layer-norm", "SkipLayerNormalization"
 
     def outputs_problem(self, m):
-        for t in m.outputs:
-            idx = next(i for i, o in enumerate(m.root.outputs) if o is t)
-            if idx in (1, 2):
-                return f"uses output {idx} ({'mean' if idx == 1 else 'inv_std_var'}), which standard ops do not produce"
-        return None
+        return skip_norm_outputs_problem(m)
 
     def rewrite(self, m, b):
         node = m.root

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes.rulepacks.ms_contrib import MS, _erf_gelu, _float_type, _present
+from passes.rulepacks.ms_contrib import MS, _erf_gelu, _float_type, _present, skip_norm_outputs_problem
 from surgeon.rewrite import Op, Rule, RuleContext
 
 _INT8 = (np.dtype(np.int8), np.dtype(np.uint8))
@@ -217,11 +217,7 @@ class SkipSimplifiedLayerNormalization(_Standardized):
     name, op = "ms-skip-simplified-layer-norm", "SkipSimplifiedLayerNormalization"
 
     def outputs_problem(self, m):
-        for t in m.outputs:
-            idx = next(i for i, o in enumerate(m.root.outputs) if o is t)
-            if idx in (1, 2):
-                return f"uses output {idx} ({'mean' if idx == 1 else 'inv_std_var'}), which standard ops do not produce"
-        return None
+        return skip_norm_outputs_problem(m)
 
     def check(self, m, ctx):
         return _float_type(ctx, m.root.inputs[0])
