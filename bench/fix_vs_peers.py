@@ -9,7 +9,7 @@ Every measurement is a fresh process running the command a user types:
 
 so interpreter start-up, imports, loading and saving are counted for every tool alike.
 Wall time is the median of ``--runs`` runs; peak RSS is the child's own high-water mark
-as the kernel reports it to ``os.wait4`` (``ru_maxrss``), also a median. Node counts
+as GNU ``time`` reports it (``%M``), also a median. Node counts
 include If/Loop/Scan bodies; initializer counts include bodies too. Ratios ours/peer are
 printed from the same run. The machines here are shared and noisy: read the ratios.
 
@@ -67,10 +67,17 @@ def command(tool: str, src: Path, dst: Path, extra: dict[str, list[str]], cli: P
 
 
 def _spawn(cmd: list[str], timeout: float, log: Path) -> dict:
-    """Fork/exec ``cmd`` with output to ``log``; reap it with ``os.wait4`` for its own rusage."""
+    """Run ``cmd`` with output to ``log``; its peak RSS as GNU time reports it.
+
+    Why GNU time and not our own ``os.wait4``: Linux carries a process's high-water RSS
+    across fork into exec, so a child forked from this (large, model-reading) process
+    would report at least this process's size. ``time`` is a small process to fork from.
+    """
+    rss_file = log.with_suffix(".rss")
     with open(log, "wb") as sink:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd], stdout=sink,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = t0 + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -84,7 +91,9 @@ def _spawn(cmd: list[str], timeout: float, log: Path) -> dict:
             time.sleep(0.02)
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
-    result = {"seconds": seconds, "maxrss_mb": usage.ru_maxrss / 1024, "rc": proc.returncode}
+    kb = rss_file.read_text().strip().splitlines()[-1] if rss_file.is_file() else ""
+    result = {"seconds": seconds, "maxrss_mb": int(kb) / 1024 if kb.isdigit() else usage.ru_maxrss / 1024,
+              "rc": proc.returncode}
     if proc.returncode != 0:
         lines = [ln for ln in log.read_text(errors="replace").strip().splitlines() if ln.strip()]
         result["error"] = f"exit {proc.returncode}: " + (lines[-1][:160] if lines else "no output")

@@ -422,6 +422,14 @@ class Model:
     def opset(self, domain: str = "") -> int | None:
         return self.opsets.get(domain)
 
+    def declare_output(self, name: str, tensor_type: onnx.TypeProto) -> None:
+        """Replace a main-graph output's declared tensor type (its element type and dims)."""
+        t = next(o for o in self.graph.outputs if o.name == name)
+        tt = tensor_type.tensor_type
+        t.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        t.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        self.declared_types.get(id(self.graph), {}).pop(name, None)
+
     @property
     def ir_version(self) -> int:
         return self.header.ir_version

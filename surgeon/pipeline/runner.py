@@ -22,7 +22,7 @@ from surgeon.errors import ModelLoadError, SurgeonError
 from surgeon.graph import Model
 from surgeon.pipeline import registry
 from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
-from surgeon.verify import INVALID, NUMERIC, PENDING, PROOF, Verifier
+from surgeon.verify import FULL, INVALID, NUMERIC, PENDING, PROOF, Verifier, contradicted_outputs
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,11 @@ class FixReport:
         d = asdict(self)
         d["rolled_back"] = [p.name for p in self.rolled_back]
         return d
+
+
+def _dims(type_proto: onnx.TypeProto) -> str:
+    dims = type_proto.tensor_type.shape.dim
+    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in dims) + "]"
 
 
 def _op_delta(before: Counter, after: Counter) -> dict[str, int]:
@@ -315,9 +320,19 @@ def fix(
                          batch=verifier.numeric and bisect_limit is None and only is None)
     pipeline.run(rounds)
     reports, accepted, cur_nodes, cur_ops = pipeline.reports, pipeline.current, pipeline.nodes, pipeline.ops
+    notes: list[str] = []
+    contradicted = contradicted_outputs(accepted) if verifier.level == FULL else {}
+    for name, inferred in contradicted.items():
+        declared = next(vi for vi in accepted.skeleton.graph.output if vi.name == name)
+        work.declare_output(name, inferred)
+        notes.append(f"the declared shape of output '{name}' {_dims(declared.type)} contradicts what the graph computes, "
+                     f"{_dims(inferred)} (shape inference, once the graph was simplified); the declaration was corrected")
+    if contradicted:
+        accepted = work.export()
     if verifier.level == INVALID:
         raise ModelLoadError(f"the model is invalid and the passes could not repair it: {verifier.checker_reason}")
-    notes = [verifier.note] if verifier.note else []
+    if verifier.note:
+        notes.insert(0, verifier.note)
     if verifier.numeric:
         verification = NUMERIC
     elif all(p.checked == PROOF for p in reports if p.status == APPLIED):

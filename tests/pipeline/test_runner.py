@@ -253,3 +253,24 @@ def test_failed_batch_reruns_passes_one_by_one_without_renumbering():
     assert [p.name for p in report.passes] == ["test-relu-to-max", "test-bake-batch"]  # no duplicate reports
     keys = [(a["pass_name"], a["rule"]) for a in report.applications]
     assert keys == [("test-relu-to-max", "relu-max"), ("test-bake-batch", "bake")]  # numbered once
+
+
+def test_an_output_declaration_the_simplified_graph_contradicts_is_corrected_with_a_note():
+    import onnx
+
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 4] x) => (float[N, 4] y) {
+        s = Shape(x)
+        n = Slice(s, starts, ends)
+        t = Concat<axis=0>(n, tail)
+        y = Reshape(x, t)
+    }
+    """.replace("g (float[N, 4] x)", "g (float[N, 4] x, int64[1] starts = {0}, int64[1] ends = {1}, int64[2] tail = {2, 2})"))
+    m = _remove_inits_from_inputs(m)  # declared [N, 4]; the graph computes [N, 2, 2]
+    out, report = surgeon.fix(m, ["fold-shape-chains"])
+    assert _status(report, "fold-shape-chains").status == APPLIED  # not rolled back for the model's own wrong declaration
+    assert any("declared shape of output 'y' [N, 4] contradicts" in n for n in report.notes)
+    dims = [d.dim_value or d.dim_param for d in out.graph.output[0].type.tensor_type.shape.dim]
+    assert len(dims) == 3 and dims[1:] == [2, 2]
+    onnx.checker.check_model(out, full_check=True)
