@@ -58,12 +58,7 @@ def is_deterministic(node: gs.Node) -> bool:
 
 
 def subgraphs(node: gs.Node) -> list[gs.Graph]:
-    out = []
-    for value in node.attrs.values():
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(item, gs.Graph):
-                out.append(item)
-    return out
+    return list(G.subgraphs(node))
 
 
 def _type_code(holder, values) -> str:
@@ -256,6 +251,10 @@ class Keys:
         if isinstance(value, bytes):
             return ("b", value)
         if isinstance(value, (list, tuple)):
+            if all(isinstance(v, (int, str, bytes)) and not isinstance(v, bool) for v in value):
+                return ("l", tuple(value))  # ints and strings key themselves (a tree ensemble has 100,000s)
+            if all(isinstance(v, float) for v in value):
+                return ("lf", np.asarray(value, dtype=np.float64).tobytes())
             items = tuple(self.attr(v, vk, level) for v in value)
             return None if any(i is None for i in items) else ("l", items)
         if isinstance(value, (type, np.dtype)):
