@@ -113,11 +113,12 @@ def run_builds(skeleton: onnx.ModelProto, index: graph_edit.NodeIndex, prof: pro
             failures.append(_same_named_failure(first, same_named, skeleton, prof.for_worker(), target, label, build, notes))
             continue
         ref = locate(first, index)
-        failures.append(_build_failure(first, ref, label if target else ""))
+        found = [_build_failure(first, ref, label if target else "")]
         if ref is not None and target == (targets or [None])[0]:
             more, more_notes = _build_after_cuts(skeleton, index, prof, target, build, ref, shapes_of, max_rounds, say)
-            failures.extend(_build_failure(m, r_, label if target else "", downstream=d) for m, r_, d in more)
+            found.extend(_build_failure(m, r_, label if target else "", downstream=d) for m, r_, d in more)
             notes.extend(more_notes)
+        failures.extend(sorted(found, key=lambda f: (f.downstream_of_cut, _position(index, f.working_name))))
     if same_named and results and all(b.ok for b in results):
         point = _differing_point(prof, same_named)
         if point is not None:
@@ -133,6 +134,11 @@ def run_builds(skeleton: onnx.ModelProto, index: graph_edit.NodeIndex, prof: pro
                 notes.append("the profile built only because its ranges for those dims overlap: TensorRT assumed them "
                              "equal, and the engine would refuse inputs where they differ")
     return results, failures, notes
+
+
+def _position(index: graph_edit.NodeIndex, working_name: str) -> int:
+    """Graph order, so the report does not depend on which independent node the builder happened to meet first."""
+    return index.order.index(working_name) if working_name in index.refs else len(index.order)
 
 
 def _build_failure(message: str, ref: graph_edit.NodeRef | None, target: str, downstream: bool = False) -> Failure:
