@@ -109,11 +109,13 @@ class _Digests:
                     parts.extend(self._body(sub, node, env, value))
             elif attr.type == onnx.AttributeProto.TENSOR:
                 parts.append(self.constant(attr.t))
-            else:
+            elif attr.doc_string:
                 clean = onnx.AttributeProto()
                 clean.CopyFrom(attr)
                 clean.ClearField("doc_string")
                 parts.append(clean.SerializeToString(deterministic=True))
+            else:
+                parts.append(attr.SerializeToString(deterministic=True))
         base = _h(*parts)
         return [_h(base, str(i).encode()) for i in range(len(node.output))]
 
@@ -146,20 +148,21 @@ def _h(*parts: bytes) -> bytes:
     return digest.digest()
 
 
+def output_digests(model: onnx.ModelProto, weights: Mapping[str, np.ndarray],
+                   by_value: frozenset[str] = frozenset()) -> tuple[bytes, ...]:
+    """One digest for the opset imports and output names, then one per graph output.
+
+    Opset imports take part: the same op under another opset may mean another thing.
+    ``by_value``: keys of ``weights`` to digest by content, for tensors the other side
+    holds embedded (a file read back; never needed between two exports).
+    """
+    opsets = sorted((("" if o.domain == "ai.onnx" else o.domain), o.version) for o in model.opset_import)
+    head = _h(repr(opsets).encode(), *(o.name.encode() for o in model.graph.output))
+    return (head, *_Digests(weights, by_value).graph(model.graph, {}, root=True))
+
+
 def same_computation(before: onnx.ModelProto, before_weights: Mapping[str, np.ndarray],
                      after: onnx.ModelProto, after_weights: Mapping[str, np.ndarray],
                      after_by_value: frozenset[str] = frozenset()) -> bool:
-    """Whether every graph output of ``after`` is provably the same computation as ``before``'s.
-
-    Opset imports must match too: the same op under another opset may mean another thing.
-    ``after_by_value``: keys of ``after``'s weights to compare by content, for tensors
-    ``before`` holds embedded (a file read back; never needed between two exports).
-    """
-    def opsets(m: onnx.ModelProto) -> dict[str, int]:
-        return {("" if o.domain == "ai.onnx" else o.domain): o.version for o in m.opset_import}
-
-    if opsets(before) != opsets(after) or [o.name for o in before.graph.output] != [o.name for o in after.graph.output]:
-        return False
-    a = _Digests(before_weights).graph(before.graph, {}, root=True)
-    b = _Digests(after_weights, after_by_value).graph(after.graph, {}, root=True)
-    return a == b
+    """Whether every graph output of ``after`` is provably the same computation as ``before``'s."""
+    return output_digests(before, before_weights) == output_digests(after, after_weights, after_by_value)

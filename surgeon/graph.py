@@ -204,6 +204,19 @@ class Exported:
 
     skeleton: onnx.ModelProto
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    _digests: tuple[bytes, ...] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def digests(self) -> tuple[bytes, ...]:
+        """The structural digests of the outputs (see surgeon.equivalence), computed once.
+
+        An exported state is never edited, and each pipeline state is compared twice (as
+        the candidate, then as the state the next pass starts from).
+        """
+        if self._digests is None:
+            from surgeon.equivalence import output_digests
+
+            self._digests = output_digests(self.skeleton, self.weights)
+        return self._digests
 
     def _root_stubs(self) -> list[onnx.TensorProto]:
         return [t for t in self.skeleton.graph.initializer if W.stub_key(t)]
