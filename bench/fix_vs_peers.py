@@ -295,6 +295,8 @@ def main() -> None:
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     if unknown or not set(tools) <= set(TOOLS) or args.runs < 1:
         ap.error(f"--sets from {list(SETS)}, --tools from {list(TOOLS)}, --runs >= 1")
+    if not Path("/usr/bin/time").is_file():
+        ap.error("peak RSS is read through GNU time: install it (Debian: apt install time)")
     extra = {"surgeon": args.surgeon_args.split(), "surgeon-noverify": args.surgeon_args.split()}
     models = find_models(sets, args.only, args.skip)
     if not models:
