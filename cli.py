@@ -328,19 +328,9 @@ def _check_outputs(model_path: str, *paths: str | None) -> None:
 
 def _probe_runs(backend_name: str, model):
     """``runs(feeds)`` for input_data.make_samples: whether the reference backend accepts a feed."""
-    from surgeon import backends
-    from surgeon.errors import BackendError
+    from surgeon import backends, input_data
 
-    session = backends.create(backend_name).session(model)
-
-    def runs(feeds) -> bool:
-        try:
-            session.run(feeds)
-            return True
-        except BackendError:
-            return False
-
-    return runs
+    return input_data.runs_on(backends.create(backend_name).session(model))
 
 
 def _add_compare(sub) -> None:
@@ -642,7 +632,7 @@ def _cmd_scan(args) -> int:
     import surgeon
     from surgeon import backends
     from surgeon.debug.scan import scan_model
-    from surgeon.report import table, write_json
+    from surgeon.report import table
 
     _check_outputs(args.model, args.report)
     model = surgeon.load(args.model)

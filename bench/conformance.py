@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import shutil
 import subprocess
 import sys
@@ -200,7 +199,6 @@ def _from_ort(ov):
     """An output OrtValue as numpy (ml_dtypes for the types numpy lacks), list, or None."""
     import ctypes
 
-    import numpy as np
     import onnx
     from onnx import numpy_helper
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G

@@ -46,7 +46,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from passes import _rewire as R

@@ -35,7 +35,6 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G

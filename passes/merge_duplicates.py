@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 from collections import ChainMap
 
-import onnx
 import onnx_graphsurgeon as gs
 
 from passes import _same_value as V

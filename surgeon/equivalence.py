@@ -156,7 +156,7 @@ def output_digests(model: onnx.ModelProto, weights: Mapping[str, np.ndarray],
     ``by_value``: keys of ``weights`` to digest by content, for tensors the other side
     holds embedded (a file read back; never needed between two exports).
     """
-    opsets = sorted((("" if o.domain == "ai.onnx" else o.domain), o.version) for o in model.opset_import)
+    opsets = sorted({("" if o.domain == "ai.onnx" else o.domain): o.version for o in model.opset_import}.items())
     head = _h(repr(opsets).encode(), *(o.name.encode() for o in model.graph.output))
     return (head, *_Digests(weights, by_value).graph(model.graph, {}, root=True))
 

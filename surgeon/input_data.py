@@ -20,7 +20,7 @@ same data everywhere.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -436,6 +436,22 @@ def _no_sample_note(problems: list[str], what: str) -> str:
     if problems:
         return f"{what}: no valid sample could be made ({'; '.join(dict.fromkeys(problems))}); give --load-inputs"
     return f"{what}; give --input-shapes or --load-inputs"
+
+
+def runs_on(session) -> Callable[[dict[str, Any]], bool]:
+    """``runs(feeds)`` for the sample makers: whether ``session`` runs a feed.
+
+    A BackendError is the answer "no" (the probe tries sizes until one runs); any other
+    exception is a bug and propagates.
+    """
+    def runs(feeds: dict[str, Any]) -> bool:
+        try:
+            session.run(feeds)
+            return True
+        except BackendError:
+            return False
+
+    return runs
 
 
 def verification_samples(

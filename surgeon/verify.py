@@ -186,15 +186,9 @@ class Verifier:
             self.skipped = f"verification skipped: {exc}"
             return
 
-        def runs(feeds):
-            try:
-                session.run(feeds)
-                return True
-            except BackendError:
-                return False
-
         if samples is None:
-            samples, self.note = input_data.verification_samples(model.skeleton, input_shapes, seed, runs)
+            samples, self.note = input_data.verification_samples(model.skeleton, input_shapes, seed,
+                                                                 input_data.runs_on(session))
         if not samples:
             self.skipped = f"verification skipped: {self.note}"
             return

@@ -216,15 +216,8 @@ def compare(
     ref_session = ref_backend.session(ref_model)
     generated = samples is None
     if samples is None:
-        def runs(feeds: dict[str, np.ndarray]) -> bool:
-            try:
-                ref_session.run(feeds)
-                return True
-            except BackendError:
-                return False
-
         samples = input_data.make_samples(ref_model, input_shapes=input_shapes, value_ranges=value_ranges,
-                                    iterations=iterations, seed=seed, runs=runs)
+                                          iterations=iterations, seed=seed, runs=input_data.runs_on(ref_session))
     else:
         samples = input_data.check_feeds(ref_model, samples)
         if input_shapes or value_ranges:

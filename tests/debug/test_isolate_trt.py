@@ -129,7 +129,6 @@ def test_missing_tensorrt_is_one_clear_sentence():
 
 def test_trt_target_builds_where_tensorrt_imports():
     pytest.importorskip("tensorrt", reason="TensorRT is not installed here (needs NVIDIA's wheel and a GPU)")
-    import onnx
     from onnx import helper
 
     from surgeon import input_data

@@ -12,7 +12,6 @@ import surgeon
 from helpers import CORPUS, assert_equivalent, model_from_text, op_types, requires_corpus, run_ort, random_feeds
 from passes.cleanup import Cleanup
 from surgeon.graph import iter_proto_nodes
-from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
 
 TOL = dict(atol=1e-6, rtol=1e-6)
 BATCHES = [{"x": (1, 4)}, {"x": (3, 4)}]

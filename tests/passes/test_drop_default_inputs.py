@@ -11,7 +11,6 @@ import helpers
 import surgeon
 from helpers import CORPUS, FIXTURES, assert_equivalent, op_types, requires_corpus
 from passes.drop_default_inputs import DropDefaultInputs
-from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 HIDDEN, FEATURES = 3, 4

@@ -10,7 +10,6 @@ import helpers
 import surgeon
 from helpers import CORPUS, assert_equivalent, model_from_text, op_types, random_feeds, requires_corpus, run_ort
 from passes.eliminate_neutral_ops import EliminateNeutralOps
-from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
 
 TOL = dict(atol=1e-6, rtol=1e-6)
 BATCHES = [{"x": (1, 4)}, {"x": (3, 4)}]

@@ -10,7 +10,6 @@ import surgeon
 from helpers import CORPUS, assert_equivalent, model_from_text, op_types, random_feeds, requires_corpus, run_ort
 from passes.fold_constants import FoldConstants
 from surgeon.graph import iter_proto_nodes
-from surgeon.pipeline.base import PassContext, PassLog
 
 TOL = dict(atol=1e-6, rtol=1e-6)
 

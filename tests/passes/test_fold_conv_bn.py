@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 import helpers
 import surgeon
 from surgeon import graph as G
-from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
+from surgeon.pipeline.base import RewriteBudget
 from passes.fold_conv_bn import FoldConvBN, PASS_NAME
 from helpers import CORPUS, assert_equivalent, requires_corpus, run_ort
 

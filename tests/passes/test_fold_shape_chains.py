@@ -17,7 +17,6 @@ import surgeon
 from helpers import CORPUS, FIXTURES, assert_equivalent, model_from_text, op_types, requires_corpus
 from passes.fold_shape_chains import FoldShapeChains
 from surgeon.graph import count_nodes, op_histogram
-from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
 
 TOL = dict(atol=1e-6, rtol=1e-6)
 INT64_MAX = 2**63 - 1
@@ -602,7 +601,6 @@ def test_dims_lost_by_inference_are_derived_from_the_producers():
     targets = {tuple(init_value(out, n.input[1])) for n in out.graph.node
                if n.op_type == "Reshape" and n.input[1] in {t.name for t in out.graph.initializer}}
     assert (0, 0, -1, 16) in targets and (0, 0, -1) in targets
-    from helpers import random_feeds
     shapes = [{k: (1, 5) for k in ("input_ids", "attention_mask", "token_type_ids")},
               {k: (3, 9) for k in ("input_ids", "attention_mask", "token_type_ids")}]
     assert_equivalent(model, out, shapes, atol=1e-5, rtol=1e-4)

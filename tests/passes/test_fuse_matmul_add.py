@@ -12,7 +12,6 @@ import surgeon
 from helpers import CORPUS, assert_equivalent, model_from_text, op_types, requires_corpus
 from passes.fuse_matmul_add import FuseMatmulAdd
 from surgeon.graph import PROVENANCE_PASS, PROVENANCE_FROM
-from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 SHAPES = [{"x": (1, 3)}, {"x": (5, 3)}]

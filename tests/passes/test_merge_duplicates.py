@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 import surgeon
 from helpers import CORPUS, assert_equivalent, model_from_text, op_types, requires_corpus, run_ort, run_pass

@@ -17,7 +17,6 @@ import surgeon
 from helpers import CORPUS, FIXTURES, model_from_text, requires_corpus, run_cli, run_ort
 from passes.replace_custom_ops import ReplaceCustomOps
 from surgeon import graph as G
-from surgeon.pipeline.base import PassContext, PassLog
 
 SIZES = (1, 3, 6)
 

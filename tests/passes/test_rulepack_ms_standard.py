@@ -17,7 +17,6 @@ import pytest
 from helpers import model_from_text, run_ort, run_pass
 from passes.replace_custom_ops import ReplaceCustomOps
 from surgeon import graph as G
-from surgeon.pipeline.base import PassContext, PassLog
 
 SIZES = (1, 3)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import pytest
 from onnx import numpy_helper
 
 import surgeon

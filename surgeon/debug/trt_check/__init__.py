@@ -56,15 +56,7 @@ def _ort_probe(model: onnx.ModelProto) -> Callable[[dict], bool] | None:
         session = backends.create("onnxrt").session(model)
     except BackendError:
         return None
-
-    def runs(feeds: dict) -> bool:
-        try:
-            session.run(feeds)
-            return True
-        except BackendError:
-            return False
-
-    return runs
+    return input_data.runs_on(session)
 
 
 def check(
