@@ -53,14 +53,6 @@ class ScopeTree:
             a, b = self.parent[id(a)], self.parent[id(b)]
         return a
 
-    def encloses(self, outer: gs.Graph, inner: gs.Graph) -> bool:
-        g: gs.Graph | None = inner
-        while g is not None:
-            if g is outer:
-                return True
-            g = self.parent[id(g)]
-        return False
-
     def _constant_homes(self) -> dict[int, gs.Graph]:
         """id(constant) -> the innermost graph enclosing every reader (where it belongs)."""
         home: dict[int, gs.Graph] = {}

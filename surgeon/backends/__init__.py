@@ -54,11 +54,6 @@ _FACTORIES: dict[str, str] = {
 }
 
 
-def register_backend(name: str, target: str) -> None:
-    """Add a backend factory by import path (used by the backend modules themselves)."""
-    _FACTORIES[name] = target
-
-
 def names() -> list[str]:
     return sorted(_FACTORIES)
 

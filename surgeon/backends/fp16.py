@@ -121,9 +121,6 @@ class Classification:
     def candidates(self) -> list[str]:
         return [c.label for c in self.nodes if c.fixed is None]
 
-    def by_label(self) -> dict[str, NodeClass]:
-        return {c.label: c for c in self.nodes}
-
 
 @dataclass
 class Fp16Plan:

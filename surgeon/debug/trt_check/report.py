@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-PHASES = ("parse", "build", "profile", "domain", "static")
-
 
 @dataclass
 class Remedy:
