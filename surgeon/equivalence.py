@@ -160,9 +160,3 @@ def output_digests(model: onnx.ModelProto, weights: Mapping[str, np.ndarray],
     head = _h(repr(opsets).encode(), *(o.name.encode() for o in model.graph.output))
     return (head, *_Digests(weights, by_value).graph(model.graph, {}, root=True))
 
-
-def same_computation(before: onnx.ModelProto, before_weights: Mapping[str, np.ndarray],
-                     after: onnx.ModelProto, after_weights: Mapping[str, np.ndarray],
-                     after_by_value: frozenset[str] = frozenset()) -> bool:
-    """Whether every graph output of ``after`` is provably the same computation as ``before``'s."""
-    return output_digests(before, before_weights) == output_digests(after, after_weights, after_by_value)

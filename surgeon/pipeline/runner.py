@@ -19,7 +19,7 @@ import onnx
 
 from surgeon import graph as G
 from surgeon.errors import ModelLoadError, SurgeonError
-from surgeon.graph import Model
+from surgeon.graph import Exported, Model
 from surgeon.pipeline import registry
 from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
 from surgeon.verify import FULL, INVALID, NUMERIC, PENDING, PROOF, Verifier, contradicted_outputs
@@ -119,14 +119,14 @@ class _Pipeline:
     (model, options, rewrite budget), so the rerun makes the same changes.
     """
 
-    def __init__(self, work: Model, names: list[str], verifier: Verifier, budget: RewriteBudget,
+    def __init__(self, work: Model, initial: Exported, names: list[str], verifier: Verifier, budget: RewriteBudget,
                  options: Mapping[str, Any], progress: Callable[[str], None] | None, batch: bool):
         self.work, self.names, self.verifier, self.budget = work, names, verifier, budget
         self.options, self.progress, self.batch = dict(options), progress, batch
         self.reports: list[PassReport] = []
         self.version = 0  # bumped whenever the model changes
         self.unchanged: dict[str, _Unchanged] = {}  # pass name -> its last run that changed nothing
-        self.current = work.export()  # the state passes build on (checked; its outputs maybe not compared yet)
+        self.current = initial  # the state passes build on (checked; its outputs maybe not compared yet)
         self.compared = self.current  # the last state whose outputs were compared (or that needs no comparison)
         self.signature = work.signature()
         self.nodes, self.ops = G.count_nodes(work), G.op_histogram(work)
@@ -301,7 +301,8 @@ def fix(
     start = time.perf_counter()
     as_proto = isinstance(model, onnx.ModelProto)
     work = Model.from_proto(model) if as_proto else model
-    problem = work.fidelity_problem()
+    initial = work.export()
+    problem = work.fidelity_problem(initial)
     if problem:
         raise ModelLoadError(f"surgeon cannot hold this model without changing it: {problem}; nothing was written")
     if fix_shapes:
@@ -310,13 +311,13 @@ def fix(
         from surgeon.shapes import pin_input_shapes
 
         pin_input_shapes(work, input_shapes)
+        initial = work.export()
     nodes_before, ops_before = G.count_nodes(work), G.op_histogram(work)
-    initial = work.export()
     verifier = Verifier(initial, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol,
                         seed=seed)
     budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude),
                            only=None if only is None else frozenset(only))
-    pipeline = _Pipeline(work, names, verifier, budget, options or {}, progress,
+    pipeline = _Pipeline(work, initial, names, verifier, budget, options or {}, progress,
                          batch=verifier.numeric and bisect_limit is None and only is None)
     pipeline.run(rounds)
     reports, accepted, cur_nodes, cur_ops = pipeline.reports, pipeline.current, pipeline.nodes, pipeline.ops
