@@ -319,8 +319,8 @@ class Model:
         now = now or self.export()
         held = {id(a) for a in self.original.weights.values()}
         embedded = frozenset(k for k, a in now.weights.items() if id(a) not in held)  # read from float_data and such
-        after = output_digests(now.skeleton, now.weights, embedded) if embedded else now.digests()
-        if self.original.digests() != after:
+        digests = output_digests(now.skeleton, now.weights, embedded) if embedded else now.digests()
+        if self.original.digests() != digests:
             return "the graph read back differs from the file (an attribute or a node graphsurgeon cannot hold)"
         for before, after in zip(_walk_graph_protos(self.original.skeleton.graph), _walk_graph_protos(now.skeleton.graph)):
             for kind in ("input", "output"):
