@@ -297,6 +297,11 @@ def main() -> None:
         ap.error(f"--sets from {list(SETS)}, --tools from {list(TOOLS)}, --runs >= 1")
     if not Path("/usr/bin/time").is_file():
         ap.error("peak RSS is read through GNU time: install it (Debian: apt install time)")
+    # The peers run from site-packages, byte-compiled when pip installed them; surgeon runs
+    # from this checkout, which PYTHONDONTWRITEBYTECODE=1 (set on these machines) would leave
+    # uncompiled: every run would compile it again (0.1 s here). Compile it once, as pip would.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "surgeon", "passes", "cli.py"],
+                   cwd=args.surgeon_cli.resolve().parent, check=True)
     extra = {"surgeon": args.surgeon_args.split(), "surgeon-noverify": args.surgeon_args.split()}
     models = find_models(sets, args.only, args.skip)
     if not models:
