@@ -220,6 +220,33 @@ def test_build_messages_are_classified_and_located():
     assert build_step.locate(GRAPHSCOPE, index) is None
 
 
+def test_build_failures_come_in_graph_order_whatever_order_the_builder_meets_them():
+    """The builder reports one failing node per build; which independent one comes first is its choice (it
+    differed between this machine and CI). A scripted builder that names the later node first."""
+    from surgeon.debug.trt_check import build_step, graph_edit
+
+    model = onnx.load(FIXTURES / "trt_check" / "nms.onnx")
+    index = graph_edit.NodeIndex(model, graph_edit.assign_unique_names(model))
+    calls: list[list[str]] = []
+
+    def build(m, _profile, _target):
+        names = {n.name for n in m.graph.node}
+        calls.append(sorted(names))
+        for name in ("nms_again", "nms"):  # the later node first
+            if name in names:
+                return {"built": False, "messages": [(4, f"Error Code 10: Internal Error ({name}_0 has no runners)")]}
+        return {"built": True}
+
+    prof = profiles.Profile(inputs={"boxes": ((1, 6, 4), (2, 6, 4), (4, 6, 4)),
+                                    "scores": ((1, 1, 6), (2, 1, 6), (4, 1, 6))})
+    _, failures, notes = build_step.run_builds(model, index, prof, [], build,
+                                               shapes_of=lambda outs: [{o: [3, 3] for o in outs}] * 3)
+    assert len(calls) == 3  # the whole model, one node cut, both cut
+    assert [(f.node, f.phase, f.downstream_of_cut) for f in failures] == [("nms", "build", False),
+                                                                         ("nms_again", "build", False)]
+    assert notes == ["with the 2 failing node(s) cut out, the rest of the model builds"]
+
+
 def test_remedies_name_passes_rule_packs_and_what_does_not_exist_yet():
     from surgeon.debug.trt_check.remedies import remedy_for
     from surgeon.debug.trt_check.report import Failure
