@@ -36,6 +36,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from _bytecode import compile_checkout  # bench/, beside this script
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SETS = {
@@ -45,6 +47,7 @@ SETS = {
     "light": None,  # the onnx package's light_* models, weights randomised (see light_models)
 }
 TOOLS = ("surgeon", "surgeon-noverify", "onnxslim", "onnxsim")
+GNU_TIME = Path("/usr/bin/time")
 
 
 def _console_script(name: str) -> str:
@@ -76,7 +79,7 @@ def _spawn(cmd: list[str], timeout: float, log: Path) -> dict:
     rss_file = log.with_suffix(".rss")
     with open(log, "wb") as sink:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd], stdout=sink,
+        proc = subprocess.Popen([str(GNU_TIME), "-f", "%M", "-o", str(rss_file), *cmd], stdout=sink,
                                 stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = t0 + timeout
         while True:
@@ -295,13 +298,9 @@ def main() -> None:
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     if unknown or not set(tools) <= set(TOOLS) or args.runs < 1:
         ap.error(f"--sets from {list(SETS)}, --tools from {list(TOOLS)}, --runs >= 1")
-    if not Path("/usr/bin/time").is_file():
+    if not GNU_TIME.is_file():
         ap.error("peak RSS is read through GNU time: install it (Debian: apt install time)")
-    # The peers run from site-packages, byte-compiled when pip installed them; surgeon runs
-    # from this checkout, which PYTHONDONTWRITEBYTECODE=1 (set on these machines) would leave
-    # uncompiled: every run would compile it again (0.1 s here). Compile it once, as pip would.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "surgeon", "passes", "cli.py"],
-                   cwd=args.surgeon_cli.resolve().parent, check=True)
+    compile_checkout(args.surgeon_cli.resolve().parent)
     extra = {"surgeon": args.surgeon_args.split(), "surgeon-noverify": args.surgeon_args.split()}
     models = find_models(sets, args.only, args.skip)
     if not models:

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _bytecode import compile_checkout  # bench/, beside this script
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -92,8 +94,7 @@ def main(argv: list[str]) -> int:
     if args.models:
         models = [m for m in models if any(s in m.name for s in args.models)]
     rows: list[dict] = []
-    # Byte-compiled, as a pip install leaves it (see bench/fix_vs_peers.py; polygraphy is).
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "surgeon", "passes", "cli.py"], cwd=ROOT, check=True)
+    compile_checkout(ROOT)
     print_header(args)
     with tempfile.TemporaryDirectory(prefix="trt-check-bench-") as tmp:
         tmp = Path(tmp)
