@@ -306,17 +306,16 @@ class Model:
         self._read(skeleton, weights)
         self.original = Exported(skeleton, dict(weights))  # what was read, for fidelity_problem()
 
-    def fidelity_problem(self, now: Exported | None = None) -> str | None:
+    def fidelity_problem(self, now: Exported) -> str | None:
         """What this in-memory model would change if written back untouched, or None.
 
         onnx-graphsurgeon does not model everything ONNX can say; surgeon carries what it
         knows is lost, and this check makes sure nothing else was: the same computation
         (surgeon.equivalence) and the same declared types for every graph's interface.
-        ``now``: this model's export, where the caller has one (its digests are kept).
+        ``now``: this model's export (the pipeline's first state; its digests are kept).
         """
         from surgeon.equivalence import output_digests
 
-        now = now or self.export()
         held = {id(a) for a in self.original.weights.values()}
         embedded = frozenset(k for k, a in now.weights.items() if id(a) not in held)  # read from float_data and such
         digests = output_digests(now.skeleton, now.weights, embedded) if embedded else now.digests()
