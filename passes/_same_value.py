@@ -31,7 +31,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from surgeon.weights import WeightValues
+from surgeon.weights import DenseSparseValues, WeightValues
 
 from surgeon import graph as G
 
@@ -63,7 +63,9 @@ def subgraphs(node: gs.Node) -> list[gs.Graph]:
 
 def _type_code(holder, values) -> str:
     """The ONNX element type a constant is written with (the same code for protobuf and array)."""
-    if isinstance(values, LazyValues):
+    if isinstance(values, DenseSparseValues):
+        values = values.array
+    elif isinstance(values, LazyValues):
         return f"onnx:{values.tensor.data_type}"
     export = getattr(holder, "_export_dtype", None) if isinstance(holder, gs.Constant) else None
     if isinstance(export, int):
@@ -136,7 +138,7 @@ class ContentIndex:
         values = entry.holder._values if isinstance(entry.holder, gs.Constant) else entry.holder
         if isinstance(values, np.ndarray):
             entry.array = values
-        elif isinstance(values, WeightValues):  # a shared weight: reading it copies nothing
+        elif isinstance(values, (WeightValues, DenseSparseValues)):  # held arrays: reading copies nothing
             entry.array = values.array
         elif isinstance(values, LazyValues) and values.tensor.data_location != onnx.TensorProto.EXTERNAL:
             nbytes = int(values.nbytes)
@@ -167,7 +169,7 @@ class ContentIndex:
         if entry is not None:
             return entry.cls
         values = holder._values if isinstance(holder, gs.Constant) else holder
-        if not isinstance(values, (np.ndarray, LazyValues)):  # sparse: compared by identity
+        if not isinstance(values, (np.ndarray, LazyValues)):  # anything else: compared by identity
             entry = _Entry(holder, self._new_class())
             self._entries[id(holder)] = entry
             return entry.cls

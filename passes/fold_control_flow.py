@@ -43,6 +43,7 @@ from passes._scopes import ScopeTree, free_reads, names_in, replace_uses, subtre
 from surgeon import graph as G
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
+from surgeon.weights import DenseSparseValues
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +338,9 @@ class _Run:
 def _renamed_constant(c: gs.Constant, name: str) -> gs.Constant:
     """A copy of ``c`` under another name (the source model's tensor is never renamed)."""
     values = c._values
-    if isinstance(values, LazyValues):
+    if isinstance(values, DenseSparseValues):
+        values = values.array
+    elif isinstance(values, LazyValues):
         proto = onnx.TensorProto()
         proto.CopyFrom(values.tensor)
         proto.name = name

@@ -375,7 +375,9 @@ class Model:
         owner_of = {name: gid for gid, names in _initializer_owners(skeleton.graph, self.graph).items() for name in names}
         root = id(self.graph)
         for const in self._constants():
-            if isinstance(const._values, LazyValues) and not isinstance(const._values, SparseValues):
+            if isinstance(const._values, SparseValues):
+                const._values = W.DenseSparseValues(const._values.tensor)
+            elif isinstance(const._values, LazyValues):
                 key = W.stub_key(const._values.tensor)
                 if key is not None:
                     const._values = W.WeightValues(const._values.tensor, weights[key])
@@ -585,8 +587,8 @@ def _value_key(const: gs.Constant) -> tuple:
     weight is identified by its shared array, which a lazy load hands out unchanged.
     """
     values = const._values
-    if isinstance(values, W.WeightValues):
-        return ("weight", id(values.array))
+    if isinstance(values, (W.WeightValues, W.DenseSparseValues)):
+        values = values.array  # what reading ``const.values`` puts in its place: the same key either way
     return ("values", id(values))
 
 
@@ -809,7 +811,9 @@ class _Exporter:
             stub = W.make_stub(const.name, values.tensor.data_type, values.tensor.dims, "")
             self._relabel(stub, values.array)
             return stub
-        if isinstance(values, LazyValues):
+        if isinstance(values, W.DenseSparseValues):  # where it must be a dense initializer (an extracted piece)
+            values = values.array
+        elif isinstance(values, LazyValues):
             t = _copy_tensor(values.tensor)
             t.name = const.name
             return t

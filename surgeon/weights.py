@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 import onnx
-from onnx_graphsurgeon.ir.tensor import LazyValues
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 # Tensors at least this large are weights: split off, shared, never serialized by a step.
 # Shape-like constants a pass or shape inference reads (Reshape targets, axes, scales) are
@@ -83,6 +83,31 @@ class WeightValues(LazyValues):
     def __init__(self, stub: onnx.TensorProto, array: np.ndarray):
         super().__init__(stub)
         self.array = array
+
+    def load(self) -> np.ndarray:
+        return self.array
+
+
+class DenseSparseValues(SparseValues):
+    """A sparse initializer, densified once: reading ``Constant.values`` then hands out this
+    same array, so a pass that only reads it changes nothing (graphsurgeon would put a fresh
+    array in its place). Until a pass replaces the values, it is written back sparse.
+
+    Densified here, not by graphsurgeon's ``SparseValues.load``: that reads only the typed
+    fields (``float_data``, ``int64_data``) and gives zeros for ``raw_data``, which is how
+    ``numpy_helper.from_array`` stores them (graphsurgeon 0.6.1).
+    """
+
+    def __init__(self, tensor: onnx.SparseTensorProto):
+        super().__init__(tensor)
+        values = onnx.numpy_helper.to_array(tensor.values)
+        indices = onnx.numpy_helper.to_array(tensor.indices).astype(np.int64)
+        dims = tuple(tensor.dims)
+        dense = np.zeros(int(np.prod(dims)), dtype=values.dtype)
+        # [NNZ] linear indices, or [NNZ, rank] coordinates (onnx.proto, SparseTensorProto)
+        flat = indices if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), dims)
+        dense[flat] = values
+        self.array = dense.reshape(dims)
 
     def load(self) -> np.ndarray:
         return self.array

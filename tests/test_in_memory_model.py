@@ -11,6 +11,7 @@ import mmap
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import helper, numpy_helper
 
@@ -161,3 +162,59 @@ def test_models_over_the_protobuf_limit_are_saved_with_external_data(tmp_path, m
     monkeypatch.setattr(model_io, "EXTERNAL_THRESHOLD", 4_000)  # the 8 KiB weight is "over 2 GB" here
     model_io.save(Model.from_proto(_mlp()), tmp_path / "o.onnx")
     assert (tmp_path / "o.onnx.data").stat().st_size == W1.nbytes
+
+
+def _sparse(name: str, values: list[float], indices, dims: list[int]) -> onnx.SparseTensorProto:
+    # numpy_helper stores both parts in raw_data, as exporters do
+    return helper.make_sparse_tensor(numpy_helper.from_array(np.array(values, np.float32), name),
+                                     numpy_helper.from_array(np.array(indices, np.int64), name + "_idx"), dims)
+
+
+def _sparse_model(*, foldable: bool) -> onnx.ModelProto:
+    nodes = [helper.make_node("Add", ["x", "w_lin"], ["a"], name="add_lin"),
+             helper.make_node("Add", ["a", "w_coo"], ["y"], name="add_coo")]
+    inits = []
+    if foldable:  # a constant computation that reads a sparse initializer, and a duplicate of w_coo
+        nodes[0].input[1] = "w_lin2"
+        nodes = [helper.make_node("Mul", ["w_lin", "two"], ["w_lin2"], name="mul"), *nodes,
+                 helper.make_node("Add", ["x", "w_dup"], ["z"], name="add_dup")]
+        inits.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+    outputs = [helper.make_tensor_value_info("y", 1, [2, 3])]
+    if foldable:
+        outputs.append(helper.make_tensor_value_info("z", 1, [2, 3]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, [2, 3])], outputs, inits)
+    g.sparse_initializer.extend([_sparse("w_lin", [1.5, -2.0], [0, 5], [2, 3]),  # [NNZ] linear indices
+                                 _sparse("w_coo", [3.0, 4.0], [[0, 1], [1, 2]], [2, 3])])  # [NNZ, rank] coordinates
+    if foldable:
+        g.sparse_initializer.append(_sparse("w_dup", [3.0, 4.0], [1, 5], [2, 3]))  # w_coo's values, other layout
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_sparse_initializers_are_densified_right_and_reading_values_changes_nothing():
+    # graphsurgeon 0.6.1's own SparseValues.load gives zeros for raw_data; a read used to count as a change
+    model = Model.from_proto(_sparse_model(foldable=False))
+    before = model.signature()
+    consts = {c.name: c for c in model.graph.tensors().values() if isinstance(c, gs.Constant)}
+    assert consts["w_lin"].values.tolist() == [[1.5, 0.0, 0.0], [0.0, 0.0, -2.0]]
+    assert consts["w_coo"].values.tolist() == [[0.0, 3.0, 0.0], [0.0, 0.0, 4.0]]
+    assert model.signature() == before
+    weights = Model.from_proto(_mlp())
+    before = weights.signature()
+    w1 = next(c for c in weights.graph.tensors().values() if c.name == "w1")
+    assert np.array_equal(w1.values, W1) and weights.signature() == before
+
+
+def test_fix_with_sparse_initializers_rolls_nothing_back_and_keeps_untouched_ones_sparse():
+    x = {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    plain = _sparse_model(foldable=False)
+    out, report = surgeon.fix(plain)
+    assert not report.rolled_back and report.verification == "numeric"
+    assert [s.values.name for s in out.graph.sparse_initializer] == ["w_lin", "w_coo"]
+    folded_in = _sparse_model(foldable=True)
+    folded, report = surgeon.fix(folded_in)
+    assert not report.rolled_back, [(p.name, p.reason) for p in report.rolled_back]
+    assert "Mul" not in {n.op_type for n in folded.graph.node}
+    expected, got = run_ort(folded_in, x), run_ort(folded, x)
+    assert all(np.array_equal(expected[k], got[k]) for k in expected)  # exact: an add of folded constants
