@@ -123,6 +123,10 @@ def _add_fix(sub) -> None:
     p.add_argument("--passes", help="comma-separated pass names (default: the default pipeline; see 'surgeon passes')")
     _add_output_args(p)
     p.add_argument("--no-verify", action="store_true", help="skip numeric verification (structural checks still run)")
+    p.add_argument("--verify", choices=("auto", "whole", "local"), default="auto",
+                   help="how changes are compared: the whole model after each, each on the region it changed "
+                        "(on values recorded from one run of the input), or auto: regions where a whole-model run "
+                        "would not fit in memory or is heavy (docs/large-models.md)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when any pass was rolled back or the output could not be verified numerically")
     p.add_argument("--fix-shapes", action="store_true", help="write --input-shapes into the saved model")
@@ -197,6 +201,7 @@ def _cmd_fix(args) -> int:
             atol=_tolerances(args.atol), rtol=_tolerances(args.rtol), fix_shapes=args.fix_shapes,
             rounds=args.rounds, bisect_limit=args.bisect_limit, exclude=_read_exclusions(args.exclude_rewrites),
             options={"rules": args.rules, "target_opset": args.target_opset}, progress=lambda msg: status.update(msg),
+            verify_mode=args.verify,
         )
     # Keep the input's layout: a model that came with external data is saved with it.
     surgeon.save(fixed, args.output, external=True if model.source_external else None)

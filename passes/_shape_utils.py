@@ -664,6 +664,8 @@ class Evaluator:
 
     # -- the op table -------------------------------------------------------------------
     def _compute(self, t: gs.Tensor) -> SVal | None:
+        if isinstance(t, gs.Constant) and (len(t.shape) > 1 or int(np.prod(t.shape)) > MAX_ENTRIES):
+            return None  # what const_sval refuses, decided without reading a weight's values
         arr = constant_array(t)
         if arr is not None:
             return const_sval(arr)

@@ -43,12 +43,13 @@ pass object between them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G
+from surgeon import weights as W
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
 
@@ -268,6 +269,34 @@ def _scale_weight(op: str, layer: _Layer, scale: np.ndarray, attrs: dict) -> np.
     return w * scale[None, :]  # Gemm without transB, MatMul: [K, N]
 
 
+def _held(layer: _Layer) -> "np.ndarray | W.Derived":
+    """The producer's weight as the model holds it (a mapped array or a recipe), not a copy."""
+    values = getattr(layer.weight, "_values", None)
+    held = values.array if isinstance(values, W.WeightValues) else values
+    if isinstance(held, (np.ndarray, W.Derived)) and tuple(held.shape) == layer.w.shape and held.dtype == layer.w.dtype:
+        return held
+    return layer.w
+
+
+def _folded_weight(op: str, layer: _Layer, scale: np.ndarray, attrs: dict) -> W.Derived:
+    """:func:`_scale_weight` as a recipe over the held weight, evaluated a block of rows at a time
+    when the model is written (so the folded weight and its source are never both resident).
+
+    Rows are output channels for Conv and Gemm with ``transB`` (the scale is cut with them);
+    for MatMul/Gemm ``[K, N]`` and ungrouped ConvTranspose the scale runs along axis 1 of
+    every row; a grouped ConvTranspose is computed in one piece.
+    """
+    source = _held(layer)
+    by_row = op == "Conv" or (op == "Gemm" and int(attrs.get("transB", 0)))
+
+    def rows(a: int, b: int) -> np.ndarray:
+        block = replace(layer, w=np.asarray(source[a:b]))
+        return _scale_weight(op, block, scale[a:b] if by_row else scale, attrs).astype(layer.w.dtype)
+
+    return W.derive(layer.w.shape, layer.w.dtype, rows, [source], f"{op} weight folded with the affine map after it",
+                    whole=op == "ConvTranspose" and layer.group > 1)
+
+
 # --- checks (pure) -------------------------------------------------------------------------
 
 def _output_refusal(producer: gs.Node, consumer: gs.Node, graph_outputs: set[str], outer: set[str]) -> str | None:
@@ -391,7 +420,7 @@ def _rewrite_backward(graph: gs.Graph, rule: str, producer: gs.Node, consumer: g
     old = [layer.weight] + ([layer.bias] if layer.bias is not None else [])
     _clone_note(producer, layer.weight, log)
     new_w = gs.Constant(_fresh(names, f"{layer.weight.name}_folded"),
-                        _scale_weight(producer.op, layer, scale, producer.attrs).astype(dtype))
+                        W.held(_folded_weight(producer.op, layer, scale, producer.attrs)))
     producer.inputs[1] = new_w
 
     out = consumer.outputs[0]
@@ -428,18 +457,27 @@ def _rewrite_forward(graph: gs.Graph, bn: gs.Node, conv: gs.Node, names: set[str
     """Fold ``bn`` into the unpadded Conv after it: scale input channels, move the shift into the bias."""
     layer = _read_layer(conv)
     scale, shift = _bn_affine(bn)
-    w = layer.w.astype(np.float64)
     g = layer.group
-    cin_g = w.shape[1]
-    blocks = w.reshape((g, w.shape[0] // g) + w.shape[1:])  # [g, Cout/g, Cin/g, k...]
-    view = (g, 1, cin_g) + (1,) * (w.ndim - 2)
-    new_w = (blocks * scale.reshape(view)).reshape(w.shape)
-    added = (blocks * shift.reshape(view)).sum(axis=tuple(range(2, blocks.ndim))).reshape(-1)
-    b = layer.b.astype(np.float64) if layer.b is not None else np.zeros(layer.channels)
     dtype = layer.w.dtype
+    view = (g, 1, layer.w.shape[1]) + (1,) * (layer.w.ndim - 2)
+
+    def scaled_inputs(w: np.ndarray) -> np.ndarray:
+        """Whole groups of rows of the weight with their input channels scaled."""
+        w = np.asarray(w, dtype=np.float64)
+        blocks = w.reshape((g, w.shape[0] // g) + w.shape[1:])  # [g, Cout/g, Cin/g, k...]
+        return (blocks * scale.reshape(view)).reshape(w.shape).astype(dtype)
+
+    w = layer.w.astype(np.float64)
+    blocks = w.reshape((g, w.shape[0] // g) + w.shape[1:])
+    added = (blocks * shift.reshape(view)).sum(axis=tuple(range(2, blocks.ndim))).reshape(-1)
+    del w, blocks
+    b = layer.b.astype(np.float64) if layer.b is not None else np.zeros(layer.channels)
     old = [layer.weight] + ([layer.bias] if layer.bias is not None else [])
     _clone_note(conv, layer.weight, log)
-    conv.inputs[1] = gs.Constant(_fresh(names, f"{layer.weight.name}_folded"), new_w.astype(dtype))
+    source = _held(layer)
+    new_w = W.derive(layer.w.shape, dtype, lambda a, c: scaled_inputs(source[a:c]), [source],
+                     "Conv weight folded with the BatchNormalization before it", whole=g > 1)  # rows: whole groups
+    conv.inputs[1] = gs.Constant(_fresh(names, f"{layer.weight.name}_folded"), W.held(new_w))
     bias_name = layer.bias.name if layer.bias is not None else f"{conv.name or layer.weight.name}_bias"
     _set_input(conv, 2, gs.Constant(_fresh(names, f"{bias_name}_folded"), (b + added).astype(dtype)))
     conv.inputs[0] = bn.inputs[0]

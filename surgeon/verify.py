@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 import onnx
 
 from surgeon import model as model_io
+from surgeon import staged
 from surgeon.graph import Exported, op_histogram
 from surgeon import backends, input_data
 from surgeon.comparison import diff_outputs
@@ -34,7 +35,8 @@ class VerifyResult:
     note: str = ""  # for the pass report, e.g. why only structural checks were possible
     opaque: tuple[str, ...] = ()  # declared ops ONNX Runtime could not run (numeric checks end here)
     level: int | None = None  # the candidate's checker level (FULL, BASIC, INVALID)
-    method: str = ""  # how equivalence was shown: PROOF, NUMERIC, or STRUCTURAL (checks only)
+    method: str = ""  # how equivalence was shown: PROOF, NUMERIC, REGION, or STRUCTURAL (checks only)
+    unverified: frozenset[str] = frozenset()  # REGION: values the change computes that were not compared
 
     def __post_init__(self):
         if not self.method:
@@ -83,6 +85,7 @@ def io_problem(before: onnx.ModelProto, after: onnx.ModelProto) -> str | None:
 PROOF = "proof"  # the same computation graph up to Identity, dead nodes, names and order (surgeon.equivalence)
 PENDING = "pending"  # structurally checked; its outputs are compared later, with the changes after it
 NUMERIC = "numeric"  # outputs compared on the samples
+REGION = "region"  # the changed region's outputs compared, on values recorded from the input model (verify_region)
 STRUCTURAL = "structural"  # checker and interface only (numeric verification off or impossible)
 
 # How far the onnx checker accepts a model: both checks, the basic check only, or neither.
@@ -170,13 +173,16 @@ class Verifier:
         atol: float | None = None,
         rtol: float | None = None,
         seed: int = 0,
+        mode: str = "auto",
     ):
         self.atol, self.rtol = atol, rtol
         self.backend = backends.create("onnxrt", optimization="basic", memory_lean=True)
         self.samples: list[dict[str, Any]] = []
-        self.reference: list[dict[str, Any]] = []
+        self.reference: list[dict[str, Any]] | None = []
         self.skipped: str | None = None if numeric else "numeric verification disabled (--no-verify)"
         self.note: str | None = None
+        self.regions = None  # surgeon.verify_region.RegionChecks when changes are checked on their regions
+        self.mode_note: str | None = None  # why region checks were chosen
         self.level, self.checker_reason = checker_level(model)
         if not numeric:
             return
@@ -188,16 +194,41 @@ class Verifier:
 
         if samples is None:
             samples, self.note = input_data.verification_samples(model.skeleton, input_shapes, seed,
-                                                                 input_data.runs_on(session))
+                                                                 staged.probe(self.backend, model, session))
         if not samples:
             self.skipped = f"verification skipped: {self.note}"
             return
+        self.samples = samples
+        if self._use_regions(model, mode):
+            del session
+            self.reference = None  # recorded from the input model when a change needs the whole model compared
+            return
+        del session
         try:
-            self.reference = [session.run(feeds) for feeds in samples]
+            self.reference = staged.run(self.backend, model, samples)
         except BackendError as exc:
+            self.samples = []
             self.skipped = f"verification skipped: the input model fails on the given inputs ({exc})"
             return
-        self.samples = samples
+
+    def _use_regions(self, model: Exported, mode: str) -> bool:
+        """Whether changes are checked on their regions (see surgeon.verify_region.choose)."""
+        from surgeon import verify_region
+
+        if mode not in verify_region.MODES:
+            raise ValueError(f"unknown verification mode '{mode}'")
+        if mode == "whole":
+            return False
+        choice = verify_region.choose(mode, model, self.samples)
+        if choice.mode != "local":
+            return False
+        self.regions = verify_region.RegionChecks(model, self.samples, self.backend, atol=self.atol, rtol=self.rtol,
+                                                  inferred=choice.inferred, describe=self._describe)
+        self.mode_note = choice.why
+        return True
+
+    def _describe(self, i: int) -> str:
+        return f"sample {i + 1} ({input_data.describe_feeds(self.samples[i])})"
 
     @property
     def numeric(self) -> bool:
@@ -237,8 +268,17 @@ class Verifier:
         """
         if not self.numeric:
             return VerifyResult(True)
+        why_whole = ""
+        if self.regions is not None:
+            result = self._compare_region(before, candidate)
+            if isinstance(result, VerifyResult):
+                return result
+            why_whole = f"compared on the whole model: {result}"
         try:
-            session = self.backend.session(candidate)
+            outputs = staged.run(self.backend, candidate, self.samples)
+        except staged.RunFailure as exc:
+            return VerifyResult(False, f"on sample {exc.index + 1} ({input_data.describe_feeds(self.samples[exc.index])}): "
+                                       f"{exc}")
         except BackendError as exc:
             blocking = _new_ops(before.skeleton, candidate.skeleton, opaque)
             if not blocking:
@@ -249,12 +289,8 @@ class Verifier:
             return VerifyResult(True, numeric=False, opaque=tuple(blocking), note=(
                 f"numeric verification was not possible: ONNX Runtime cannot run {', '.join(blocking)}; "
                 "checked structurally (checker, output names, types and shapes by shape inference)"))
-        outputs = []
-        for i, feeds in enumerate(self.samples):
-            try:
-                outputs.append(session.run(feeds))
-            except BackendError as exc:
-                return VerifyResult(False, f"on sample {i + 1} ({input_data.describe_feeds(feeds)}): {exc}")
+        if self.reference is None:
+            self.reference = self.regions.recorder.outputs()
         max_abs = max_rel = 0.0
         for i, (ref, out) in enumerate(zip(self.reference, outputs)):
             for d in diff_outputs(ref, out, atol=self.atol, rtol=self.rtol, nan_equal=True, detail=False):
@@ -265,10 +301,25 @@ class Verifier:
                         f"output '{d.name}' differs on sample {i + 1} ({input_data.describe_feeds(self.samples[i])}): {d.reason}",
                         max_abs, max_rel, True,
                     )
-        return VerifyResult(True, "", max_abs, max_rel, True, outputs)
+        return VerifyResult(True, "", max_abs, max_rel, True, outputs, note=why_whole)
+
+    def _compare_region(self, before: Exported, candidate: Exported) -> "VerifyResult | str":
+        """The change checked on its region (surgeon.verify_region), or why it has none to check alone."""
+        try:
+            got = self.regions.compare(before, candidate)
+        except BackendError as exc:  # the recording run of the input model failed
+            return f"values of the input model could not be recorded ({exc})"
+        if isinstance(got, str):
+            return got
+        if not got.ok:
+            return VerifyResult(False, got.reason, got.max_abs, got.max_rel, True, method=REGION)
+        return VerifyResult(True, "", got.max_abs, got.max_rel, True, method=REGION, unverified=got.unverified,
+                            note=f"compared on the {got.nodes} nodes it changed, on values recorded from the input model")
 
     def accept(self, result: VerifyResult) -> None:
         """Make the accepted candidate's outputs the reference for the next pass."""
+        if self.regions is not None and result.method == REGION:
+            self.regions.accept(result.unverified)
         if result.outputs is not None:
             self.reference = result.outputs
             result.outputs = None

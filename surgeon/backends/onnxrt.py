@@ -118,9 +118,13 @@ def _from_ortvalue(ov: Any) -> Any:
 
 class OrtSession(Session):
     def __init__(self, sess: Any, weights: Mapping[str, Any] | None = None):
+        from surgeon import weights as W
+
         self._sess = sess
         self.output_names = [o.name for o in sess.get_outputs()]
-        self._weights = dict(weights or {})  # fed with every run (see Exported.for_ort)
+        # Fed with every run (see Exported.for_ort); derived weights are computed once for the
+        # session's life and dropped with it.
+        self._weights = {name: W.resident(a) for name, a in (weights or {}).items()}
         self._exotic_outputs = any(_ort_elem(o.type) in _EXOTIC for o in sess.get_outputs())
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,7 +205,9 @@ class OnnxRuntimeBackend(Backend):
                     options = self._options()
                     kwargs["sess_options"] = options
                     if arrays:
-                        keep = [_ort_value(a) for a in arrays.values()]
+                        from surgeon import weights as W
+
+                        keep = [_ort_value(W.resident(a)) for a in arrays.values()]
                         options.add_external_initializers(list(arrays), keep)
                     sess = ort.InferenceSession(data, **kwargs)
             elif model_io.needs_external_data(model):

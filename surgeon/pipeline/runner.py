@@ -22,7 +22,7 @@ from surgeon.errors import ModelLoadError, SurgeonError
 from surgeon.graph import Exported, Model
 from surgeon.pipeline import registry
 from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
-from surgeon.verify import FULL, INVALID, NUMERIC, PENDING, PROOF, Verifier, contradicted_outputs
+from surgeon.verify import FULL, INVALID, NUMERIC, PENDING, PROOF, REGION, Verifier, contradicted_outputs
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,15 @@ class FixReport:
     nodes_after: int
     ops_before: dict[str, int]
     ops_after: dict[str, int]
-    verification: str  # "numeric", "proof" (every change proven structurally), or why only structural checks ran
+    # "numeric" (the whole model compared), "region" (some changes compared on their regions
+    # only: surgeon.verify_region), "proof" (every change proven structurally), or why only
+    # structural checks ran
+    verification: str
 
     @property
     def verified(self) -> bool:
-        """Whether the output is shown to compute what the input does (numerically or by proof)."""
-        return self.verification in (NUMERIC, PROOF)
+        """Whether every change is shown to compute what it replaced (numerically, on its region, or by proof)."""
+        return self.verification in (NUMERIC, REGION, PROOF)
     samples: list[str]
     seconds: float
     applications: list[dict[str, Any]] = field(default_factory=list)
@@ -136,13 +139,19 @@ class _Pipeline:
         self.opaque: set[str] = set()
 
     def run(self, rounds: int) -> None:
+        # Region checks record the input model's values once for every change they compare:
+        # one comparison at the end of the run, not one per round.
+        at_end = self.verifier.regions is not None
         for round_no in range(1, max(1, rounds) + 1):
             changed = False
             for name in self.names:
                 changed |= self._step(name, round_no, defer=self.batch)
-            changed &= self._settle()
+            if not at_end:
+                changed &= self._settle()
             if not changed:
                 break
+        if at_end:
+            self._settle()
 
     def _roll_back(self) -> None:
         self.work.restore(self.current)
@@ -270,6 +279,15 @@ class _Pipeline:
         return changed
 
 
+def region_note(verifier: Verifier, changes: int) -> str:
+    """What "verification: region" means for this run, in one sentence for the report."""
+    rec = verifier.regions.recorder
+    return (f"verification: region ({verifier.mode_note}): {changes} change(s) were compared on the part of the "
+            f"model they changed, fed with values recorded from {rec.runs} run(s) of the input model "
+            f"({rec.recorded_bytes / 1e6:.1f} MB); the whole model was not compared after them, so an error within "
+            "tolerance that later layers amplify is not ruled out (docs/large-models.md)")
+
+
 def fix(
     model: "onnx.ModelProto | Model",
     passes: str | list[str] | None = None,
@@ -287,6 +305,7 @@ def fix(
     only: frozenset[str] | set[str] | None = None,
     options: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    verify_mode: str = "auto",
 ) -> tuple["onnx.ModelProto | Model", FixReport]:
     """Run a verified pipeline over ``model`` and return (new model, report).
 
@@ -295,7 +314,9 @@ def fix(
     weights are never copied. ``passes``: names or "a,b,c" (None: the default pipeline).
     ``input_shapes`` pins dynamic dims for verification; with ``fix_shapes`` they are also
     written into the model. ``bisect_limit``/``exclude``/``only`` restrict rewrite
-    applications (see RewriteBudget).
+    applications (see RewriteBudget). ``verify_mode``: ``whole`` compares the whole model after
+    every change, ``local`` each change on its region (surgeon.verify_region), ``auto`` the
+    whole model where a run of it fits in memory and is light, regions elsewhere.
     """
     names = registry.parse_pipeline(passes)
     start = time.perf_counter()
@@ -314,7 +335,7 @@ def fix(
         initial = work.export()
     nodes_before, ops_before = G.count_nodes(work), G.op_histogram(work)
     verifier = Verifier(initial, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol,
-                        seed=seed)
+                        seed=seed, mode=verify_mode)
     budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude),
                            only=None if only is None else frozenset(only))
     pipeline = _Pipeline(work, initial, names, verifier, budget, options or {}, progress,
@@ -334,7 +355,11 @@ def fix(
         raise ModelLoadError(f"the model is invalid and the passes could not repair it: {verifier.checker_reason}")
     if verifier.note:
         notes.insert(0, verifier.note)
-    if verifier.numeric:
+    regional = [p for p in reports if p.status == APPLIED and p.checked == REGION]
+    if verifier.numeric and regional:
+        verification = REGION
+        notes.append(region_note(verifier, len(regional)))
+    elif verifier.numeric:
         verification = NUMERIC
     elif all(p.checked == PROOF for p in reports if p.status == APPLIED):
         # Every change is the same computation graph: equivalent without running anything.

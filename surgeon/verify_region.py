@@ -1,0 +1,535 @@
+"""Region checks: verify a change on the part of the model it changed, not by running the whole model.
+
+Why: on a high-resolution image model one whole-model run takes seconds, and on a
+multi-GB model it reads every weight; the pipeline's whole-model check pays that for the
+reference and again for every comparison. A change, though, only touches a few nodes. So
+(``fix --verify local``, or ``auto`` where a whole-model run is heavy or does not fit):
+
+1. **The region.** Nodes of the model before the change that the candidate no longer has,
+   and nodes the candidate has that the model before did not (compared by their protos,
+   weights by identity), plus the unchanged readers of a constant whose value changed.
+   Its *outputs* are the values read outside it (or graph outputs): the same names on
+   both sides, because the nodes outside are the same nodes. Its *inputs* are the values
+   it reads from outside: graph inputs, or values of the input model.
+2. **One reference run.** The inputs' values are recorded from the input model on the
+   verification samples, once per name: every name the pending changes need is recorded
+   by one run of the part of the input model that computes them (see :class:`Recorder`).
+   An input that only feeds Shape/Size nodes needs only its shape (zeros are fed).
+3. **The check.** The region of the model before and the region of the candidate are run
+   on the same recorded inputs, and their outputs compared with the pipeline's tolerances.
+
+Why this proves the change: the nodes outside the region are the same nodes reading the
+same names, so if the region's outputs agree, everything downstream agrees. The recorded
+values are those of the *input* model; they stand for the current model's values because
+every earlier change was checked the same way. A value computed inside an accepted region
+and not compared (a new internal value, say) is *unverified*: a later region that needs it
+grows back to its producer instead of using a recording.
+
+What it does not prove, and the report says so: errors within tolerance that the rest of
+the model would amplify (a whole-model comparison sees those), and anything outside the
+samples. A change inside an If/Loop/Scan body, an opset change, or a region whose values
+are not plain tensors is compared on the whole model instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from surgeon import staged
+from surgeon import weights as W
+from surgeon.comparison import diff_outputs
+from surgeon.errors import BackendError
+from surgeon.graph import Exported
+
+log = logging.getLogger(__name__)
+
+_SHAPE_READERS = ("Shape", "Size")
+
+
+def _has_bodies(node: onnx.NodeProto) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) or a.HasField("g") or len(a.graphs)
+               for a in node.attribute)
+
+
+def _node_key(node: onnx.NodeProto, weights: Mapping[str, Any]) -> tuple:
+    """What a node computes from which names: op, inputs, outputs and attributes (weight stubs
+    by the weight's identity); not its name, documentation or provenance."""
+    attrs = []
+    for a in node.attribute:
+        if a.HasField("t") or len(a.tensors):
+            a2 = onnx.AttributeProto()
+            a2.CopyFrom(a)
+            for t in ([a2.t] if a2.HasField("t") else []) + list(a2.tensors):
+                key = W.stub_key(t)
+                if key is not None:
+                    t.external_data[0].value = f"id:{id(weights[key])}"
+            a = a2
+        attrs.append(a.SerializeToString(deterministic=True))
+    return (node.domain, node.op_type, tuple(node.input), tuple(node.output), tuple(attrs))
+
+
+def _constants(exported: Exported) -> dict[str, Any]:
+    """Main-graph initializer name -> what it holds (a weight's identity, or a small tensor's bytes)."""
+    out = {}
+    for t in exported.skeleton.graph.initializer:
+        key = W.stub_key(t)
+        out[t.name] = ("weight", id(exported.weights[key])) if key is not None else ("bytes", t.SerializeToString(
+            deterministic=True))
+    return out
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    return [n for n in node.input if n]
+
+
+@dataclass
+class _State:
+    """One side of a change: its nodes, who produces and who reads each name."""
+
+    exported: Exported
+    nodes: list[onnx.NodeProto]
+    keys: list[tuple]
+    consts: dict[str, Any]
+    producer: dict[str, int]
+    readers: dict[str, list[int]]
+    graph_inputs: set[str]
+    graph_outputs: set[str]
+    body_reads: set[str]  # names read inside If/Loop/Scan bodies (outer scope)
+
+    @classmethod
+    def of(cls, exported: Exported) -> "_State":
+        g = exported.skeleton.graph
+        nodes = list(g.node)
+        producer: dict[str, int] = {}
+        readers: dict[str, list[int]] = {}
+        body_reads: set[str] = set()
+        for i, n in enumerate(nodes):
+            for o in n.output:
+                if o:
+                    producer[o] = i
+            for name in _reads(n):
+                readers.setdefault(name, []).append(i)
+            if _has_bodies(n):
+                body_reads |= _outer_reads(n)
+        consts = _constants(exported)
+        return cls(exported, nodes, [_node_key(n, exported.weights) for n in nodes], consts, producer, readers,
+                   {vi.name for vi in g.input} - set(consts), {vi.name for vi in g.output}, body_reads)
+
+
+def _outer_reads(node: onnx.NodeProto) -> set[str]:
+    """Every name read anywhere inside a node's bodies (a superset of its outer-scope reads)."""
+    names: set[str] = set()
+    for a in node.attribute:
+        for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for n in sub.node:
+                names.update(_reads(n))
+                if _has_bodies(n):
+                    names |= _outer_reads(n)
+    return names
+
+
+@dataclass
+class Region:
+    """What one change is checked on (see the module docstring)."""
+
+    before: list[int]  # node indices in the model before the change
+    candidate: list[int]  # node indices in the candidate
+    inputs: list[str]  # values fed from the samples or the recording
+    shape_only: set[str]  # inputs only Shape/Size read: any values of the right shape will do
+    outputs: list[str]  # values compared
+    constant_outputs: set[str] = field(default_factory=set)  # outputs that are a constant on one side
+    unverified: set[str] = field(default_factory=set)  # values the candidate computes that were not compared
+
+    @property
+    def size(self) -> int:
+        return len(self.before) + len(self.candidate)
+
+
+def find_region(before: Exported, candidate: Exported, recordable: Iterable[str] | None = None,
+                unverified: Iterable[str] = ()) -> Region | str:
+    """The region of the change from ``before`` to ``candidate``, or why there is none to check alone.
+
+    ``recordable``: names whose recorded input-model values stand for the current ones
+    (None: any name not in ``unverified``); an input outside it makes the region grow back
+    to its producer.
+    """
+    b, c = _State.of(before), _State.of(candidate)
+    for attr in ("opset_import", "functions"):
+        if [x.SerializeToString() for x in getattr(before.skeleton, attr)] != \
+                [x.SerializeToString() for x in getattr(candidate.skeleton, attr)]:
+            return f"the change edits the model's {attr.replace('_', ' ')}"
+    unverified = set(unverified)
+    recordable = None if recordable is None else set(recordable)
+    in_c = set(c.keys)
+    in_b = set(b.keys)
+    rb = {i for i, k in enumerate(b.keys) if k not in in_c}
+    rc = {i for i, k in enumerate(c.keys) if k not in in_b}
+    changed_consts = {name for name in set(b.consts) | set(c.consts) if b.consts.get(name) != c.consts.get(name)}
+    # unchanged readers of a changed constant compute something else: they join the region on both sides
+    for name in changed_consts:
+        if name in b.consts and name in c.consts:
+            rb.update(b.readers.get(name, ()))
+            rc.update(c.readers.get(name, ()))
+    if not rb and not rc and not changed_consts:
+        return "nothing changed"
+
+    def grow(name: str) -> bool:
+        """Add the (unchanged) producer of ``name`` to both regions; False when there is none."""
+        pb, pc = b.producer.get(name), c.producer.get(name)
+        if pb is None or pc is None or b.keys[pb] != c.keys[pc]:
+            return False
+        rb.add(pb)
+        rc.add(pc)
+        return True
+
+    while True:
+        if any(_has_bodies(b.nodes[i]) for i in rb) or any(_has_bodies(c.nodes[i]) for i in rc):
+            return "the change is inside an If/Loop/Scan body"
+        made_b = {o for i in rb for o in b.nodes[i].output if o} | (set(b.consts) - set(c.consts))
+        made_c = {o for i in rc for o in c.nodes[i].output if o} | (set(c.consts) - set(b.consts))
+        needed = set()
+        for state, region, made in ((b, rb, made_b), (c, rc, made_c)):
+            for i in region:
+                for name in _reads(state.nodes[i]):
+                    if name not in made and name not in state.consts:
+                        needed.add(name)
+        grown = False
+        for name in sorted(needed):
+            if name in b.graph_inputs and name in c.graph_inputs:
+                continue
+            ok = name not in unverified and (recordable is None or name in recordable)
+            if not ok:
+                if not grow(name):
+                    return f"the value '{name}' the change reads was computed by an earlier change and cannot be recorded"
+                grown = True
+        if not grown:
+            break
+    outputs = {}
+    for state, region, made, side in ((b, rb, made_b, "b"), (c, rc, made_c, "c")):
+        outs = set()
+        for name in made:
+            outside = [i for i in state.readers.get(name, ()) if i not in region]
+            if outside or name in state.graph_outputs or name in state.body_reads:
+                outs.add(name)
+        outputs[side] = outs
+    if outputs["b"] != outputs["c"]:
+        odd = sorted(outputs["b"] ^ outputs["c"])[:3]
+        return f"the two sides of the change hand different values to the rest of the model ({', '.join(odd)})"
+    readers_of = {}
+    for state, region in ((b, rb), (c, rc)):
+        for i in region:
+            for pos, name in enumerate(state.nodes[i].input):
+                if name in needed:
+                    readers_of.setdefault(name, set()).add((state.nodes[i].op_type, pos))
+    shape_only = {name for name, uses in readers_of.items() if all(op in _SHAPE_READERS and pos == 0 for op, pos in uses)}
+    consts_out = {n for n in outputs["c"] if n in c.consts or n in b.consts}
+    return Region(sorted(rb), sorted(rc), sorted(needed), shape_only, sorted(outputs["c"]), consts_out,
+                  made_c - outputs["c"] - set(c.consts))
+
+
+def region_model(exported: Exported, indices: Sequence[int], inputs: Sequence[str], outputs: Sequence[str],
+                 types: Mapping[str, tuple[int, int]]) -> Exported:
+    """A model of the nodes ``indices`` of ``exported`` (in its order) reading ``inputs`` and writing ``outputs``.
+
+    ``types``: input name -> (ONNX element type, rank). Constants the nodes read come along
+    (weights by reference); an output that is a constant is written by an Identity.
+    """
+    src = exported.skeleton
+    g = onnx.GraphProto(name="region")
+    nodes = [src.graph.node[i] for i in indices]
+    g.node.extend(nodes)
+    read = {name for n in nodes for name in _reads(n)} | set(outputs)
+    weights = {}
+    for t in src.graph.initializer:
+        if t.name in read and t.name not in inputs:
+            g.initializer.append(t)
+            key = W.stub_key(t)
+            if key is not None:
+                weights[key] = exported.weights[key]
+    made = {o for n in nodes for o in n.output}
+    for name in outputs:
+        if name not in made and any(t.name == name for t in g.initializer):
+            g.node.append(onnx.helper.make_node("Identity", [name], [f"{name}::region"]))
+    for name in inputs:
+        elem, rank = types[name]
+        g.input.append(onnx.helper.make_tensor_value_info(name, elem, [None] * rank))
+    for name in outputs:
+        is_const = name not in made and any(t.name == name for t in g.initializer)
+        g.output.append(onnx.helper.make_empty_tensor_value_info(f"{name}::region" if is_const else name))
+    model = onnx.ModelProto()
+    model.CopyFrom(src)
+    model.graph.CopyFrom(g)
+    return Exported(model, weights)
+
+
+def _elem_type(value: Any) -> int | None:
+    if not isinstance(value, np.ndarray):
+        return None
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class Recorder:
+    """Values of the input model's tensors on the verification samples, each recorded once.
+
+    ``record(names)`` runs the part of the input model that computes the names not yet
+    recorded (their ancestors only), with those names as outputs, once for all of them.
+    ``runs`` counts those runs; ``recorded_bytes`` what is held.
+    """
+
+    def __init__(self, original: Exported, samples: Sequence[Mapping[str, Any]], backend,
+                 inferred: Sequence[Mapping[str, tuple]] | None = None):
+        self.original = original
+        self.samples = list(samples)
+        self.backend = backend
+        self.values: list[dict[str, Any]] = [{} for _ in self.samples]
+        self.runs = 0
+        self._state = _State.of(original)
+        self._inferred = list(inferred) if inferred is not None else None  # per sample: name -> (shape, dtype)
+
+    def spec(self, index: int, name: str) -> tuple[tuple[int, ...], np.dtype] | None:
+        """(shape, dtype) of a value on a sample, without running anything when inference knows it."""
+        if name in self.values[index]:
+            v = self.values[index][name]
+            return (v.shape, v.dtype) if isinstance(v, np.ndarray) else None
+        if name in self.samples[index]:
+            v = self.samples[index][name]
+            return (v.shape, v.dtype) if isinstance(v, np.ndarray) else None
+        if self._inferred is None:
+            self._inferred = [inferred_values(self.original, sample) for sample in self.samples]
+        return self._inferred[index].get(name)
+
+    @property
+    def names(self) -> set[str]:
+        """Every name the input model computes (what can be recorded)."""
+        return set(self._state.producer) | self._state.graph_inputs
+
+    @property
+    def recorded_bytes(self) -> int:
+        return sum(getattr(v, "nbytes", 0) for sample in self.values for v in sample.values())
+
+    def record(self, names: Iterable[str]) -> None:
+        state = self._state
+        missing = sorted(n for n in set(names) if n not in self.values[0] and n in state.producer)
+        if not missing:
+            return
+        cone, stack = set(), [state.producer[n] for n in missing]
+        while stack:
+            i = stack.pop()
+            if i in cone:
+                continue
+            cone.add(i)
+            for name in _reads(state.nodes[i]):
+                if name in state.producer:
+                    stack.append(state.producer[name])
+            if _has_bodies(state.nodes[i]):
+                stack.extend(state.producer[n] for n in _outer_reads(state.nodes[i]) if n in state.producer)
+        order = sorted(cone)
+        reads = {name for i in order for name in _reads(state.nodes[i])}
+        inputs = [n for n in (vi.name for vi in self.original.skeleton.graph.input)
+                  if n in reads and n in state.graph_inputs]
+        part = _cone_model(self.original, order, inputs, missing)
+        feeds = [{k: sample[k] for k in inputs if k in sample} for sample in self.samples]
+        for store, got in zip(self.values, staged.run(self.backend, part, feeds)):
+            store.update(got)
+        self.runs += 1
+
+    def outputs(self) -> list[dict[str, Any]]:
+        """The input model's graph outputs on every sample (the whole-model reference)."""
+        names = [vi.name for vi in self.original.skeleton.graph.output]
+        self.record(names)
+        return [{n: store[n] if n in store else sample[n] for n in names} for sample, store in zip(self.samples,
+                                                                                                   self.values)]
+
+    def value(self, index: int, name: str) -> Any:
+        if name in self.values[index]:
+            return self.values[index][name]
+        return self.samples[index][name]
+
+
+def _cone_model(original: Exported, order: list[int], inputs: list[str], outputs: list[str]) -> Exported:
+    src = original.skeleton
+    model = onnx.ModelProto()
+    model.CopyFrom(src)
+    g = model.graph
+    nodes = [src.graph.node[i] for i in order]
+    read = {name for n in nodes for name in _reads(n)} | {name for n in nodes if _has_bodies(n) for name in
+                                                          _outer_reads(n)}
+    del g.node[:]
+    g.node.extend(nodes)
+    keep_inputs = [vi for vi in src.graph.input if vi.name in inputs or (vi.name in read and vi.name not in inputs and
+                                                                        any(t.name == vi.name for t in src.graph.initializer))]
+    del g.input[:]
+    g.input.extend(keep_inputs)
+    inits = [t for t in src.graph.initializer if t.name in read]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    weights = {W.stub_key(t): original.weights[W.stub_key(t)] for t in inits if W.stub_key(t)}
+    del g.output[:]
+    g.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in outputs)
+    return Exported(model, weights)
+
+
+@dataclass
+class RegionResult:
+    ok: bool
+    reason: str = ""
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    nodes: int = 0  # nodes run, both sides together
+    unverified: frozenset[str] = frozenset()
+
+
+def check_region(region: Region, before: Exported, candidate: Exported, recorder: Recorder, backend, *,
+                 atol=None, rtol=None, describe=lambda i: f"sample {i + 1}") -> RegionResult:
+    """Run both sides of ``region`` on the recorded inputs and compare their outputs."""
+    samples = range(len(recorder.samples))
+    shape_only = {n for n in region.shape_only if all(recorder.spec(i, n) is not None for i in samples)}
+    recorder.record(n for n in region.inputs if n not in shape_only)
+    types = {}
+    for name in region.inputs:
+        spec = recorder.spec(0, name)
+        elem = None if spec is None else _elem_type(np.empty(0, spec[1]))
+        if elem is None:
+            return RegionResult(False, f"the value '{name}' is not a plain tensor")
+        types[name] = (elem, len(spec[0]))
+    feeds = []
+    for i in samples:
+        feed = {}
+        for name in region.inputs:
+            if name in shape_only:  # only its shape is read: zeros (calloc'd pages cost nothing until touched)
+                shape, dtype = recorder.spec(i, name)
+                feed[name] = np.zeros(shape, dtype)
+            else:
+                feed[name] = recorder.value(i, name)
+        feeds.append(feed)
+    results = []
+    for side, state, indices in (("before", before, region.before), ("candidate", candidate, region.candidate)):
+        part = region_model(state, indices, region.inputs, region.outputs, types)
+        try:
+            got = staged.run(backend, part, feeds)
+        except staged.RunFailure as exc:
+            return RegionResult(False, f"on {describe(exc.index)}, the {side} side of the change fails: {exc}")
+        except BackendError as exc:
+            return RegionResult(False, f"ONNX Runtime cannot load the {side} side of the change: {exc}")
+        results.append([{n: out[n] if n in out else out[f"{n}::region"] for n in region.outputs} for out in got])
+    max_abs = max_rel = 0.0
+    for i, (ref, out) in enumerate(zip(*results)):
+        for d in diff_outputs(ref, out, atol=atol, rtol=rtol, nan_equal=True, detail=False):
+            max_abs, max_rel = max(max_abs, d.max_abs), max(max_rel, d.max_rel)
+            if not d.passed:
+                return RegionResult(False, f"value '{d.name}' differs on {describe(i)}: {d.reason}", max_abs, max_rel,
+                                    region.size)
+    return RegionResult(True, "", max_abs, max_rel, region.size, frozenset(region.unverified))
+
+
+# --- shapes without running, and the choice between whole-model and region checks -------
+
+def inferred_values(exported: Exported, sample: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Name -> (static shape, dtype) of every value onnx shape inference can size on ``sample``
+    (the model's inputs pinned to the sample's shapes). Values it cannot size are left out."""
+    model = exported.for_checker()
+    for vi in model.graph.input:
+        value = sample.get(vi.name)
+        if isinstance(value, np.ndarray) and vi.type.HasField("tensor_type"):
+            dims = vi.type.tensor_type.shape
+            dims.ClearField("dim")
+            for d in value.shape:
+                dims.dim.add().dim_value = int(d)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - no inference, nothing known without running
+        return {}
+    out = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        tt = vi.type.tensor_type if vi.type.HasField("tensor_type") else None
+        if tt is None or not tt.HasField("shape") or not tt.elem_type:
+            continue
+        if not all(d.HasField("dim_value") for d in tt.shape.dim):
+            continue
+        dtype = W.numpy_dtype(tt.elem_type)
+        if dtype is not None:
+            out[vi.name] = (tuple(int(d.dim_value) for d in tt.shape.dim), dtype)
+    return out
+
+
+MODES = ("auto", "whole", "local")
+HEAVY_RUN_BYTES = 512 << 20  # values a whole-model run computes per sample, beyond which auto checks regions
+MEMORY_SHARE = 0.8  # of the memory available now, what a whole-model run may take
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says can be given to a process now (MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@dataclass
+class Choice:
+    mode: str  # "whole" or "local"
+    why: str
+    inferred: list[dict[str, tuple]] | None = None  # per sample, for the recorder
+
+
+def choose(mode: str, exported: Exported, samples: Sequence[Mapping[str, Any]]) -> Choice:
+    """Whole-model or region checks. ``auto``: the whole model where one run fits in memory
+    and is light; regions where its weights plus the values it computes would not fit in
+    the memory available, or where it computes more than HEAVY_RUN_BYTES per sample (a
+    high-resolution image model, whose every run takes seconds)."""
+    if mode == "whole":
+        return Choice("whole", "asked for (--verify whole)")
+    if mode == "local":
+        return Choice("local", "asked for (--verify local)")
+    inferred = [inferred_values(exported, s) for s in samples]
+    values = max((sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for shape, dtype in found.values())
+                  for found in inferred), default=0)
+    need = exported.weight_bytes + values
+    free = available_memory()
+    if free is not None and need > MEMORY_SHARE * free:
+        return Choice("local", f"a whole-model run needs about {need / 1e9:.1f} GB and {free / 1e9:.1f} GB are "
+                               "available", inferred)
+    if values > HEAVY_RUN_BYTES:
+        return Choice("local", f"a whole-model run computes about {values / 1e9:.1f} GB of values per sample",
+                      inferred)
+    return Choice("whole", "a whole-model run fits in memory and is light", inferred)
+
+
+class RegionChecks:
+    """The verifier's region mode for one pipeline run: the recording and what is not verified.
+
+    ``compare`` returns a :class:`RegionResult`, or a sentence saying why the change has no
+    region to check alone (the verifier then compares the whole model).
+    """
+
+    def __init__(self, original: Exported, samples: Sequence[Mapping[str, Any]], backend, *, atol=None, rtol=None,
+                 inferred: Sequence[Mapping[str, tuple]] | None = None, describe=lambda i: f"sample {i + 1}"):
+        self.recorder = Recorder(original, samples, backend, inferred)
+        self.backend, self.atol, self.rtol, self.describe = backend, atol, rtol, describe
+        self.unverified: set[str] = set()  # values accepted changes computed without comparing them
+
+    def compare(self, before: Exported, candidate: Exported) -> "RegionResult | str":
+        region = find_region(before, candidate, self.recorder.names, self.unverified)
+        if isinstance(region, str):
+            return region
+        return check_region(region, before, candidate, self.recorder, self.backend, atol=self.atol, rtol=self.rtol,
+                            describe=self.describe)
+
+    def accept(self, unverified: Iterable[str]) -> None:
+        self.unverified |= set(unverified)
