@@ -114,6 +114,20 @@ def _reference_session(args, model):
         return None
 
 
+def _lean_session(exported):
+    """fix's reference session for checking loaded inputs: weights read a slice at a time (surgeon.staged),
+    so a multi-GB model is not held whole; None when ONNX Runtime cannot load it."""
+    from surgeon import backends, staged
+    from surgeon.errors import BackendError
+
+    backend = backends.create("onnxrt", optimization="basic", memory_lean=True)
+    try:
+        backend.session(exported)  # loads at all? (weights are run inputs: no weight is read here)
+    except BackendError:
+        return None
+    return staged.Session(backend, exported)
+
+
 # --- fix -----------------------------------------------------------------------------
 
 def _add_fix(sub) -> None:
@@ -192,7 +206,7 @@ def _cmd_fix(args) -> int:
 
         exported = model.export()
         samples = check_feeds(exported.skeleton, input_files.load_inputs(args.load_inputs), f"'{args.model}'",
-                              session=_reference_session(args, exported))
+                              session=_lean_session(exported))
     from surgeon.report import Progress
 
     with Progress("running passes") as status:

@@ -114,8 +114,27 @@ def _slice_model(exported: "Exported", indices: list[int], inputs: list[str], ou
     del g.value_info[:]
     del g.output[:]
     g.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in outputs)
-    weights = {W.stub_key(t): exported.weights[W.stub_key(t)] for t in inits if W.stub_key(t)}
-    return Exported(model, weights)
+    return Exported(model, weights_of(exported, inits, nodes))
+
+
+def weights_of(exported: "Exported", initializers, nodes) -> dict[str, Any]:
+    """The weights a part of ``exported`` reads: of its initializers, and of the tensors held
+    in its nodes' attributes (a Constant node's value, bodies included)."""
+    out = {}
+    for t in initializers:
+        key = W.stub_key(t)
+        if key is not None:
+            out[key] = exported.weights[key]
+    for node in nodes:
+        for a in node.attribute:
+            tensors = ([a.t] if a.HasField("t") else []) + list(a.tensors)
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                tensors += list(W.iter_graph_tensors(sub))
+            for t in tensors:
+                key = W.stub_key(t)
+                if key is not None:
+                    out[key] = exported.weights[key]
+    return out
 
 
 def _plain(value: Any) -> bool:
@@ -233,3 +252,14 @@ def probe(backend, exported: "Exported", session) -> "Callable[[dict[str, Any]],
             return False
 
     return runs
+
+
+class Session:
+    """A session-like view of :func:`run` for one feed at a time (``.run(feeds)`` gives the
+    graph outputs): for callers written against ``Backend.session`` that check a few feeds."""
+
+    def __init__(self, backend, exported: "Exported"):
+        self.backend, self.exported = backend, exported
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        return run(self.backend, self.exported, [feeds])[0]

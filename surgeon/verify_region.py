@@ -245,13 +245,10 @@ def region_model(exported: Exported, indices: Sequence[int], inputs: Sequence[st
     nodes = [src.graph.node[i] for i in indices]
     g.node.extend(nodes)
     read = {name for n in nodes for name in _reads(n)} | set(outputs)
-    weights = {}
     for t in src.graph.initializer:
         if t.name in read and t.name not in inputs:
             g.initializer.append(t)
-            key = W.stub_key(t)
-            if key is not None:
-                weights[key] = exported.weights[key]
+    weights = staged.weights_of(exported, g.initializer, nodes)
     made = {o for n in nodes for o in n.output}
     for name in outputs:
         if name not in made and any(t.name == name for t in g.initializer):
@@ -372,7 +369,7 @@ def _cone_model(original: Exported, order: list[int], inputs: list[str], outputs
     inits = [t for t in src.graph.initializer if t.name in read]
     del g.initializer[:]
     g.initializer.extend(inits)
-    weights = {W.stub_key(t): original.weights[W.stub_key(t)] for t in inits if W.stub_key(t)}
+    weights = staged.weights_of(original, inits, nodes)
     del g.output[:]
     g.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in outputs)
     return Exported(model, weights)

@@ -656,7 +656,7 @@ def elementwise(fn: Callable[..., np.ndarray], operands: Sequence, what: str = "
     if not shape:
         return None
     rank = len(shape)
-    sliced = [len(s) == rank and s[0] == shape[0] and shape[0] > 1 for s in shapes]
+    sliced = [len(s) == rank and s[0] == shape[0] for s in shapes]
     if any(isinstance(o, Derived) and not cut for o, cut in zip(operands, sliced)):
         return None
 

@@ -485,3 +485,34 @@ def test_overridable_bn_parameter_is_not_folded():
     assert [vi.name for vi in out.graph.input] == ["x", "gamma"]
     out, _ = surgeon.fix(model(overridable=False), ["fold-conv-bn"], rounds=1)
     assert "BatchNormalization" not in [n.op_type for n in out.graph.node]
+
+
+def test_folded_weight_is_a_recipe_over_the_original_with_the_same_values():
+    """Large folded weights are held as recipes (surgeon.weights.Derived) and computed a block of rows at a time."""
+    from onnx import helper, numpy_helper
+
+    from surgeon import weights as W
+    from surgeon.graph import Model
+    from surgeon.pipeline.base import PassContext, PassLog
+    from passes.fold_conv_bn import FoldConvBN
+
+    rng = np.random.default_rng(7)
+    c = 64
+    w = rng.standard_normal((c, 32, 3, 3)).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, c).astype(np.float32), rng.normal(0, 0.1, c).astype(np.float32)
+    mean, var = rng.normal(0, 0.1, c).astype(np.float32), rng.uniform(0.5, 1.5, c).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 32, 5, 5])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, c, 5, 5])],
+        [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (gamma, "g"), (beta, "b"), (mean, "m"), (var, "v"))])
+    work = Model.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    assert FoldConvBN().run(work, PassContext(pass_name="fold-conv-bn"), PassLog())
+    conv = next(n for n in work.graph.nodes if n.op == "Conv")
+    held = conv.inputs[1]._values
+    assert isinstance(held, W.WeightValues) and isinstance(held.array, W.Derived)
+    scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + 1e-5)
+    expect = (w.astype(np.float64) * scale[:, None, None, None]).astype(np.float32)
+    assert np.array_equal(held.array.materialize(), expect)
+    assert np.array_equal(np.concatenate(list(held.array.chunks(max_bytes=32 * 9 * 4 * 5))), expect)
