@@ -40,6 +40,7 @@ class RunFailure(BackendError):
         super().__init__(message)
         self.index = index
 
+WHOLE_BYTES = 1 << 30  # models with at most this many weight bytes run whole (one session: fastest)
 SLICE_BYTES = 256 << 20  # weight bytes of one slice (a slice peaks at about twice this: its weights, and ONNX Runtime's packed copies)
 
 
@@ -148,8 +149,12 @@ def _plain(value: Any) -> bool:
 
 
 def run(backend, exported: "Exported", samples: Sequence[Mapping[str, Any]], outputs: Sequence[str] | None = None,
-        budget: int | None = None) -> list[dict[str, Any]]:
+        budget: int | None = None, whole: int | None = None, session=None) -> list[dict[str, Any]]:
     """``outputs`` (default: the graph outputs) of ``exported`` on every sample, a slice at a time.
+
+    ``budget``: weight bytes per slice (SLICE_BYTES); ``whole``: a model with at most this
+    many weight bytes runs in one session (WHOLE_BYTES); ``session``: that session, when the
+    caller has one already (it is used only for a model that runs whole).
 
     Raises what ``backend.session`` and ``Session.run`` raise (BackendError). The mapped
     weights' pages are released after each slice, and after a whole run.
@@ -157,12 +162,13 @@ def run(backend, exported: "Exported", samples: Sequence[Mapping[str, Any]], out
     budget = SLICE_BYTES if budget is None else budget
     g = exported.skeleton.graph
     wanted = list(outputs) if outputs is not None else [vi.name for vi in g.output]
-    cuts = slices(exported, budget) if exported.weight_bytes > budget else None
+    cuts = slices(exported, budget) if exported.weight_bytes > max(budget, WHOLE_BYTES if whole is None else whole) \
+        else None
     produced = {o for n in g.node for o in n.output if o}
     if cuts and any(n not in produced and not all(n in s for s in samples) for n in wanted):
         cuts = None  # an output that is a constant: the whole model's session says what it holds
     if not cuts or len(cuts) < 2:
-        return _whole(backend, exported, samples, wanted)
+        return _whole(backend, exported, samples, wanted, session)
     last_use: dict[str, int] = {}
     for k, indices in enumerate(cuts):
         for i in indices:
@@ -198,10 +204,11 @@ def run(backend, exported: "Exported", samples: Sequence[Mapping[str, Any]], out
     return [{n: store[n] for n in wanted} for store in values]
 
 
-def _whole(backend, exported: "Exported", samples, wanted: list[str]) -> list[dict[str, Any]]:
+def _whole(backend, exported: "Exported", samples, wanted: list[str], session=None) -> list[dict[str, Any]]:
     graph_outputs = [vi.name for vi in exported.skeleton.graph.output]
     model = exported
     if wanted != graph_outputs:
+        session = None
         from surgeon.graph import Exported
 
         skeleton = onnx.ModelProto()
@@ -209,7 +216,8 @@ def _whole(backend, exported: "Exported", samples, wanted: list[str]) -> list[di
         del skeleton.graph.output[:]
         skeleton.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in wanted)
         model = Exported(skeleton, exported.weights)
-    session = _session(backend, model)
+    if session is None:
+        session = _session(backend, model)
     try:
         return [{n: out[n] for n in wanted} for out in (_run(session, s, i) for i, s in enumerate(samples))]
     finally:
@@ -239,7 +247,7 @@ def probe(backend, exported: "Exported", session) -> "Callable[[dict[str, Any]],
     """``runs(feeds)`` for the sample makers: whether the model runs on a feed. A model that
     runs a slice at a time is probed that way (``session``, its whole-model session, is
     used only for a model that runs whole), and its pages are released after each probe."""
-    if exported.weight_bytes <= SLICE_BYTES:
+    if exported.weight_bytes <= max(SLICE_BYTES, WHOLE_BYTES):
         from surgeon.input_data import runs_on
 
         return runs_on(session)
