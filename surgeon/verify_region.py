@@ -15,8 +15,10 @@ reference and again for every comparison. A change, though, only touches a few n
    verification samples, once per name: every name the pending changes need is recorded
    by one run of the part of the input model that computes them (see :class:`Recorder`).
    An input that only feeds Shape/Size nodes needs only its shape (zeros are fed).
-3. **The check.** The region of the model before and the region of the candidate are run
-   on the same recorded inputs, and their outputs compared with the pipeline's tolerances.
+3. **The check.** The candidate's region is run on the recorded inputs and its outputs
+   compared, with the pipeline's tolerances, with the input model's values of the same
+   names, recorded in the same run. Where an output has no recording that stands for it,
+   the region of the model before the change is run on the same inputs and compared with.
 
 Why this proves the change: the nodes outside the region are the same nodes reading the
 same names, so if the region's outputs agree, everything downstream agrees. The recorded
@@ -334,6 +336,7 @@ class Recorder:
                 stack.extend(state.producer[n] for n in _outer_reads(state.nodes[i]) if n in state.producer)
         order = sorted(cone)
         reads = {name for i in order for name in _reads(state.nodes[i])}
+        reads |= {name for i in order if _has_bodies(state.nodes[i]) for name in _outer_reads(state.nodes[i])}
         inputs = [n for n in (vi.name for vi in self.original.skeleton.graph.input)
                   if n in reads and n in state.graph_inputs]
         part = _cone_model(self.original, order, inputs, missing)
@@ -389,17 +392,31 @@ class RegionResult:
 
 
 def check_region(region: Region, before: Exported, candidate: Exported, recorder: Recorder, backend, *,
-                 atol=None, rtol=None, describe=lambda i: f"sample {i + 1}") -> RegionResult:
-    """Run both sides of ``region`` on the recorded inputs and compare their outputs."""
+                 atol=None, rtol=None, describe=lambda i: f"sample {i + 1}",
+                 unverified: Iterable[str] = ()) -> "RegionResult | str":
+    """Run the candidate's side of ``region`` on the recorded inputs and compare its outputs
+    with the input model's values of the same names, recorded in the same run as the inputs.
+    Where an output has no recording that stands for it (a name an earlier change made, or
+    left unverified), the side of the model before the change is run on the same inputs
+    and compared with instead.
+
+    A sentence instead of a result: the region cannot be checked alone (a value that is not a
+    plain tensor, a side ONNX Runtime cannot load as a model of its own, the model before
+    the change failing on the recorded values); the whole model is compared then. Only the
+    candidate's side failing where the other runs is the change's fault.
+    """
     samples = range(len(recorder.samples))
     shape_only = {n for n in region.shape_only if all(recorder.spec(i, n) is not None for i in samples)}
-    recorder.record(n for n in region.inputs if n not in shape_only)
+    unverified = set(unverified)
+    recordable = recorder.names
+    direct = all(o in recordable and o not in unverified for o in region.outputs)
+    recorder.record([n for n in region.inputs if n not in shape_only] + (list(region.outputs) if direct else []))
     types = {}
     for name in region.inputs:
         spec = recorder.spec(0, name)
         elem = None if spec is None else _elem_type(np.empty(0, spec[1]))
         if elem is None:
-            return RegionResult(False, f"the value '{name}' is not a plain tensor")
+            return f"the value '{name}' it reads is not a plain tensor"
         types[name] = (elem, len(spec[0]))
     feeds = []
     for i in samples:
@@ -412,14 +429,19 @@ def check_region(region: Region, before: Exported, candidate: Exported, recorder
                 feed[name] = recorder.value(i, name)
         feeds.append(feed)
     results = []
-    for side, state, indices in (("before", before, region.before), ("candidate", candidate, region.candidate)):
+    if direct:
+        results.append([{o: recorder.value(i, o) for o in region.outputs} for i in samples])
+    sides = (("before", before, region.before), ("candidate", candidate, region.candidate))
+    for side, state, indices in sides[1:] if direct else sides:
         part = region_model(state, indices, region.inputs, region.outputs, types)
         try:
             got = staged.run(backend, part, feeds)
         except staged.RunFailure as exc:
-            return RegionResult(False, f"on {describe(exc.index)}, the {side} side of the change fails: {exc}")
+            if side == "before":
+                return f"the model before the change fails on its region's recorded values ({exc})"
+            return RegionResult(False, f"on {describe(exc.index)}, the changed region fails: {exc}")
         except BackendError as exc:
-            return RegionResult(False, f"ONNX Runtime cannot load the {side} side of the change: {exc}")
+            return f"ONNX Runtime cannot load the {side} side of the change alone ({exc})"
         results.append([{n: out[n] if n in out else out[f"{n}::region"] for n in region.outputs} for out in got])
     max_abs = max_rel = 0.0
     for i, (ref, out) in enumerate(zip(*results)):
@@ -472,6 +494,7 @@ def inferred_values(exported: Exported, sample: Mapping[str, Any]) -> dict[str, 
 MODES = ("auto", "whole", "local")
 HEAVY_RUN_BYTES = 512 << 20  # values a whole-model run computes per sample, beyond which auto checks regions
 MEMORY_SHARE = 0.8  # of the memory available now, what a whole-model run may take
+LARGE_FEED_BYTES = 4 << 20  # samples this large (a 1024x1024 image is 12 MB) may make a run heavy
 
 
 def available_memory() -> int | None:
@@ -505,11 +528,16 @@ def choose(mode: str, exported: Exported, samples: Sequence[Mapping[str, Any]]) 
         return Choice("whole", "asked for (--verify whole)")
     if mode == "local":
         return Choice("local", "asked for (--verify local)")
+    free = available_memory()
+    fed = max((sum(v.nbytes for v in s.values() if isinstance(v, np.ndarray)) for s in samples), default=0)
+    if fed < LARGE_FEED_BYTES and free is not None and exported.weight_bytes + 1024 * fed < 0.25 * free:
+        # Small inputs and weights well within memory: a run is light (shape inference, tens of
+        # ms on a transformer, would cost more than it tells)
+        return Choice("whole", "a whole-model run fits in memory and is light")
     inferred = [inferred_values(exported, s) for s in samples]
     values = max((sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for shape, dtype in found.values())
                   for found in inferred), default=0)
     need = exported.weight_bytes + values
-    free = available_memory()
     if free is not None and need > MEMORY_SHARE * free:
         return Choice("local", f"a whole-model run needs about {need / 1e9:.1f} GB and {free / 1e9:.1f} GB are "
                                "available", inferred)
@@ -537,7 +565,7 @@ class RegionChecks:
         if isinstance(region, str):
             return region
         return check_region(region, before, candidate, self.recorder, self.backend, atol=self.atol, rtol=self.rtol,
-                            describe=self.describe)
+                            describe=self.describe, unverified=self.unverified)
 
     def accept(self, unverified: Iterable[str]) -> None:
         self.unverified |= set(unverified)

@@ -209,3 +209,23 @@ def test_cli_unknown_verify_mode_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and "sometimes" in r.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_change_with_no_region_of_its_own_is_compared_whole_and_says_why():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (bool c, float[N,2] x) => (float[N,2] y) {
+      y = If(c) <then_branch = t () => (float[N,2] o) { z = Constant<value = float[1] {0.0}>()
+                                                         r = Relu(x)
+                                                         o = Add(r, z) },
+                 else_branch = e () => (float[N,2] o) { o = Neg(x) }>
+    }""")
+    out, report = surgeon.fix(m, verify_mode="local")
+    whole = [p for p in report.passes if any("compared on the whole model" in n and "body" in n for n in p.notes)]
+    assert whole and all(p.status == APPLIED and p.checked == "numeric" for p in whole)  # the whole model
+    assert "Add" not in [n.op_type for n in out.graph.node[0].attribute[0].g.node]
+    assert report.verification == "numeric"  # no change was checked on a region alone
+    x = np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32)
+    for c in (True, False):
+        feeds = {"c": np.array(c), "x": x}
+        np.testing.assert_allclose(run_ort(out, feeds)["y"], run_ort(m, feeds)["y"], atol=0, rtol=0)
