@@ -45,7 +45,7 @@ import onnx
 
 from surgeon import backends, staged
 from surgeon import weights as W
-from surgeon.comparison import diff_outputs
+from surgeon.comparison import diff_outputs, tolerance_for
 from surgeon.errors import BackendError
 from surgeon.graph import Exported
 
@@ -59,9 +59,22 @@ def _has_bodies(node: onnx.NodeProto) -> bool:
                for a in node.attribute)
 
 
-def _node_key(node: onnx.NodeProto, weights: Mapping[str, Any]) -> tuple:
-    """What a node computes from which names: op, inputs, outputs and attributes (weight stubs
-    by the weight's identity); not its name, documentation or provenance."""
+def _tensor_value(t: onnx.TensorProto, weights: Mapping[str, Any]) -> tuple:
+    """What a constant holds, whatever its name: a weight's identity, or a small tensor's bytes."""
+    key = W.stub_key(t)
+    if key is not None:
+        return ("weight", id(weights[key]))
+    copy = onnx.TensorProto()
+    copy.CopyFrom(t)
+    copy.ClearField("name")
+    copy.ClearField("doc_string")
+    return ("bytes", copy.SerializeToString(deterministic=True))
+
+
+def _node_key(node: onnx.NodeProto, weights: Mapping[str, Any], consts: Mapping[str, Any]) -> tuple:
+    """What a node computes from what: op, attributes (weight stubs by the weight's identity),
+    its inputs (a constant by its value, so that a constant renamed or moved from a Constant
+    node to an initializer changes nothing) and its outputs; not its name or provenance."""
     attrs = []
     for a in node.attribute:
         if a.HasField("t") or len(a.tensors):
@@ -73,17 +86,21 @@ def _node_key(node: onnx.NodeProto, weights: Mapping[str, Any]) -> tuple:
                     t.external_data[0].value = f"id:{id(weights[key])}"
             a = a2
         attrs.append(a.SerializeToString(deterministic=True))
-    return (node.domain, node.op_type, tuple(node.input), tuple(node.output), tuple(attrs))
+    inputs = tuple(("const", consts[n]) if n in consts else n for n in node.input)
+    return (node.domain, node.op_type, inputs, tuple(node.output), tuple(attrs))
 
 
-def _constants(exported: Exported) -> dict[str, Any]:
-    """Main-graph initializer name -> what it holds (a weight's identity, or a small tensor's bytes)."""
-    out = {}
-    for t in exported.skeleton.graph.initializer:
-        key = W.stub_key(t)
-        out[t.name] = ("weight", id(exported.weights[key])) if key is not None else ("bytes", t.SerializeToString(
-            deterministic=True))
-    return out
+def _constants(exported: Exported) -> tuple[dict[str, Any], set[int]]:
+    """Name -> value of every constant of the main graph (initializers, and outputs of Constant
+    nodes holding a tensor), and the indices of those Constant nodes."""
+    out = {t.name: _tensor_value(t, exported.weights) for t in exported.skeleton.graph.initializer}
+    nodes = set()
+    for i, n in enumerate(exported.skeleton.graph.node):
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.attribute) == 1 \
+                and n.attribute[0].name == "value" and n.attribute[0].HasField("t") and len(n.output) == 1:
+            out[n.output[0]] = _tensor_value(n.attribute[0].t, exported.weights)
+            nodes.add(i)
+    return out, nodes
 
 
 def _reads(node: onnx.NodeProto) -> list[str]:
@@ -96,13 +113,13 @@ class _State:
 
     exported: Exported
     nodes: list[onnx.NodeProto]
-    keys: list[tuple]
     consts: dict[str, Any]
     producer: dict[str, int]
     readers: dict[str, list[int]]
     graph_inputs: set[str]
     graph_outputs: set[str]
     body_reads: set[str]  # names read inside If/Loop/Scan bodies (outer scope)
+    constant_nodes: set[int]  # Constant nodes: their values are in ``consts``, they never join a region
 
     @classmethod
     def of(cls, exported: Exported) -> "_State":
@@ -119,9 +136,22 @@ class _State:
                 readers.setdefault(name, []).append(i)
             if _has_bodies(n):
                 body_reads |= _outer_reads(n)
-        consts = _constants(exported)
-        return cls(exported, nodes, [_node_key(n, exported.weights) for n in nodes], consts, producer, readers,
-                   {vi.name for vi in g.input} - set(consts), {vi.name for vi in g.output}, body_reads)
+        consts, constant_nodes = _constants(exported)
+        return cls(exported, nodes, consts, producer, readers, {vi.name for vi in g.input} - set(consts),
+                   {vi.name for vi in g.output}, body_reads, constant_nodes)
+
+    @property
+    def computed(self) -> set[str]:
+        """Names some node other than a Constant computes."""
+        return {o for i, n in enumerate(self.nodes) if i not in self.constant_nodes for o in n.output if o}
+
+    def keys(self, other: "_State") -> list[tuple]:
+        """Node keys for comparing with ``other``: a constant input is keyed by its value where
+        ``other`` does not compute that name (a constant folded from nodes keeps its name, and
+        its readers are unchanged)."""
+        computed = other.computed
+        by_value = {n: v for n, v in self.consts.items() if n not in computed}
+        return [_node_key(n, self.exported.weights, by_value) for n in self.nodes]
 
 
 def _outer_reads(node: onnx.NodeProto) -> set[str]:
@@ -168,10 +198,11 @@ def find_region(before: Exported, candidate: Exported, recordable: Iterable[str]
             return f"the change edits the model's {attr.replace('_', ' ')}"
     unverified = set(unverified)
     recordable = None if recordable is None else set(recordable)
-    in_c = set(c.keys)
-    in_b = set(b.keys)
-    rb = {i for i, k in enumerate(b.keys) if k not in in_c}
-    rc = {i for i, k in enumerate(c.keys) if k not in in_b}
+    bkeys, ckeys = b.keys(c), c.keys(b)
+    b_computed, c_computed = b.computed, c.computed
+    in_c, in_b = set(ckeys), set(bkeys)
+    rb = {i for i, k in enumerate(bkeys) if k not in in_c and i not in b.constant_nodes}
+    rc = {i for i, k in enumerate(ckeys) if k not in in_b and i not in c.constant_nodes}
     changed_consts = {name for name in set(b.consts) | set(c.consts) if b.consts.get(name) != c.consts.get(name)}
     # unchanged readers of a changed constant compute something else: they join the region on both sides
     for name in changed_consts:
@@ -184,7 +215,7 @@ def find_region(before: Exported, candidate: Exported, recordable: Iterable[str]
     def grow(name: str) -> bool:
         """Add the (unchanged) producer of ``name`` to both regions; False when there is none."""
         pb, pc = b.producer.get(name), c.producer.get(name)
-        if pb is None or pc is None or b.keys[pb] != c.keys[pc]:
+        if pb is None or pc is None or bkeys[pb] != ckeys[pc]:
             return False
         rb.add(pb)
         rc.add(pc)
@@ -193,8 +224,10 @@ def find_region(before: Exported, candidate: Exported, recordable: Iterable[str]
     while True:
         if any(_has_bodies(b.nodes[i]) for i in rb) or any(_has_bodies(c.nodes[i]) for i in rc):
             return "the change is inside an If/Loop/Scan body"
-        made_b = {o for i in rb for o in b.nodes[i].output if o} | (set(b.consts) - set(c.consts))
-        made_c = {o for i in rc for o in c.nodes[i].output if o} | (set(c.consts) - set(b.consts))
+        # a constant on one side that the other side computes is a value the change made
+        # (a fold); one the other side has under another name is only renamed or merged
+        made_b = {o for i in rb for o in b.nodes[i].output if o} | ((set(b.consts) - set(c.consts)) & c_computed)
+        made_c = {o for i in rc for o in c.nodes[i].output if o} | ((set(c.consts) - set(b.consts)) & b_computed)
         needed = set()
         for state, region, made in ((b, rb, made_b), (c, rc, made_c)):
             for i in region:
@@ -245,8 +278,13 @@ def region_model(exported: Exported, indices: Sequence[int], inputs: Sequence[st
     src = exported.skeleton
     g = onnx.GraphProto(name="region")
     nodes = [src.graph.node[i] for i in indices]
-    g.node.extend(nodes)
     read = {name for n in nodes for name in _reads(n)} | set(outputs)
+    made = {o for n in nodes for o in n.output}
+    # constants the region reads that Constant nodes of the model define come along
+    defining = [n for n in src.graph.node if n.op_type == "Constant" and len(n.output) == 1
+                and n.output[0] in read and n.output[0] not in made and n.output[0] not in inputs]
+    nodes = defining + nodes
+    g.node.extend(nodes)
     for t in src.graph.initializer:
         if t.name in read and t.name not in inputs:
             g.initializer.append(t)
@@ -288,10 +326,10 @@ class Recorder:
                  inferred: Sequence[Mapping[str, tuple]] | None = None):
         self.original = original
         self.samples = list(samples)
-        # The recording is the one run of (most of) the input model: ONNX Runtime's extended
-        # optimizations (fused Conv+activation and the like) make it the cheaper part; both
-        # sides of every region are then run on the same recorded values.
-        self.backend = backend or backends.create("onnxrt", optimization="extended", memory_lean=True)
+        # Recorded with the same basic optimizations the regions run with: ONNX Runtime then
+        # computes a region's unchanged nodes bit for bit as in the recording (fused kernels
+        # would round differently), and one comparison settles those.
+        self.backend = backend or backends.create("onnxrt", optimization="basic", memory_lean=True)
         self.values: list[dict[str, Any]] = [{} for _ in self.samples]
         self.runs = 0
         self._state = _State.of(original)
@@ -446,14 +484,62 @@ def check_region(region: Region, before: Exported, candidate: Exported, recorder
     max_abs = max_rel = 0.0
     for i, (ref, out) in enumerate(zip(*results)):
         # Both sides often compute bit for bit the same values (a folded constant, a Resize
-        # given scales instead of sizes): one fast comparison settles those.
-        ref = {n: v for n, v in ref.items() if not _identical(v, out[n])}
-        for d in diff_outputs(ref, out, atol=atol, rtol=rtol, nan_equal=True, detail=False):
+        # given scales instead of sizes): one fast comparison settles those. Floats within
+        # tolerance are settled in blocks (a region's outputs are whole activations); the
+        # rest goes to the comparison rule's exact path, which says why they differ.
+        rest = {}
+        for n, v in ref.items():
+            if _identical(v, out[n]):
+                continue
+            quick = _quick_close(v, out[n], tolerance_for(v.dtype, _pick(atol, n), _pick(rtol, n))) \
+                if isinstance(v, np.ndarray) else None
+            if quick is None:
+                rest[n] = v
+            else:
+                max_abs, max_rel = max(max_abs, quick[0]), max(max_rel, quick[1])
+        for d in diff_outputs(rest, out, atol=atol, rtol=rtol, nan_equal=True, detail=False):
             max_abs, max_rel = max(max_abs, d.max_abs), max(max_rel, d.max_rel)
             if not d.passed:
                 return RegionResult(False, f"value '{d.name}' differs on {describe(i)}: {d.reason}", max_abs, max_rel,
                                     region.size)
     return RegionResult(True, "", max_abs, max_rel, region.size, frozenset(region.unverified))
+
+
+def _pick(value, name: str):
+    return value.get(name) if isinstance(value, Mapping) else value
+
+
+def _quick_close(ref: np.ndarray, out: Any, tol, step: int = 1 << 18) -> tuple[float, float] | None:
+    """(max abs, max rel error) when every element of two float arrays is within ``tol``
+    (``|out - ref| <= atol + rtol |ref|``, as surgeon.comparison's rule, in float32 blocks);
+    None when the exact path must decide (another dtype, a NaN or Inf, a mismatch)."""
+    if not isinstance(out, np.ndarray) or ref.dtype != out.dtype or ref.shape != out.shape or ref.dtype.kind != "f" \
+            or ref.dtype.itemsize > 4 or not ref.size:
+        return None
+    a, b = ref.reshape(-1), out.reshape(-1)
+    n0 = min(step, a.size)
+    err, mag, bound = (np.empty(n0, np.float32) for _ in range(3))
+    mask = np.empty(n0, bool)
+    max_abs = max_rel = 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        for start in range(0, a.size, step):
+            x, y = a[start:start + step], b[start:start + step]
+            n = x.size
+            e, g, bd, mk = err[:n], mag[:n], bound[:n], mask[:n]
+            np.subtract(y, x, out=e, dtype=np.float32)
+            np.abs(e, out=e)
+            np.abs(x, out=g, dtype=np.float32)
+            np.multiply(g, tol.rtol, out=bd)
+            bd += tol.atol
+            np.less_equal(e, bd, out=mk)  # False for NaN
+            if not mk.all():
+                return None
+            max_abs = max(max_abs, float(e.max()))
+            np.greater(g, tol.atol, out=mk)  # relative error where |ref| > atol, as the rule reports it
+            e *= mk
+            np.divide(e, g, out=e, where=mk)
+            max_rel = max(max_rel, float(e.max()))
+    return max_abs, max_rel
 
 
 def _identical(a: Any, b: Any) -> bool:
@@ -556,7 +642,7 @@ class RegionChecks:
 
     def __init__(self, original: Exported, samples: Sequence[Mapping[str, Any]], backend, *, atol=None, rtol=None,
                  inferred: Sequence[Mapping[str, tuple]] | None = None, describe=lambda i: f"sample {i + 1}"):
-        self.recorder = Recorder(original, samples, inferred=inferred)
+        self.recorder = Recorder(original, samples, backend, inferred=inferred)
         self.backend, self.atol, self.rtol, self.describe = backend, atol, rtol, describe
         self.unverified: set[str] = set()  # values accepted changes computed without comparing them
 
