@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def _add_fix(sub) -> None:
     p = sub.add_parser("fix", help="run a verified pass pipeline over a model and save the result")
     p.add_argument("model", help="input .onnx file (never modified)")
     p.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
-    p.add_argument("--passes", help="comma-separated pass names (default: the default pipeline; see 'surgeon passes')")
+    p.add_argument("--passes", help="comma-separated pass names, or +NAME,-NAME edits of the default pipeline "
+                                    "(default: the default pipeline; see 'surgeon passes')")
     _add_output_args(p)
     p.add_argument("--no-verify", action="store_true", help="skip numeric verification (structural checks still run)")
     p.add_argument("--strict", action="store_true",
@@ -1099,6 +1101,21 @@ def _unswallow(argv: list[str], commands: set[str]) -> list[str]:
     return out[:at] + stray + out[at:]
 
 
+def _attach_pass_edits(argv: list[str]) -> list[str]:
+    """``--passes -merge-duplicates`` → ``--passes=-merge-duplicates``: argparse would take a
+    value starting with '-' for an option (a pass name is never a one-letter flag)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--passes" and i + 1 < len(argv) and re.fullmatch(r"-[a-z][a-z0-9-]+(,.*)?", argv[i + 1]):
+            out.append(f"--passes={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="surgeon", description="ONNX graph surgery that proves every change, and debugging across backends.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="developer logging (-v info, -vv debug)")
@@ -1112,7 +1129,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     commands = {name for action in parser._subparsers._group_actions for name in getattr(action, "choices", {}) or {}}
-    args = parser.parse_args(_unswallow(list(sys.argv[1:] if argv is None else argv), commands))
+    args = parser.parse_args(_unswallow(_attach_pass_edits(list(sys.argv[1:] if argv is None else argv)), commands))
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries(args.verbose)
