@@ -461,21 +461,22 @@ def _data_shapes(args) -> dict:
 # --- bisect / scan --------------------------------------------------------------------
 
 def _add_bisect(sub) -> None:
+    from surgeon.debug import check_command
+
     p = sub.add_parser("bisect", help="find the first node where a backend (or a second model) goes wrong and cut the model down to it")
     p.add_argument("model", help="the .onnx model (never modified)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the tables")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx")
     which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend; tensors matched by name")
-    which.add_argument("--check", metavar="CMD",
-                       help="shell command as the oracle: exit 0 = good, other = fails; '{model}' is replaced by the "
-                            "candidate's path, '{inputs}' by an .npz of the reference values of its inputs; "
-                            "'trt-build' = built-in: TensorRT (or TensorRT-RTX) must parse and build it")
+    which.add_argument("--check", metavar="CMD", help=check_command.HELP + "; 'trt-build' = built-in: TensorRT "
+                                                                          "(or TensorRT-RTX) must parse and build it")
     p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
     p.add_argument("-o", "--outdir", required=True, help="output folder: reduced.onnx, inputs.npz, expected.npz, report.json, REPRO.md")
     p.add_argument("--block-size", type=int, default=32, metavar="N",
                    help="tensors marked as outputs per run on a fusing backend (default 32)")
-    p.add_argument("--check-timeout", type=float, default=600.0, metavar="S", help="--check: seconds before a run counts as failing")
+    p.add_argument("--check-timeout", type=float, default=check_command.DEFAULT_TIMEOUT, metavar="S",
+                   help=check_command.TIMEOUT_HELP)
     p.add_argument("--max-context", type=int, default=16, metavar="N",
                    help="the most upstream nodes a culprit may need to fail (default 16); a first diverging node that "
                         "needs more is reported as accumulated error, with the error growth along its path")
@@ -503,7 +504,9 @@ def _repro_command(args, atol, rtol) -> str:
     import shlex
 
     if args.check:
-        return args.check.replace("{model}", "reduced.onnx").replace("{inputs}", "inputs.npz")
+        from surgeon.debug.check_command import CheckCommand
+
+        return CheckCommand(args.check, args.check_timeout).repro()
     parts = ["surgeon", "compare", "reduced.onnx"]
     parts += ["--test", args.test] if args.test else ["--against", "reduced_against.onnx"]
     parts += ["--ref", args.ref, "--load-inputs", "inputs.npz"]
@@ -683,6 +686,8 @@ _ISOLATE_TARGETS = ("passes", "onnxrt-optimizers", "trt-tactics")
 
 
 def _add_isolate(sub) -> None:
+    from surgeon.debug import check_command
+
     p = sub.add_parser("isolate", help="find the minimal set of rewrites / ORT optimizers / TensorRT tactics that breaks a model")
     p.add_argument("model", help="input .onnx file (never modified)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the tables")
@@ -691,9 +696,10 @@ def _add_isolate(sub) -> None:
     p.add_argument("-o", "--outdir", required=True, help="output folder: report.json, the oracle-call log, and the avoid-file")
     p.add_argument("--passes", help="passes target: the pipeline to search (default: the default pipeline)")
     p.add_argument("--rules", nargs="+", default=[], metavar="RULES.py", help="passes target: user rule files for replace-custom-ops")
-    p.add_argument("--check", metavar="CMD",
-                   help="passes target: judge each candidate with a command instead of comparing outputs; "
-                        "'{model}' is replaced by the candidate's path; exit 0 = good, 125 = cannot tell, other = bad")
+    p.add_argument("--check", metavar="CMD", help="passes target: judge each candidate with a command instead of "
+                                                   "comparing outputs; " + check_command.HELP)
+    p.add_argument("--check-timeout", type=float, default=check_command.DEFAULT_TIMEOUT, metavar="S",
+                   help=check_command.TIMEOUT_HELP)
     p.add_argument("--reference", choices=("onnxrt-noopt", "reference"), default="onnxrt-noopt",
                    help="what the candidate is compared with (default: ONNX Runtime with optimizations off)")
     p.add_argument("--optimizers", nargs="+", metavar="NAME", help="onnxrt-optimizers target: search only these names")
@@ -704,40 +710,6 @@ def _add_isolate(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore verdicts recorded by an earlier run in OUTDIR")
     _add_data_args(p)
     p.set_defaults(func=_cmd_isolate)
-
-
-class _CheckCommand:
-    """An external oracle for the passes target: run CMD on each candidate model file."""
-
-    def __init__(self, target, command: str):
-        import shlex
-
-        self.target, self.argv = target, shlex.split(command)
-        if not self.argv:
-            raise SurgeonError("--check is empty")
-        self.name, self.choices, self.describe, self.label = target.name, target.choices, target.describe, target.label
-        self.write_avoid = target.write_avoid
-        self.mechanism = target.mechanism.split(",")[0] + f", judged by: {command}"
-
-    def __call__(self, subset):
-        import subprocess
-        import tempfile
-
-        from surgeon import model as model_io
-        from surgeon.debug.isolate import Verdict
-
-        model = self.target.candidate(subset)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "candidate.onnx"
-            model_io.save(model, path)
-            argv = [a.replace("{model}", str(path)) for a in self.argv]
-            if argv == self.argv:
-                argv.append(str(path))
-            try:
-                rc = subprocess.run(argv, capture_output=True).returncode
-            except OSError as exc:
-                raise SurgeonError(f"cannot run the --check command '{argv[0]}': {exc.strerror}") from exc
-        return Verdict.UNRESOLVED if rc == 125 else (Verdict.PASS if rc == 0 else Verdict.FAIL)
 
 
 def _cmd_isolate(args) -> int:
@@ -771,7 +743,10 @@ def _cmd_isolate(args) -> int:
             target = PassesTarget(model, samples, passes=args.passes, options={"rules": args.rules}, backend=args.reference,
                                   atol=atol, rtol=rtol, nan_equal=args.nan_equal)
             if args.check:
-                target = _CheckCommand(target, args.check)
+                from surgeon.debug.check_command import CheckCommand
+                from surgeon.debug.isolate.check_target import CheckedTarget
+
+                target = CheckedTarget(target, CheckCommand(args.check, args.check_timeout))
         elif args.target == "onnxrt-optimizers":
             from surgeon.debug.isolate.ort_optimizers import OrtOptimizersTarget
 

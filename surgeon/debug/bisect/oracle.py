@@ -9,8 +9,9 @@ Two kinds, one interface (``judge(candidate) -> Verdict``, ``calls``, ``can_mark
   backend (``--against B.onnx``; tensors matched by name). Subgraphs are fed the
   reference values of their inputs for *every* sample, so a node is judged on exactly
   the data it sees in the full model.
-- :class:`CommandOracle` runs a shell command (``--check "CMD {model}"``); the exit
-  status is the verdict. For crashes and parser errors, where there is nothing to compare.
+- :class:`CommandOracle` runs the user's ``--check`` command under the one contract of
+  :mod:`surgeon.debug.check_command`; the exit status is the verdict. For crashes and
+  parser errors, where there is nothing to compare.
 
 Oracles hold no search state; the strategy decides what to ask and the driver caches
 verdicts, so an oracle is never asked the same question twice.
@@ -19,20 +20,17 @@ verdicts, so an oracle is never asked the same question twice.
 from __future__ import annotations
 
 import logging
-import shlex
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
 
-from surgeon import model as model_io
 from surgeon import comparison as compare
+from surgeon.debug import check_command
 from surgeon.debug.bisect import extract
 from surgeon.debug.bisect.strategy import Candidate
+from surgeon.debug.check_command import CheckCommand
 from surgeon.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -209,49 +207,38 @@ class NumericOracle:
 
 
 class CommandOracle:
-    """A shell command decides: exit status 0 = passes, anything else = fails.
-
-    ``{model}`` is replaced by the candidate's path and ``{inputs}`` (optional) by a
-    ``.npz`` of the reference values for the candidate's inputs, one entry per sample.
-    """
+    """The user's ``--check`` command decides, under the one contract of
+    :mod:`surgeon.debug.check_command` (exit 0 good, 125 cannot tell, other bad; a timeout
+    is bad). ``{inputs}`` holds the reference values of the candidate's inputs, one entry
+    per sample. A candidate the command cannot judge counts as not failing (``unresolved``
+    says how many there were)."""
 
     can_mark = False
     mark_all = False
 
-    def __init__(self, view: extract.GraphView, command: str, ref_values: Sequence[Mapping[str, Any]],
+    def __init__(self, view: extract.GraphView, command: "str | CheckCommand", ref_values: Sequence[Mapping[str, Any]],
                  types: Mapping[str, onnx.TypeProto], *, timeout: float | None = None, workdir: str | None = None):
         self.view = view
-        self.command = command
+        self.check = command if isinstance(command, CheckCommand) else CheckCommand(
+            command, check_command.DEFAULT_TIMEOUT if timeout is None else timeout)
         self.ref = ref_values
         self.types = types
-        self.timeout = timeout
         self.workdir = workdir
         self.calls = 0
+        self.unresolved = 0
+
+    @property
+    def command(self) -> str:
+        return self.check.command
 
     def describe(self) -> str:
-        return f"shell command: {self.command}"
+        return f"shell command: {self.check.command}"
 
     def judge(self, cand: Candidate) -> Verdict:
         model, inputs, _ = self.view.subgraph_model(cand.nodes, self.types)
-        with tempfile.TemporaryDirectory(prefix="surgeon-check-", dir=self.workdir) as d:
-            path = Path(d) / "candidate.onnx"
-            model_io.save(model, path)
-            subst = {"model": shlex.quote(str(path))}
-            if "{inputs}" in self.command:
-                from surgeon import input_files
-
-                ipath = Path(d) / "inputs.npz"
-                input_files.save_inputs(ipath, [{n: s[n] for n in inputs if n in s} for s in self.ref])
-                subst["inputs"] = shlex.quote(str(ipath))
-            cmd = self.command
-            for key, value in subst.items():
-                cmd = cmd.replace("{" + key + "}", value)
-            self.calls += 1
-            try:
-                proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=self.timeout, cwd=d)
-            except subprocess.TimeoutExpired:
-                return Verdict(True, f"the check command ran past {self.timeout:g} s", crashed=True)
-        if proc.returncode == 0:
-            return Verdict(False, "the check command exits 0")
-        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        return Verdict(True, f"exit status {proc.returncode}" + (f": {tail[-1][:200]}" if tail else ""), crashed=True)
+        feeds = [{n: s[n] for n in inputs if n in s} for s in self.ref]
+        self.calls += 1
+        result = self.check.run(model, feeds, workdir=self.workdir)
+        if result.outcome == check_command.UNRESOLVED:
+            self.unresolved += 1
+        return Verdict(result.bad, result.detail, crashed=result.bad)
