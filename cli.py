@@ -582,7 +582,16 @@ def _render_bisect(out, result, outdir) -> None:
     for c in result.culprits:
         err = c.get("error") or {}
         prov = c.get("provenance") or {}
-        short = "introduced here" if c["introduced"] else (f"with {len(c['subgraph']) - 1} upstream" if len(c["subgraph"]) < result.nodes else "not isolated")
+        if c["introduced"]:
+            short = "introduced here"
+        elif len(c["subgraph"]) >= result.nodes:
+            short = "not isolated"
+        elif "downstream_nodes" in c:
+            short = f"with {c['downstream_nodes']} downstream"
+        else:
+            short = f"with {len(c['subgraph']) - 1} upstream"
+        if c.get("within_noise"):
+            short += ", within marking noise"
         error = f"max abs {err['max_abs']:.3g}, {err['mismatches']}/{err['elements']} off" if "max_abs" in err else err.get("reason", "")
         rows.append([c["node"], c["op_type"], short, error, f"{prov.get('pass')} / {prov.get('rule')}" if prov.get("pass") else "-"])
     if rows:
@@ -612,11 +621,20 @@ def _render_bisect(out, result, outdir) -> None:
             out.print(table(title, growth.COLUMNS, cells))
         else:
             out.print(title)
+    if result.noise:
+        how = f"; so bisect used suffix cuts ({result.fallback})" if result.mode == "suffix cuts" else ""
+        out.print(f"marking noise: {result.noise['summary']}{how}", markup=False)
+    elif result.fallback:
+        out.print(f"bisect used suffix cuts: {result.fallback}", markup=False)
     diagnosis = result.diagnosis
     if diagnosis["kind"] in ("accumulation", "mixed"):
         out.print(f"[bold yellow]accumulated error[/]: {diagnosis['message']}")
+    elif diagnosis["kind"] in ("within-noise", "unlocalized"):
+        out.print(f"[bold yellow]{diagnosis['kind']}[/]: {diagnosis['message']}")
+    extra = "".join(f" + {n} {what}" for n, what in ((result.reference_calls, "reference runs of the same cuts"),
+                                                     (result.noise_calls, "runs measuring marking noise")) if n)
     out.print(f"[bold red]FAILS[/]: reduced {result.nodes} nodes to {len(result.reduced_nodes)} in {outdir}/reduced.onnx "
-              f"({result.calls} oracle calls, {result.wall_s:.1f} s); see {outdir}/REPRO.md")
+              f"({result.calls} oracle calls{extra}, {result.wall_s:.1f} s); see {outdir}/REPRO.md")
 
 
 def _add_scan(sub) -> None:
