@@ -654,7 +654,7 @@ def _add_scan(sub) -> None:
 def _cmd_scan(args) -> int:
     import surgeon
     from surgeon import backends
-    from surgeon.debug.scan import scan_model
+    from surgeon.debug.scan import range_lines, scan_model
     from surgeon.report import table
 
     _check_outputs(args.model, args.report)
@@ -688,6 +688,8 @@ def _cmd_scan(args) -> int:
         explained = any(f.effect in ("nonfinite-outputs", "outputs-differ") for f in report.findings)
         out.print(fp16_line + ("" if explained or not bad else
                                f"; no finding explains it on its own: try `surgeon bisect {args.model} --test fp16`"))
+    for line in range_lines(report, args.model):
+        out.print(line, markup=False)
     for note in report.notes:
         out.print(f"note: {note}")
     if will:
