@@ -174,11 +174,9 @@ def _cmd_fix(args) -> int:
     from surgeon.fix_report import render_fix
 
     shapes = parse_shape_args(args.input_shapes)
-    passes = surgeon.pipeline.registry.parse_pipeline(args.passes)
+    passes = surgeon.pipeline.registry.fix_pipeline(args.passes, target_opset=args.target_opset)
     if args.strict and args.no_verify:
         raise UsageError("--strict asks for numeric verification, which --no-verify turns off; give one of them")
-    if args.target_opset is not None and "upgrade-opset" not in passes:
-        passes = ["upgrade-opset", *passes]  # the opset is raised before anything else looks at the model
     model_io.check_output_path(args.model, args.output)
     if args.report:
         model_io.check_output_path(args.model, args.report)
@@ -262,7 +260,7 @@ def _cmd_match(args) -> int:
     model = surgeon.load(args.model)
     if args.report:
         surgeon.model.check_output_path(args.model, args.report)
-    rules = registry.get("replace-custom-ops").collect_rules({"rules": args.rules, "builtin_rules": not args.no_builtin})
+    rules = registry.rules_of("replace-custom-ops", {"rules": args.rules, "builtin_rules": not args.no_builtin})
     report = find_matches(model, rules)
     out = _emit(args, report.to_dict())
     rows = [[f.graph, f.node, f.op, f.rule, "would replace" if f.status == "replace" else f.status,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 from importlib.metadata import entry_points
+from typing import Any, Mapping
 
 from surgeon.errors import UnknownPassError, UsageError
 from surgeon.pipeline.base import Pass
@@ -103,3 +104,29 @@ def parse_pipeline(text: str | list[str] | None) -> list[str]:
     if not pipeline:
         raise UsageError("the pass list removes every pass of the default pipeline")
     return pipeline
+
+
+def fix_pipeline(text: str | list[str] | None, *, target_opset: int | None = None) -> list[str]:
+    """The passes ``surgeon fix --passes TEXT [--target-opset N]`` runs: :func:`parse_pipeline`,
+    with ``upgrade-opset`` first when an opset is asked for (the opset is raised before any
+    other pass looks at the model). One place for the CLI and for trt-check's remedies,
+    which run the exact command they propose."""
+    names = parse_pipeline(text)
+    if target_opset is not None and "upgrade-opset" not in names:
+        names = ["upgrade-opset", *names]
+    return names
+
+
+def rules_of(name: str, options: Mapping[str, Any] | None = None) -> list:
+    """The rewrite rules the pass ``name`` applies with ``options``, for dry runs
+    (``surgeon match``, trt-check's remedies) that ask what it would replace.
+
+    The public way to ask, so that callers do not reach into a pass: a rule-applying pass
+    offers its rules through a ``collect_rules(options)`` static method (today
+    ``replace-custom-ops``: the user's rule files, installed packs, the built-in packs).
+    """
+    cls = get(name)
+    collect = getattr(cls, "collect_rules", None)
+    if collect is None:
+        raise UsageError(f"pass '{name}' applies no rewrite rules")
+    return list(collect(dict(options or {})))
