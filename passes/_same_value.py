@@ -57,10 +57,6 @@ def is_deterministic(node: gs.Node) -> bool:
     return domain_of(node) in DETERMINISTIC_DOMAINS and node.op not in NONDETERMINISTIC_OPS
 
 
-def subgraphs(node: gs.Node) -> list[gs.Graph]:
-    return list(G.subgraphs(node))
-
-
 def _type_code(holder, values) -> str:
     """The ONNX element type a constant is written with (the same code for protobuf and array)."""
     if isinstance(values, DenseSparseValues):

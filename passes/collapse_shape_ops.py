@@ -32,7 +32,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes import _rewire as R
+from surgeon import graph_ops as K
 from surgeon import graph as G
 from surgeon.pipeline.base import GraphPass, PassContext, PassLog
 from surgeon.pipeline.registry import register
@@ -45,7 +45,7 @@ _OUTER = frozenset({"Unsqueeze", "Reshape", "Slice"})
 
 
 def _const_ints(t: gs.Tensor | None) -> list[int] | None:
-    value = R.constant_value(t)
+    value = K.constant(t, K.SMALL)
     if value is None or value.ndim > 1 or value.dtype.kind not in "iu":
         return None
     return [int(v) for v in value.ravel()]
@@ -55,11 +55,11 @@ def _unsqueeze_axes(node: gs.Node) -> list[int] | None:
     """Constant axes of an Unsqueeze (attribute before opset 13, input after); None: unknown."""
     if "axes" in node.attrs:
         return [int(a) for a in node.attrs["axes"]]
-    return _const_ints(R.present(node, 1))
+    return _const_ints(K.present(node, 1))
 
 
 def _rank(t: gs.Tensor) -> int | None:
-    shape = R.shape_of(t)
+    shape = K.shape_of(t)
     return None if shape is None else len(shape)
 
 
@@ -100,11 +100,11 @@ def _check_unsqueeze(outer: gs.Node, inner: gs.Node) -> list[int] | str:
 
 
 def _check_reshape(outer: gs.Node, inner: gs.Node) -> list[int] | str:
-    target = _const_ints(R.present(outer, 1))
+    target = _const_ints(K.present(outer, 1))
     if target is None:
         return f"Reshape {outer.name} not merged with {inner.op} {inner.name}: its target is not a constant"
     if 0 in target and not outer.attrs.get("allowzero", 0):
-        inner_target = _const_ints(R.present(inner, 1)) if inner.op == "Reshape" else None
+        inner_target = _const_ints(K.present(inner, 1)) if inner.op == "Reshape" else None
         copies = inner_target is not None and not inner.attrs.get("allowzero", 0)
         for i, v in enumerate(target):
             if v == 0 and not (copies and i < len(inner_target) and inner_target[i] == 0):
@@ -117,7 +117,7 @@ def _slice_params(node: gs.Node) -> tuple[list, list, list | None, list | None] 
     """(starts, ends, axes or None, steps or None) when all given are constants (opset >= 10 form)."""
     params = []
     for i in range(1, 5):
-        t = R.present(node, i)
+        t = K.present(node, i)
         if t is None:
             if i < 3:
                 return None
@@ -158,7 +158,7 @@ def _check_slice(outer: gs.Node, inner: gs.Node) -> list | str | None:
 
 def _check(outer: gs.Node, inner: gs.Node) -> tuple[str, list[int]] | str | None:
     """(rule, merged axes or target) when ``outer`` can read ``inner``'s input directly, a note, or None."""
-    if not R.is_standard(inner) or len(inner.outputs) != 1 or not inner.inputs:
+    if not K.is_default_domain(inner) or len(inner.outputs) != 1 or not inner.inputs:
         return None
     if outer.op == "Unsqueeze" and inner.op == "Unsqueeze":
         found = _check_unsqueeze(outer, inner)
@@ -185,8 +185,8 @@ def _set_axes(outer: gs.Node, axes: list[int], names: set[str]) -> None:
     outer.inputs[1] = gs.Constant(name, np.array(axes, dtype=np.int64))
 
 
-def _set_slice(outer: gs.Node, params: list[list[int]], names: set[str], scope: R.Scope) -> None:
-    old = [R.present(outer, i) for i in range(1, len(outer.inputs))]
+def _set_slice(outer: gs.Node, params: list[list[int]], names: set[str], scope: K.Scope) -> None:
+    old = [K.present(outer, i) for i in range(1, len(outer.inputs))]
     new = []
     for suffix, values in zip(("starts", "ends", "axes", "steps"), params):
         base = f"{outer.name or outer.outputs[0].name}_{suffix}"
@@ -201,14 +201,14 @@ def _set_slice(outer: gs.Node, params: list[list[int]], names: set[str], scope: 
     outer.inputs.extend(new)
     for t in old:
         if t is not None:
-            R.drop_if_dead(scope, t)
+            K.drop_if_dead(scope, t)
 
 
 def collapse(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
-    candidates = [n for n in graph.nodes if n.op in _OUTER and R.is_standard(n) and n.inputs]
+    candidates = [n for n in graph.nodes if n.op in _OUTER and K.is_default_domain(n) and n.inputs]
     if not candidates:
         return False
-    scope = R.Scope(graph)
+    scope = K.Scope(graph)
     hidden = G.body_reads(graph)
     names = {t.name for t in graph.tensors().values()} | hidden
     changed = False
@@ -216,8 +216,8 @@ def collapse(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
         if id(outer) in scope.removed:
             continue
         y = outer.inputs[0]
-        inner = R.producer(y)
-        if inner is None or id(inner) not in scope.here or id(inner) in scope.removed:
+        inner = K.producer(y)
+        if inner is None or not scope.contains(inner):
             continue
         first = _check(outer, inner)
         if first is None:
@@ -248,14 +248,14 @@ def collapse(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
             if rule == "slice-merge":
                 _set_slice(reader, values, names, scope)
             if rule == "unsqueeze-merge":
-                old_axes = R.present(reader, 1)
+                old_axes = K.present(reader, 1)
                 _set_axes(reader, values, names)
-                if old_axes is not None and old_axes is not R.present(reader, 1):
-                    R.drop_if_dead(scope, old_axes)
+                if old_axes is not None and old_axes is not K.present(reader, 1):
+                    K.drop_if_dead(scope, old_axes)
             G.stamp(reader, PASS_NAME, rule, [inner.name, reader.name])
             log.count(rule)
             changed = True
-        R.drop_if_dead(scope, y)
+        K.drop_if_dead(scope, y)
     scope.finish()
     return changed
 

@@ -34,7 +34,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes import _rewire as R
+from surgeon import graph_ops as K
 from surgeon.pipeline.base import GraphPass, PassContext, PassLog
 from surgeon.pipeline.registry import register
 
@@ -57,11 +57,11 @@ _MAX_DEPTH = 32  # exporters put a few ops between the zeros and the state; deep
 
 def _is_zero(t: gs.Tensor, depth: int = 0) -> bool | None:
     """True: provably all zeros; False: provably not; None: not a value we can read. Pure."""
-    value = R.constant_value(t)
+    value = K.constant(t, K.SMALL)
     if value is not None:
         return bool(value.size) and bool(np.all(value == 0))
-    node = R.producer(t)
-    if node is None or not R.is_standard(node) or depth > _MAX_DEPTH:
+    node = K.producer(t)
+    if node is None or not K.is_default_domain(node) or depth > _MAX_DEPTH:
         return None
     if node.op == "ConstantOfShape":
         fill = node.attrs.get("value")
@@ -80,11 +80,11 @@ def _is_zero(t: gs.Tensor, depth: int = 0) -> bool | None:
 
 def _static_dims(t: gs.Tensor) -> list | None:
     """Dims of ``t`` (int where static, None where not), None when the rank is unknown. Pure."""
-    shape = R.shape_of(t)
+    shape = K.shape_of(t)
     if shape is None:
-        node = R.producer(t)
-        if node is not None and node.op == "ConstantOfShape" and R.is_standard(node) and node.inputs:
-            dims = R.constant_value(node.inputs[0])
+        node = K.producer(t)
+        if node is not None and node.op == "ConstantOfShape" and K.is_default_domain(node) and node.inputs:
+            dims = K.constant(node.inputs[0], K.SMALL)
             return None if dims is None else [int(d) for d in np.asarray(dims).reshape(-1)]
         return None
     return [int(d) if isinstance(d, (int, np.integer)) and int(d) >= 0 else None for d in shape]
@@ -122,22 +122,22 @@ def _shape_conflict(node: gs.Node, what: str, t: gs.Tensor) -> str | None:
 
 
 def drop(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
-    candidates = [n for n in graph.nodes if n.op in _ZERO_DEFAULTS and R.is_standard(n)]
+    candidates = [n for n in graph.nodes if n.op in _ZERO_DEFAULTS and K.is_default_domain(n)]
     if not candidates:
         return False
-    scope = R.Scope(graph)
+    scope = K.Scope(graph)
     changed = False
     for node in candidates:
         for index, what in sorted(_ZERO_DEFAULTS[node.op].items(), reverse=True):
-            t = R.present(node, index)
+            t = K.present(node, index)
             if t is None:
                 continue
             zero = _is_zero(t)
             if zero is False:
                 continue
             if zero is None:
-                if R.producer(t) is not None:
-                    log.note(f"{node.op} {node.name}: {what} is computed by {R.producer(t).op}, not a known zero; kept")
+                if K.producer(t) is not None:
+                    log.note(f"{node.op} {node.name}: {what} is computed by {K.producer(t).op}, not a known zero; kept")
                 continue
             conflict = _shape_conflict(node, what, t)
             if conflict:
@@ -151,7 +151,7 @@ def drop(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
                     node.inputs.pop()  # trailing empty optional inputs say nothing
             else:
                 node.inputs[index] = gs.Variable.empty()
-            R.drop_if_dead(scope, t)
+            K.drop_if_dead(scope, t)
             log.count("zero-initial-state")
             changed = True
     scope.finish()

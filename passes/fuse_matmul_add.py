@@ -23,7 +23,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes import _rewire as R
+from surgeon import graph_ops as K
 from surgeon import graph as G
 from surgeon.pipeline.base import GraphPass, PassContext, PassLog
 from surgeon.pipeline.registry import register
@@ -35,17 +35,17 @@ _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _rank2(t: gs.Tensor) -> bool:
-    shape = R.shape_of(t)
+    shape = K.shape_of(t)
     return shape is not None and len(shape) == 2
 
 
-def _check(matmul: gs.Node, scope: R.Scope) -> tuple[gs.Node, gs.Tensor] | str | None:
+def _check(matmul: gs.Node, scope: K.Scope) -> tuple[gs.Node, gs.Tensor] | str | None:
     """(the Add, the bias C) when the pair fuses, a refusal note, or None (no match). Pure."""
     if len(matmul.inputs) != 2 or len(matmul.outputs) != 1:
         return None
     t = matmul.outputs[0]
     readers = list(t.outputs)
-    if len(readers) != 1 or readers[0].op != "Add" or not R.is_standard(readers[0]) or len(readers[0].inputs) != 2:
+    if len(readers) != 1 or readers[0].op != "Add" or not K.is_default_domain(readers[0]) or len(readers[0].inputs) != 2:
         return None
     add = readers[0]
     if id(t) in scope.outputs or id(t) in scope.nested_outputs:
@@ -59,21 +59,21 @@ def _check(matmul: gs.Node, scope: R.Scope) -> tuple[gs.Node, gs.Tensor] | str |
     dtypes = {np.dtype(x.dtype) if x.dtype is not None and not isinstance(x.dtype, int) else None for x in (a, b)}
     if len(dtypes) != 1 or next(iter(dtypes)) not in _FLOATS:
         return f"MatMul {matmul.name} + Add {add.name} not fused: element type is not float16/float/double"
-    value = R.constant_value(c)
+    value = K.constant(c, K.SMALL)
     if value is None:
         return f"MatMul {matmul.name} + Add {add.name} not fused: the bias {c.name} is not a constant"
-    out_shape = [R.shape_of(a)[0], R.shape_of(b)[1]]
-    if not R.broadcast_keeps_shape(out_shape, value.shape):
+    out_shape = [K.shape_of(a)[0], K.shape_of(b)[1]]
+    if not K.broadcast_keeps_shape(out_shape, value.shape):
         return (f"MatMul {matmul.name} + Add {add.name} not fused: bias shape {list(value.shape)} "
                 f"does not broadcast one way to {out_shape}")
     return add, c
 
 
 def fuse(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
-    candidates = [n for n in graph.nodes if n.op == "MatMul" and R.is_standard(n)]
+    candidates = [n for n in graph.nodes if n.op == "MatMul" and K.is_default_domain(n)]
     if not candidates:
         return False
-    scope = R.Scope(graph)
+    scope = K.Scope(graph)
     changed = False
     new_nodes: dict[int, gs.Node] = {}  # id(Add) -> Gemm taking its place
     for matmul in candidates:
@@ -89,8 +89,8 @@ def fuse(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
         a, b = matmul.inputs
         y = add.outputs[0]
         name = matmul.name or add.name or y.name
-        R.detach(scope, matmul)
-        R.detach(scope, add)
+        K.detach(scope, matmul)
+        K.detach(scope, add)
         gemm = gs.Node("Gemm", name=name, inputs=[a, b, c], outputs=[y], attrs={"alpha": 1.0, "beta": 1.0})
         G.stamp(gemm, PASS_NAME, "matmul-add-to-gemm", [matmul.name, add.name])
         new_nodes[id(add)] = gemm

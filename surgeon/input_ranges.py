@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from surgeon.graph_ops import infer_shapes
+
 log = logging.getLogger(__name__)
 
 INT_TYPES = frozenset({TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT8,
@@ -682,7 +684,7 @@ def _shape_oracle(model: onnx.ModelProto, g: _Graph, shapes: Mapping[str, tuple[
     def infer() -> dict[str, tuple[int | None, ...]]:
         out: dict[str, tuple[int | None, ...]] = {}
         try:
-            m = onnx.shape_inference.infer_shapes(_skeleton(model, shapes), data_prop=True)
+            m = infer_shapes(_skeleton(model, shapes))
         except Exception as exc:  # inference refusing the model only means fewer known sizes
             log.debug("shape inference failed: %s", exc)
             return out

@@ -50,6 +50,7 @@ from surgeon import model as model_io
 from surgeon.backends import Backend
 from surgeon.backends.onnxrt import OnnxRuntimeBackend, OrtSession
 from surgeon.errors import UsageError
+from surgeon.graph_ops import infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     inferred = model
     if not model_io.needs_external_data(model):
         try:
-            inferred = onnx.shape_inference.infer_shapes(model_io.shape_only_copy(model), strict_mode=False)
+            inferred = infer_shapes(model_io.shape_only_copy(model))
         except Exception as exc:  # inference is a help, not a requirement
             log.info("shape inference failed (%s); using declared types only", exc)
     g = inferred.graph

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from surgeon.graph_ops import meta, unique_name
 from surgeon.rewrite.rule import Match, RuleContext
 
 
@@ -23,12 +24,7 @@ class Names:
         self.taken = taken
 
     def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name = f"{base}_{k}"
-            k += 1
-        self.taken.add(name)
-        return name
+        return unique_name(base, self.taken)
 
 
 class Builder:
@@ -80,6 +76,25 @@ class Builder:
         if dtype is None:
             raise ValueError(f"the element type of '{tensor.name}' is unknown")
         return self.const(value, dtype, name)
+
+    def named(self, base: str, value: Any, dtype: Any = None) -> gs.Constant:
+        """An initializer named ``base`` (or ``base_1`` ...), for values that replace a named weight."""
+        return gs.Constant(self.names.fresh(base), np.asarray(value, dtype=dtype))
+
+    def copy_of(self, node: gs.Node, inputs: Sequence[gs.Tensor | None], attrs: Mapping[str, Any] | None = None,
+                outputs: int | None = None) -> gs.Variable | list[gs.Variable]:
+        """A node like the matched ``node`` (its op, domain, name, attributes and provenance) reading ``inputs``.
+
+        ``node`` must be part of the match: it goes, so its name is free for the copy.
+        """
+        count = len(node.outputs) if outputs is None else outputs
+        outs = [gs.Variable(self.names.fresh(f"{node.name or self._base}_out{i}")) for i in range(count)]
+        ins = [gs.Variable.empty() if t is None else t for t in inputs]
+        copy = gs.Node(node.op, name=node.name, attrs=dict(node.attrs if attrs is None else attrs), inputs=ins,
+                       outputs=outs, domain=node.domain)
+        meta(copy).update(meta(node))
+        self.nodes.append(copy)
+        return outs[0] if count == 1 else outs
 
     def discard(self) -> None:
         """Disconnect everything made so far (the rewrite failed)."""

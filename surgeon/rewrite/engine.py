@@ -15,15 +15,19 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G
+from surgeon import graph_ops as K
 from surgeon.graph import Model
+from surgeon.graph_ops import infer_shapes
 from surgeon.pipeline.base import PassContext, PassLog
 from surgeon.rewrite.builder import Builder, Names
+from surgeon.rewrite.result import Refused, as_result
 from surgeon.rewrite.rule import STANDARD_DOMAINS, Match, Rule, RuleContext, Scope, node_domain, op_label
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,19 @@ class RewriteFailed(Exception):
     """A rule's rewrite raised or returned something unusable; the match is left alone."""
 
 
+class FindingStatus(str, Enum):
+    """What became of one match (a ``str``: reports and JSON show the value)."""
+
+    REPLACE = "replace"  # replaced (or, in a dry run, would be)
+    REFUSED = "refused"  # the rule's check (or its output contract) said no
+    FAILED = "failed"  # the rewrite raised or returned something unusable; the match is left alone
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
 @dataclass
 class Finding:
     """One match of one rule at one node, and what became of it."""
@@ -43,7 +60,7 @@ class Finding:
     node: str
     op: str
     rule: str
-    status: str  # "replace" (dry run), "applied", "refused", "skipped" (permit said no), "failed"
+    status: FindingStatus
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     reason: str = ""
@@ -81,7 +98,7 @@ def infer_types(model: Model) -> dict[str, tuple[int, tuple | None]]:
     """
     skeleton = model.export().for_checker()
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False)
+        inferred = infer_shapes(skeleton)
     except Exception as exc:  # inference is a help for rules, never a requirement
         log.debug("shape inference failed: %s", exc)
         inferred = skeleton
@@ -131,7 +148,13 @@ def _candidates(scope: Scope, node: gs.Node, rules: Sequence[Rule], ctx: RuleCon
             match = rule.match(node, scope)
             if match is None:
                 continue
-            reason = rule.outputs_problem(match) or rule.check(match, ctx)
+            reason = rule.outputs_problem(match)
+            if not reason:
+                result = as_result(rule.check(match, ctx))
+                if isinstance(result, Refused):
+                    reason = result.reason
+                else:
+                    match = match.with_bound(result.values)
         except Exception as exc:  # a user rule's bug must not take the run down
             log.debug("rule %s crashed on %s", rule.name, node.name, exc_info=True)
             yield rule, None, f"rule raised {type(exc).__name__}: {exc}"
@@ -139,7 +162,7 @@ def _candidates(scope: Scope, node: gs.Node, rules: Sequence[Rule], ctx: RuleCon
         yield rule, match, reason
 
 
-def _finding(g: gs.Graph, root: gs.Graph, node: gs.Node, rule: Rule, match: Match | None, status: str,
+def _finding(g: gs.Graph, root: gs.Graph, node: gs.Node, rule: Rule, match: Match | None, status: FindingStatus,
              reason: str = "") -> Finding:
     return Finding(
         graph=_graph_label(g, root), node=node.name, op=op_label(node), rule=rule.name, status=status,
@@ -167,7 +190,7 @@ def untouched_after(before: dict[str, int], findings: list[Finding]) -> dict[str
     """Custom ops of the input that no listed replacement consumes."""
     left = Counter(before)
     for f in findings:
-        if f.status == "replace" and f.op in left:
+        if f.status is FindingStatus.REPLACE and f.op in left:
             left[f.op] -= 1
     return {k: v for k, v in sorted(left.items()) if v > 0}
 
@@ -179,6 +202,31 @@ def _index_of(items, obj) -> int:
         if x is obj:
             return i
     raise ValueError("not found")
+
+
+def _bypass(match: Match, x: gs.Tensor) -> list[gs.Node] | None:
+    """The rewrite returned an existing tensor for the match's one output: remove the match.
+
+    :func:`surgeon.graph_ops.bypass` keeps the output's name where it is a graph output;
+    where it cannot (the output would copy a graph input), None: an Identity is made.
+    """
+    scope = K.Scope(match.graph)
+    y = match.outputs[0]
+    if any(n is K.producer(x) for n in match.nodes) or scope.bypass_refusal(x, y):
+        return None
+    for n in match.nodes:
+        if n is not match.root:
+            K.detach(scope, n)
+    K.bypass(scope, match.root, x, y)
+    _drop_dead(scope, match.inputs)
+    return []
+
+
+def _drop_dead(scope: K.Scope, inputs: Sequence[gs.Tensor]) -> None:
+    """Producers the replacement left without readers go (nodes of this graph, no bodies)."""
+    for t in inputs:
+        K.drop_if_dead(scope, t)
+    scope.finish()
 
 
 def _apply(rule: Rule, match: Match, ctx: RuleContext, names: Names, pass_name: str) -> list[gs.Node]:
@@ -197,6 +245,10 @@ def _apply(rule: Rule, match: Match, ctx: RuleContext, names: Names, pass_name: 
         raise RewriteFailed(f"rewrite returned {len(produced)} tensor(s) for {len(match.outputs)} output(s) "
                             f"({', '.join(t.name for t in match.outputs)})")
     new_ids = {id(n) for n in b.nodes}
+    if not b.nodes and len(produced) == 1:
+        done = _bypass(match, produced[0])
+        if done is not None:
+            return done
     pairs: list[tuple[gs.Tensor, gs.Tensor]] = []
     for old, new in zip(match.outputs, produced):
         producer = new.inputs[0] if isinstance(new, gs.Variable) and new.inputs else None
@@ -223,15 +275,10 @@ def _apply(rule: Rule, match: Match, ctx: RuleContext, names: Names, pass_name: 
                 old.shape = [d if isinstance(d, int) else (None if d == "?" else d) for d in known[1]] \
                     if known[1] is not None else None
     for n in b.nodes:
-        G.stamp(n, pass_name, rule.name, [m.name for m in match.nodes])
+        K.stamp(n, pass_name, rule.name, [m.name for m in match.nodes])
     graph.nodes[position:position + 1] = b.nodes
     graph.nodes[:] = [n for n in graph.nodes if id(n) not in matched]
-    # Constant nodes that only fed the match are dead now.
-    dead = {id(t.inputs[0]) for t in match.inputs
-            if isinstance(t, gs.Variable) and len(t.inputs) == 1 and t.inputs[0].op == "Constant"
-            and not t.outputs and not match.scope.is_graph_output(t)}
-    if dead:
-        graph.nodes[:] = [n for n in graph.nodes if id(n) not in dead]
+    _drop_dead(K.Scope(graph), match.inputs)
     _restore_order(graph, b.nodes, [old for old, _ in pairs])
     return b.nodes
 
@@ -253,13 +300,12 @@ def _sweep(graph: gs.Graph, rules: Sequence[Rule], rctx: RuleContext, names: Nam
     findings, domains = [], {}
     for g in list(G.iter_graphs(graph)):
         scope = Scope(g)
-        gone: set[int] = set()
         for node in list(g.nodes):
-            if id(node) in gone:
-                continue
+            if not scope.contains(node):
+                continue  # replaced or removed by an earlier application in this sweep
             for rule, match, reason in _candidates(scope, node, rules, rctx):
                 if reason:
-                    findings.append(_finding(g, graph, node, rule, match, "refused", reason))
+                    findings.append(_finding(g, graph, node, rule, match, FindingStatus.REFUSED, reason))
                     continue
                 label = node.name or (node.outputs[0].name if node.outputs else node.op)
                 key = f"{rule.name}:{label}"
@@ -267,15 +313,14 @@ def _sweep(graph: gs.Graph, rules: Sequence[Rule], rctx: RuleContext, names: Nam
                     asked[key] = ctx.permit(rule.name, label)
                 if not asked[key]:
                     break
-                finding = _finding(g, graph, node, rule, match, "replace")
+                finding = _finding(g, graph, node, rule, match, FindingStatus.REPLACE)
                 try:
                     new_nodes = _apply(rule, match, rctx, names, ctx.pass_name)
                 except RewriteFailed as exc:
-                    findings.append(_finding(g, graph, node, rule, match, "failed", str(exc)))
+                    findings.append(_finding(g, graph, node, rule, match, FindingStatus.FAILED, str(exc)))
                     continue
                 findings.append(finding)
                 plog.count(rule.name)
-                gone.update(id(n) for n in match.nodes)
                 for n in new_nodes:
                     d = node_domain(n)
                     if d not in STANDARD_DOMAINS:
@@ -287,16 +332,16 @@ def _sweep(graph: gs.Graph, rules: Sequence[Rule], rctx: RuleContext, names: Nam
     return findings, domains
 
 
-def _run(model: Model, rules: Sequence[Rule], ctx: PassContext, plog: PassLog,
-         applied: list[Finding]) -> tuple[bool, list[Finding]]:
+def _run(model: Model, rules: Sequence[Rule], ctx: PassContext, plog: PassLog, applied: list[Finding],
+         infer: bool = True) -> tuple[bool, list[Finding]]:
     """Sweeps until one applies nothing; ``applied`` collects the replacements made."""
     changed, last = False, []
     asked: dict[str, bool] = {}
     for _ in range(MAX_SWEEPS):
-        rctx = rule_context(model)
+        rctx = rule_context(model) if infer else RuleContext(opsets=dict(model.opsets))
         found, domains = _sweep(model.graph, rules, rctx, Names(G.all_names(model.graph)), ctx, plog, asked)
-        done = [f for f in found if f.status == "replace"]
-        last = [f for f in found if f.status != "replace"]
+        done = [f for f in found if f.status is FindingStatus.REPLACE]
+        last = [f for f in found if f.status is not FindingStatus.REPLACE]
         applied.extend(done)
         if not done:
             break
@@ -317,14 +362,35 @@ def _may_match(model: Model, rules: Sequence[Rule]) -> bool:
     return False
 
 
-def apply_rules(model: Model, rules: Sequence[Rule], ctx: PassContext, plog: PassLog) -> bool:
-    """Apply ``rules`` everywhere in ``model`` (in place); whether anything changed."""
+def apply_rules(model: Model, rules: Sequence[Rule], ctx: PassContext, plog: PassLog, *, infer: bool = True,
+                untouched: bool = True) -> bool:
+    """Apply ``rules`` everywhere in ``model`` (in place); whether anything changed.
+
+    ``infer``: give the rules types from onnx shape inference, once per sweep (a pass
+    that works from the types on the graph passes False). ``untouched``: note the custom
+    ops no rule replaced (``replace-custom-ops`` does; a pass of standard ops does not).
+    """
     changed = False
     if _may_match(model, rules):
         # Otherwise nothing can match: skip inferring types, a large share of the time.
-        changed, last = _run(model, rules, ctx, plog, [])
+        by_name = {r.name: r for r in rules}
+        changed, last = _run(model, rules, ctx, plog, [], infer)
         for f in last:
-            plog.note(f"{f.node}: rule {f.rule} {f.status}: {f.reason}")
-    for label, count in _untouched(model.graph, ctx.pass_name).items():
-        plog.note(f"untouched custom op: {label} x{count}")
+            rule = by_name[f.rule]
+            if f.status is FindingStatus.REFUSED:
+                plog.note(rule.note(_Named(f.node, f.op), f.reason))
+            else:
+                plog.note(f"{f.node}: rule {f.rule} {f.status}: {f.reason}")
+    if untouched:
+        for label, count in _untouched(model.graph, ctx.pass_name).items():
+            plog.note(f"untouched custom op: {label} x{count}")
     return changed
+
+
+@dataclass(frozen=True)
+class _Named:
+    """What a refusal note needs of the node it was made at (the node may be gone since)."""
+
+    name: str
+    op: str
+    outputs: tuple = ()

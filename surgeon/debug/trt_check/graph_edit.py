@@ -24,6 +24,8 @@ from typing import Iterator
 import onnx
 from onnx import helper
 
+from surgeon.graph_ops import infer_shapes
+
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -113,7 +115,7 @@ def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     from surgeon import model as model_io
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(model_io.shape_only_copy(model))
+        inferred = infer_shapes(model_io.shape_only_copy(model))
     except Exception:  # noqa: BLE001 - shape inference is best effort here; a cut then guesses types
         inferred = model
     out: dict[str, onnx.ValueInfoProto] = {}
