@@ -35,6 +35,7 @@ class Builder:
         self.ctx = ctx
         self.names = names
         self.nodes: list[gs.Node] = []
+        self.notes: list[str] = []  # what the report should say about this replacement
         base = match.root.name or (match.root.outputs[0].name if match.root.outputs else match.root.op)
         self._base = f"{base}/{match.rule}"
 
@@ -95,6 +96,10 @@ class Builder:
         meta(copy).update(meta(node))
         self.nodes.append(copy)
         return outs[0] if count == 1 else outs
+
+    def note(self, message: str) -> None:
+        """A line for the pass report (a shared weight cloned, say); kept only if the rewrite succeeds."""
+        self.notes.append(message)
 
     def discard(self) -> None:
         """Disconnect everything made so far (the rewrite failed)."""

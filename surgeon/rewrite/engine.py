@@ -229,9 +229,16 @@ def _drop_dead(scope: K.Scope, inputs: Sequence[gs.Tensor]) -> None:
     scope.finish()
 
 
-def _apply(rule: Rule, match: Match, ctx: RuleContext, names: Names, pass_name: str) -> list[gs.Node]:
+def _apply(rule: Rule, match: Match, ctx: RuleContext, names: Names, pass_name: str, plog: PassLog) -> list[gs.Node]:
     """Replace ``match`` by the rule's rewrite in place; returns the new nodes."""
     b = Builder(match, ctx, names)
+    new_nodes = _replace(rule, match, ctx, b, pass_name)
+    for line in b.notes:
+        plog.note(line)
+    return new_nodes
+
+
+def _replace(rule: Rule, match: Match, ctx: RuleContext, b: Builder, pass_name: str) -> list[gs.Node]:
     try:
         produced = rule.rewrite(match, b)
     except Exception as exc:
@@ -315,7 +322,7 @@ def _sweep(graph: gs.Graph, rules: Sequence[Rule], rctx: RuleContext, names: Nam
                     break
                 finding = _finding(g, graph, node, rule, match, FindingStatus.REPLACE)
                 try:
-                    new_nodes = _apply(rule, match, rctx, names, ctx.pass_name)
+                    new_nodes = _apply(rule, match, rctx, names, ctx.pass_name, plog)
                 except RewriteFailed as exc:
                     findings.append(_finding(g, graph, node, rule, match, FindingStatus.FAILED, str(exc)))
                     continue
