@@ -36,6 +36,7 @@ class Builder:
         self.names = names
         self.nodes: list[gs.Node] = []
         self.notes: list[str] = []  # what the report should say about this replacement
+        self._free = {n.name for n in match.nodes if n.name}  # names of matched nodes: they go, a new node may take one
         base = match.root.name or (match.root.outputs[0].name if match.root.outputs else match.root.op)
         self._base = f"{base}/{match.rule}"
 
@@ -57,7 +58,7 @@ class Builder:
 
         ``None`` in ``inputs`` is an omitted optional input.
         """
-        node_name = self.names.fresh(name or f"{self._base}/{op_type}")
+        node_name = self._node_name(name or f"{self._base}/{op_type}")
         outs = [gs.Variable(self.names.fresh(f"{node_name}_out{i}" if outputs > 1 else f"{node_name}_out"))
                 for i in range(outputs)]
         ins = [gs.Variable.empty() if t is None else t for t in inputs]
@@ -91,11 +92,18 @@ class Builder:
         count = len(node.outputs) if outputs is None else outputs
         outs = [gs.Variable(self.names.fresh(f"{node.name or self._base}_out{i}")) for i in range(count)]
         ins = [gs.Variable.empty() if t is None else t for t in inputs]
-        copy = gs.Node(node.op, name=node.name, attrs=dict(node.attrs if attrs is None else attrs), inputs=ins,
+        copy = gs.Node(node.op, name=self._node_name(node.name) if node.name else "", attrs=dict(node.attrs if attrs is None else attrs), inputs=ins,
                        outputs=outs, domain=node.domain)
         meta(copy).update(meta(node))
         self.nodes.append(copy)
         return outs[0] if count == 1 else outs
+
+    def _node_name(self, base: str) -> str:
+        """``base`` itself when a matched node had that name (it goes with the match), else a fresh one."""
+        if base in self._free:
+            self._free.discard(base)
+            return base
+        return self.names.fresh(base)
 
     def note(self, message: str) -> None:
         """A line for the pass report (a shared weight cloned, say); kept only if the rewrite succeeds."""
