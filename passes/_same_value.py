@@ -34,6 +34,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from surgeon.weights import DenseSparseValues, WeightValues
 
 from surgeon import graph as G
+from surgeon import graph_ops as K
 
 SAMPLES = 64
 LAZY_READ_LIMIT = 1 << 20  # bytes of one protobuf-held tensor that may be read to compare it
@@ -49,7 +50,7 @@ ValueKey = Callable[[gs.Tensor], tuple]
 
 
 def domain_of(node: gs.Node) -> str:
-    return "" if node.domain in (None, "", "ai.onnx") else node.domain
+    return K.node_domain(node)
 
 
 def is_deterministic(node: gs.Node) -> bool:

@@ -23,8 +23,8 @@ count or hidden size, or a batch size different from ``X``'s static one) is refu
 a note: such a model cannot run as it is, and dropping the input would hide that.
 
 A non-zero fill, or a state that is a graph input or any other computation, stays.
-The producers left without readers are removed; a producer something else still reads
-is kept.
+The producers left without readers are removed (by the rewrite engine, through
+:func:`surgeon.graph_ops.drop_if_dead`); a producer something else still reads is kept.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon import graph_ops as K
-from surgeon.pipeline.base import GraphPass, PassContext, PassLog
+from surgeon.graph import Model
+from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
+from surgeon.rewrite import Match, Node, Rule, RuleContext, apply_rules, fail, ok
 
 logger = logging.getLogger(__name__)
 
@@ -121,49 +123,49 @@ def _shape_conflict(node: gs.Node, what: str, t: gs.Tensor) -> str | None:
     return None
 
 
-def drop(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
-    candidates = [n for n in graph.nodes if n.op in _ZERO_DEFAULTS and K.is_default_domain(n)]
-    if not candidates:
-        return False
-    scope = K.Scope(graph)
-    changed = False
-    for node in candidates:
-        for index, what in sorted(_ZERO_DEFAULTS[node.op].items(), reverse=True):
-            t = K.present(node, index)
-            if t is None:
-                continue
-            zero = _is_zero(t)
-            if zero is False:
-                continue
-            if zero is None:
-                if K.producer(t) is not None:
-                    log.note(f"{node.op} {node.name}: {what} is computed by {K.producer(t).op}, not a known zero; kept")
-                continue
-            conflict = _shape_conflict(node, what, t)
-            if conflict:
-                log.note(conflict)
-                continue
-            if not ctx.permit("zero-initial-state", node):
-                continue
-            if index == len(node.inputs) - 1:
-                node.inputs.pop()
-                while node.inputs and isinstance(node.inputs[-1], gs.Variable) and not node.inputs[-1].name:
-                    node.inputs.pop()  # trailing empty optional inputs say nothing
-            else:
-                node.inputs[index] = gs.Variable.empty()
-            K.drop_if_dead(scope, t)
-            log.count("zero-initial-state")
-            changed = True
-    scope.finish()
-    return changed
+class ZeroState(Rule):
+    """Leave out optional input ``index`` (``what`` in the spec) of RNN/GRU/LSTM when it is provably zeros."""
+
+    name = "zero-initial-state"
+
+    def __init__(self, index: int, what: str):
+        self.index, self.what = index, what
+        self.pattern = Node(tuple(op for op, slots in _ZERO_DEFAULTS.items() if index in slots), bind="node", more=True)
+
+    def check(self, m: Match, ctx: RuleContext):
+        node = m["node"]
+        t = K.present(node, self.index)
+        zero = None if t is None else _is_zero(t)
+        if t is None or zero is False:
+            return fail("")
+        if zero is None:
+            src = K.producer(t)
+            return fail(f"{node.op} {node.name}: {self.what} is computed by {src.op}, not a known zero; kept"
+                        if src is not None else "")
+        conflict = _shape_conflict(node, self.what, t)
+        return fail(conflict) if conflict else ok()
+
+    def rewrite(self, m: Match, b) -> list[gs.Tensor]:
+        inputs = list(m["node"].inputs)
+        inputs[self.index] = None
+        while inputs and (inputs[-1] is None or (isinstance(inputs[-1], gs.Variable) and not inputs[-1].name)):
+            inputs.pop()  # trailing empty optional inputs say nothing
+        new = b.copy_of(m["node"], inputs, outputs=len(m["node"].outputs))
+        new = new if isinstance(new, list) else [new]
+        return [new[i] for i, o in enumerate(m["node"].outputs) if any(o is t for t in m.outputs)]
+
+    def note(self, node, reason: str) -> str:
+        return reason
+
+
+RULES = [ZeroState(7, "P"), ZeroState(6, "initial_c"), ZeroState(5, "initial_h")]
 
 
 @register
-class DropDefaultInputs(GraphPass):
+class DropDefaultInputs(Pass):
     name = "drop-default-inputs"
     summary = "Leave out optional inputs computed to equal their default (zero initial states of RNN/GRU/LSTM)."
     default_order = 62
-    candidate_ops = frozenset(_ZERO_DEFAULTS)
 
-    def run_on_graph(self, graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
-        return drop(graph, ctx, log)
+    def run(self, model: Model, ctx: PassContext, log: PassLog) -> bool:
+        return apply_rules(model, RULES, ctx, log, infer=False, untouched=False)

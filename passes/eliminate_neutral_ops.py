@@ -16,10 +16,12 @@ are read (initializers and ``Constant`` nodes, never an initializer a user may o
 A refusal that is close to a rewrite (an all-zero bias that would broadcast ``x`` to a
 larger shape, a Dropout in training mode, a used Dropout mask) is reported as a note.
 
-The node is bypassed: readers of its output read its input. When the output is a graph
-output, the input's producer writes the output name instead, so graph outputs keep their
-names and order; where that is impossible (the output copies a graph input or a
-constant) the node stays. Bodies of If/Loop/Scan are handled like the main graph.
+The node is bypassed (:func:`surgeon.graph_ops.bypass`): readers of its output read its
+input. When the output is a graph output, the input's producer writes the output name
+instead, so graph outputs keep their names and order; where that is impossible (the
+output copies a graph input or a constant) the node stays. Bodies of If/Loop/Scan are
+handled like the main graph. Each rule is a pattern on the rewrite engine whose check
+returns the input the node equals, or the note; the engine does the bypass.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from surgeon import graph_ops as K
 from surgeon import graph as G
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
+from surgeon.rewrite import Match, Node, Rule, RuleContext, apply_rules, fail, ok
 
 logger = logging.getLogger(__name__)
 
@@ -300,40 +303,45 @@ _OPS = frozenset(_BINARY) | frozenset(_VARIADIC) | {"Dropout", "Where", "Cast", 
                                                      "Expand", "Tile", "Pad", "Slice", "Split"}
 
 
-def eliminate(graph: gs.Graph, ctx: PassContext, log: PassLog, opset: int) -> bool:
-    """One sweep over ``graph`` in order (chains such as ``(x + 0) * 1`` go in one sweep)."""
-    candidates = [n for n in graph.nodes if n.op in _OPS and K.is_default_domain(n)]
-    if not candidates:
-        return False
-    scope = K.Scope(graph)
-    changed = False
-    for node in candidates:
-        found = _match(node, opset)
-        if found is None:
-            continue
+class Neutral(Rule):
+    """One rule name of this pass: ``find`` (the functions above) says whether a node of ``ops`` is neutral."""
+
+    def __init__(self, name: str, ops: tuple[str, ...]):
+        self.name = name
+        self.pattern = Node(ops, bind="node", more=True)
+
+    def check(self, m: Match, ctx: RuleContext):
+        node = m["node"]
+        found = _match(node, ctx.opset) if node.inputs and node.outputs else None
         if isinstance(found, str):
-            log.note(found)
-            continue
-        rule, x = found
-        y = node.outputs[0]
-        extra = [o for o in node.outputs[1:] if not scope.unread(o)]
+            return fail(found)
+        if found is None or found[0] != self.name:
+            return fail("")  # another rule's case, or no case at all: nothing to say
+        x, y = found[1], node.outputs[0]
+        extra = [o for o in node.outputs[1:] if not m.scope.unread(o)]
         if extra:
-            log.note(f"{node.op} {node.name} kept: its output {extra[0].name} is read")
-            continue
-        reason = scope.bypass_refusal(x, y)
+            return fail(f"{node.op} {node.name} kept: its output {extra[0].name} is read")
+        reason = m.scope.bypass_refusal(x, y)
         if reason:
-            log.note(f"{node.op} {node.name} kept ({rule}): {reason}")
-            continue
-        if not ctx.permit(rule, node):
-            continue
-        first = node.inputs[0]
-        K.bypass(scope, node, x, y)
-        if first is not x:
-            K.drop_if_dead(scope, first)  # a round trip's first Cast, when nothing else reads it
-        log.count(rule)
-        changed = True
-    scope.finish()
-    return changed
+            return fail(f"{node.op} {node.name} kept ({self.name}): {reason}")
+        return ok(x=x)
+
+    def rewrite(self, m: Match, b) -> list[gs.Tensor]:
+        return [m["x"]]  # an existing tensor: the engine bypasses the node (surgeon.graph_ops.bypass)
+
+    def note(self, node, reason: str) -> str:
+        return reason
+
+
+RULES = (
+    [Neutral(f"{op.lower()}-neutral", (op,)) for op in _BINARY]
+    + [Neutral("where-constant-condition", ("Where",)), Neutral("dropout-inference", ("Dropout",)),
+       Neutral("cast-same-type", ("Cast", "CastLike")), Neutral("cast-round-trip", ("Cast",)),
+       Neutral("transpose-identity", ("Transpose",)), Neutral("reshape-same-shape", ("Reshape",)),
+       Neutral("expand-same-shape", ("Expand",)), Neutral("tile-ones", ("Tile",)), Neutral("pad-zero", ("Pad",)),
+       Neutral("slice-whole", ("Slice",)), Neutral("split-single-output", ("Split",))]
+    + [Neutral(f"{op.lower()}-single-input", (op,)) for op in _VARIADIC]
+)
 
 
 @register
@@ -343,11 +351,7 @@ class EliminateNeutralOps(Pass):
     default_order = 60
 
     def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
-        if not any(n.op in _OPS for n in G.walk_nodes(model.graph)):
+        if not any(n.op in _OPS and K.is_default_domain(n) for n in G.walk_nodes(model.graph)):
             return False
-        opset = model.opset("") or 1
-        changed = False
         with G.inferred_types(model):
-            for g in list(G.iter_graphs(model.graph)):
-                changed |= eliminate(g, ctx, log, opset)
-        return changed
+            return apply_rules(model, RULES, ctx, log, infer=False, untouched=False)

@@ -369,6 +369,6 @@ class FoldControlFlow(Pass):
     def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
         # A Pass, not a GraphPass: inlining moves a body's nodes into its enclosing graph,
         # and the names taken in every other scope decide what must be renamed.
-        if not any(n.op in ("If", "Loop") and n.domain in (None, "", "ai.onnx") for n in G.walk_nodes(model.graph)):
+        if not any(n.op in ("If", "Loop") and K.is_default_domain(n) for n in G.walk_nodes(model.graph)):
             return False
         return fold_control_flow(model.graph, ctx, log)

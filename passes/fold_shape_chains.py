@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 PASS = "fold-shape-chains"
 CONST_OF_SHAPE_LIMIT = 1 << 16  # elements; larger fills would bloat the file for one node
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
-STANDARD = (None, "", "ai.onnx")
 
 
 @dataclass
@@ -71,7 +70,7 @@ class _Edit:
 
 
 def _std(node: gs.Node) -> bool:
-    return node.domain in STANDARD
+    return K.is_default_domain(node)
 
 
 def _present(t: gs.Tensor | None) -> bool:
@@ -702,7 +701,7 @@ def _has_candidates(model: G.Model) -> bool:
     Without a Shape node no value is a shape chain, so only the ops in ``_RULES`` can act.
     """
     for n in G.walk_nodes(model.graph):
-        if n.op == "Shape" or (n.op in _RULES and n.domain in STANDARD):  # any domain for Shape, as is_shape_chain
+        if n.op == "Shape" or (n.op in _RULES and K.is_default_domain(n)):  # any domain for Shape, as is_shape_chain
             return True
     return False
 

@@ -126,13 +126,7 @@ class _Run:
             if not t_dup.name:
                 continue
             if self.tree.is_graph_output(t_dup):
-                slot = [id(t) for t in kept.outputs].index(id(t_kept))
-                K.replace_all_uses(t_kept, t_dup)
-                kept.outputs[slot] = t_dup
-                if t_dup.dtype is None:
-                    t_dup.dtype = t_kept.dtype
-                if t_dup.shape is None:
-                    t_dup.shape = t_kept.shape
+                K.write_instead(t_kept, t_dup)  # the output keeps its name
             else:
                 K.replace_all_uses(t_dup, t_kept)
 

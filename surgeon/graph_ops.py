@@ -309,6 +309,22 @@ def replace_all_uses(old: gs.Tensor, new: gs.Tensor) -> None:
                 consumer.inputs[i] = new
 
 
+def write_instead(x: gs.Tensor, y: gs.Tensor) -> None:
+    """The node writing ``x`` writes ``y`` in its place, and ``x``'s readers read ``y``.
+
+    How a graph output keeps its name when the value behind it is found elsewhere
+    (a bypassed node, a merged duplicate). ``y`` takes ``x``'s dtype and shape where it had none.
+    """
+    src = producer(x)
+    slot = [id(t) for t in src.outputs].index(id(x))
+    replace_all_uses(x, y)
+    src.outputs[slot] = y
+    if y.dtype is None:
+        y.dtype = x.dtype
+    if y.shape is None:
+        y.shape = x.shape
+
+
 # --- one graph: facts and edits -------------------------------------------------------------
 
 class Scope:
@@ -424,15 +440,8 @@ def bypass(scope: Scope, node: gs.Node, x: gs.Tensor, y: gs.Tensor) -> None:
     docstring's. Other outputs of ``node`` must have no readers (the caller checks).
     """
     if id(y) in scope.outputs:  # case 3: x's producer writes y
-        src = scope.producer(x)
         detach(scope, node)
-        slot = [id(t) for t in src.outputs].index(id(x))
-        replace_all_uses(x, y)
-        src.outputs[slot] = y
-        if y.dtype is None:
-            y.dtype = x.dtype
-        if y.shape is None:
-            y.shape = x.shape
+        write_instead(x, y)
     else:  # case 2
         detach(scope, node)
         replace_all_uses(y, x)

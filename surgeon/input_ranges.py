@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from surgeon import graph_ops as K
 from surgeon.graph_ops import infer_shapes
 
 log = logging.getLogger(__name__)
@@ -405,7 +406,7 @@ def _resize_input(use: _Use) -> Constraint | None:
 
 def _role(use: _Use) -> Constraint | None:
     node, i, op = use.node, use.index, use.node.op_type
-    domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+    domain = node.domain if not K.is_default_domain(node) else ""
     if domain == "com.microsoft":
         if op == "EmbedLayerNormalization" and i in (0, 1):
             return _index_into(use, 2 if i == 0 else 3, 0, "the ids" if i == 0 else "the segment ids", negatives=False)

@@ -46,6 +46,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from surgeon import graph_ops as K
 from surgeon import model as model_io
 from surgeon.backends import Backend
 from surgeon.backends.onnxrt import OnnxRuntimeBackend, OrtSession
@@ -155,13 +156,13 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     for t in g.initializer:
         types[t.name] = t.data_type
     for n in g.node:
-        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+        if n.op_type == "Constant" and K.is_default_domain(n):
             for a in n.attribute:
                 if a.name == "value":
                     types[n.output[0]] = a.t.data_type
                 elif a.name in ("value_float", "value_floats"):
                     types[n.output[0]] = TensorProto.FLOAT
-        elif n.op_type == "Cast" and n.domain in ("", "ai.onnx"):
+        elif n.op_type == "Cast" and K.is_default_domain(n):
             for a in n.attribute:
                 if a.name == "to":
                     types[n.output[0]] = a.i
@@ -228,7 +229,7 @@ def classify(model: onnx.ModelProto, precision: str = "fp16", types: dict[str, i
     out: list[NodeClass] = []
     for idx, node in enumerate(g.node):
         label = node_label(node, idx)
-        std = node.domain in ("", "ai.onnx")
+        std = K.is_default_domain(node)
         ins = [i for i in node.input if i]
         all_static = all(i in static for i in ins)
         if std and node.op_type in _SHAPE_SOURCES:
@@ -377,7 +378,7 @@ def emulate(model: onnx.ModelProto, keep: Iterable[str] = (), *, keep_nodes: Ite
 
     graph_inputs = {vi.name for vi in g.input}
     inits = {t.name: t for t in g.initializer if t.name not in graph_inputs}
-    constants = {n.output[0]: n for n in g.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output}
+    constants = {n.output[0]: n for n in g.node if n.op_type == "Constant" and K.is_default_domain(n) and n.output}
 
     decisions: list[NodeClass | None] = []  # None: stays float32
     for node, c in zip(g.node, cls.nodes):

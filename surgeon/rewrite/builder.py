@@ -90,7 +90,8 @@ class Builder:
         ``node`` must be part of the match: it goes, so its name is free for the copy.
         """
         count = len(node.outputs) if outputs is None else outputs
-        outs = [gs.Variable(self.names.fresh(f"{node.name or self._base}_out{i}")) for i in range(count)]
+        outs = [gs.Variable.empty() if i < len(node.outputs) and not node.outputs[i].name  # omitted stays omitted
+                else gs.Variable(self.names.fresh(f"{node.name or self._base}_out{i}")) for i in range(count)]
         ins = [gs.Variable.empty() if t is None else t for t in inputs]
         copy = gs.Node(node.op, name=self._node_name(node.name) if node.name else "", attrs=dict(node.attrs if attrs is None else attrs), inputs=ins,
                        outputs=outs, domain=node.domain)

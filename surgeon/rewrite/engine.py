@@ -148,8 +148,8 @@ def _candidates(scope: Scope, node: gs.Node, rules: Sequence[Rule], ctx: RuleCon
             match = rule.match(node, scope)
             if match is None:
                 continue
-            reason = rule.outputs_problem(match)
-            if not reason:
+            reason = rule.outputs_problem(match) or None
+            if reason is None:
                 result = as_result(rule.check(match, ctx))
                 if isinstance(result, Refused):
                     reason = result.reason
@@ -311,11 +311,12 @@ def _sweep(graph: gs.Graph, rules: Sequence[Rule], rctx: RuleContext, names: Nam
             if not scope.contains(node):
                 continue  # replaced or removed by an earlier application in this sweep
             for rule, match, reason in _candidates(scope, node, rules, rctx):
-                if reason:
-                    findings.append(_finding(g, graph, node, rule, match, FindingStatus.REFUSED, reason))
+                if reason is not None:
+                    if reason:  # fail("") is no near miss: the check found nothing to say
+                        findings.append(_finding(g, graph, node, rule, match, FindingStatus.REFUSED, reason))
                     continue
                 label = node.name or (node.outputs[0].name if node.outputs else node.op)
-                key = f"{rule.name}:{label}"
+                key = f"{id(rule)}:{label}"  # two rules of one name (two inputs of a node) ask apart
                 if key not in asked:  # each application is numbered once, however many sweeps
                     asked[key] = ctx.permit(rule.name, label)
                 if not asked[key]:

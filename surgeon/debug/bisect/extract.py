@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from surgeon import graph_ops as K
 from surgeon import model as model_io
 from surgeon.debug.bisect.strategy import Dag
 from surgeon.graph_ops import infer_shapes
@@ -158,7 +159,7 @@ class GraphView:
 
 
 def _is_constant(node: onnx.NodeProto) -> bool:
-    return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+    return node.op_type == "Constant" and K.is_default_domain(node)
 
 
 def value_info(name: str, types: Mapping[str, onnx.TypeProto]) -> onnx.ValueInfoProto:

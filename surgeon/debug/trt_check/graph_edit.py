@@ -24,10 +24,8 @@ from typing import Iterator
 import onnx
 from onnx import helper
 
+from surgeon import graph_ops as K
 from surgeon.graph_ops import infer_shapes
-
-STANDARD_DOMAINS = ("", "ai.onnx")
-
 
 @dataclass(frozen=True)
 class NodeRef:
@@ -45,7 +43,7 @@ class NodeRef:
 
     @property
     def qualified_op(self) -> str:
-        return self.op_type if self.domain in STANDARD_DOMAINS else f"{self.domain}::{self.op_type}"
+        return self.op_type if K.is_default_domain(self) else f"{self.domain}::{self.op_type}"
 
     @property
     def display(self) -> str:
