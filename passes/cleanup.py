@@ -153,17 +153,12 @@ def _name_nodes(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
         if node.name and node.name not in seen:
             seen.add(node.name)
             continue
-        base = node.name or node.op
-        k = 0
-        while f"{base}_{k}" in taken:
-            k += 1
-        new = f"{base}_{k}"
+        new = K.unique_name(node.name or node.op, taken)  # reserved even if not permitted: harmless
         if not ctx.permit("unique-name", new):
             seen.add(node.name)
             continue
         log.count("duplicate node name made unique" if node.name else "unnamed node named")
         node.name = new
-        taken.add(new)
         seen.add(new)
         changed = True
     return changed

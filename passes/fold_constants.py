@@ -234,10 +234,7 @@ class _Folder:
                 g.nodes.append(new)
                 continue
             const = gs.Constant(t.name, value)
-            for consumer in list(t.outputs):
-                for i, x in enumerate(consumer.inputs):
-                    if x is t:
-                        consumer.inputs[i] = const
+            K.replace_all_uses(t, const)
             body = self.body_outputs.get(id(t))
             if body is not None:  # a body may return an initializer (a Loop's constant condition)
                 body.outputs = [const if o is t else o for o in body.outputs]

@@ -104,10 +104,7 @@ def _bypass(edit: _Edit, g: gs.Graph, node: gs.Node, rule: str) -> bool:
         return False
     if not edit.ctx.permit(rule, node.name):
         return False
-    for consumer in list(out.outputs):
-        for i, t in enumerate(consumer.inputs):
-            if t is out:
-                consumer.inputs[i] = src
+    K.replace_all_uses(out, src)
     others = list(node.inputs[1:])
     node.inputs.clear()
     node.outputs.clear()
@@ -488,10 +485,7 @@ def _constant_of_shape(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
     fill = node.attrs.get("value")
     fill_arr = np.asarray(fill.values).ravel()[:1] if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
     const = edit.const(node, "value", np.full(dims, fill_arr[0], dtype=fill_arr.dtype))
-    for consumer in list(out.outputs):
-        for i, t in enumerate(consumer.inputs):
-            if t is out:
-                consumer.inputs[i] = const
+    K.replace_all_uses(out, const)
     edit.seeds.append(shape)
     node.inputs.clear()
     node.outputs.clear()

@@ -369,12 +369,7 @@ def emulate(model: onnx.ModelProto, keep: Iterable[str] = (), *, keep_nodes: Ite
     plan.unmatched_keep = unmatched(model, keep)
 
     def fresh(base: str) -> str:
-        name, i = base, 0
-        while name in all_names:
-            i += 1
-            name = f"{base}_{i}"
-        all_names.add(name)
-        return name
+        return K.unique_name(base, all_names)
 
     graph_inputs = {vi.name for vi in g.input}
     inits = {t.name: t for t in g.initializer if t.name not in graph_inputs}

@@ -132,12 +132,7 @@ class _Names:
         self.taken = set(taken)
 
     def __call__(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
+        return K.unique_name(base, self.taken)
 
 
 def convert(model: onnx.ModelProto, cls: Classification, keep_nodes: set[str] | frozenset[str], *,

@@ -27,6 +27,7 @@ from onnx import helper
 from surgeon import graph_ops as K
 from surgeon.graph_ops import infer_shapes
 
+
 @dataclass(frozen=True)
 class NodeRef:
     """Where one node lives: its unique working name, original name, op, and body path."""
