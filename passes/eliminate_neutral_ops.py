@@ -346,6 +346,8 @@ RULES = (
 
 @register
 class EliminateNeutralOps(Pass):
+    """Bypass nodes whose output provably equals an input (see the module docstring for the rules)."""
+
     name = "eliminate-neutral-ops"
     summary = "Remove nodes that provably return an input: x+0, x*1, Dropout at inference, Cast to its own type, ..."
     default_order = 60

@@ -23,8 +23,8 @@ zeros the Conv pads with would not be normalised), so it is refused and noted.
 Arithmetic is in float64 and cast back to the weight's dtype (FP16 weights included), so
 the fold adds one rounding, not several.
 
-The rules are patterns on the rewrite engine (a base class and one small class per
-layer kind, as onnxscript's batch-norm fusion): ``check`` reads the constants and returns
+The rules are patterns on the rewrite engine (one rule class, instantiated per layer and
+affine op, as onnxscript's batch-norm fusion is a base and small pattern classes): ``check`` reads the constants and returns
 the affine map it found, or the reason it refuses, which the report shows as a note
 ("BatchNormalization bn3 not folded: training_mode=1"): training-mode BN
 (``training_mode=1``, ``is_test=0``, more than one output), per-activation BN
@@ -197,20 +197,17 @@ def _layer_pattern(op: str) -> Node:
     return Node(op, "x", "w", Opt("b"), bind="layer")
 
 
-class _FoldIntoLayer(Rule):
-    """The layer before ``affine`` (a BN, Mul or Add) absorbs it; subclasses name the pair."""
+class FoldIntoLayer(Rule):
+    """The ``layer_op`` before an ``affine_op`` (a BN, Mul or Add) absorbs it; named ``conv-bn`` and so on."""
 
-    layer_op = ""
-    affine_op = ""
-
-    def __init__(self):
-        affine = "bn" if self.affine_op == "BatchNormalization" else self.affine_op.lower()
-        self.name = f"{self.layer_op.lower()}-{affine}"
-        layer = _layer_pattern(self.layer_op)
-        if self.affine_op == "BatchNormalization":
+    def __init__(self, layer_op: str, affine_op: str):
+        affine = "bn" if affine_op == "BatchNormalization" else affine_op.lower()
+        self.name = f"{layer_op.lower()}-{affine}"
+        layer = _layer_pattern(layer_op)
+        if affine_op == "BatchNormalization":
             self.pattern = Node("BatchNormalization", layer, "scale", "bias", "mean", "var", bind="affine")
         else:
-            self.pattern = Node(self.affine_op, layer, "c", bind="affine")
+            self.pattern = Node(affine_op, layer, "c", bind="affine")
 
     def outputs_problem(self, m: Match) -> str | None:
         layer, out = m["layer"], m["layer"].outputs[0]
@@ -287,38 +284,6 @@ def _clone_note(b, node: gs.Node, weight: gs.Tensor) -> None:
     if others:
         b.note(f"{node.op} {node.name}: weight '{weight.name}' is shared with {len(others)} other node(s); "
                "folded into a private copy")
-
-
-class ConvBN(_FoldIntoLayer):
-    layer_op, affine_op = "Conv", "BatchNormalization"
-
-
-class ConvTransposeBN(_FoldIntoLayer):
-    layer_op, affine_op = "ConvTranspose", "BatchNormalization"
-
-
-class GemmBN(_FoldIntoLayer):
-    layer_op, affine_op = "Gemm", "BatchNormalization"
-
-
-class MatMulBN(_FoldIntoLayer):
-    layer_op, affine_op = "MatMul", "BatchNormalization"
-
-
-class ConvMul(_FoldIntoLayer):
-    layer_op, affine_op = "Conv", "Mul"
-
-
-class ConvAdd(_FoldIntoLayer):
-    layer_op, affine_op = "Conv", "Add"
-
-
-class ConvTransposeMul(_FoldIntoLayer):
-    layer_op, affine_op = "ConvTranspose", "Mul"
-
-
-class ConvTransposeAdd(_FoldIntoLayer):
-    layer_op, affine_op = "ConvTranspose", "Add"
 
 
 class BNConv(Rule):
@@ -399,8 +364,10 @@ class UnfoldedBN(Rule):
         return f"BatchNormalization {_label(node)} not folded: {reason}"
 
 
-RULES = [ConvBN(), ConvTransposeBN(), GemmBN(), MatMulBN(), ConvMul(), ConvAdd(), ConvTransposeMul(),
-         ConvTransposeAdd(), BNConv(), UnfoldedBN()]
+_PAIRS = [("Conv", "BatchNormalization"), ("ConvTranspose", "BatchNormalization"), ("Gemm", "BatchNormalization"),
+          ("MatMul", "BatchNormalization"), ("Conv", "Mul"), ("Conv", "Add"), ("ConvTranspose", "Mul"),
+          ("ConvTranspose", "Add")]
+RULES = [FoldIntoLayer(layer, affine) for layer, affine in _PAIRS] + [BNConv(), UnfoldedBN()]
 
 
 @register

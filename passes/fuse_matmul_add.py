@@ -74,6 +74,8 @@ RULES = [MatMulAddToGemm()]
 
 @register
 class FuseMatmulAdd(Pass):
+    """A dense layer written as MatMul + Add becomes one Gemm (rank-2 operands only)."""
+
     name = PASS_NAME
     summary = "Fuse MatMul + Add of a constant bias into Gemm where both MatMul inputs are 2-D."
     default_order = 65

@@ -67,12 +67,7 @@ class Conversion:
 
 
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    subs = []
-    for a in node.attribute:
-        if a.HasField("g"):
-            subs.append(a.g)
-        subs.extend(a.graphs)
-    return subs
+    return list(K.proto_subgraphs(node))
 
 
 def _defined(graph: onnx.GraphProto) -> set[str]:
