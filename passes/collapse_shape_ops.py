@@ -377,4 +377,4 @@ class CollapseShapeOps(Pass):
     default_order = 45
 
     def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
-        return apply_rules(model, RULES, ctx, log, infer=False, untouched=False)
+        return apply_rules(model, RULES, ctx, log, infer=False, untouched=False, sweeps=1)

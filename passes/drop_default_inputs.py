@@ -168,4 +168,4 @@ class DropDefaultInputs(Pass):
     default_order = 62
 
     def run(self, model: Model, ctx: PassContext, log: PassLog) -> bool:
-        return apply_rules(model, RULES, ctx, log, infer=False, untouched=False)
+        return apply_rules(model, RULES, ctx, log, infer=False, untouched=False)  # one state per sweep

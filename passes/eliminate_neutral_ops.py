@@ -356,4 +356,4 @@ class EliminateNeutralOps(Pass):
         if not any(n.op in _OPS and K.is_default_domain(n) for n in G.walk_nodes(model.graph)):
             return False
         with G.inferred_types(model):
-            return apply_rules(model, RULES, ctx, log, infer=False, untouched=False)
+            return apply_rules(model, RULES, ctx, log, infer=False, untouched=False, sweeps=1)

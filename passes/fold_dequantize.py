@@ -142,4 +142,4 @@ class FoldDequantize(Pass):
     default_order = 25  # before fold-constants, which would fold the Cast -> Mul into float weights
 
     def run(self, model: Model, ctx: PassContext, log: PassLog) -> bool:
-        return apply_rules(model, RULES, ctx, log, infer=False, untouched=False)
+        return apply_rules(model, RULES, ctx, log, infer=False, untouched=False, sweeps=1)

@@ -86,4 +86,4 @@ class FuseMatmulAdd(Pass):
         if not any(n.op == "MatMul" and K.is_default_domain(n) for n in G.walk_nodes(model.graph)):
             return False
         with G.inferred_types(model):  # "both inputs are 2-D" is proven from shapes
-            return apply_rules(model, RULES, ctx, log, infer=False, untouched=False)
+            return apply_rules(model, RULES, ctx, log, infer=False, untouched=False, sweeps=1)

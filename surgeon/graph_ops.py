@@ -71,6 +71,7 @@ def op_label(node: gs.Node) -> str:
 
 # --- walking -------------------------------------------------------------------------------
 
+_Graph = gs.Graph  # exact type tests: this runs for every node of every walk
 _GRAPH, _GRAPHS, _UNDEFINED = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS, onnx.AttributeProto.UNDEFINED
 
 
@@ -99,17 +100,23 @@ def walk_proto_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                 yield from walk_proto_nodes(sub)
 
 
-def subgraphs(node: gs.Node) -> Iterator[gs.Graph]:
-    """The bodies held in a node's attributes (If branches, Loop/Scan bodies)."""
+def subgraphs(node: gs.Node) -> tuple[gs.Graph, ...]:
+    """The bodies held in a node's attributes (If branches, Loop/Scan bodies).
+
+    A tuple, not a generator: it is asked of every node in every walk, and most have none.
+    """
+    found: tuple[gs.Graph, ...] = ()
     for value in node.attrs.values():
-        if isinstance(value, gs.Graph):
-            yield value
-        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], gs.Graph):
-            yield from (item for item in value if isinstance(item, gs.Graph))
+        kind = type(value)
+        if kind is _Graph:
+            found += (value,)
+        elif (kind is list or kind is tuple) and value and type(value[0]) is _Graph:
+            found += tuple(item for item in value if type(item) is _Graph)
+    return found
 
 
 def has_subgraphs(node: gs.Node) -> bool:
-    return next(subgraphs(node), None) is not None
+    return bool(subgraphs(node))
 
 
 def walk_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
@@ -330,16 +337,31 @@ def write_instead(x: gs.Tensor, y: gs.Tensor) -> None:
 class Scope:
     """One graph and the facts that decide whether its values may be rewired.
 
-    Built in one linear walk; the facts about bodies are computed on first use. Nodes
-    removed through :func:`detach` are dropped from ``graph.nodes`` in one step by
-    :meth:`finish` (``list.remove`` compares graphsurgeon nodes with an expensive ``__eq__``).
+    Built in one linear walk; the facts about bodies are computed on first use. Edits are
+    recorded, and ``graph.nodes`` is rebuilt once by :meth:`finish`: nodes removed through
+    :func:`detach` go, nodes added through :meth:`place` take the place of the node they
+    replace (``list.remove`` compares graphsurgeon nodes with an expensive ``__eq__``, and
+    one rebuild per edit made a pass quadratic). Positions are tuples, so a node placed where
+    a placed node was sorts between that node's neighbours.
     """
 
     def __init__(self, graph: gs.Graph):
         self.graph = graph
-        self._index = {id(n): i for i, n in enumerate(graph.nodes)}
+        self._index: dict[int, tuple] = {id(n): (i,) for i, n in enumerate(graph.nodes)}
         self.outputs = {id(t) for t in graph.outputs}
         self.removed: set[int] = set()
+        self._placed: list[gs.Node] = []
+
+    def forget_bodies(self) -> None:
+        """An edit touched a node holding a body: the facts about bodies are computed again."""
+        self.__dict__.pop("_bodies", None)
+
+    def place(self, nodes: list[gs.Node], where: gs.Node) -> None:
+        """``nodes`` (new) go where ``where`` is, in order; ``graph.nodes`` gets them in :meth:`finish`."""
+        at = self._index[id(where)]
+        for i, n in enumerate(nodes):
+            self._index[id(n)] = at + (i,)
+            self._placed.append(n)
 
     @cached_property
     def _bodies(self) -> tuple[set[int], set[str], set[str]]:
@@ -362,7 +384,8 @@ class Scope:
     def contains(self, node: gs.Node) -> bool:
         return id(node) in self._index and id(node) not in self.removed
 
-    def position(self, node: gs.Node) -> int:
+    def position(self, node: gs.Node) -> tuple:
+        """Where ``node`` is in graph order (comparable, not an index)."""
         return self._index[id(node)]
 
     def producer(self, tensor: gs.Tensor) -> gs.Node | None:
@@ -419,11 +442,15 @@ class Scope:
         return None
 
     def finish(self) -> None:
-        """Drop the nodes marked removed from the graph (one linear rebuild)."""
-        if self.removed:
-            self.graph.nodes = [n for n in self.graph.nodes if id(n) not in self.removed]
-            self._index = {id(n): i for i, n in enumerate(self.graph.nodes)}
-            self.removed = set()
+        """Rebuild ``graph.nodes`` once: removed nodes out, placed nodes in their places."""
+        if not self.removed and not self._placed:
+            return
+        alive = [n for n in list(self.graph.nodes) + self._placed if id(n) not in self.removed]
+        if self._placed:
+            alive.sort(key=lambda n: self._index[id(n)])
+        self.graph.nodes = alive
+        self._index = {id(n): (i,) for i, n in enumerate(alive)}
+        self.removed, self._placed = set(), []
 
 
 def detach(scope: Scope, node: gs.Node) -> None:

@@ -8,7 +8,7 @@ and made unique against every name in the model, subgraphs included.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -20,8 +20,14 @@ from surgeon.rewrite.rule import Match, RuleContext
 class Names:
     """Unique node and tensor names within one model (ONNX needs unique tensor names)."""
 
-    def __init__(self, taken: set[str]):
-        self.taken = taken
+    def __init__(self, taken: "set[str] | Callable[[], set[str]]"):
+        self._taken = taken  # or how to collect them: most sweeps need no new name at all
+
+    @property
+    def taken(self) -> set[str]:
+        if callable(self._taken):
+            self._taken = self._taken()
+        return self._taken
 
     def fresh(self, base: str) -> str:
         return unique_name(base, self.taken)

@@ -141,6 +141,32 @@ def _graph_label(g: gs.Graph, root: gs.Graph) -> str:
 
 # --- matching ------------------------------------------------------------------------------
 
+def _by_root(rules: Sequence[Rule]) -> tuple[dict[tuple[str, str], list[Rule]], list[Rule]]:
+    """Rules by the (domain, op) their pattern's root must have; the rules that can start anywhere.
+
+    Asking every rule at every node is most of a sweep's time on a large graph.
+    """
+    index: dict[tuple[str, str], list[Rule]] = {}
+    anywhere: list[Rule] = []
+    for rule in rules:
+        roots = rule.root_ops() if hasattr(rule, "root_ops") else None
+        if roots is None:
+            anywhere.append(rule)
+        for key in roots or ():
+            index.setdefault(key, []).append(rule)
+    return index, anywhere
+
+
+def _rules_at(node: gs.Node, rules: Sequence[Rule], index) -> list[Rule]:
+    """The rules that may match at ``node``, in their given order."""
+    by_root, anywhere = index
+    mine = by_root.get((node_domain(node), node.op), [])
+    if not anywhere:
+        return mine
+    chosen = {id(r) for r in mine} | {id(r) for r in anywhere}
+    return [r for r in rules if id(r) in chosen]
+
+
 def _candidates(scope: Scope, node: gs.Node, rules: Sequence[Rule], ctx: RuleContext):
     """(rule, match, refusal reason) for each rule whose pattern starts at ``node``."""
     for rule in rules:
@@ -210,8 +236,7 @@ def _bypass(match: Match, x: gs.Tensor) -> list[gs.Node] | None:
     :func:`surgeon.graph_ops.bypass` keeps the output's name where it is a graph output;
     where it cannot (the output would copy a graph input), None: an Identity is made.
     """
-    scope = K.Scope(match.graph)
-    y = match.outputs[0]
+    scope, y = match.scope, match.outputs[0]
     if any(n is K.producer(x) for n in match.nodes) or scope.bypass_refusal(x, y):
         return None
     for n in match.nodes:
@@ -226,15 +251,16 @@ def _drop_dead(scope: K.Scope, inputs: Sequence[gs.Tensor]) -> None:
     """Producers the replacement left without readers go (nodes of this graph, no bodies)."""
     for t in inputs:
         K.drop_if_dead(scope, t)
-    scope.finish()
 
 
 def _apply(rule: Rule, match: Match, ctx: RuleContext, names: Names, pass_name: str, plog: PassLog) -> list[gs.Node]:
-    """Replace ``match`` by the rule's rewrite in place; returns the new nodes."""
+    """Replace ``match`` by the rule's rewrite (edits recorded on ``match.scope``); returns the new nodes."""
     b = Builder(match, ctx, names)
     new_nodes = _replace(rule, match, ctx, b, pass_name)
     for line in b.notes:
         plog.note(line)
+    if any(K.has_subgraphs(n) for n in list(match.nodes) + new_nodes):
+        match.scope.forget_bodies()
     return new_nodes
 
 
@@ -262,12 +288,10 @@ def _replace(rule: Rule, match: Match, ctx: RuleContext, b: Builder, pass_name: 
         if producer is None or id(producer) not in new_ids or any(new is p for _, p in pairs):
             new = b.op("Identity", [new])  # an existing tensor passed through, or one used twice
         pairs.append((old, new))
-    matched = {id(n) for n in match.nodes}
-    graph = match.graph
-    position = _index_of(graph.nodes, match.root)
+    scope = match.scope
+    scope.place(b.nodes, match.root)
     for n in match.nodes:
-        n.inputs.clear()
-        n.outputs.clear()
+        K.detach(scope, n)
     for old, new in pairs:
         producer = new.inputs[0]
         producer.outputs[_index_of(producer.outputs, new)] = old
@@ -283,34 +307,31 @@ def _replace(rule: Rule, match: Match, ctx: RuleContext, b: Builder, pass_name: 
                     if known[1] is not None else None
     for n in b.nodes:
         K.stamp(n, pass_name, rule.name, [m.name for m in match.nodes])
-    graph.nodes[position:position + 1] = b.nodes
-    graph.nodes[:] = [n for n in graph.nodes if id(n) not in matched]
-    _drop_dead(K.Scope(graph), match.inputs)
-    _restore_order(graph, b.nodes, [old for old, _ in pairs])
+    _drop_dead(scope, match.inputs)
     return b.nodes
 
 
-def _restore_order(graph: gs.Graph, new_nodes: list[gs.Node], outputs: list[gs.Tensor]) -> None:
-    """New nodes sit where the root was; a use of an earlier matched output may precede them."""
-    pos = {id(n): i for i, n in enumerate(graph.nodes)}
-    first_new = min((pos[id(n)] for n in new_nodes), default=0)
-    for t in outputs:
-        for c in t.outputs:
-            if id(c) in pos and pos[id(c)] < first_new:
-                graph.toposort(recurse_subgraphs=False)
-                return
+def _out_of_order(scope: K.Scope, placed: list[tuple[list[gs.Node], list[gs.Tensor]]]) -> bool:
+    """New nodes sit where the root was; a reader of an earlier matched output may come before them."""
+    for nodes, outputs in placed:
+        first = min((scope.position(n) for n in nodes if scope.contains(n)), default=None)
+        if first is not None and any(scope.contains(c) and scope.position(c) < first for t in outputs for c in t.outputs):
+            return True
+    return False
 
 
 def _sweep(graph: gs.Graph, rules: Sequence[Rule], rctx: RuleContext, names: Names, ctx: PassContext,
            plog: PassLog, asked: dict[str, bool]) -> tuple[list[Finding], dict[str, int]]:
     """One pass over every graph; returns (findings, new custom domains → opset version)."""
     findings, domains = [], {}
+    index = _by_root(rules)
     for g in list(G.iter_graphs(graph)):
-        scope = Scope(g)
+        scope = Scope(g)  # one per graph and sweep: edits are recorded on it, graph.nodes rebuilt at the end
+        placed: list[tuple[list[gs.Node], list[gs.Tensor]]] = []
         for node in list(g.nodes):
             if not scope.contains(node):
                 continue  # replaced or removed by an earlier application in this sweep
-            for rule, match, reason in _candidates(scope, node, rules, rctx):
+            for rule, match, reason in _candidates(scope, node, _rules_at(node, rules, index), rctx):
                 if reason is not None:
                     if reason:  # fail("") is no near miss: the check found nothing to say
                         findings.append(_finding(g, graph, node, rule, match, FindingStatus.REFUSED, reason))
@@ -335,19 +356,24 @@ def _sweep(graph: gs.Graph, rules: Sequence[Rule], rctx: RuleContext, names: Nam
                         domains.setdefault(d, int(rule.domains.get(d, 1)))
                         if hasattr(plog, "opaque_ops"):
                             plog.opaque_ops(op_label(n))
-                scope = Scope(g)
+                if new_nodes:
+                    placed.append((new_nodes, list(match.outputs)))
                 break
+        reorder = _out_of_order(scope, placed)
+        scope.finish()
+        if reorder:
+            g.toposort(recurse_subgraphs=False)
     return findings, domains
 
 
 def _run(model: Model, rules: Sequence[Rule], ctx: PassContext, plog: PassLog, applied: list[Finding],
-         infer: bool = True) -> tuple[bool, list[Finding]]:
-    """Sweeps until one applies nothing; ``applied`` collects the replacements made."""
+         infer: bool = True, sweeps: int = MAX_SWEEPS) -> tuple[bool, list[Finding]]:
+    """Sweeps until one applies nothing (at most ``sweeps``); ``applied`` collects the replacements made."""
     changed, last = False, []
     asked: dict[str, bool] = {}
-    for _ in range(MAX_SWEEPS):
+    for _ in range(sweeps):
         rctx = rule_context(model) if infer else RuleContext(opsets=dict(model.opsets))
-        found, domains = _sweep(model.graph, rules, rctx, Names(G.all_names(model.graph)), ctx, plog, asked)
+        found, domains = _sweep(model.graph, rules, rctx, Names(lambda: G.all_names(model.graph)), ctx, plog, asked)
         done = [f for f in found if f.status is FindingStatus.REPLACE]
         last = [f for f in found if f.status is not FindingStatus.REPLACE]
         applied.extend(done)
@@ -371,18 +397,20 @@ def _may_match(model: Model, rules: Sequence[Rule]) -> bool:
 
 
 def apply_rules(model: Model, rules: Sequence[Rule], ctx: PassContext, plog: PassLog, *, infer: bool = True,
-                untouched: bool = True) -> bool:
+                untouched: bool = True, sweeps: int = MAX_SWEEPS) -> bool:
     """Apply ``rules`` everywhere in ``model`` (in place); whether anything changed.
 
     ``infer``: give the rules types from onnx shape inference, once per sweep (a pass
     that works from the types on the graph passes False). ``untouched``: note the custom
     ops no rule replaced (``replace-custom-ops`` does; a pass of standard ops does not).
+    ``sweeps``: 1 for rules whose one in-order sweep reaches the fixed point (a node sees
+    what the rewrites before it made, so chains go at once); the pipeline repeats passes.
     """
     changed = False
     if _may_match(model, rules):
         # Otherwise nothing can match: skip inferring types, a large share of the time.
         by_name = {r.name: r for r in rules}
-        changed, last = _run(model, rules, ctx, plog, [], infer)
+        changed, last = _run(model, rules, ctx, plog, [], infer, sweeps)
         for f in last:
             rule = by_name[f.rule]
             if f.status is FindingStatus.REFUSED:

@@ -200,6 +200,23 @@ class Rule:
             out.append(frozenset((domain, t) for t in types))
         return tuple(out)
 
+    def root_ops(self) -> frozenset[tuple[str, str]] | None:
+        """The (domain, op) pairs a node must have for ``match`` to start there; None: any node.
+
+        Known for the default ``match``, and for a DAG ``pattern`` (a rule that overrides
+        ``match`` keeps the pattern's root as where it starts; one that starts elsewhere
+        overrides this too).
+        """
+        if type(self).match is not Rule.match and not isinstance(self.pattern, P.Node):
+            return None
+        if isinstance(self.pattern, P.Node):
+            return frozenset((self.pattern.domain, t) for t in self.pattern.op_types)
+        if not self.pattern:
+            return None
+        first = self.pattern[0]
+        types = (first.op_type,) if isinstance(first.op_type, str) else tuple(first.op_type)
+        return frozenset(("" if first.domain == "ai.onnx" else first.domain, t) for t in types)
+
     def match(self, node: gs.Node, scope: Scope) -> Match | None:
         """Fit the DAG ``pattern`` ending at ``node``, or follow a chain ``pattern`` starting there."""
         if isinstance(self.pattern, P.Node):
