@@ -2,12 +2,19 @@
 
 The engine owns everything a rule should not have to get right: outputs keep their
 names (the last new node writes into the original output tensor, so value_info, graph
-outputs and outer-scope uses stay valid), new nodes are stamped with provenance and
-inserted where the match was, custom domains get their opset import, plugin outputs
-get value_info so shape inference continues past them, and every If/Loop/Scan body is
-visited. A sweep applies each rule at most once per node; sweeps repeat (with freshly
-inferred types) until one applies nothing, so a contrib op whose input type was only
-known after lowering its producer is handled in the same pass run.
+outputs and outer-scope uses stay valid), a rewrite that returns an existing tensor
+bypasses the match (:func:`surgeon.graph_ops.bypass`), producers left without readers go,
+new nodes are stamped with provenance and placed where the match was, custom domains get
+their opset import, plugin outputs get value_info so shape inference continues past them,
+and every If/Loop/Scan body is visited. What ``check`` bound reaches ``rewrite`` in the
+match; a refusal becomes the rule's note.
+
+A sweep visits each graph's nodes in order and applies at most one rule per node; the
+edits are recorded on one :class:`~surgeon.graph_ops.Scope` per graph and ``graph.nodes``
+is rebuilt once at the end, so a sweep costs the graph, not the graph times the number of
+applications. Sweeps repeat (with freshly inferred types, where asked) until one applies
+nothing, so a contrib op whose input type was only known after lowering its producer is
+handled in the same pass run.
 """
 
 from __future__ import annotations
