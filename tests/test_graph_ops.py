@@ -226,3 +226,25 @@ def test_infer_shapes_follows_shape_computations():
     dims = lambda model: [d.dim_param or d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
     assert dims(K.infer_shapes(m))[0] == "N"  # data propagation follows Shape -> Gather -> Concat
     assert dims(onnx.shape_inference.infer_shapes(m, strict_mode=False))[0] != "N"  # without it, the dim is lost
+
+
+def test_the_pipeline_keeps_an_overridable_input_out_of_a_reshape_target():
+    """Issue 19's report: an IR-8 model whose Reshape target concatenates an initializer listed as an
+    input. Folded before (and the input vanished from the interface); one reader, one rule: it stays."""
+    import surgeon
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Slice", ["s", "st", "en"], ["b"]),
+             helper.make_node("Concat", ["b", "k"], ["t"], axis=0), helper.make_node("Reshape", ["x", "t"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("st", 0), ("en", 1), ("k", -1))]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6]),
+                                       helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "M"])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    out, report = surgeon.fix(model)
+    assert [i.name for i in out.graph.input] == ["x", "k"] and report.verification == "numeric"
+    x = np.random.default_rng(0).normal(size=(3, 4, 6)).astype(np.float32)
+    for k in (-1, 24):  # the default, and the user's own value
+        feeds = {"x": x, "k": np.array([k], np.int64)}
+        np.testing.assert_array_equal(run_ort(out, feeds)["y"], run_ort(model, feeds)["y"])
