@@ -40,11 +40,9 @@ from collections import Counter
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgeon import graph as G
 from surgeon import graph_ops as K
-from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
-from surgeon.rewrite import Match, Node, Rule, RuleContext, apply_rules, fail, ok
+from surgeon.rewrite import Match, RulePass, Node, Rule, RuleContext, fail, ok
 
 PASS_NAME = "collapse-shape-ops"
 _RESHAPING = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
@@ -370,11 +368,9 @@ RULES = [UnsqueezeMerge(), SliceMerge(), ReshapeMerge(), TransposeToReshape()]
 
 
 @register
-class CollapseShapeOps(Pass):
+class CollapseShapeOps(RulePass):
     name = PASS_NAME
     summary = ("Merge Unsqueeze chains and Slice chains on different axes into one node, and "
                "Reshape/Flatten/Squeeze/Unsqueeze (and Transposes of size-1 axes) into a following Reshape.")
     default_order = 45
-
-    def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
-        return apply_rules(model, RULES, ctx, log, infer=False, untouched=False, sweeps=1)
+    rules, sweeps = tuple(RULES), 1

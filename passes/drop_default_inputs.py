@@ -35,10 +35,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon import graph_ops as K
-from surgeon.graph import Model
-from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
-from surgeon.rewrite import Match, Node, Rule, RuleContext, apply_rules, fail, ok
+from surgeon.rewrite import Match, RulePass, Node, Rule, RuleContext, fail, ok
 
 logger = logging.getLogger(__name__)
 
@@ -162,10 +160,8 @@ RULES = [ZeroState(7, "P"), ZeroState(6, "initial_c"), ZeroState(5, "initial_h")
 
 
 @register
-class DropDefaultInputs(Pass):
+class DropDefaultInputs(RulePass):
     name = "drop-default-inputs"
     summary = "Leave out optional inputs computed to equal their default (zero initial states of RNN/GRU/LSTM)."
     default_order = 62
-
-    def run(self, model: Model, ctx: PassContext, log: PassLog) -> bool:
-        return apply_rules(model, RULES, ctx, log, infer=False, untouched=False)  # one state per sweep
+    rules = tuple(RULES)  # several sweeps: each replaces the node, one state at a time

@@ -34,9 +34,8 @@ import onnx_graphsurgeon as gs
 
 from surgeon import graph_ops as K
 from surgeon import graph as G
-from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
-from surgeon.rewrite import Match, Node, Rule, RuleContext, apply_rules, fail, ok
+from surgeon.rewrite import Match, RulePass, Node, Rule, RuleContext, fail, ok
 
 logger = logging.getLogger(__name__)
 
@@ -345,15 +344,14 @@ RULES = (
 
 
 @register
-class EliminateNeutralOps(Pass):
+class EliminateNeutralOps(RulePass):
     """Bypass nodes whose output provably equals an input (see the module docstring for the rules)."""
 
     name = "eliminate-neutral-ops"
     summary = "Remove nodes that provably return an input: x+0, x*1, Dropout at inference, Cast to its own type, ..."
     default_order = 60
 
-    def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
-        if not any(n.op in _OPS and K.is_default_domain(n) for n in G.walk_nodes(model.graph)):
-            return False
-        with G.inferred_types(model):
-            return apply_rules(model, RULES, ctx, log, infer=False, untouched=False, sweeps=1)
+    rules, needs_types, sweeps = tuple(RULES), True, 1
+
+    def applies(self, model: G.Model) -> bool:
+        return any(n.op in _OPS and K.is_default_domain(n) for n in G.walk_nodes(model.graph))

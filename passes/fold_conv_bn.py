@@ -48,10 +48,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon import graph_ops as K
-from surgeon.graph import Model
-from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
-from surgeon.rewrite import Match, Node, Opt, Rule, RuleContext, apply_rules, fail, ok
+from surgeon.rewrite import Match, RulePass, Node, Opt, Rule, RuleContext, fail, ok
 
 PASS_NAME = "fold-conv-bn"
 _FLOAT_KINDS = (np.float16, np.float32, np.float64)
@@ -371,12 +369,10 @@ RULES = [FoldIntoLayer(layer, affine) for layer, affine in _PAIRS] + [BNConv(), 
 
 
 @register
-class FoldConvBN(Pass):
+class FoldConvBN(RulePass):
     """Fold inference BatchNormalization and per-channel Mul/Add into Conv/ConvTranspose/Gemm/MatMul weights."""
 
     name = PASS_NAME
     summary = "Fold inference BatchNormalization and per-channel Mul/Add into the weights of the Conv/Gemm/MatMul before it."
     default_order = 50
-
-    def run(self, model: Model, ctx: PassContext, log: PassLog) -> bool:
-        return apply_rules(model, RULES, ctx, log, infer=False, untouched=False)
+    rules = tuple(RULES)  # several sweeps: a BN a later rule folds forward leaves no stale note

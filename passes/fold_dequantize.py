@@ -33,10 +33,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon import graph_ops as K
-from surgeon.graph import Model
-from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
-from surgeon.rewrite import Match, Node, Rule, RuleContext, apply_rules, fail, ok
+from surgeon.rewrite import Match, RulePass, Node, Rule, RuleContext, fail, ok
 
 PASS_NAME = "fold-dequantize"
 _FLOAT, _FLOAT16 = 1, 10  # onnx TensorProto codes
@@ -136,10 +134,8 @@ RULES = [CastSubMul(), CastMul()]
 
 
 @register
-class FoldDequantize(Pass):
+class FoldDequantize(RulePass):
     name = PASS_NAME
     summary = "Turn int8/uint8 weights dequantized as Cast -> (Sub) -> Mul into one DequantizeLinear (keeps int8 storage)."
     default_order = 25  # before fold-constants, which would fold the Cast -> Mul into float weights
-
-    def run(self, model: Model, ctx: PassContext, log: PassLog) -> bool:
-        return apply_rules(model, RULES, ctx, log, infer=False, untouched=False, sweeps=1)
+    rules, sweeps = tuple(RULES), 1

@@ -24,9 +24,8 @@ import onnx_graphsurgeon as gs
 
 from surgeon import graph as G
 from surgeon import graph_ops as K
-from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
-from surgeon.rewrite import Match, Node, Rule, RuleContext, apply_rules, fail, ok
+from surgeon.rewrite import Match, RulePass, Node, Rule, RuleContext, fail, ok
 
 PASS_NAME = "fuse-matmul-add"
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -73,17 +72,16 @@ RULES = [MatMulAddToGemm()]
 
 
 @register
-class FuseMatmulAdd(Pass):
+class FuseMatmulAdd(RulePass):
     """A dense layer written as MatMul + Add becomes one Gemm (rank-2 operands only)."""
 
     name = PASS_NAME
     summary = "Fuse MatMul + Add of a constant bias into Gemm where both MatMul inputs are 2-D."
     default_order = 65
 
-    def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
-        if (model.opset("") or 1) < 7:
-            return False  # Gemm's unidirectional bias broadcasting starts at opset 7
-        if not any(n.op == "MatMul" and K.is_default_domain(n) for n in G.walk_nodes(model.graph)):
-            return False
-        with G.inferred_types(model):  # "both inputs are 2-D" is proven from shapes
-            return apply_rules(model, RULES, ctx, log, infer=False, untouched=False, sweeps=1)
+    rules, needs_types, sweeps = tuple(RULES), True, 1  # "both inputs are 2-D" is proven from shapes
+
+    def applies(self, model: G.Model) -> bool:
+        # Gemm's unidirectional bias broadcasting starts at opset 7
+        return (model.opset("") or 1) >= 7 and any(n.op == "MatMul" and K.is_default_domain(n)
+                                                   for n in G.walk_nodes(model.graph))

@@ -14,9 +14,10 @@ from surgeon.rewrite.loader import installed_packs, load_rule_file, load_rule_fi
 from surgeon.rewrite.pattern import Node, Opt
 from surgeon.rewrite.result import Bound, Refused, fail, ok
 from surgeon.rewrite.rule import STANDARD_DOMAINS, FunctionRule, Match, Op, Rule, RuleContext, Scope, rule
+from surgeon.rewrite.rule_pass import RulePass
 
 __all__ = [
     "Bound", "Builder", "Finding", "FindingStatus", "FunctionRule", "Match", "MatchReport", "Node", "Op", "Opt",
-    "Refused", "Rule", "RuleContext", "STANDARD_DOMAINS", "Scope", "apply_rules", "fail", "find_matches",
+    "Refused", "Rule", "RuleContext", "RulePass", "STANDARD_DOMAINS", "Scope", "apply_rules", "fail", "find_matches",
     "installed_packs", "load_rule_file", "load_rule_files", "ok", "rule", "validate_rules",
 ]
