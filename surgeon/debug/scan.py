@@ -55,6 +55,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from surgeon import graph_ops as K
 from surgeon import comparison
 from surgeon import model as model_io
 from surgeon.backends import fp16 as fp16_rules
@@ -323,7 +324,7 @@ class _Graph:
         graph_inputs = {i.name for i in g.input}
         self.inits = {t.name: t for t in g.initializer if t.name not in graph_inputs}
         self.constants = {n.output[0]: i for i, n in enumerate(self.nodes)
-                          if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output}
+                          if n.op_type == "Constant" and K.is_default_domain(n) and n.output}
         self.consumers: dict[str, list[int]] = {}
         for i, n in enumerate(self.nodes):
             for x in extract.node_reads(n):

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import onnx
 from onnx import TensorProto
 
+from surgeon import graph_ops as K
 from surgeon import model as model_io
 from surgeon.backends.fp16 import Classification, classify, opset_version
 from surgeon.errors import BackendError, SurgeonError, UsageError
@@ -60,12 +61,7 @@ def name_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str],
     for i, n in enumerate(out.graph.node):
         original = n.name
         if not n.name or n.name in seen:
-            base = f"{n.op_type}_{i}"
-            name, k = base, 0
-            while name in taken or name in seen:
-                k += 1
-                name = f"{base}_{k}"
-            n.name = name
+            n.name = K.unique_name(f"{n.op_type}_{i}", taken | seen)
             renamed += 1
         seen.add(n.name)
         taken.add(n.name)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import onnx
 
+from surgeon import graph_ops as K
 from surgeon.debug.bisect import artifacts, extract, growth, noise
 from surgeon.debug.bisect.oracle import CommandOracle, NumericOracle, Verdict
 from surgeon.debug.bisect.strategy import Candidate, CulpritResult, Search
@@ -400,7 +401,7 @@ def _fill_result(result: BisectResult, view: extract.GraphView, search: Search, 
             verdict = "first diverging node, but no subgraph smaller than the model reproduces the failure"
         entry = {
             "node": node_label(node, idx),
-            "op_type": node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}",
+            "op_type": node.op_type if K.is_default_domain(node) else f"{node.domain}::{node.op_type}",
             "introduced": c.introduced,
             "verdict": verdict,
             "error": error,

@@ -25,6 +25,7 @@ from typing import Callable, Mapping
 
 import onnx
 
+from surgeon import graph_ops as K
 from surgeon import input_data
 from surgeon.debug.trt_check import build_step, engines, graph_edit, matrix, parse_loop, profiles, remedies, remedy_check
 from surgeon.debug.trt_check.report import Failure, TrtCheckReport, render  # noqa: F401
@@ -38,7 +39,7 @@ def domain_trap(index: graph_edit.NodeIndex, known: Callable[[str], bool], faili
     out = []
     for name in index.order:
         ref = index.refs[name]
-        if ref.domain in graph_edit.STANDARD_DOMAINS or name in failing or not known(ref.op_type):
+        if K.is_default_domain(ref) or name in failing or not known(ref.op_type):
             continue
         out.append(Failure(node=ref.original, working_name=ref.name, op=ref.op_type, domain=ref.domain, path=ref.where,
                            phase="domain", code="DOMAIN_IGNORED",
@@ -150,7 +151,7 @@ def _static(report: TrtCheckReport, skeleton: onnx.ModelProto, index: graph_edit
     rtx = matrix.data()["tensorrt_rtx"]
     for _path, _graph, node in graph_edit.walk(skeleton.graph):
         ref = index.refs[node.name]
-        known = rtx["ops"].get(ref.op_type) if ref.domain in graph_edit.STANDARD_DOMAINS else None
+        known = rtx["ops"].get(ref.op_type) if K.is_default_domain(ref) else None
         if known and (not known.get("attribute") or any(a.name == known["attribute"] for a in node.attribute)):
             report.notes.append(f"{ref.display} ({ref.op_type}): with TensorRT-RTX ({rtx['measured_with'].split(' on ')[0]}, "
                                 f"measured) {known['text']}")
@@ -175,7 +176,7 @@ def _executed(report: TrtCheckReport, model: onnx.ModelProto, skeleton: onnx.Mod
     say(f"starting {report_label(name)}")
     report.engine = eng.describe()
     eng.check_targets(targets)
-    eng.supports_ops = sorted({r.op_type for r in index.refs.values() if r.domain not in graph_edit.STANDARD_DOMAINS})
+    eng.supports_ops = sorted({r.op_type for r in index.refs.values() if not K.is_default_domain(r)})
     loop = parse_loop.find_all(skeleton, index, eng.parse, progress=say)
     report.parses, report.first_parse_failures = loop.parses, loop.first_parse_failures
     report.parse_ok, report.parse_seconds = loop.clean, loop.seconds

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 
 import onnx
 
+from surgeon import graph_ops as K
 from surgeon.debug.trt_check.report import Failure, Remedy
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def builtin_dry_run(model: onnx.ModelProto, failures: Iterable[Failure]) -> DryR
     The dry run works on a copy named the way the check's working copy is
     (:func:`graph_edit.assign_unique_names` is deterministic), so unnamed nodes match too.
     """
-    wanted = {f.working_name for f in failures if f.working_name and f.domain not in ("", "ai.onnx")}
+    wanted = {f.working_name for f in failures if f.working_name and not K.is_default_domain(f)}
     if not wanted:
         return DryRun()
     try:
@@ -159,7 +160,7 @@ def remedy_for(f: Failure, *, engine: str, replaceable: set[str] = frozenset(), 
                       command=f"surgeon bisect {model_path} --check trt-build -o trt-build-repro")
     if f.domain == ONNX_ML:
         return Remedy("keep-on-ort", f"TensorRT has no ai.onnx.ml operators; {KEEP_ON_ORT}")
-    if f.domain not in ("", "ai.onnx") or f.func == "checkFallbackPluginImporter":
+    if not K.is_default_domain(f) or f.func == "checkFallbackPluginImporter":
         return Remedy("plugin-rule", PLUGIN_RULE.format(op=op))
     if text and _CONSTANT_INPUT.search(text):
         return _fix_remedy("fix-pass", "fold the computed input into a constant: surgeon fix (fold-constants, "

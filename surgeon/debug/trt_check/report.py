@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from surgeon import graph_ops as K
+
 
 @dataclass
 class Remedy:
@@ -58,7 +60,7 @@ class Failure:
 
     @property
     def qualified_op(self) -> str:
-        return self.op if self.domain in ("", "ai.onnx") else f"{self.domain}::{self.op}"
+        return self.op if K.is_default_domain(self) else f"{self.domain}::{self.op}"
 
     @property
     def label(self) -> str:
