@@ -540,6 +540,54 @@ def _cmd_fp16(args) -> int:
     return EXIT_OK if report.passed else EXIT_FAIL
 
 
+# --- sweep ------------------------------------------------------------------------------------
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="a zoo of models through fix, trt-check, scan, fp16 and profile, each in its own "
+                                     "process, cached; on this machine or a Ray cluster")
+    p.add_argument("models", nargs="*", metavar="MODEL|DIR|ZOO.yaml",
+                   help="model files, folders of them (every .onnx below), or manifests with per-model options")
+    p.add_argument("--steps", default="fix,trt-check", metavar="STEPS",
+                   help="comma-separated: fix, trt-check, scan, fp16, profile (default fix,trt-check); steps after "
+                        "fix run on the fixed model")
+    p.add_argument("--out", required=True, metavar="DIR", help="each model's reports, the cache, results.jsonl, "
+                                                              "sweep.json and summary.md")
+    p.add_argument("--jobs", type=int, metavar="N", help="models at once (default: the CPU count)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: a process pool here (default); ray: Ray tasks (pip install \"surgeon[ray]\")")
+    p.add_argument("--ray-address", metavar="ADDR", help="--engine ray: an existing cluster (default: start a local one)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep recorded in --out (no MODELS needed)")
+    p.add_argument("--no-cache", action="store_true", help="recompute steps the cache in --out already holds")
+    p.add_argument("--baseline", metavar="PREVIOUS.json", help="an earlier sweep.json: exit 1 naming each regression")
+    p.add_argument("--junit", metavar="RESULTS.xml", help="write JUnit XML (one test case per model and step)")
+    p.add_argument("--json", action="store_true", help="print JSON lines (one per model, then the summary) instead "
+                                                       "of the table")
+    p.add_argument("--timeout", type=float, default=1800.0, metavar="S", help="seconds one model's job may take "
+                                                                              "(default 1800)")
+    p.add_argument("--memory", metavar="SIZE", help="anonymous resident memory one job may use, e.g. 4G (default: a "
+                                                    "--jobs-th of 80%% of the machine's)")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args) -> int:
+    from surgeon import api
+    from surgeon.render.sweep import render_sweep
+    from surgeon.sweep.progress import SweepProgress
+
+    with SweepProgress(quiet=args.json) as bar:
+        result = api.sweep(args.models, out=args.out, steps=args.steps, jobs=args.jobs, engine=args.engine,
+                           ray_address=args.ray_address, resume=args.resume, cache=not args.no_cache,
+                           baseline=args.baseline, junit=args.junit, timeout=args.timeout, memory=args.memory,
+                           progress=bar.update)
+    if args.json:
+        from surgeon.render.sweep import json_lines
+
+        sys.stdout.write(json_lines(result))
+    else:
+        render_sweep(result, _stdout_console())
+    return EXIT_FAIL if result.failed else EXIT_OK
+
+
 # --- shared plumbing -----------------------------------------------------------------------
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
@@ -594,7 +642,7 @@ def _quiet_libraries(verbose: int) -> None:
 
 
 _COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_isolate, _add_bisect, _add_scan,
-             _add_profile, _add_trt_check, _add_fp16]
+             _add_profile, _add_trt_check, _add_fp16, _add_sweep]
 
 
 def _version() -> str:
