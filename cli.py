@@ -566,7 +566,7 @@ def _add_sweep(sub) -> None:
                                                                               "(default 1800)")
     p.add_argument("--memory", metavar="SIZE", help="anonymous resident memory one job may use, e.g. 4G (default: a "
                                                     "--jobs-th of 80%% of the machine's)")
-    p.set_defaults(func=_cmd_sweep)
+    p.set_defaults(func=_cmd_sweep, quiet_libraries=False)  # the libraries load (and log) in the jobs only
 
 
 def _cmd_sweep(args) -> int:
@@ -696,7 +696,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(_unswallow(list(sys.argv[1:] if argv is None else argv), commands))
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
-    _quiet_libraries(args.verbose)
+    if getattr(args, "quiet_libraries", True):
+        _quiet_libraries(args.verbose)
     try:
         return args.func(args)
     except SurgeonError as exc:

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from surgeon.files import write_text_atomic
 from surgeon.sweep.results import Status, StepResult
 
 _CHUNK = 1 << 20
@@ -72,9 +73,18 @@ class Cache:
         return digest
 
     def model_hash(self, path: str | os.PathLike) -> str:
-        """The model file and its external data files, in one digest."""
-        h = hashlib.sha256(self.file_hash(path).encode())
-        for data in external_data_files(Path(path)):
+        """The model file and its external data files, in one digest.
+
+        The list of data files is remembered with the model's hash, so that an unchanged
+        model is not parsed (nor onnx imported) to find them again."""
+        p = Path(path).resolve()
+        digest = self.file_hash(p)
+        entry = self._hashes[str(p)]
+        if len(entry) < 4:
+            entry.append([str(d) for d in external_data_files(p)])
+            self._dirty = True
+        h = hashlib.sha256(digest.encode())
+        for data in map(Path, entry[3]):
             if data.is_file():
                 h.update(f"{data.name}:{self.file_hash(data)}".encode())
         return h.hexdigest()
@@ -115,15 +125,11 @@ class Cache:
     def put(self, key: str, result: StepResult) -> None:
         if result.status not in (Status.OK, Status.ERROR):  # a lost process is tried again next time
             return
-        from surgeon import model as model_io
-
         self.folder.mkdir(parents=True, exist_ok=True)
-        model_io.write_text_atomic(str(self.folder / f"{key}.json"), json.dumps(result.to_dict()))
+        write_text_atomic(str(self.folder / f"{key}.json"), json.dumps(result.to_dict()))
 
     def save_hashes(self) -> None:
         if self._dirty:
-            from surgeon import model as model_io
-
             self.folder.mkdir(parents=True, exist_ok=True)
-            model_io.write_text_atomic(str(self._hashes_path), json.dumps(self._hashes))
+            write_text_atomic(str(self._hashes_path), json.dumps(self._hashes))
             self._dirty = False

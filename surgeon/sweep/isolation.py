@@ -61,6 +61,14 @@ def child_main(spec: dict, out: str, cached: dict, node: str, conn: Any) -> None
         os.setpgid(0, 0)
     except OSError:
         pass
+    # What the libraries print (ONNX Runtime, TensorRT, Polygraphy warnings) goes to the model's
+    # job.log, not onto the sweep's own output, which is its table or its JSON lines.
+    folder = Path(out) / spec["name"]
+    folder.mkdir(parents=True, exist_ok=True)
+    log = os.open(folder / "job.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for fd in (1, 2):
+        os.dup2(log, fd)
+    os.close(log)
     try:
         run_job(ModelSpec.from_dict(spec), Path(out), {k: StepResult.from_dict(v) for k, v in cached.items()}, conn.send,
                 node=node)

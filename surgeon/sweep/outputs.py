@@ -10,7 +10,7 @@ from typing import Any
 
 
 def write_outputs(result: Any, *, junit: str | os.PathLike | None = None) -> None:
-    from surgeon import model as model_io
+    from surgeon.files import write_text_atomic
     from surgeon.render.junit import junit_xml
     from surgeon.render.sweep import markdown
     from surgeon.report import to_json
@@ -20,8 +20,8 @@ def write_outputs(result: Any, *, junit: str | os.PathLike | None = None) -> Non
                     "markdown": str(out / "summary.md")}
     if junit:
         result.files["junit"] = str(junit)
-    model_io.write_text_atomic(result.files["jsonl"], "".join(json.dumps(m.to_dict()) + "\n" for m in result.models))
-    model_io.write_text_atomic(result.files["markdown"], markdown(result))
+    write_text_atomic(result.files["jsonl"], "".join(json.dumps(m.to_dict()) + "\n" for m in result.models))
+    write_text_atomic(result.files["markdown"], markdown(result))
     if junit:
-        model_io.write_text_atomic(str(junit), junit_xml(result))
-    model_io.write_text_atomic(result.files["json"], to_json(result.to_dict()))
+        write_text_atomic(str(junit), junit_xml(result))
+    write_text_atomic(result.files["json"], to_json(result.to_dict()))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from surgeon.files import write_text_atomic
 from surgeon.errors import UsageError
 from surgeon.sweep import spec as _spec
 from surgeon.sweep.baseline import Regression, load_baseline, regressions
@@ -181,9 +182,7 @@ def sweep(
 
         ray_engine.check_available()
     _prepare_out(out_dir)
-    from surgeon import model as model_io
-
-    model_io.write_text_atomic(str(out_dir / ARGS_FILE), json.dumps(
+    write_text_atomic(str(out_dir / ARGS_FILE), json.dumps(
         {"sources": [str(Path(s).resolve()) for s in sources], "steps": step_names, "timeout": timeout}, indent=2))
 
     store = Cache(out_dir / ".cache", _version(), enabled=cache)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from surgeon.files import write_text_atomic
 from surgeon.errors import ModelLoadError, SurgeonError
 from surgeon.sweep.results import PASSING, Status, StepResult
 
@@ -47,12 +48,6 @@ def _text(render: Callable[[Any], None]) -> str:
     return buf.getvalue()
 
 
-def _write_text(path: Path, text: str) -> None:
-    from surgeon import model as model_io
-
-    model_io.write_text_atomic(str(path), text)
-
-
 def _judge(ctx: StepContext, step: str, result: StepResult, accepted: set[str] | None = None) -> StepResult:
     allowed = set(ctx.expect) if ctx.expect else (accepted if accepted is not None else PASSING[step])
     result.passed = result.status == Status.OK and result.verdict in allowed
@@ -71,7 +66,7 @@ def run_fix(ctx: StepContext) -> StepResult:
         res = fix(str(ctx.model), opts.pop("passes", None), output=output, report=report, **opts)
     except ModelLoadError as exc:  # fix cannot hold or repair this model: a verdict of its own, for baselines
         return _judge(ctx, "fix", StepResult("fix", Status.OK, "refused", message=str(exc), input=ctx.input))
-    _write_text(ctx.folder / "fix.txt", _text(lambda c: render_fix_result(res, c)))
+    write_text_atomic(ctx.folder / "fix.txt", _text(lambda c: render_fix_result(res, c)))
     r = res.report
     verdict = "verified" if r.verified else "unverified"
     rolled = [p.name for p in r.rolled_back]
@@ -99,7 +94,7 @@ def run_trt_check(ctx: StepContext) -> StepResult:
 
     report = ctx.folder / "trt-check.json"
     res = trt_check(str(ctx.model), report=report, **ctx.options)
-    _write_text(ctx.folder / "trt-check.txt", _text(lambda c: render(res, c)))
+    write_text_atomic(ctx.folder / "trt-check.txt", _text(lambda c: render(res, c)))
     failures = [_failure_key(f) for f in res.failures]
     engine = res.engine.get("name") or res.engine.get("mode") or ""
     what = "ready" if res.ready else (
@@ -117,7 +112,7 @@ def run_scan(ctx: StepContext) -> StepResult:
 
     report = ctx.folder / "scan.json"
     res = scan(str(ctx.model), report=report, **ctx.options)
-    _write_text(ctx.folder / "scan.txt", _text(lambda c: render_scan(res, c)))
+    write_text_atomic(ctx.folder / "scan.txt", _text(lambda c: render_scan(res, c)))
     will, could = len(res.will), len(res.findings) - len(res.will)
     verdict = "will" if will else ("could" if could else "clean")
     result = StepResult("scan", Status.OK, verdict, input=ctx.input,
@@ -134,7 +129,7 @@ def run_fp16(ctx: StepContext) -> StepResult:
 
     output, report = ctx.folder / "fp16.onnx", ctx.folder / "fp16.json"
     res = fp16(str(ctx.model), output, report=report, **ctx.options)
-    _write_text(ctx.folder / "fp16.txt", _text(lambda c: render(res, c)))
+    write_text_atomic(ctx.folder / "fp16.txt", _text(lambda c: render(res, c)))
     fp32 = len(res.kept) + len(res.user_kept)
     result = StepResult("fp16", Status.OK, "passed" if res.passed else "mismatch", input=ctx.input,
                         message=f"{fp32} FP32 node(s) of {res.candidates}; {res.status}: {res.message}",
@@ -160,7 +155,7 @@ def run_profile(ctx: StepContext) -> StepResult:
     opts = {"threads": 1, **ctx.options}  # one thread: the steadiest number, on a box shared by other jobs
     report = ctx.folder / "profile.json"
     res = profile(str(ctx.model), report=report, **opts)
-    _write_text(ctx.folder / "profile.txt", _text(lambda c: render_profile(res.result, c)))
+    write_text_atomic(ctx.folder / "profile.txt", _text(lambda c: render_profile(res.result, c)))
     runs = list(res.result.latency_runs_ms)
     median = float(np.median(runs))
     lo, hi = median_interval(runs)
