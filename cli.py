@@ -645,6 +645,21 @@ _COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_
              _add_profile, _add_trt_check, _add_fp16, _add_sweep]
 
 
+# API keywords whose flag is not "--" + the keyword with dashes (library errors name keywords).
+_FLAGS = {"value_ranges": "--val-range", "plot_dir": "--plot", "exclude_file": "--exclude-rewrites",
+          "verify=False": "--no-verify"}
+
+
+def _flag(option: str) -> str:
+    """The flag for an API keyword in an error message (``block_size`` -> ``--block-size``,
+    ``target=passes`` -> ``--target passes``)."""
+    if option in _FLAGS:
+        return _FLAGS[option]
+    name, eq, value = option.partition("=")
+    flag = "--" + name.replace("_", "-")
+    return f"{flag} {value}" if eq else flag
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -701,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SurgeonError as exc:
-        print(f"surgeon: error: {exc}", file=sys.stderr)
+        print(f"surgeon: error: {exc.worded(_flag)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("surgeon: interrupted; nothing was written", file=sys.stderr)

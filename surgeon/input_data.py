@@ -188,7 +188,8 @@ def check_pins(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -> N
     by_name = {s.name: s for s in specs}
     for name, dims in pins.items():
         if name not in by_name:
-            raise InputDataError(f"--input-shapes names '{name}', which is not an input of the model; inputs: {', '.join(by_name)}")
+            raise InputDataError(f"{{0}} names '{name}', which is not an input of the model; inputs: {', '.join(by_name)}",
+                                 "input_shapes")
         spec = _pin_target(by_name[name])
         if spec is None:
             raise InputDataError(f"input '{name}' is a {by_name[name].kind}: it has no shape to give")
@@ -234,7 +235,7 @@ def concrete_shape(spec: InputSpec, sizes: Mapping[str, int], pins: Mapping[str,
     if spec.shape is None:
         if spec.name.endswith("[]"):
             return DEFAULT_ELEMENT_SHAPE  # a sequence element the model leaves open
-        raise InputDataError(f"input '{spec.name}' has no shape in the model; give it with --input-shapes")
+        raise InputDataError(f"input '{spec.name}' has no shape in the model; give it with {{0}}", "input_shapes")
     return tuple(d if isinstance(d, int) else sizes[d] for d in spec.shape)
 
 
@@ -582,7 +583,7 @@ def make_samples(
     ranges = dict(value_ranges or {})
     unknown = [n for n in ranges if n and n not in {s.name for s in specs}]
     if unknown:
-        raise InputDataError(f"--val-range names '{unknown[0]}', which is not an input of the model")
+        raise InputDataError(f"{{0}} names '{unknown[0]}', which is not an input of the model", "value_ranges")
     if "" in ranges:
         default = ranges.pop("")
         ranges = {s.name: ranges.get(s.name, default) for s in specs}

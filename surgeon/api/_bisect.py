@@ -101,9 +101,9 @@ def bisect(
     from surgeon.report import write_json
 
     if block_size < 1:
-        raise UsageError("--block-size must be at least 1")
+        raise UsageError("{0} must be at least 1", "block_size")
     if max_context < 0:
-        raise UsageError("--max-context must be 0 or more")
+        raise UsageError("{0} must be 0 or more", "max_context")
     test_backend = backends.create(test, **dict(test_options or {})) if test else None
     oracle_check: Any = check
     if check == "trt-build":  # built-in oracle (trt-check): one TensorRT worker for the whole search
@@ -111,7 +111,7 @@ def bisect(
 
         oracle_check = TrtBuildCheck(trt_engine, list(target_cc))
     elif trt_engine != "auto" or target_cc:
-        raise UsageError("--trt-engine and --target-cc apply to --check trt-build only")
+        raise UsageError("{0} and {1} apply to {2} only", "trt_engine", "target_cc", "check=trt-build")
     loaded = surgeon.load(model)
     against_model = surgeon.load(against) if against else None
     ref_backend = backends.create(ref)

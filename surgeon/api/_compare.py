@@ -114,7 +114,7 @@ def doctor(
     check_outputs(model, output, report, save_inputs)
     surgeon.pipeline.registry.parse_pipeline(passes)  # unknown pass names fail before any work
     if (trt_engine != "auto" or target_cc) and not trt:
-        raise SurgeonError("--trt-engine and --target-cc apply with --trt only")
+        raise SurgeonError("{0} and {1} apply with {2} only", "trt_engine", "target_cc", "trt")
     trt_options = {"engine": trt_engine, "target_cc": list(target_cc)} if trt else None
     loaded = surgeon.load(model)
     samples = input_samples(loaded, str(model), load_inputs=load_inputs, save_inputs=save_inputs,

@@ -99,7 +99,7 @@ def fix(
 
     names = registry.parse_pipeline(list(passes) if passes is not None and not isinstance(passes, str) else passes)
     if strict and not verify:
-        raise UsageError("--strict asks for numeric verification, which --no-verify turns off; give one of them")
+        raise UsageError("{0} asks for numeric verification, which {1} turns off; give one of them", "strict", "verify=False")
     if target_opset is not None and "upgrade-opset" not in names:
         names = ["upgrade-opset", *names]  # the opset is raised before anything else looks at the model
     path = model if isinstance(model, (str, os.PathLike)) else None

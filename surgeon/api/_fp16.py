@@ -44,7 +44,7 @@ def fp16(
 
     output_path_checks(str(model), output, report, layer_precisions, save_inputs)
     if iterations < 1:
-        raise UsageError("--iterations must be at least 1")
+        raise UsageError("{0} must be at least 1", "iterations")
     for path in (save_inputs, load_inputs):
         if path:
             input_files.check_path(path, "input data")

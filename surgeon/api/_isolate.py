@@ -50,7 +50,7 @@ class CheckCommand:
     def __init__(self, target: Any, command: str):
         self.target, self.argv = target, shlex.split(command)
         if not self.argv:
-            raise SurgeonError("--check is empty")
+            raise SurgeonError("{0} is empty", "check")
         self.name, self.choices, self.describe, self.label = target.name, target.choices, target.describe, target.label
         self.write_avoid = target.write_avoid
         self.mechanism = target.mechanism.split(",")[0] + f", judged by: {command}"
@@ -69,7 +69,7 @@ class CheckCommand:
             try:
                 rc = subprocess.run(argv, capture_output=True).returncode
             except OSError as exc:
-                raise SurgeonError(f"cannot run the --check command '{argv[0]}': {exc.strerror}") from exc
+                raise SurgeonError(f"cannot run the {{0}} command '{argv[0]}': {exc.strerror}", "check") from exc
         return Verdict.UNRESOLVED if rc == 125 else (Verdict.PASS if rc == 0 else Verdict.FAIL)
 
 
@@ -108,13 +108,13 @@ def isolate(
     from surgeon.debug import isolate as _isolate
 
     if max_sets < 1 or confirm_repeats < 1:
-        raise SurgeonError("--max-sets and --confirm-repeats must be at least 1")
+        raise SurgeonError("{0} and {1} must be at least 1", "max_sets", "confirm_repeats")
     if check and target != "passes":
-        raise SurgeonError("--check is supported with --target passes only")
-    for flag, value, wanted in (("--optimizers", optimizers, "onnxrt-optimizers"), ("--layers", layers, "trt-tactics"),
-                                ("--rules", rules, "passes"), ("--passes", passes, "passes")):
+        raise SurgeonError("{0} is supported with {1} only", "check", "target=passes")
+    for flag, value, wanted in (("optimizers", optimizers, "onnxrt-optimizers"), ("layers", layers, "trt-tactics"),
+                                ("rules", rules, "passes"), ("passes", passes, "passes")):
         if value and target != wanted:
-            raise SurgeonError(f"{flag} applies to --target {wanted} only")
+            raise SurgeonError("{0} applies to {1} only", flag, f"target={wanted}")
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise SurgeonError(f"output directory '{out}' exists and is not a directory")

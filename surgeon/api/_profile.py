@@ -58,17 +58,17 @@ def profile(
     from surgeon import input_files
     from surgeon.debug import profile as _profile
 
-    for flag, value, low in (("--iterations", iterations, 1), ("--warmup", warmup, 0),
-                             ("--threads", threads, 0), ("--top", top, 1)):
+    for option, value, low in (("iterations", iterations, 1), ("warmup", warmup, 0),
+                               ("threads", threads, 0), ("top", top, 1)):
         if value < low:
-            raise UsageError(f"{flag} must be at least {low}")
+            raise UsageError(f"{{0}} must be at least {low}", option)
     if trt_layers and not trt_profile:
-        raise UsageError("--trt-layers goes with --trt-profile")
+        raise UsageError("{0} goes with {1}", "trt_layers", "trt_profile")
     if trt_profile and (against or backend not in ("onnxrt", "trt")):
-        raise UsageError("--trt-profile reads one trtexec profile; it does not combine with --against or --backend")
+        raise UsageError("{0} reads one trtexec profile; it does not combine with {1} or {2}", "trt_profile", "against", "backend")
     check_outputs(model, report)
     if plot_dir and Path(plot_dir).exists() and not Path(plot_dir).is_dir():
-        raise UsageError(f"--plot needs a folder; '{plot_dir}' is a file")
+        raise UsageError(f"{{0}} needs a folder; '{plot_dir}' is a file", "plot_dir")
     samples = input_files.load_inputs(load_inputs) if load_inputs else None
     shapes = dict(input_shapes or {})
     if trt_profile:

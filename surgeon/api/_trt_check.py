@@ -32,7 +32,7 @@ def trt_check(
     from surgeon.debug import trt_check as _trt_check
 
     if timeout <= 0:
-        raise SurgeonError("--timeout must be a positive number of seconds")
+        raise SurgeonError("{0} must be a positive number of seconds", "timeout")
     check_outputs(model, report)
     loaded = surgeon.load(model)
     result = _trt_check.check(loaded, model_path=str(model), engine=engine, input_shapes=dict(input_shapes or {}),

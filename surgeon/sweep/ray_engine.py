@@ -21,8 +21,8 @@ def check_available() -> None:
     try:
         import ray  # noqa: F401
     except ImportError:
-        raise BackendUnavailableError("--engine ray needs Ray, which is not installed here: "
-                                      "pip install \"surgeon[ray]\" (or use --engine local)") from None
+        raise BackendUnavailableError("{0} needs Ray, which is not installed here: pip install \"surgeon[ray]\" "
+                                      "(or use {1})", "engine=ray", "engine=local") from None
 
 
 def _task(job: Job, default_memory: int | None) -> dict:

@@ -96,7 +96,7 @@ def _keys(cache: Cache, s: _spec.ModelSpec) -> dict[str, str]:
 
 def _prepare_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out '{out}' exists and is not a folder")
+        raise UsageError(f"{{0}} '{out}' exists and is not a folder", "out")
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -105,10 +105,10 @@ def _resume_args(out: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError:
-        raise UsageError(f"--resume: '{out}' holds no earlier sweep to continue ({ARGS_FILE} is missing); "
-                         "give the models") from None
+        raise UsageError(f"{{0}}: '{out}' holds no earlier sweep to continue ({ARGS_FILE} is missing); "
+                         "give the models", "resume") from None
     except ValueError as exc:
-        raise UsageError(f"--resume: '{path}' is not readable JSON: {exc}") from exc
+        raise UsageError(f"{{0}}: '{path}' is not readable JSON: {exc}", "resume") from exc
 
 
 def default_memory(jobs: int) -> int | None:
@@ -157,13 +157,13 @@ def sweep(
     if engine not in ENGINES:
         raise UsageError(f"unknown engine '{engine}'; choose local or ray")
     if ray_address and engine != "ray":
-        raise UsageError("--ray-address applies to --engine ray only")
+        raise UsageError("{0} applies to {1} only", "ray_address", "engine=ray")
     jobs = jobs if jobs is not None else (os.cpu_count() or 1)
     if jobs < 1:
-        raise UsageError("--jobs must be at least 1")
+        raise UsageError("{0} must be at least 1", "jobs")
     if timeout <= 0:
-        raise UsageError("--timeout must be a positive number of seconds")
-    limit = _spec.parse_size(memory, "--memory") if memory is not None else default_memory(jobs)
+        raise UsageError("{0} must be a positive number of seconds", "timeout")
+    limit = _spec.parse_size(memory) if memory is not None else default_memory(jobs)
     step_names = _spec.parse_steps(steps)
     sources = [str(s) for s in sources]
     if resume and not sources:
@@ -174,9 +174,8 @@ def sweep(
         raise UsageError("nothing to sweep: give models, folders or a manifest (or --resume with an earlier --out)")
     specs = _spec.collect(sources, steps=step_names, timeout=timeout, memory=None)
     old = load_baseline(baseline) if baseline is not None else None
-    for path in (junit,):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise UsageError(f"the folder of '{path}' does not exist")
+    if junit and Path(junit).resolve().parent not in (out_dir.resolve(),) and not Path(junit).resolve().parent.is_dir():
+        raise UsageError(f"the folder of '{junit}' does not exist")  # --out itself is made by the sweep
     if engine == "ray":
         from surgeon.sweep import ray_engine
 

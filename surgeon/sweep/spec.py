@@ -78,28 +78,32 @@ class ModelSpec:
         return cls(**dict(d))
 
 
-def parse_steps(text: str | Sequence[str], where: str = "--steps") -> list[str]:
-    """``"fix,trt-check"`` → validated step names, in the order given (duplicates dropped)."""
+def parse_steps(text: str | Sequence[str], where: str | None = None) -> list[str]:
+    """``"fix,trt-check"`` → validated step names, in the order given (duplicates dropped).
+
+    ``where``: the manifest entry they come from (None: the ``steps`` argument)."""
+    at, options = (where, ()) if where is not None else ("{0}", ("steps",))
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text)]
     names = [n for n in names if n]
     if not names:
-        raise UsageError(f"{where}: no steps given; choose from {', '.join(STEPS)}")
+        raise UsageError(f"{at}: no steps given; choose from {', '.join(STEPS)}", *options)
     for n in names:
         if n not in STEPS:
-            raise UsageError(f"{where}: unknown step '{n}'; choose from {', '.join(STEPS)}")
+            raise UsageError(f"{at}: unknown step '{n}'; choose from {', '.join(STEPS)}", *options)
     return list(dict.fromkeys(names))
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.I)
 
 
-def parse_size(value: Any, where: str) -> int:
-    """``4G``, ``500M``, ``1.5GiB`` or a number of bytes."""
+def parse_size(value: Any, where: str | None = None) -> int:
+    """``4G``, ``500M``, ``1.5GiB`` or a number of bytes (``where``: the manifest entry, None: the argument)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return int(value)
     m = _SIZE.match(str(value))
     if not m or float(m.group(1)) <= 0:
-        raise UsageError(f"{where}: '{value}' is not a memory size like 4G or 500M")
+        at, options = (where, ()) if where is not None else ("{0}", ("memory",))
+        raise UsageError(f"{at}: '{value}' is not a memory size like 4G or 500M", *options)
     return int(float(m.group(1)) * 1024 ** "BKMGT".index((m.group(2) or "B").upper()))
 
 
