@@ -13,6 +13,8 @@ import argparse
 import logging
 import sys
 
+from surgeon.cli_args import (opset_arg, parse_profile_args, parse_shape_args, parse_value_ranges, tol_arg,
+                              tolerances)
 from surgeon.errors import SurgeonError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -25,45 +27,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"surgeon: error: {message} (see '{self.prog} --help')\n")
 
 
-def _tol_arg(text: str) -> tuple[str | None, float]:
-    """``1e-3`` (global) or ``NAME:1e-3`` (one output)."""
-    name, _, value = text.rpartition(":")
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a tolerance (NUMBER or OUTPUT:NUMBER)") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"tolerance '{text}' is negative")
-    return (name or None), v
-
-
-def _tolerances(values: list[tuple[str | None, float]] | None) -> float | dict[str, float] | None:
-    """Global value, or per-output dict; a global given with per-output ones fills the rest."""
-    if not values:
-        return None
-    glob = [v for n, v in values if n is None]
-    per = {n: v for n, v in values if n is not None}
-    if not per:
-        return glob[-1]
-    return _PerOutput(per, glob[-1] if glob else None)
-
-
-class _PerOutput(dict):
-    """Per-output tolerances with a fallback used for outputs not named."""
-
-    def __init__(self, values: dict[str, float], default: float | None):
-        super().__init__(values)
-        self.default = default
-
-    def get(self, key, default=None):  # type: ignore[override]
-        return super().get(key, self.default if default is None else default)
-
-
 def _add_common_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shapes", nargs="+", metavar="NAME:1x3x224x224", default=[],
                    help="shapes for inputs (also NAME:[1,3,224,224]); dynamic dims not named get generated sizes")
-    p.add_argument("--atol", type=_tol_arg, action="append", metavar="[OUT:]A", help="absolute tolerance, global or per output")
-    p.add_argument("--rtol", type=_tol_arg, action="append", metavar="[OUT:]R", help="relative tolerance, global or per output")
+    p.add_argument("--atol", type=tol_arg, action="append", metavar="[OUT:]A", help="absolute tolerance, global or per output")
+    p.add_argument("--rtol", type=tol_arg, action="append", metavar="[OUT:]R", help="relative tolerance, global or per output")
     p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
 
 
@@ -79,12 +47,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _data_options(args) -> dict:
     """The API's input-data keywords from the options _add_data_args defines."""
-    from surgeon.input_data import parse_shape_args, parse_value_ranges
-
     return {"load_inputs": args.load_inputs, "save_inputs": args.save_inputs,
             "input_shapes": parse_shape_args(args.input_shapes), "value_ranges": parse_value_ranges(args.val_range),
-            "iterations": args.iterations, "seed": args.seed, "atol": _tolerances(args.atol),
-            "rtol": _tolerances(args.rtol)}
+            "iterations": args.iterations, "seed": args.seed, "atol": tolerances(args.atol),
+            "rtol": tolerances(args.rtol)}
 
 
 # --- fix -----------------------------------------------------------------------------
@@ -105,7 +71,7 @@ def _add_fix(sub) -> None:
     p.add_argument("--exclude-rewrites", metavar="FILE", help="file of PASS:RULE:NODE rewrite keys not to apply")
     p.add_argument("--load-inputs", metavar="FILE",
                    help="verify on these inputs (.npz or Polygraphy JSON) instead of generated ones")
-    p.add_argument("--target-opset", type=_opset_arg, metavar="N",
+    p.add_argument("--target-opset", type=opset_arg, metavar="N",
                    help="first raise the default-domain opset to N (pass upgrade-opset; never downgrades)")
     p.add_argument("--profile", action="store_true",
                    help="then time the input and the output on ONNX Runtime CPU (1 thread, 50 interleaved runs) and print the change")
@@ -113,23 +79,8 @@ def _add_fix(sub) -> None:
     p.set_defaults(func=_cmd_fix)
 
 
-def _opset_arg(text: str) -> int:
-    """``--target-opset N``: an opset onnx knows (the upgrade pass refuses downgrades itself)."""
-    import onnx.defs
-
-    latest = onnx.defs.onnx_opset_version()
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an opset number") from None
-    if not 1 <= n <= latest:
-        raise argparse.ArgumentTypeError(f"opset {n} is not one onnx {onnx.__version__} knows (1..{latest})")
-    return n
-
-
 def _cmd_fix(args) -> int:
     import surgeon
-    from surgeon.input_data import parse_shape_args
     from surgeon.render.fix import render_fix_result
     from surgeon.report import Progress
 
@@ -137,7 +88,7 @@ def _cmd_fix(args) -> int:
         result = surgeon.fix(
             args.model, args.passes, output=args.output, report=args.report, verify=not args.no_verify,
             strict=args.strict, input_shapes=parse_shape_args(args.input_shapes), load_inputs=args.load_inputs,
-            seed=args.seed, atol=_tolerances(args.atol), rtol=_tolerances(args.rtol), fix_shapes=args.fix_shapes,
+            seed=args.seed, atol=tolerances(args.atol), rtol=tolerances(args.rtol), fix_shapes=args.fix_shapes,
             rounds=args.rounds, bisect_limit=args.bisect_limit, exclude_file=args.exclude_rewrites, rules=args.rules,
             target_opset=args.target_opset, profile=args.profile, progress=status.update,
         )
@@ -199,7 +150,6 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 def _backend_options(args, name: str | None) -> dict:
     """Keyword options for ``backends.create(name, ...)``; options for another backend are an error."""
-    from surgeon import input_data
     from surgeon.errors import UsageError
 
     given = {"--fp16-keep": bool(args.fp16_keep), "--fp16": args.fp16, "--bf16": args.bf16, "--int8": args.int8,
@@ -214,7 +164,7 @@ def _backend_options(args, name: str | None) -> dict:
     if name not in ("trt", "trt-rtx"):
         return {}
     opts: dict = {k: True for k in ("fp16", "bf16", "int8", "tf32") if getattr(args, k)}
-    shapes = [input_data.parse_shape_args(getattr(args, f"trt_{w}_shapes")) for w in ("min", "opt", "max")]
+    shapes = [parse_shape_args(getattr(args, f"trt_{w}_shapes")) for w in ("min", "opt", "max")]
     if any(shapes):
         if not all(shapes) or len({frozenset(s) for s in shapes}) != 1:
             raise UsageError("--trt-min-shapes, --trt-opt-shapes and --trt-max-shapes must all name the same inputs")
@@ -439,7 +389,6 @@ def _add_profile(sub) -> None:
 def _cmd_profile(args) -> int:
     from surgeon import api
     from surgeon.debug.profile.render import render_comparison, render_profile
-    from surgeon.input_data import parse_shape_args
     from surgeon.report import Progress
 
     with Progress("profiling") as status:
@@ -484,8 +433,6 @@ def _add_trt_check(sub) -> None:
 def _cmd_trt_check(args) -> int:
     from surgeon import api
     from surgeon.debug import trt_check
-    from surgeon.debug.trt_check.profiles import parse_profile_args
-    from surgeon.input_data import parse_shape_args
     from surgeon.report import Progress
 
     with Progress("trt-check") as status:

@@ -52,8 +52,10 @@ def loop_script(paths: list[Path], work: Path) -> str:
 
 def wall(cmd: list[str]) -> tuple[float, int]:
     t0 = time.perf_counter()
-    rc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
-    return time.perf_counter() - t0, rc
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode not in (0, 1):  # 1: a model failed a step, which is a result; anything else is not
+        sys.exit(f"{' '.join(cmd[:3])} ... exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+    return time.perf_counter() - t0, proc.returncode
 
 
 def main() -> int:
@@ -77,7 +79,9 @@ def main() -> int:
             work.mkdir()
             script = work / "loop.sh"
             script.write_text(loop_script(paths, work))
-            t, _ = wall(["bash", str(script)])
+            t0 = time.perf_counter()
+            subprocess.run(["bash", str(script)], check=True)
+            t = time.perf_counter() - t0
             times["loop"].append(t)
             shutil.rmtree(work)
             out = root / f"sweep{r}"

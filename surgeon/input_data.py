@@ -19,7 +19,6 @@ same data everywhere.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -146,38 +145,6 @@ def _pin_target(spec: InputSpec) -> InputSpec | None:
     """The tensor spec ``--input-shapes NAME:...`` sets: the tensor, a sequence's element, an optional's value."""
     leaves = _tensor_specs(spec)
     return leaves[0] if leaves else None
-
-
-_SHAPE_RE = re.compile(r"^(?P<name>.+):(?P<dims>\[[^\]]*\]|\d+(?:x\d+)*|)$")
-
-
-def parse_shape_args(items: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """Parse ``NAME:1x3x224x224`` or ``NAME:[1,3,224,224]`` (scalar: ``NAME:[]``).
-
-    Input names may themselves contain ':'; the shape is taken after the last one.
-    Anything else is an error; nothing is guessed.
-    """
-    out: dict[str, tuple[int, ...]] = {}
-    for item in items or []:
-        m = _SHAPE_RE.match(item.strip())
-        if not m or not m.group("name"):
-            raise InputDataError(
-                f"cannot parse input shape '{item}': expected NAME:1x3x224x224 or NAME:[1,3,224,224]"
-            )
-        text = m.group("dims")
-        if text.startswith("["):
-            inner = text[1:-1].strip()
-            parts = [p.strip() for p in inner.split(",")] if inner else []
-        else:
-            parts = text.split("x") if text else []
-        try:
-            dims = tuple(int(p) for p in parts)
-        except ValueError:
-            raise InputDataError(f"cannot parse input shape '{item}': dimensions must be whole numbers") from None
-        if any(d < 0 for d in dims):
-            raise InputDataError(f"input shape '{item}' has a negative dimension")
-        out[m.group("name")] = dims
-    return out
 
 
 def check_pins(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -> None:
@@ -541,25 +508,6 @@ def _describe_value(v: Any) -> str:
 def describe_feeds(feeds: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}{_describe_value(v)}" if isinstance(v, np.ndarray) else f"{k} {_describe_value(v)}"
                      for k, v in feeds.items())
-
-
-def parse_value_ranges(items: list[str] | None) -> dict[str, tuple[float, float]]:
-    """``NAME:[lo,hi]`` → {NAME: (lo, hi)}; a bare ``[lo,hi]`` applies to every input (key '')."""
-    out: dict[str, tuple[float, float]] = {}
-    for item in items or []:
-        name, sep, rng = item.rpartition(":") if not item.startswith("[") else ("", "", item)
-        rng = rng.strip()
-        try:
-            if not (rng.startswith("[") and rng.endswith("]")):
-                raise ValueError
-            lo_s, hi_s = rng[1:-1].split(",")
-            lo, hi = float(lo_s), float(hi_s)
-        except ValueError:
-            raise InputDataError(f"cannot parse value range '{item}': expected NAME:[LOW,HIGH]") from None
-        if lo > hi:
-            raise InputDataError(f"value range '{item}' has LOW above HIGH")
-        out[name] = (lo, hi)
-    return out
 
 
 def make_samples(

@@ -62,3 +62,10 @@ def test_errors_in_library_terms_flags_on_the_command_line():
     res = run_cli("fix", str(CNN), "-o", "/tmp/never.onnx", "--strict", "--no-verify")
     assert res.returncode == 2 and "--strict asks for numeric verification, which --no-verify turns off" in res.stderr
     assert cli._flag("target=passes") == "--target passes" and cli._flag("value_ranges") == "--val-range"
+
+
+def test_the_library_never_parses_command_line_strings():
+    """The grammar of NAME:1x3x224x224 and friends lives in surgeon.cli_args, for cli.py only."""
+    users = [p.relative_to(ROOT).as_posix() for p in (ROOT / "surgeon").rglob("*.py")
+             if p.name != "cli_args.py" and "cli_args" in p.read_text(encoding="utf-8")]
+    assert users == []

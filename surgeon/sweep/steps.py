@@ -97,9 +97,11 @@ def run_trt_check(ctx: StepContext) -> StepResult:
     write_text_atomic(ctx.folder / "trt-check.txt", _text(lambda c: render(res, c)))
     failures = [_failure_key(f) for f in res.failures]
     engine = res.engine.get("name") or res.engine.get("mode") or ""
+    named = [f"{f.label} ({f.qualified_op})" if f.op else f"{f.label}: {f.message.splitlines()[0][:120] if f.message else f.phase}"
+             for f in res.failures]
     what = "ready" if res.ready else (
-        f"{len(failures)} failure(s): " + ", ".join(f"{f['node']} ({f['op']})" for f in failures[:3])
-        + (", ..." if len(failures) > 3 else "") if failures else "not ready")
+        f"{len(failures)} failure(s): " + ", ".join(named[:3]) + (", ..." if len(named) > 3 else "") if failures
+        else "not ready")
     result = StepResult("trt-check", Status.OK, "ready" if res.ready else "not-ready", input=ctx.input,
                         message=f"{what} [{engine}]", metrics={"engine": res.engine, "failures": failures},
                         reports=[ctx.rel(report), ctx.rel(ctx.folder / "trt-check.txt")])
