@@ -1,6 +1,6 @@
 """Oracles: a candidate (node set) in, a verdict out.
 
-Two kinds, one interface (``judge(candidate) -> Verdict``, ``calls``, ``can_mark``,
+Two kinds, one interface (``judge(candidate) -> Observation``, ``calls``, ``can_mark``,
 ``mark_all``, ``describe()``):
 
 - :class:`NumericOracle` compares a test side with reference values computed once
@@ -33,14 +33,16 @@ from surgeon import model as model_io
 from surgeon import comparison as compare
 from surgeon.debug.bisect import extract
 from surgeon.debug.bisect.strategy import Candidate
+from surgeon.debug.verdict import Verdict
 from surgeon.errors import BackendError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Verdict:
-    """``failed``; for mark candidates also the diverging nodes; ``diffs``: failing tensors, worst first."""
+class Observation:
+    """What an oracle saw on one candidate: ``failed`` (its :attr:`verdict`), and the evidence:
+    for mark candidates the diverging nodes; ``diffs``: failing tensors, worst first."""
 
     failed: bool
     detail: str = ""
@@ -48,12 +50,16 @@ class Verdict:
     diffs: list[dict] = field(default_factory=list)
     crashed: bool = False
 
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.FAIL if self.failed else Verdict.PASS
+
     def to_dict(self) -> dict:
         return {"failed": self.failed, "detail": self.detail, "diverging": sorted(self.diverging),
                 "diffs": self.diffs, "crashed": self.crashed}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Verdict":
+    def from_dict(cls, d: Mapping[str, Any]) -> "Observation":
         return cls(bool(d["failed"]), d.get("detail", ""), frozenset(d.get("diverging", [])), list(d.get("diffs", [])),
                    bool(d.get("crashed", False)))
 
@@ -139,29 +145,29 @@ class NumericOracle:
         names = self.view.input_names if self.against is None else [i.name for i in self.against.graph.input]
         return [{n: s[n] for n in names if n in s} for s in self.ref]
 
-    def judge(self, cand: Candidate) -> Verdict:
+    def judge(self, cand: Candidate) -> Observation:
         return self._mark(cand.nodes) if cand.kind == "mark" else self._subgraph(cand.nodes)
 
-    def _mark(self, nodes: frozenset[int]) -> Verdict:
+    def _mark(self, nodes: frozenset[int]) -> Observation:
         names = [n for n in self.view.outputs_of(nodes) if n in self.ref[0] and isinstance(self.ref[0][n], np.ndarray)]
         names += [n for n in self.view.output_names if n not in names and self.view.owner(n) in nodes]
         if self._b_names is not None:
             names = [n for n in names if n in self._b_names]
         if not names:
-            return Verdict(False, "no tensor of these nodes can be compared")
+            return Observation(False, "no tensor of these nodes can be compared")
         base = self.view.model if self.against is None else self.against
         blocks = [names] if self.mark_all else [names[i:i + self.block_size] for i in range(0, len(names), self.block_size)]
         for block in blocks:
             outs, crash = self._run(extract.with_outputs(base, block, self.types), self._graph_feeds(), block)
             if crash:
-                return Verdict(True, crash, frozenset(nodes), crashed=True)
+                return Observation(True, crash, frozenset(nodes), crashed=True)
             diffs = self._compare(outs, block)
             if diffs:
                 owners = frozenset(o for o in (self.view.owner(d["tensor"]) for d in diffs) if o is not None)
-                return Verdict(True, diffs[0]["reason"], owners, diffs)
-        return Verdict(False, f"{len(names)} tensors match")
+                return Observation(True, diffs[0]["reason"], owners, diffs)
+        return Observation(False, f"{len(names)} tensors match")
 
-    def _subgraph(self, nodes: frozenset[int]) -> Verdict:
+    def _subgraph(self, nodes: frozenset[int]) -> Observation:
         model, inputs, outputs = self.view.subgraph_model(nodes, self.types)
         if self.against is not None:
             if self.view.is_everything(nodes):
@@ -169,14 +175,14 @@ class NumericOracle:
             else:
                 model = extract.extract_by_names(self.against, inputs, outputs, self.types, available=set(self.ref[0]))
                 if model is None:
-                    return Verdict(False, "the second model has no part matching these tensors by name")
+                    return Observation(False, "the second model has no part matching these tensors by name")
                 inputs = [i.name for i in model.graph.input]
         feeds = [{n: s[n] for n in inputs if n in s} for s in self.ref]
         outs, crash = self._run(model, feeds, outputs)
         if crash:
-            return Verdict(True, crash, crashed=True)
+            return Observation(True, crash, crashed=True)
         diffs = self._compare(outs, outputs)
-        return Verdict(bool(diffs), diffs[0]["reason"] if diffs else f"{len(outputs)} outputs match", diffs=diffs)
+        return Observation(bool(diffs), diffs[0]["reason"] if diffs else f"{len(outputs)} outputs match", diffs=diffs)
 
 
     def tensor_errors(self, names: Sequence[str]) -> dict[str, dict]:
@@ -231,7 +237,7 @@ class CommandOracle:
     def describe(self) -> str:
         return f"shell command: {self.command}"
 
-    def judge(self, cand: Candidate) -> Verdict:
+    def judge(self, cand: Candidate) -> Observation:
         model, inputs, _ = self.view.subgraph_model(cand.nodes, self.types)
         with tempfile.TemporaryDirectory(prefix="surgeon-check-", dir=self.workdir) as d:
             path = Path(d) / "candidate.onnx"
@@ -250,8 +256,8 @@ class CommandOracle:
             try:
                 proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=self.timeout, cwd=d)
             except subprocess.TimeoutExpired:
-                return Verdict(True, f"the check command ran past {self.timeout:g} s", crashed=True)
+                return Observation(True, f"the check command ran past {self.timeout:g} s", crashed=True)
         if proc.returncode == 0:
-            return Verdict(False, "the check command exits 0")
+            return Observation(False, "the check command exits 0")
         tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        return Verdict(True, f"exit status {proc.returncode}" + (f": {tail[-1][:200]}" if tail else ""), crashed=True)
+        return Observation(True, f"exit status {proc.returncode}" + (f": {tail[-1][:200]}" if tail else ""), crashed=True)
