@@ -149,3 +149,19 @@ def test_bad_input_one_line_exit_2_before_any_work(tmp_path, args, message):
     assert res.returncode == 2, res.stdout + res.stderr
     assert message.format(tmp=tmp_path) in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()  # nothing was started
+
+
+def test_all_five_steps(tmp_path):
+    conv_relu(tmp_path / "c.onnx")
+    zoo = manifest(tmp_path / "zoo.yaml", [{"path": "c.onnx", "profile": {"iterations": 8, "warmup": 1},
+                                            "fp16": {"trt_check": False}}])
+    out = tmp_path / "out"
+    res = sweep_cli(zoo, "--out", out, "--steps", "fix,trt-check,scan,fp16,profile")
+    assert res.returncode == 0, res.stdout + res.stderr
+    steps = steps_by_model(out)["c"]
+    assert [s["verdict"] for s in steps.values()] == ["verified", "ready", "clean", "passed", "measured"]
+    assert all(s["input"] == "fixed" for name, s in steps.items() if name != "fix")
+    assert steps["fp16"]["metrics"]["fp32_nodes"] == 0 and (out / "c" / "fp16.onnx").is_file()
+    lat = steps["profile"]["metrics"]["latency_ms"]
+    assert lat["runs"] == 8 and lat["ci_low"] <= lat["median"] <= lat["ci_high"]
+    assert json.loads((out / "c" / "scan.json").read_text())["clean"]
