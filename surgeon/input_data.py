@@ -19,7 +19,6 @@ same data everywhere.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -148,38 +147,6 @@ def _pin_target(spec: InputSpec) -> InputSpec | None:
     return leaves[0] if leaves else None
 
 
-_SHAPE_RE = re.compile(r"^(?P<name>.+):(?P<dims>\[[^\]]*\]|\d+(?:x\d+)*|)$")
-
-
-def parse_shape_args(items: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """Parse ``NAME:1x3x224x224`` or ``NAME:[1,3,224,224]`` (scalar: ``NAME:[]``).
-
-    Input names may themselves contain ':'; the shape is taken after the last one.
-    Anything else is an error; nothing is guessed.
-    """
-    out: dict[str, tuple[int, ...]] = {}
-    for item in items or []:
-        m = _SHAPE_RE.match(item.strip())
-        if not m or not m.group("name"):
-            raise InputDataError(
-                f"cannot parse input shape '{item}': expected NAME:1x3x224x224 or NAME:[1,3,224,224]"
-            )
-        text = m.group("dims")
-        if text.startswith("["):
-            inner = text[1:-1].strip()
-            parts = [p.strip() for p in inner.split(",")] if inner else []
-        else:
-            parts = text.split("x") if text else []
-        try:
-            dims = tuple(int(p) for p in parts)
-        except ValueError:
-            raise InputDataError(f"cannot parse input shape '{item}': dimensions must be whole numbers") from None
-        if any(d < 0 for d in dims):
-            raise InputDataError(f"input shape '{item}' has a negative dimension")
-        out[m.group("name")] = dims
-    return out
-
-
 def check_pins(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -> None:
     """Pinned shapes must name real inputs, have the right rank and agree with static dims.
 
@@ -188,7 +155,8 @@ def check_pins(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -> N
     by_name = {s.name: s for s in specs}
     for name, dims in pins.items():
         if name not in by_name:
-            raise InputDataError(f"--input-shapes names '{name}', which is not an input of the model; inputs: {', '.join(by_name)}")
+            raise InputDataError(f"{{0}} names '{name}', which is not an input of the model; inputs: {', '.join(by_name)}",
+                                 "input_shapes")
         spec = _pin_target(by_name[name])
         if spec is None:
             raise InputDataError(f"input '{name}' is a {by_name[name].kind}: it has no shape to give")
@@ -234,7 +202,7 @@ def concrete_shape(spec: InputSpec, sizes: Mapping[str, int], pins: Mapping[str,
     if spec.shape is None:
         if spec.name.endswith("[]"):
             return DEFAULT_ELEMENT_SHAPE  # a sequence element the model leaves open
-        raise InputDataError(f"input '{spec.name}' has no shape in the model; give it with --input-shapes")
+        raise InputDataError(f"input '{spec.name}' has no shape in the model; give it with {{0}}", "input_shapes")
     return tuple(d if isinstance(d, int) else sizes[d] for d in spec.shape)
 
 
@@ -542,25 +510,6 @@ def describe_feeds(feeds: Mapping[str, Any]) -> str:
                      for k, v in feeds.items())
 
 
-def parse_value_ranges(items: list[str] | None) -> dict[str, tuple[float, float]]:
-    """``NAME:[lo,hi]`` → {NAME: (lo, hi)}; a bare ``[lo,hi]`` applies to every input (key '')."""
-    out: dict[str, tuple[float, float]] = {}
-    for item in items or []:
-        name, sep, rng = item.rpartition(":") if not item.startswith("[") else ("", "", item)
-        rng = rng.strip()
-        try:
-            if not (rng.startswith("[") and rng.endswith("]")):
-                raise ValueError
-            lo_s, hi_s = rng[1:-1].split(",")
-            lo, hi = float(lo_s), float(hi_s)
-        except ValueError:
-            raise InputDataError(f"cannot parse value range '{item}': expected NAME:[LOW,HIGH]") from None
-        if lo > hi:
-            raise InputDataError(f"value range '{item}' has LOW above HIGH")
-        out[name] = (lo, hi)
-    return out
-
-
 def make_samples(
     model: onnx.ModelProto,
     *,
@@ -582,7 +531,7 @@ def make_samples(
     ranges = dict(value_ranges or {})
     unknown = [n for n in ranges if n and n not in {s.name for s in specs}]
     if unknown:
-        raise InputDataError(f"--val-range names '{unknown[0]}', which is not an input of the model")
+        raise InputDataError(f"{{0}} names '{unknown[0]}', which is not an input of the model", "value_ranges")
     if "" in ranges:
         default = ranges.pop("")
         ranges = {s.name: ranges.get(s.name, default) for s in specs}

@@ -22,6 +22,7 @@ from onnx import external_data_helper
 
 from surgeon import weights as W
 from surgeon.errors import ModelLoadError, ModelSaveError, UsageError
+from surgeon.files import umask_mode, write_text_atomic  # noqa: F401  (model_io.write_text_atomic)
 
 if TYPE_CHECKING:
     from surgeon.graph import Exported, Model
@@ -328,13 +329,6 @@ def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathL
         raise UsageError(f"the output folder '{dst.parent}' does not exist")
 
 
-def _umask_mode() -> int:
-    """0o666 minus the process umask: what a plain open() would have given the file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def save(model: "onnx.ModelProto | Model | Exported", path: str | os.PathLike, *, external: bool | None = None) -> Path:
     """Write a model atomically; with external data when asked or too large for one protobuf.
 
@@ -370,7 +364,7 @@ def _atomic(dst: Path, path, write, data_name: str | None = None) -> Path:
     try:
         tmp_model = Path(tmpdir) / dst.name
         write(tmp_model)
-        mode = _umask_mode()
+        mode = umask_mode()
         if data_name and (Path(tmpdir) / data_name).exists():
             os.chmod(Path(tmpdir) / data_name, mode)
             os.replace(Path(tmpdir) / data_name, dst.parent / data_name)
@@ -473,23 +467,6 @@ def _write_external(exported: "Exported", tmp: Path, data_name: str) -> None:
             t.external_data.add(key="offset", value=str(start))
             t.external_data.add(key="length", value=str(length))
     tmp.write_bytes(skeleton.SerializeToString())
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Reports and other small outputs: temp file in the same folder, then rename."""
-    dst = Path(path)
-    if not dst.resolve().parent.is_dir():
-        raise UsageError(f"cannot write '{path}': its folder does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.resolve().parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from surgeon import model as model_io
+from surgeon.files import write_text_atomic
 
 
 # Below a terminal (a pipe, a log file) rich would assume 80 columns and fold table cells,
@@ -91,7 +91,7 @@ def to_json(data: dict) -> str:
 
 
 def write_json(path: str, data: dict) -> None:
-    model_io.write_text_atomic(path, to_json(data))
+    write_text_atomic(path, to_json(data))
 
 
 _NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*(s|ms|%|x|MB|KB|GB)?$|^-$|^$")

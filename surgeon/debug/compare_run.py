@@ -136,7 +136,8 @@ def _check_tolerance_names(tol: Any, outputs: list[str], flag: str) -> None:
     if isinstance(tol, Mapping):
         unknown = [n for n in tol if n not in outputs]
         if unknown:
-            raise UsageError(f"{flag} names '{unknown[0]}', which is not an output of the model; outputs: {', '.join(outputs)}")
+            raise UsageError(f"{{0}} names '{unknown[0]}', which is not an output of the model; outputs: {', '.join(outputs)}",
+                             flag)
 
 
 def _run_all(session: backends.Session, samples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -193,9 +194,9 @@ def compare(
     for usage or input problems.
     """
     if test is None and against is None:
-        raise UsageError("give a test backend (--test) or a second model (--against)")
+        raise UsageError("give a test backend ({0}) or a second model ({1})", "test", "against")
     if iterations < 1:
-        raise UsageError("--iterations must be at least 1")
+        raise UsageError("{0} must be at least 1", "iterations")
     start = time.perf_counter()
     ref_model, model_label = _load(model)
     ref_backend = _backend(ref, ref_options)
@@ -209,8 +210,8 @@ def compare(
         test_backend = _backend(test, test_options)
         test_label = test_backend.describe()
     out_names = [o.name for o in ref_model.graph.output]
-    _check_tolerance_names(atol, out_names, "--atol")
-    _check_tolerance_names(rtol, out_names, "--rtol")
+    _check_tolerance_names(atol, out_names, "atol")
+    _check_tolerance_names(rtol, out_names, "rtol")
     notes: list[str] = []
 
     ref_session = ref_backend.session(ref_model)

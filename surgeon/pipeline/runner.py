@@ -307,7 +307,7 @@ def fix(
         raise ModelLoadError(f"surgeon cannot hold this model without changing it: {problem}; nothing was written")
     if fix_shapes:
         if not input_shapes:
-            raise SurgeonError("--fix-shapes needs --input-shapes")
+            raise SurgeonError("{0} needs {1}", "fix_shapes", "input_shapes")
         from surgeon.shapes import pin_input_shapes
 
         pin_input_shapes(work, input_shapes)

@@ -13,7 +13,7 @@ import pytest
 from helpers import FIXTURES, run_cli
 from surgeon import backends
 from surgeon.debug.bisect import bisect_model, extract, noise
-from surgeon.debug.bisect.oracle import Verdict
+from surgeon.debug.bisect.oracle import Observation
 from surgeon.debug.bisect.reduce import BisectResult
 from test_bisect_cli import _repro
 
@@ -111,7 +111,7 @@ def test_noise_rows_threshold_and_within():
 
 
 def test_unlocalized_always_says_why():
-    confirm = Verdict(True, "x", diffs=[{"tensor": "y", "max_abs": 1e-4}])
+    confirm = Observation(True, "x", diffs=[{"tensor": "y", "max_abs": 1e-4}])
     rows = [{"side": "test", "kind": "marking", "tensor": "y", "max_abs": 3e-4, "tol_ratio": 30.0, "changed": 5,
              "elements": 8, "nonfinite": 0}]
     result = BisectResult(True, confirm, "o", noise={"rows": rows, "summary": "s"})

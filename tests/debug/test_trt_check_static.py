@@ -10,6 +10,7 @@ import pytest
 
 from helpers import FIXTURES, ROOT, model_from_text, run_cli
 from surgeon.backends import trt as trt_backend
+from surgeon.cli_args import parse_profile_args
 from surgeon.debug import trt_check
 from surgeon.debug.trt_check import matrix, profiles
 from surgeon.errors import InputDataError
@@ -134,7 +135,7 @@ def test_unverified_sizes_are_said_out_loud():
 
 def test_given_profile_and_pins_are_used_as_given():
     model = onnx.load(TC / "dynamic_ok.onnx")
-    given = profiles.parse_profile_args(["x:1x3x32x32/2x3x64x64/4x3x128x128"])
+    given = parse_profile_args(["x:1x3x32x32/2x3x64x64/4x3x128x128"])
     prof = profiles.build_profile(model, profile=given, runs=None)
     assert prof.inputs["x"] == ((1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 128, 128)) and prof.source == "--profile"
     pinned = profiles.build_profile(model, input_shapes={"x": (1, 3, 48, 64)}, runs=None)
@@ -144,7 +145,7 @@ def test_given_profile_and_pins_are_used_as_given():
 @pytest.mark.parametrize("arg", ["x:1x3x32x32/2x3x64x64", "x:1x3/1x3x4x4/1x3x4x4", "x:4x3x8x8/2x3x8x8/8x3x8x8", "x1x3"])
 def test_bad_profiles_are_input_errors(arg):
     with pytest.raises(InputDataError):
-        profiles.parse_profile_args([arg])
+        parse_profile_args([arg])
 
 
 # --- CLI ------------------------------------------------------------------------------

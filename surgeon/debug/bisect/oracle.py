@@ -1,6 +1,6 @@
 """Oracles: a candidate (node set) in, a verdict out.
 
-Two kinds, one interface (``judge(candidate) -> Verdict``, ``calls``, ``can_mark``,
+Two kinds, one interface (``judge(candidate) -> Observation``, ``calls``, ``can_mark``,
 ``mark_all``, ``describe()``):
 
 - :class:`NumericOracle` compares a test side with the reference. Reference values come
@@ -34,14 +34,16 @@ from surgeon.debug import check_command
 from surgeon.debug.bisect import extract, noise
 from surgeon.debug.bisect.strategy import Candidate
 from surgeon.debug.check_command import CheckCommand
+from surgeon.debug.verdict import Verdict
 from surgeon.errors import BackendError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Verdict:
-    """``failed``; for mark candidates also the diverging nodes; ``diffs``: failing tensors, worst first."""
+class Observation:
+    """What an oracle saw on one candidate: ``failed`` (its :attr:`verdict`), and the evidence:
+    for mark candidates the diverging nodes; ``diffs``: failing tensors, worst first."""
 
     failed: bool
     detail: str = ""
@@ -49,12 +51,16 @@ class Verdict:
     diffs: list[dict] = field(default_factory=list)
     crashed: bool = False
 
+    @property
+    def verdict(self) -> Verdict:
+        return Verdict.FAIL if self.failed else Verdict.PASS
+
     def to_dict(self) -> dict:
         return {"failed": self.failed, "detail": self.detail, "diverging": sorted(self.diverging),
                 "diffs": self.diffs, "crashed": self.crashed}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Verdict":
+    def from_dict(cls, d: Mapping[str, Any]) -> "Observation":
         return cls(bool(d["failed"]), d.get("detail", ""), frozenset(d.get("diverging", [])), list(d.get("diffs", [])),
                    bool(d.get("crashed", False)))
 
@@ -137,7 +143,7 @@ class NumericOracle:
         names = self.view.input_names if self.against is None else [i.name for i in self.against.graph.input]
         return [{n: s[n] for n in names if n in s} for s in self.ref]
 
-    def judge(self, cand: Candidate) -> Verdict:
+    def judge(self, cand: Candidate) -> Observation:
         if cand.kind == "noise":
             return self.marking_noise()
         return self._mark(cand.nodes) if cand.kind == "mark" else self._subgraph(cand.nodes)
@@ -155,7 +161,7 @@ class NumericOracle:
         chosen = noise.spread(names, self.block_size)
         return chosen, f"{len(chosen)} tensors spread over the graph (one --block-size block)"
 
-    def marking_noise(self) -> Verdict:
+    def marking_noise(self) -> Observation:
         """How far the outputs move when tensors are marked (test side, reference side), and
         between two identical unmarked runs of the test side. ``failed``: too far for marked
         tensors to be trusted (:func:`surgeon.debug.bisect.noise.noisy`)."""
@@ -169,42 +175,42 @@ class NumericOracle:
             first = [sess.run(f) for f in feeds]
             second = [sess.run(f) for f in feeds]
         except BackendError as exc:
-            return Verdict(True, f"the test side cannot run the model: {exc}", crashed=True)
+            return Observation(True, f"the test side cannot run the model: {exc}", crashed=True)
         rows = noise.shift_rows(noise.TEST, noise.REPEAT, first, second, outputs, atol=self.atol, rtol=self.rtol)
         try:
             marked_sess = self.test.session(extract.with_outputs(base, marks, self.types))
             marked = [marked_sess.run(f) for f in feeds]
         except BackendError as exc:
-            return Verdict(True, f"with {how} marked, the test side fails: {exc}", diffs=rows)
+            return Observation(True, f"with {how} marked, the test side fails: {exc}", diffs=rows)
         rows += noise.shift_rows(noise.TEST, noise.MARKING, first, marked, outputs, atol=self.atol, rtol=self.rtol)
         if self.ref_marked is not None:
             names = [n for n in self.view.output_names]
             rows += noise.shift_rows(noise.REFERENCE, noise.MARKING, self.ref, self.ref_marked, names,
                                      atol=self.atol, rtol=self.rtol)
         verdict = noise.noisy(rows)
-        return Verdict(verdict, noise.sentence(rows, how) + ("" if verdict else "; marked tensors are trusted"),
+        return Observation(verdict, noise.sentence(rows, how) + ("" if verdict else "; marked tensors are trusted"),
                        diffs=rows)
 
-    def _mark(self, nodes: frozenset[int]) -> Verdict:
+    def _mark(self, nodes: frozenset[int]) -> Observation:
         names = [n for n in self.view.outputs_of(nodes) if n in self.ref[0] and isinstance(self.ref[0][n], np.ndarray)]
         names += [n for n in self.view.output_names if n not in names and self.view.owner(n) in nodes]
         if self._b_names is not None:
             names = [n for n in names if n in self._b_names]
         if not names:
-            return Verdict(False, "no tensor of these nodes can be compared")
+            return Observation(False, "no tensor of these nodes can be compared")
         base = self.view.model if self.against is None else self.against
         blocks = [names] if self.mark_all else [names[i:i + self.block_size] for i in range(0, len(names), self.block_size)]
         for block in blocks:
             outs, crash = self._run(extract.with_outputs(base, block, self.types), self._graph_feeds(), block)
             if crash:
-                return Verdict(True, crash, frozenset(nodes), crashed=True)
+                return Observation(True, crash, frozenset(nodes), crashed=True)
             diffs = self._compare(outs, block)
             if diffs:
                 owners = frozenset(o for o in (self.view.owner(d["tensor"]) for d in diffs) if o is not None)
-                return Verdict(True, diffs[0]["reason"], owners, diffs)
-        return Verdict(False, f"{len(names)} tensors match")
+                return Observation(True, diffs[0]["reason"], owners, diffs)
+        return Observation(False, f"{len(names)} tensors match")
 
-    def _subgraph(self, nodes: frozenset[int]) -> Verdict:
+    def _subgraph(self, nodes: frozenset[int]) -> Observation:
         """Run the candidate on the test side, fed reference values, and compare its outputs
         with the reference backend's run of the same cut (both sides see the same graph
         around the cut, so how a backend treats graph inputs and outputs cancels out); the
@@ -217,12 +223,12 @@ class NumericOracle:
             else:
                 model = extract.extract_by_names(self.against, inputs, outputs, self.types, available=set(self.ref[0]))
                 if model is None:
-                    return Verdict(False, "the second model has no part matching these tensors by name")
+                    return Observation(False, "the second model has no part matching these tensors by name")
                 inputs = [i.name for i in model.graph.input]
         feeds = [{n: s[n] for n in inputs if n in s} for s in self.ref]
         outs, crash = self._run(model, feeds, outputs)
         if crash:
-            return Verdict(True, crash, crashed=True)
+            return Observation(True, crash, crashed=True)
         expected = None
         if self.reference is not None and not self.view.is_everything(nodes):
             self.ref_calls += 1
@@ -233,7 +239,7 @@ class NumericOracle:
             else:
                 expected = got
         diffs = self._compare(outs, outputs, expected)
-        return Verdict(bool(diffs), diffs[0]["reason"] if diffs else f"{len(outputs)} outputs match", diffs=diffs)
+        return Observation(bool(diffs), diffs[0]["reason"] if diffs else f"{len(outputs)} outputs match", diffs=diffs)
 
 
     def tensor_errors(self, names: Sequence[str]) -> dict[str, dict]:
@@ -293,11 +299,11 @@ class CommandOracle:
     def describe(self) -> str:
         return f"shell command: {self.check.command}"
 
-    def judge(self, cand: Candidate) -> Verdict:
+    def judge(self, cand: Candidate) -> Observation:
         model, inputs, _ = self.view.subgraph_model(cand.nodes, self.types)
         feeds = [{n: s[n] for n in inputs if n in s} for s in self.ref]
         self.calls += 1
         result = self.check.run(model, feeds, workdir=self.workdir)
         if result.outcome == check_command.UNRESOLVED:
             self.unresolved += 1
-        return Verdict(result.bad, result.detail, crashed=result.bad)
+        return Observation(result.bad, result.detail, crashed=result.bad)

@@ -28,7 +28,7 @@ import onnx
 
 from surgeon import graph_ops as K
 from surgeon.debug.bisect import artifacts, extract, growth, noise
-from surgeon.debug.bisect.oracle import CommandOracle, NumericOracle, Verdict
+from surgeon.debug.bisect.oracle import CommandOracle, NumericOracle, Observation
 from surgeon.debug.bisect.strategy import Candidate, CulpritResult, Search
 from surgeon.errors import BackendError, InputDataError
 
@@ -73,7 +73,7 @@ MODES = {"mark": "marked cuts", "mark-all": "mark all", "prefix": "prefixes", "s
 @dataclass
 class BisectResult:
     failed: bool
-    confirm: Verdict
+    confirm: Observation
     oracle: str
     culprits: list[dict] = field(default_factory=list)
     reduced_nodes: list[str] = field(default_factory=list)
@@ -227,7 +227,7 @@ def bisect_model(
     steps: list[dict] = []
     calls = 0  # candidates judged in this run (progress display)
 
-    def judge(cand: Candidate, compute: Callable[[], Verdict] | None = None) -> Verdict:
+    def judge(cand: Candidate, compute: Callable[[], Observation] | None = None) -> Observation:
         """The cached verdict, or a new one (saved at once, so an interrupted run resumes);
         ``compute`` replaces the oracle's judgement for candidates that are not subgraphs."""
         nonlocal calls
@@ -278,8 +278,8 @@ def bisect_model(
     return result
 
 
-def _growth_phase(view: extract.GraphView, search: Search, oracle: Any, confirm: Verdict, verdicts: dict,
-                  judge: Callable[[Candidate], Verdict], say: Callable[[str], None]) -> dict[int, list[dict]]:
+def _growth_phase(view: extract.GraphView, search: Search, oracle: Any, confirm: Observation, verdicts: dict,
+                  judge: Callable[[Candidate], Observation], say: Callable[[str], None]) -> dict[int, list[dict]]:
     """For each first diverging node that does not fail alone (error accumulated over a long
     stretch, or a culprit that needs a few neighbours): the error of every tensor on a path
     from the input through it to a failing output (one marked run per block, cached like a
@@ -294,11 +294,11 @@ def _growth_phase(view: extract.GraphView, search: Search, oracle: Any, confirm:
     for c in [c for c in search.culprits if not c.introduced and c.found_by != "suffix"]:
         nodes = growth.path(view, c.node, sinks)
 
-        def measure(nodes=nodes, point=c.node) -> Verdict:
+        def measure(nodes=nodes, point=c.node) -> Observation:
             tensors = growth.path_tensors(view, nodes, failing_outputs)
             rows = growth.rows(view, nodes, tensors, oracle.tensor_errors(tensors), point)
             first = growth.first_exceeding(rows)
-            return Verdict(first is not None, f"{len(rows)} tensors on the path" +
+            return Observation(first is not None, f"{len(rows)} tensors on the path" +
                            (f"; first beyond tolerance: {rows[first]['tensor']}" if first is not None else ""), diffs=rows)
 
         v = judge(Candidate("profile", frozenset(nodes), f"error growth along the path through node {c.node}"), measure)
@@ -330,11 +330,11 @@ def _new_search(view: extract.GraphView, can_mark: bool, mark_all: bool, verdict
     return search
 
 
-def _confirm_verdict(view: extract.GraphView, verdicts: Mapping) -> Verdict:
+def _confirm_verdict(view: extract.GraphView, verdicts: Mapping) -> Observation:
     for key in (("mark", view.dag.sinks), ("subgraph", frozenset(range(view.dag.n)))):
         if key in verdicts:
             return verdicts[key]
-    return Verdict(False, "not judged")
+    return Observation(False, "not judged")
 
 
 def _provenance(node: onnx.NodeProto) -> dict[str, str]:

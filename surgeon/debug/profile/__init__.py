@@ -66,9 +66,9 @@ def _samples(src, samples, input_shapes, seed, backend) -> list[dict]:
 
 def _check(warmup: int, iterations: int, backend: str) -> None:
     if iterations < 1:
-        raise UsageError("--iterations must be at least 1")
+        raise UsageError("{0} must be at least 1", "iterations")
     if warmup < 0:
-        raise UsageError("--warmup must not be negative")
+        raise UsageError("{0} must not be negative", "warmup")
     if backend not in BACKENDS:
         raise UsageError(f"unknown profiling backend '{backend}'; choose one of {', '.join(BACKENDS)}")
 
@@ -115,8 +115,8 @@ def compare_models(a: Any, b: Any, *, backend: str = "onnxrt", samples: Sequence
     """
     _check(warmup, iterations, backend)
     if backend not in ("onnxrt", "onnxrt-noopt"):
-        raise UsageError("--against compares two models on ONNX Runtime (onnxrt or onnxrt-noopt); "
-                         "for TensorRT, compare two trtexec profiles of their engines")
+        raise UsageError("{0} compares two models on ONNX Runtime (onnxrt or onnxrt-noopt); "
+                         "for TensorRT, compare two trtexec profiles of their engines", "against")
     from surgeon.debug.profile import onnxrt
 
     sa = _source(a, labels[0] if labels else None)

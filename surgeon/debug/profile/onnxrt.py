@@ -137,9 +137,9 @@ def interleave(timers: Sequence[_Timed], warmup: int, iterations: int, progress=
 
 def _check_counts(warmup: int, iterations: int) -> None:
     if iterations < 1:
-        raise UsageError("--iterations must be at least 1")
+        raise UsageError("{0} must be at least 1", "iterations")
     if warmup < 0:
-        raise UsageError("--warmup must not be negative")
+        raise UsageError("{0} must not be negative", "warmup")
 
 
 def run(sources: Sequence[Source], samples: Sequence[Mapping[str, Any]], *, backend: str = "onnxrt",
