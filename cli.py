@@ -136,6 +136,8 @@ def _add_fix(sub) -> None:
                    help="first raise the default-domain opset to N (pass upgrade-opset; never downgrades)")
     p.add_argument("--profile", action="store_true",
                    help="then time the input and the output on ONNX Runtime CPU (1 thread, 50 interleaved runs) and print the change")
+    p.add_argument("--profile-on", type=_profile_backend_arg, metavar="BACKEND",
+                   help="with --profile: time them on this backend instead, e.g. onnxrt-cuda[:OPTIONS] (see docs/gpu.md)")
     _add_common_model_args(p)
     p.set_defaults(func=_cmd_fix)
 
@@ -173,6 +175,8 @@ def _cmd_fix(args) -> int:
 
     shapes = parse_shape_args(args.input_shapes)
     passes = surgeon.pipeline.registry.parse_pipeline(args.passes)
+    if args.profile_on and not args.profile:
+        raise UsageError("--profile-on goes with --profile")
     if args.strict and args.no_verify:
         raise UsageError("--strict asks for numeric verification, which --no-verify turns off; give one of them")
     if args.target_opset is not None and "upgrade-opset" not in passes:
@@ -207,14 +211,17 @@ def _cmd_fix(args) -> int:
         with Progress("timing input and output") as status:
             try:
                 speed = fix_summary(args.model, args.output, samples=samples, input_shapes=shapes, seed=args.seed,
-                                    progress=lambda msg: status.update(f"timing: {msg}"))
+                                    progress=lambda msg: status.update(f"timing: {msg}"),
+                                    backend=args.profile_on or "onnxrt")
             except SurgeonError as exc:  # the fix itself stands; only the timing could not be done
                 speed_error = str(exc)
     extra = {"profile": speed.to_dict()} if speed else ({"profile": {"error": speed_error}} if speed_error else {})
     out = _emit(args, {**report.to_dict(), **extra})
     render_fix(report, out, _stderr_console())
     if speed:
-        out.print(f"{speed.headline()} on ONNX Runtime CPU, 1 thread; {speed.noise_line()}", markup=False)
+        from surgeon.debug.profile import where_timed
+
+        out.print(f"{speed.headline()} {where_timed(args.profile_on or 'onnxrt')}; {speed.noise_line()}", markup=False)
     if speed_error:
         print(f"surgeon: --profile: not timed: {speed_error}", file=sys.stderr)
     unproven = report.rolled_back or not report.verified
@@ -338,7 +345,7 @@ def _add_compare(sub) -> None:
     p.add_argument("model", help="the .onnx model (run on --ref)")
     p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx")
+    which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx, onnxrt-cuda[:OPTIONS] (e.g. onnxrt-cuda:tf32=0,algo-search=heuristic; see docs/gpu.md)")
     which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend")
     _add_data_args(p)
     p.add_argument("--save-outputs", metavar="FILE", help="write both runs' outputs (.npz, or .json: Polygraphy RunResults)")
@@ -384,7 +391,7 @@ def _add_doctor(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="the fixed model (written atomically)")
     p.add_argument("--passes", help="comma-separated pass names (default: the default pipeline)")
     p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
-    p.add_argument("--test", metavar="BACKEND", help="also run on this backend: fp16, reference, trt, ...")
+    p.add_argument("--test", metavar="BACKEND", help="also run on this backend: fp16, reference, trt, onnxrt-cuda[:OPTIONS], ...")
     p.add_argument("--test-original", action="store_true", help="run the original model on --test, not the fixed one")
     _add_output_args(p)
     p.add_argument("--trt", action="store_true", help="also run trt-check on the original and the fixed model: "
@@ -463,7 +470,7 @@ def _add_bisect(sub) -> None:
     p.add_argument("model", help="the .onnx model (never modified)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the tables")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx")
+    which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx, onnxrt-cuda[:OPTIONS] (e.g. onnxrt-cuda:tf32=0,algo-search=heuristic; see docs/gpu.md)")
     which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend; tensors matched by name")
     which.add_argument("--check", metavar="CMD",
                        help="shell command as the oracle: exit 0 = good, other = fails; '{model}' is replaced by the "
@@ -827,8 +834,9 @@ def _add_profile(sub) -> None:
     p = sub.add_parser("profile", help="where the time goes: per-kernel times, by op type and ONNX origin; "
                                        "or two models (--against) side by side")
     p.add_argument("model", help="the .onnx model (never modified)")
-    p.add_argument("--backend", choices=("onnxrt", "onnxrt-noopt", "trt", "trt-rtx"), default="onnxrt",
-                   help="ONNX Runtime CPU with or without graph optimizations, or a TensorRT engine (default onnxrt)")
+    p.add_argument("--backend", type=_profile_backend_arg, default="onnxrt", metavar="BACKEND",
+                   help="onnxrt or onnxrt-noopt (ONNX Runtime CPU with or without graph optimizations), "
+                        "onnxrt-cuda[:OPTIONS] (its CUDA provider), trt or trt-rtx (a TensorRT engine); default onnxrt")
     p.add_argument("--against", metavar="B.onnx", help="a second model (e.g. the output of 'surgeon fix'), run on the "
                                                         "same inputs, runs interleaved")
     data = p.add_mutually_exclusive_group()
@@ -849,6 +857,15 @@ def _add_profile(sub) -> None:
     p.add_argument("--trt-layers", metavar="L.json", help="with --trt-profile: 'trtexec --exportLayerInfo' "
                                                           "(--profilingVerbosity=detailed) to map layers to ONNX nodes")
     p.set_defaults(func=_cmd_profile)
+
+
+def _profile_backend_arg(text: str) -> str:
+    from surgeon.debug.profile import check_backend
+
+    try:
+        return check_backend(text)
+    except SurgeonError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_profile(args) -> int:
