@@ -684,7 +684,7 @@ def _cmd_scan(args) -> int:
 
 # --- isolate ----------------------------------------------------------------------------
 
-_ISOLATE_TARGETS = ("passes", "onnxrt-optimizers", "trt-tactics")
+_ISOLATE_TARGETS = ("passes", "onnxrt-optimizers", "trt-tactics", "cuda-options")
 
 
 def _add_isolate(sub) -> None:
@@ -692,7 +692,8 @@ def _add_isolate(sub) -> None:
     p.add_argument("model", help="input .onnx file (never modified)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the tables")
     p.add_argument("--target", required=True, choices=_ISOLATE_TARGETS,
-                   help="what to search: our own rewrite applications, ONNX Runtime optimizers, or TensorRT tactics")
+                   help="what to search: our own rewrite applications, ONNX Runtime optimizers, TensorRT tactics, "
+                        "or ONNX Runtime CUDA provider choices (TF32, algorithm search, layout, optimizers on CUDA)")
     p.add_argument("-o", "--outdir", required=True, help="output folder: report.json, the oracle-call log, and the avoid-file")
     p.add_argument("--passes", help="passes target: the pipeline to search (default: the default pipeline)")
     p.add_argument("--rules", nargs="+", default=[], metavar="RULES.py", help="passes target: user rule files for replace-custom-ops")
@@ -701,7 +702,11 @@ def _add_isolate(sub) -> None:
                         "'{model}' is replaced by the candidate's path; exit 0 = good, 125 = cannot tell, other = bad")
     p.add_argument("--reference", choices=("onnxrt-noopt", "reference"), default="onnxrt-noopt",
                    help="what the candidate is compared with (default: ONNX Runtime with optimizations off)")
-    p.add_argument("--optimizers", nargs="+", metavar="NAME", help="onnxrt-optimizers target: search only these names")
+    p.add_argument("--optimizers", nargs="+", metavar="NAME",
+                   help="onnxrt-optimizers and cuda-options targets: search only these optimizer names")
+    p.add_argument("--test", metavar="BACKEND", default=None,
+                   help="cuda-options target: the configuration whose choices are searched (default onnxrt-cuda, "
+                        "ONNX Runtime's CUDA defaults; e.g. onnxrt-cuda:nhwc=1)")
     p.add_argument("--layers", nargs="+", default=[], metavar="NAME", help="trt-tactics target: layers/ONNX nodes bisect flagged")
     p.add_argument("--fp16", action="store_true", help="trt-tactics target: build with FP16 enabled")
     p.add_argument("--max-sets", type=int, default=4, help="independent culprit sets to look for at most (default 4)")
@@ -754,10 +759,12 @@ def _cmd_isolate(args) -> int:
         raise SurgeonError("--max-sets and --confirm-repeats must be at least 1")
     if args.check and args.target != "passes":
         raise SurgeonError("--check is supported with --target passes only")
-    for flag, value, target in (("--optimizers", args.optimizers, "onnxrt-optimizers"), ("--layers", args.layers, "trt-tactics"),
-                                ("--rules", args.rules, "passes"), ("--passes", args.passes, "passes")):
+    for flag, value, target in (("--layers", args.layers, "trt-tactics"), ("--rules", args.rules, "passes"),
+                                ("--passes", args.passes, "passes"), ("--test", args.test, "cuda-options")):
         if value and args.target != target:
             raise SurgeonError(f"{flag} applies to --target {target} only")
+    if args.optimizers and args.target not in ("onnxrt-optimizers", "cuda-options"):
+        raise SurgeonError("--optimizers applies to --target onnxrt-optimizers and cuda-options only")
     out = Path(args.outdir)
     if out.exists() and not out.is_dir():
         raise SurgeonError(f"output directory '{out}' exists and is not a directory")
@@ -777,6 +784,12 @@ def _cmd_isolate(args) -> int:
                                   atol=atol, rtol=rtol, nan_equal=args.nan_equal)
             if args.check:
                 target = _CheckCommand(target, args.check)
+        elif args.target == "cuda-options":
+            from surgeon.debug.isolate.cuda_options import CudaOptionsTarget
+
+            target = CudaOptionsTarget(model, samples, test=args.test or "onnxrt-cuda", reference=args.reference,
+                                       optimizers=args.optimizers, atol=atol, rtol=rtol, nan_equal=args.nan_equal,
+                                       progress=status.update)
         elif args.target == "onnxrt-optimizers":
             from surgeon.debug.isolate.ort_optimizers import OrtOptimizersTarget
 

@@ -236,6 +236,7 @@ class CudaSession(OrtSession):
 
     providers: list[str]
     provider_options: dict[str, str]
+    log: str
     placement: dict[str, dict[str, Any]]
     on_gpu: bool
 
@@ -258,7 +259,7 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
 
     def __init__(self, *, tf32: Any = True, algo_search: str = "exhaustive", nhwc: Any = False, device: Any = 0,
                  optimization: str = "all", disabled_optimizers: Sequence[str] = (), threads: int = 0,
-                 cpu_stand_in: bool = False, options: CudaOptions | None = None):
+                 cpu_stand_in: bool = False, options: CudaOptions | None = None, warn_slow: bool = True):
         self.options = options or options_from({"tf32": tf32, "algo_search": algo_search, "nhwc": nhwc,
                                                 "device": device, "optimization": optimization})
         super().__init__(optimization=self.options.optimization, disabled_optimizers=disabled_optimizers,
@@ -268,7 +269,7 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
             missing = unavailable_reason()
             if missing:
                 raise BackendUnavailableError(missing)
-        if self.options.algo_search == "default":
+        if self.options.algo_search == "default" and warn_slow:
             log.warning("onnxrt-cuda: %s", SLOW_ALGO_WARNING)
 
     # the settings other code reads (compare's TF32 follow-up, isolate)
@@ -352,6 +353,7 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
         text = getattr(sess, "_surgeon_log", "")
         session.providers = list(sess.get_providers())
         session.provider_options = dict(sess.get_provider_options().get(PROVIDER, {}))
+        session.log = text  # ONNX Runtime's verbose log of creating it (transformers that fired, placement)
         session.placement = parse_placement(text)
         session.on_gpu = PROVIDER in session.providers
         return session
