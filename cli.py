@@ -177,6 +177,10 @@ def _cmd_fix(args) -> int:
     passes = surgeon.pipeline.registry.parse_pipeline(args.passes)
     if args.profile_on and not args.profile:
         raise UsageError("--profile-on goes with --profile")
+    if args.profile_on:  # a backend that cannot run here is refused before the fix, not after
+        from surgeon.debug.profile import check_backend
+
+        check_backend(args.profile_on, runnable=True)
     if args.strict and args.no_verify:
         raise UsageError("--strict asks for numeric verification, which --no-verify turns off; give one of them")
     if args.target_opset is not None and "upgrade-opset" not in passes:

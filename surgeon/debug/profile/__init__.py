@@ -28,9 +28,10 @@ __all__ = ["profile_model", "compare_models", "read_trt_profile", "fix_summary",
 BACKENDS = ("onnxrt", "onnxrt-noopt", "trt", "trt-rtx", "onnxrt-cuda")
 
 
-def check_backend(spec: str) -> str:
+def check_backend(spec: str, runnable: bool = False) -> str:
     """A profiling backend name, ``onnxrt-cuda`` with its options (``onnxrt-cuda:tf32=0``) included;
-    unknown names and malformed options are usage errors. Returns ``spec`` unchanged."""
+    unknown names and malformed options are usage errors; with ``runnable``, an onnxrt-cuda
+    this onnxruntime cannot run is refused too (before any work). Returns ``spec`` unchanged."""
     from surgeon.backends import split_spec
 
     name, options = split_spec(spec)
@@ -42,6 +43,13 @@ def check_backend(spec: str) -> str:
         from surgeon.backends.onnxrt_cuda import options_from, parse_options
 
         options_from(parse_options(options))
+    if runnable and name == "onnxrt-cuda":
+        from surgeon.backends.onnxrt_cuda import unavailable_reason
+        from surgeon.errors import BackendUnavailableError
+
+        missing = unavailable_reason()
+        if missing:
+            raise BackendUnavailableError(missing)
     return spec
 
 
