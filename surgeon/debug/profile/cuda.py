@@ -41,7 +41,7 @@ from surgeon.debug.profile import ort_trace
 from surgeon.debug.profile.onnxrt import Source, _fill_from_trace, _Timed, interleave
 from surgeon.debug.profile.result import ModelProfile
 from surgeon.debug.profile.stats import summarize
-from surgeon.errors import BackendError, UsageError
+from surgeon.errors import BackendError, BackendUnavailableError, UsageError
 from surgeon.graph import count_nodes
 from surgeon.input_data import describe_feeds
 
@@ -87,9 +87,9 @@ def profiled_session(backend: Any, path: str, prefix: str, optimized: str) -> tu
     Returns (session, whether the optimized graph is saved)."""
     try:
         return backend.ort_session(path, _profiling(prefix, optimized)), True
-    except BackendError as exc:
-        if "CUDA" in str(exc) and "provider" in str(exc):
-            raise
+    except BackendUnavailableError:
+        raise
+    except BackendError:
         return backend.ort_session(path, _profiling(prefix, None)), False
 
 
