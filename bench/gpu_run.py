@@ -1,7 +1,7 @@
 """The whole GPU run of issue 17 in one command: ONNX Runtime's CUDA provider (``onnxrt-cuda``)
 through surgeon's compare, bisect, isolate, profile, ``fix --profile`` and fp16, on the corpus.
 
-    python bench/gpu_run.py [--models DIR] [--out DIR] [--budget 480] [--only SUBSTR,...] [--parts a,b] [--cpu]
+    python bench/gpu_run.py [--models DIR] [--out DIR] [--budget 450] [--only SUBSTR,...] [--parts a,b] [--cpu]
 
 Writes ``OUT/gpu_results.json`` (rewritten after every model, so a run cut short keeps what it
 measured) and ``OUT/gpu_results.md`` (the tables). ``OUT`` defaults to ``$OUT``, else
@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_common import FP16_SHAPES, LARGE_SHAPES, ROOT, corpus_feed, find_corpus, manifest, stats, worst_output  # noqa: E402
 
-# seconds per part at the default --budget 480 (scaled with it); they add up to 480
+# seconds per part for a --budget of 480, scaled to the budget given (default 450)
 BUDGETS = {"env": 20, "compare": 90, "bisect": 35, "isolate": 45, "marking": 30, "profile": 100, "fix-profile": 60,
            "fp16": 100}
 PARTS = list(BUDGETS)
@@ -766,12 +767,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", help="folder of corpus .onnx files (default: ../shared/corpus, shared/corpus, .gpuwork/models)")
     ap.add_argument("--out", help="output folder (default $OUT, else ./gpu_out)")
-    ap.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run (default 480)")
+    ap.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run (default 450)")
     ap.add_argument("--only", help="comma-separated substrings of model file names")
     ap.add_argument("--parts", help=f"comma-separated parts (default all: {','.join(PARTS)})")
     ap.add_argument("--cpu", action="store_true", help="CPU stand-in: run every code path on the CPU provider, labelled as such")
     ap.add_argument("--cpu-job-timeout", type=float, default=300.0, help="seconds one model's CPU job may take (default 300)")
     args = ap.parse_args(argv)
+
+    def stop(signum, _frame):  # a kill from a time limit still ends the CPU jobs and writes the results
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     run = Run(args)
     wanted = args.parts.split(",") if args.parts else PARTS
     unknown = [p for p in wanted if p not in PARTS]
@@ -792,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
             if name != "env" and not run.cpu and not run.R["parts"].get("env", {}).get("cuda_session", True):
                 run.R["parts"][name] = {"skipped": "no CUDA session could start (see env)"}
                 continue
-            run.part_deadline = time.monotonic() + BUDGETS[name] * (args.budget / 480.0)
+            run.part_deadline = time.monotonic() + BUDGETS[name] * (args.budget / sum(BUDGETS.values()))
             t0 = time.monotonic()
             run.say("part", name)
             try:

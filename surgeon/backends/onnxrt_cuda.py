@@ -231,6 +231,27 @@ def _captured(fn: Callable[[], Any]) -> tuple[Any, str, Exception | None]:
     return result, text, error
 
 
+class _QuietRuns:
+    """An ONNX Runtime session whose runs log at error level only: the session itself was created
+    at verbose level (for its placement log), which would otherwise go on into every run."""
+
+    def __init__(self, sess: Any):
+        import onnxruntime as ort
+
+        self._inner = sess
+        self._ro = ort.RunOptions()
+        self._ro.log_severity_level = 3
+
+    def run(self, output_names: Any, feeds: Any, run_options: Any = None) -> Any:
+        return self._inner.run(output_names, feeds, run_options or self._ro)
+
+    def run_with_ort_values(self, output_names: Any, feeds: Any, run_options: Any = None) -> Any:
+        return self._inner.run_with_ort_values(output_names, feeds, run_options or self._ro)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 class CudaSession(OrtSession):
     """An ONNX Runtime session that runs on the CUDA provider (checked), with what ORT reported."""
 
@@ -323,8 +344,8 @@ class OnnxRuntimeCudaBackend(OnnxRuntimeBackend):
                 f"ONNX Runtime did not start its CUDA execution provider ({why}); the session would run on "
                 f"{', '.join(got)}, and a CPU run is never reported as a GPU run: check the GPU driver and the CUDA "
                 "and cuDNN libraries onnxruntime-gpu needs")
-        sess._surgeon_log = text  # read once by session() below
-        return sess
+        sess._surgeon_log = text  # read by session() and the profiler's placement note
+        return sess if options.enable_profiling else _QuietRuns(sess)
 
     def ort_session(self, source: Any, configure: Callable[[Any], None] | None = None) -> Any:
         """A checked ``onnxruntime.InferenceSession`` of ``source`` (a path, or serialized bytes)
