@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from helpers import FIXTURES, run_cli
+from helpers import FIXTURES
 from surgeon import backends
 from surgeon.backends import onnxrt_cuda as cuda
 from surgeon.backends.onnxrt import OnnxRuntimeBackend
@@ -87,13 +87,16 @@ def test_without_a_cuda_build_asking_is_one_sentence_naming_the_install():
     ["profile", "fixtures/tutorial_cnn.onnx", "--backend", "onnxrt-cuda", "--iterations", "2"],
     ["fix", "fixtures/tutorial_cnn.onnx", "-o", "{tmp}/x.onnx", "--profile", "--profile-on", "onnxrt-cuda"],
 ])
-def test_every_command_refuses_in_one_line_with_exit_2(argv, tmp_path):
+def test_every_command_refuses_in_one_line_with_exit_2(argv, tmp_path, capsys, monkeypatch):
+    import cli
     from helpers import ROOT
 
-    r = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in argv], cwd=ROOT)
-    lines = [l for l in r.stderr.splitlines() if l.strip() and not l.startswith("WARNING")]
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert len(lines) == 1 and "onnxruntime-gpu" in lines[0] and "--test fp16" in lines[0], r.stderr
+    monkeypatch.chdir(ROOT)
+    rc = cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.strip() and not l.startswith("WARNING")]
+    assert rc == 2, err
+    assert len(lines) == 1 and "onnxruntime-gpu" in lines[0] and "--test fp16" in lines[0], err
     assert not list(tmp_path.iterdir()), "nothing is written before the refusal"
 
 
@@ -109,11 +112,14 @@ def test_a_session_that_falls_back_to_the_cpu_is_refused(monkeypatch):
     assert "never reported as a GPU run" in text and "\n" not in text
 
 
-def test_profile_backend_names_are_checked_before_anything_runs():
-    r = run_cli("profile", str(FIXTURES / "tutorial_cnn.onnx"), "--backend", "onnxrt-cuda:tf32=2")
-    assert r.returncode == 2 and "not a switch" in r.stderr
-    r = run_cli("profile", str(FIXTURES / "tutorial_cnn.onnx"), "--backend", "cuda")
-    assert r.returncode == 2 and "unknown profiling backend 'cuda'" in r.stderr
+@pytest.mark.parametrize("backend, needle", [("onnxrt-cuda:tf32=2", "not a switch"),
+                                             ("cuda", "unknown profiling backend 'cuda'")])
+def test_profile_backend_names_are_checked_before_anything_runs(backend, needle, capsys):
+    import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["profile", str(FIXTURES / "tutorial_cnn.onnx"), "--backend", backend])
+    assert stop.value.code == 2 and needle in capsys.readouterr().err
 
 
 # --- the CPU stand-in and TF32 emulation ------------------------------------------------------------
