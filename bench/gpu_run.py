@@ -183,7 +183,7 @@ def part_env(run: Run) -> dict:
            "providers": ort.get_available_providers(), "ort_device": ort.get_device(),
            "corpus": str(run.corpus) if run.corpus else None, "corpus_models": [p.name for p in run.models()],
            "tools": {t: shutil.which(t) for t in ("nvidia-smi", "ncu", "nsys", "nvcc")},
-           "cupti_libs": sorted(set(glob.glob("/opt/**/libcupti*.so*", recursive=True)[:4]
+           "cupti_libs": sorted(set(glob.glob("/opt/*/.venv/lib/python3*/site-packages/nvidia/*/lib/libcupti*")[:4]
                                     + glob.glob("/usr/local/cuda*/extras/CUPTI/lib64/libcupti*")[:2])),
            "ld_library_path": os.environ.get("LD_LIBRARY_PATH")}
     if shutil.which("nvidia-smi"):
