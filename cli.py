@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def _add_fix(sub) -> None:
     p = sub.add_parser("fix", help="run a verified pass pipeline over a model and save the result")
     p.add_argument("model", help="input .onnx file (never modified)")
     p.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
-    p.add_argument("--passes", help="comma-separated pass names (default: the default pipeline; see 'surgeon passes')")
+    p.add_argument("--passes", help="comma-separated pass names, or +NAME,-NAME edits of the default pipeline "
+                                    "(default: the default pipeline; see 'surgeon passes')")
     _add_output_args(p)
     p.add_argument("--no-verify", action="store_true", help="skip numeric verification (structural checks still run)")
     p.add_argument("--strict", action="store_true",
@@ -174,7 +176,7 @@ def _cmd_fix(args) -> int:
     from surgeon.fix_report import render_fix
 
     shapes = parse_shape_args(args.input_shapes)
-    passes = surgeon.pipeline.registry.parse_pipeline(args.passes)
+    passes = surgeon.pipeline.registry.fix_pipeline(args.passes, target_opset=args.target_opset)
     if args.profile_on and not args.profile:
         raise UsageError("--profile-on goes with --profile")
     if args.profile_on:  # a backend that cannot run here is refused before the fix, not after
@@ -183,8 +185,6 @@ def _cmd_fix(args) -> int:
         check_backend(args.profile_on, runnable=True)
     if args.strict and args.no_verify:
         raise UsageError("--strict asks for numeric verification, which --no-verify turns off; give one of them")
-    if args.target_opset is not None and "upgrade-opset" not in passes:
-        passes = ["upgrade-opset", *passes]  # the opset is raised before anything else looks at the model
     model_io.check_output_path(args.model, args.output)
     if args.report:
         model_io.check_output_path(args.model, args.report)
@@ -271,7 +271,7 @@ def _cmd_match(args) -> int:
     model = surgeon.load(args.model)
     if args.report:
         surgeon.model.check_output_path(args.model, args.report)
-    rules = registry.get("replace-custom-ops").collect_rules({"rules": args.rules, "builtin_rules": not args.no_builtin})
+    rules = registry.rules_of("replace-custom-ops", {"rules": args.rules, "builtin_rules": not args.no_builtin})
     report = find_matches(model, rules)
     out = _emit(args, report.to_dict())
     rows = [[f.graph, f.node, f.op, f.rule, "would replace" if f.status == "replace" else f.status,
@@ -470,21 +470,22 @@ def _data_shapes(args) -> dict:
 # --- bisect / scan --------------------------------------------------------------------
 
 def _add_bisect(sub) -> None:
+    from surgeon.debug import check_command
+
     p = sub.add_parser("bisect", help="find the first node where a backend (or a second model) goes wrong and cut the model down to it")
     p.add_argument("model", help="the .onnx model (never modified)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the tables")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx, onnxrt-cuda[:OPTIONS] (e.g. onnxrt-cuda:tf32=0,algo-search=heuristic; see docs/gpu.md)")
     which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend; tensors matched by name")
-    which.add_argument("--check", metavar="CMD",
-                       help="shell command as the oracle: exit 0 = good, other = fails; '{model}' is replaced by the "
-                            "candidate's path, '{inputs}' by an .npz of the reference values of its inputs; "
-                            "'trt-build' = built-in: TensorRT (or TensorRT-RTX) must parse and build it")
+    which.add_argument("--check", metavar="CMD", help=check_command.HELP + "; 'trt-build' = built-in: TensorRT "
+                                                                          "(or TensorRT-RTX) must parse and build it")
     p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
     p.add_argument("-o", "--outdir", required=True, help="output folder: reduced.onnx, inputs.npz, expected.npz, report.json, REPRO.md")
     p.add_argument("--block-size", type=int, default=32, metavar="N",
                    help="tensors marked as outputs per run on a fusing backend (default 32)")
-    p.add_argument("--check-timeout", type=float, default=600.0, metavar="S", help="--check: seconds before a run counts as failing")
+    p.add_argument("--check-timeout", type=float, default=check_command.DEFAULT_TIMEOUT, metavar="S",
+                   help=check_command.TIMEOUT_HELP)
     p.add_argument("--max-context", type=int, default=16, metavar="N",
                    help="the most upstream nodes a culprit may need to fail (default 16); a first diverging node that "
                         "needs more is reported as accumulated error, with the error growth along its path")
@@ -512,7 +513,9 @@ def _repro_command(args, atol, rtol) -> str:
     import shlex
 
     if args.check:
-        return args.check.replace("{model}", "reduced.onnx").replace("{inputs}", "inputs.npz")
+        from surgeon.debug.check_command import CheckCommand
+
+        return CheckCommand(args.check, args.check_timeout).repro()
     parts = ["surgeon", "compare", "reduced.onnx"]
     parts += ["--test", args.test] if args.test else ["--against", "reduced_against.onnx"]
     parts += ["--ref", args.ref, "--load-inputs", "inputs.npz"]
@@ -588,7 +591,16 @@ def _render_bisect(out, result, outdir) -> None:
     for c in result.culprits:
         err = c.get("error") or {}
         prov = c.get("provenance") or {}
-        short = "introduced here" if c["introduced"] else (f"with {len(c['subgraph']) - 1} upstream" if len(c["subgraph"]) < result.nodes else "not isolated")
+        if c["introduced"]:
+            short = "introduced here"
+        elif len(c["subgraph"]) >= result.nodes:
+            short = "not isolated"
+        elif "downstream_nodes" in c:
+            short = f"with {c['downstream_nodes']} downstream"
+        else:
+            short = f"with {len(c['subgraph']) - 1} upstream"
+        if c.get("within_noise"):
+            short += ", within marking noise"
         error = f"max abs {err['max_abs']:.3g}, {err['mismatches']}/{err['elements']} off" if "max_abs" in err else err.get("reason", "")
         rows.append([c["node"], c["op_type"], short, error, f"{prov.get('pass')} / {prov.get('rule')}" if prov.get("pass") else "-"])
     if rows:
@@ -618,11 +630,20 @@ def _render_bisect(out, result, outdir) -> None:
             out.print(table(title, growth.COLUMNS, cells))
         else:
             out.print(title)
+    if result.noise:
+        how = f"; so bisect used suffix cuts ({result.fallback})" if result.mode == "suffix cuts" else ""
+        out.print(f"marking noise: {result.noise['summary']}{how}", markup=False)
+    elif result.fallback:
+        out.print(f"bisect used suffix cuts: {result.fallback}", markup=False)
     diagnosis = result.diagnosis
     if diagnosis["kind"] in ("accumulation", "mixed"):
         out.print(f"[bold yellow]accumulated error[/]: {diagnosis['message']}")
+    elif diagnosis["kind"] in ("within-noise", "unlocalized"):
+        out.print(f"[bold yellow]{diagnosis['kind']}[/]: {diagnosis['message']}")
+    extra = "".join(f" + {n} {what}" for n, what in ((result.reference_calls, "reference runs of the same cuts"),
+                                                     (result.noise_calls, "runs measuring marking noise")) if n)
     out.print(f"[bold red]FAILS[/]: reduced {result.nodes} nodes to {len(result.reduced_nodes)} in {outdir}/reduced.onnx "
-              f"({result.calls} oracle calls, {result.wall_s:.1f} s); see {outdir}/REPRO.md")
+              f"({result.calls} oracle calls{extra}, {result.wall_s:.1f} s); see {outdir}/REPRO.md")
 
 
 def _add_scan(sub) -> None:
@@ -642,7 +663,7 @@ def _add_scan(sub) -> None:
 def _cmd_scan(args) -> int:
     import surgeon
     from surgeon import backends
-    from surgeon.debug.scan import scan_model
+    from surgeon.debug.scan import range_lines, scan_model
     from surgeon.report import table
 
     _check_outputs(args.model, args.report)
@@ -676,6 +697,8 @@ def _cmd_scan(args) -> int:
         explained = any(f.effect in ("nonfinite-outputs", "outputs-differ") for f in report.findings)
         out.print(fp16_line + ("" if explained or not bad else
                                f"; no finding explains it on its own: try `surgeon bisect {args.model} --test fp16`"))
+    for line in range_lines(report, args.model):
+        out.print(line, markup=False)
     for note in report.notes:
         out.print(f"note: {note}")
     if will:
@@ -692,6 +715,8 @@ _ISOLATE_TARGETS = ("passes", "onnxrt-optimizers", "trt-tactics", "cuda-options"
 
 
 def _add_isolate(sub) -> None:
+    from surgeon.debug import check_command
+
     p = sub.add_parser("isolate", help="find the minimal set of rewrites / ORT optimizers / TensorRT tactics that breaks a model")
     p.add_argument("model", help="input .onnx file (never modified)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the tables")
@@ -701,9 +726,10 @@ def _add_isolate(sub) -> None:
     p.add_argument("-o", "--outdir", required=True, help="output folder: report.json, the oracle-call log, and the avoid-file")
     p.add_argument("--passes", help="passes target: the pipeline to search (default: the default pipeline)")
     p.add_argument("--rules", nargs="+", default=[], metavar="RULES.py", help="passes target: user rule files for replace-custom-ops")
-    p.add_argument("--check", metavar="CMD",
-                   help="passes target: judge each candidate with a command instead of comparing outputs; "
-                        "'{model}' is replaced by the candidate's path; exit 0 = good, 125 = cannot tell, other = bad")
+    p.add_argument("--check", metavar="CMD", help="passes target: judge each candidate with a command instead of "
+                                                   "comparing outputs; " + check_command.HELP)
+    p.add_argument("--check-timeout", type=float, default=check_command.DEFAULT_TIMEOUT, metavar="S",
+                   help=check_command.TIMEOUT_HELP)
     p.add_argument("--reference", choices=("onnxrt-noopt", "reference"), default="onnxrt-noopt",
                    help="what the candidate is compared with (default: ONNX Runtime with optimizations off)")
     p.add_argument("--optimizers", nargs="+", metavar="NAME",
@@ -718,40 +744,6 @@ def _add_isolate(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore verdicts recorded by an earlier run in OUTDIR")
     _add_data_args(p)
     p.set_defaults(func=_cmd_isolate)
-
-
-class _CheckCommand:
-    """An external oracle for the passes target: run CMD on each candidate model file."""
-
-    def __init__(self, target, command: str):
-        import shlex
-
-        self.target, self.argv = target, shlex.split(command)
-        if not self.argv:
-            raise SurgeonError("--check is empty")
-        self.name, self.choices, self.describe, self.label = target.name, target.choices, target.describe, target.label
-        self.write_avoid = target.write_avoid
-        self.mechanism = target.mechanism.split(",")[0] + f", judged by: {command}"
-
-    def __call__(self, subset):
-        import subprocess
-        import tempfile
-
-        from surgeon import model as model_io
-        from surgeon.debug.isolate import Verdict
-
-        model = self.target.candidate(subset)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "candidate.onnx"
-            model_io.save(model, path)
-            argv = [a.replace("{model}", str(path)) for a in self.argv]
-            if argv == self.argv:
-                argv.append(str(path))
-            try:
-                rc = subprocess.run(argv, capture_output=True).returncode
-            except OSError as exc:
-                raise SurgeonError(f"cannot run the --check command '{argv[0]}': {exc.strerror}") from exc
-        return Verdict.UNRESOLVED if rc == 125 else (Verdict.PASS if rc == 0 else Verdict.FAIL)
 
 
 def _cmd_isolate(args) -> int:
@@ -787,7 +779,10 @@ def _cmd_isolate(args) -> int:
             target = PassesTarget(model, samples, passes=args.passes, options={"rules": args.rules}, backend=args.reference,
                                   atol=atol, rtol=rtol, nan_equal=args.nan_equal)
             if args.check:
-                target = _CheckCommand(target, args.check)
+                from surgeon.debug.check_command import CheckCommand
+                from surgeon.debug.isolate.check_target import CheckedTarget
+
+                target = CheckedTarget(target, CheckCommand(args.check, args.check_timeout))
         elif args.target == "cuda-options":
             from surgeon.debug.isolate.cuda_options import CudaOptionsTarget
 
@@ -1133,6 +1128,21 @@ def _unswallow(argv: list[str], commands: set[str]) -> list[str]:
     return out[:at] + stray + out[at:]
 
 
+def _attach_pass_edits(argv: list[str]) -> list[str]:
+    """``--passes -merge-duplicates`` → ``--passes=-merge-duplicates``: argparse would take a
+    value starting with '-' for an option (a pass name is never a one-letter flag)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--passes" and i + 1 < len(argv) and re.fullmatch(r"-[a-z][a-z0-9-]+(,.*)?", argv[i + 1]):
+            out.append(f"--passes={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="surgeon", description="ONNX graph surgery that proves every change, and debugging across backends.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="developer logging (-v info, -vv debug)")
@@ -1146,7 +1156,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     commands = {name for action in parser._subparsers._group_actions for name in getattr(action, "choices", {}) or {}}
-    args = parser.parse_args(_unswallow(list(sys.argv[1:] if argv is None else argv), commands))
+    args = parser.parse_args(_unswallow(_attach_pass_edits(list(sys.argv[1:] if argv is None else argv)), commands))
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries(args.verbose)

@@ -28,7 +28,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from surgeon import graph_ops as K
 from surgeon import model as model_io
+from surgeon.graph_ops import infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +291,7 @@ def infer_facts(model: onnx.ModelProto, hints: dict | None = None, hint_types: d
     try:
         if too_large:
             raise ValueError("model too large for in-memory shape inference")
-        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+        inferred = infer_shapes(m)
     except Exception as exc:  # noqa: BLE001 - inference is an optional source of facts
         log.debug("shape inference failed (%s); using graph structure only", exc)
         inferred = m
@@ -433,7 +435,7 @@ def _axes(node: gs.Node, rank: int) -> list[int] | None:
     if "axes" in node.attrs:
         values = list(node.attrs["axes"])
     elif len(node.inputs) > 1 and (isinstance(node.inputs[1], gs.Constant) or node.inputs[1].name):
-        arr = constant_array(node.inputs[1])
+        arr = K.constant(node.inputs[1])
         if arr is None:
             return None
         values = [int(v) for v in np.asarray(arr).ravel()]
@@ -534,7 +536,7 @@ def _derive(node: gs.Node, facts: ShapeFacts) -> list | None:
 
 
 def _reshape_dims(node: gs.Node, facts: ShapeFacts, depth: int) -> list | None:
-    target = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    target = K.constant(node.inputs[1]) if len(node.inputs) > 1 else None
     if target is None or target.ndim != 1 or int(node.attrs.get("allowzero", 0)):
         return None
     src = tensor_dims(node.inputs[0], facts, depth + 1)
@@ -588,26 +590,6 @@ def _raw_dims(t: gs.Tensor, facts: ShapeFacts) -> list | None:
         else:
             out.append(Expr.atom(("dim", t.name, i)))
     return out
-
-
-def constant_array(t: gs.Tensor) -> np.ndarray | None:
-    """The value of ``t`` if it is an initializer or the output of a Constant node."""
-    if isinstance(t, gs.Constant):
-        try:
-            return np.asarray(t.values)
-        except Exception:  # noqa: BLE001 - lazily loaded data that cannot be read
-            return None
-    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and t.inputs[0].domain in (None, "", "ai.onnx"):
-        attrs = t.inputs[0].attrs
-        if "value" in attrs and isinstance(attrs["value"], gs.Constant):
-            return np.asarray(attrs["value"].values)
-        for key in ("value_int", "value_float"):
-            if key in attrs:
-                return np.asarray(attrs[key], dtype=np.int64 if key == "value_int" else np.float32)
-        for key in ("value_ints", "value_floats"):
-            if key in attrs:
-                return np.asarray(attrs[key], dtype=np.int64 if key == "value_ints" else np.float32)
-    return None
 
 
 _BINARY = {"Add", "Sub", "Mul", "Div"}
@@ -664,7 +646,7 @@ class Evaluator:
 
     # -- the op table -------------------------------------------------------------------
     def _compute(self, t: gs.Tensor) -> SVal | None:
-        arr = constant_array(t)
+        arr = K.constant(t)
         if arr is not None:
             return const_sval(arr)
         if len(t.inputs) != 1:
@@ -893,15 +875,6 @@ class Evaluator:
 def _is_dim_product(e: Expr) -> bool:
     """True when ``e`` is a product of dims/symbols (so provably >= 0)."""
     return all(k[0] in ("dim", "sym") and p > 0 for k, p in e.atoms)
-
-
-def unique_name(graph_names: set, base: str) -> str:
-    name, i = base, 1
-    while name in graph_names:
-        name = f"{base}_{i}"
-        i += 1
-    graph_names.add(name)
-    return name
 
 
 def learn_aliases(root: gs.Graph, facts: ShapeFacts) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G
+from surgeon import graph_ops as K
 from surgeon import weights as W
 from surgeon.errors import BackendError, UsageError
 from surgeon.pipeline.base import Pass, PassContext, PassLog
@@ -39,7 +40,6 @@ from surgeon.pipeline.registry import register
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxsim")
-STANDARD = (None, "", "ai.onnx")
 LARGE_RESULT = 64 << 20
 NEVER_FOLD = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
@@ -148,7 +148,7 @@ class _Folder:
     def collect(self) -> None:
         for g in G.iter_graphs(self.model.graph):
             for node in g.nodes:
-                if node.domain not in STANDARD or node.op in NEVER_FOLD or any(True for _ in G.subgraphs(node)):
+                if not K.is_default_domain(node) or node.op in NEVER_FOLD or any(True for _ in G.subgraphs(node)):
                     continue
                 if not node.outputs or any(t.is_empty() for t in node.outputs):
                     continue
@@ -234,10 +234,7 @@ class _Folder:
                 g.nodes.append(new)
                 continue
             const = gs.Constant(t.name, value)
-            for consumer in list(t.outputs):
-                for i, x in enumerate(consumer.inputs):
-                    if x is t:
-                        consumer.inputs[i] = const
+            K.replace_all_uses(t, const)
             body = self.body_outputs.get(id(t))
             if body is not None:  # a body may return an initializer (a Loop's constant condition)
                 body.outputs = [const if o is t else o for o in body.outputs]

@@ -34,8 +34,9 @@ from collections import ChainMap
 import onnx_graphsurgeon as gs
 
 from passes import _same_value as V
-from passes._scopes import ScopeTree, in_order, replace_uses
+from passes._scopes import ScopeTree, in_order
 from surgeon import graph as G
+from surgeon import graph_ops as K
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
 
@@ -90,7 +91,7 @@ class _Run:
                         continue
                     if not self.ctx.permit("same-initializer", t.name):
                         continue
-                    replace_uses(t, kept)
+                    K.replace_all_uses(t, kept)
                     self.log.count("same-initializer")
                     changed = True
         return changed
@@ -125,15 +126,9 @@ class _Run:
             if not t_dup.name:
                 continue
             if self.tree.is_graph_output(t_dup):
-                slot = [id(t) for t in kept.outputs].index(id(t_kept))
-                replace_uses(t_kept, t_dup)
-                kept.outputs[slot] = t_dup
-                if t_dup.dtype is None:
-                    t_dup.dtype = t_kept.dtype
-                if t_dup.shape is None:
-                    t_dup.shape = t_kept.shape
+                K.write_instead(t_kept, t_dup)  # the output keeps its name
             else:
-                replace_uses(t_dup, t_kept)
+                K.replace_all_uses(t_dup, t_kept)
 
     def near_miss(self, node: gs.Node, graph_table: dict, what: str) -> None:
         """Note a random or non-standard node that would otherwise have been merged."""
@@ -155,11 +150,11 @@ class _Run:
         removed: set[int] = set()
         changed = False
         for node in graph.nodes:
-            for sub in V.subgraphs(node):
+            for sub in K.subgraphs(node):
                 changed |= self.walk(sub, table)
             key = self.keys.node(node)
             if key is None:
-                if not V.is_deterministic(node) and not V.subgraphs(node):
+                if not V.is_deterministic(node) and not K.has_subgraphs(node):
                     what = ("a random op draws new values each time" if V.domain_of(node) in V.DETERMINISTIC_DOMAINS
                             else f"ops of domain '{V.domain_of(node)}' may not be deterministic")
                     self.near_miss(node, near, what)

@@ -32,11 +32,11 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from typing import Iterator
 
 import onnx
 
 from surgeon import graph as G
+from surgeon import graph_ops as K
 from surgeon import model as model_io
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
@@ -46,27 +46,12 @@ logger = logging.getLogger(__name__)
 PASS_NAME = "upgrade-opset"
 RULE = "convert-version"
 OPTION = "target_opset"
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 # --- walking protobuf graphs ---------------------------------------------------------------
 
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attr in node.attribute:
-        if attr.HasField("g"):
-            yield attr.g
-        yield from attr.graphs
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            yield from _graphs(sub)
-
-
 def _default_domain_ops(model: onnx.ModelProto) -> Counter:
-    return Counter(n.op_type for g in _graphs(model.graph) for n in g.node if n.domain in _DEFAULT_DOMAINS)
+    return Counter(n.op_type for g in K.walk_graph_protos(model.graph) for n in g.node if K.is_default_domain(n))
 
 
 def _schema_version(op: str, opset: int) -> int | None:
@@ -185,7 +170,7 @@ def _isolate(model: onnx.ModelProto, target: int, suspects: set[str]) -> tuple[s
     """
     current = G.opset_version(model, "")
     for node in model.graph.node:
-        if node.domain not in _DEFAULT_DOMAINS or node.op_type not in suspects:
+        if not K.is_default_domain(node) or node.op_type not in suspects:
             continue
         names = [i for i in node.input if i]
         inputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in dict.fromkeys(names)]
@@ -224,11 +209,11 @@ def _node_key(node: onnx.NodeProto) -> tuple[str, ...]:
 def _restore_metadata(converted: onnx.ModelProto, original: onnx.ModelProto) -> int:
     """Copy node metadata_props back; stamp nodes the converter created (in place). Returns how many new."""
     meta = {}
-    for g in _graphs(original.graph):
+    for g in K.walk_graph_protos(original.graph):
         for node in g.node:
             meta[_node_key(node)] = list(node.metadata_props)
     created = 0
-    for g in _graphs(converted.graph):
+    for g in K.walk_graph_protos(converted.graph):
         readers: dict[str, list[str]] = {}
         for node in g.node:
             for name in node.input:

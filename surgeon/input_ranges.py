@@ -29,6 +29,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from surgeon import graph_ops as K
+from surgeon.graph_ops import infer_shapes
+
 log = logging.getLogger(__name__)
 
 INT_TYPES = frozenset({TensorProto.INT8, TensorProto.INT16, TensorProto.INT32, TensorProto.INT64, TensorProto.UINT8,
@@ -403,7 +406,7 @@ def _resize_input(use: _Use) -> Constraint | None:
 
 def _role(use: _Use) -> Constraint | None:
     node, i, op = use.node, use.index, use.node.op_type
-    domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+    domain = node.domain if not K.is_default_domain(node) else ""
     if domain == "com.microsoft":
         if op == "EmbedLayerNormalization" and i in (0, 1):
             return _index_into(use, 2 if i == 0 else 3, 0, "the ids" if i == 0 else "the segment ids", negatives=False)
@@ -682,7 +685,7 @@ def _shape_oracle(model: onnx.ModelProto, g: _Graph, shapes: Mapping[str, tuple[
     def infer() -> dict[str, tuple[int | None, ...]]:
         out: dict[str, tuple[int | None, ...]] = {}
         try:
-            m = onnx.shape_inference.infer_shapes(_skeleton(model, shapes), data_prop=True)
+            m = infer_shapes(_skeleton(model, shapes))
         except Exception as exc:  # inference refusing the model only means fewer known sizes
             log.debug("shape inference failed: %s", exc)
             return out

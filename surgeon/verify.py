@@ -19,6 +19,7 @@ from surgeon.graph import Exported, op_histogram
 from surgeon import backends, input_data
 from surgeon.comparison import diff_outputs
 from surgeon.errors import BackendError, ModelLoadError
+from surgeon.graph_ops import infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def contradicted_outputs(exported: Exported, checkable: onnx.ModelProto | None =
     del model.graph.output[:]
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in declared)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = infer_shapes(model)
     except Exception:  # noqa: BLE001 - no inference, no contradiction to report
         return {}
     out = {}
@@ -296,7 +297,7 @@ def inferred_output_problem(before: onnx.ModelProto, candidate: onnx.ModelProto)
     """
     def outputs(m: onnx.ModelProto) -> dict[str, tuple]:
         try:
-            inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+            inferred = infer_shapes(m)
         except Exception:  # inference failing on the input is not the candidate's fault
             inferred = m
         known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}

@@ -322,6 +322,11 @@ def fix(
     pipeline.run(rounds)
     reports, accepted, cur_nodes, cur_ops = pipeline.reports, pipeline.current, pipeline.nodes, pipeline.ops
     notes: list[str] = []
+    repairs = getattr(work, "repairs", None)  # what the lenient open repaired (surgeon.model.open_model)
+    if repairs:
+        from surgeon.repair import describe
+
+        notes.append(f"repaired when the model was opened (in memory; the input file is unchanged): {describe(repairs)}")
     contradicted = contradicted_outputs(accepted) if verifier.level == FULL else {}
     for name, inferred in contradicted.items():
         declared = next(vi for vi in accepted.skeleton.graph.output if vi.name == name)

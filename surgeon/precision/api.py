@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import onnx
 from onnx import TensorProto
 
+from surgeon import graph_ops as K
 from surgeon import model as model_io
 from surgeon.backends.fp16 import Classification, classify, opset_version
 from surgeon.errors import BackendError, SurgeonError, UsageError
@@ -60,12 +61,7 @@ def name_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str],
     for i, n in enumerate(out.graph.node):
         original = n.name
         if not n.name or n.name in seen:
-            base = f"{n.op_type}_{i}"
-            name, k = base, 0
-            while name in taken or name in seen:
-                k += 1
-                name = f"{base}_{k}"
-            n.name = name
+            n.name = K.unique_name(f"{n.op_type}_{i}", taken | seen)
             renamed += 1
         seen.add(n.name)
         taken.add(n.name)
@@ -244,14 +240,17 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
         to_trt = lambda names: [trt_name.get(n, n) for n in names]  # noqa: E731
         text = lp.layer_precision_text(label, to_trt(sorted(kept_all, key=labels.index)), options.precision,
                                        forced=to_trt(forced))
-        if isinstance(model, (str, os.PathLike)) and lp.trt_rtx_available():
+        if options.trt_check is False:  # --no-trt-check: TensorRT is not asked anything, and the file says so
+            text += "# layer names not checked against TensorRT's parser (--no-trt-check)\n"
+        elif isinstance(model, (str, os.PathLike)) and lp.trt_rtx_available():
             names = lp.trt_layer_names(model)
             if names.get("parsed"):
                 wanted = to_trt(sorted(kept_all, key=labels.index)) + to_trt(forced)
                 missing = [n for n in wanted if n not in set(names["layers"])]
-                line = (f"# checked against TensorRT's parser ({names.get('module')}): every name above is a layer"
-                        if not missing else f"# checked against TensorRT's parser: {len(missing)} name(s) are not "
-                        f"layers (first: {missing[0]})")
+                line = (f"# layer names checked against TensorRT's parser ({names.get('module')}) on the FP32 model: "
+                        "every name above is a layer" if not missing else
+                        f"# layer names checked against TensorRT's parser on the FP32 model: {len(missing)} name(s) "
+                        f"are not layers (first: {missing[0]})")
                 text += line + "\n"
                 report.notes.append(line.lstrip("# "))
         model_io.write_text_atomic(options.layer_precisions, text)

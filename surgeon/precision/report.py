@@ -117,7 +117,8 @@ def render(report: Fp16Report, console: Any) -> None:
         elif t.get("ran"):
             console.print(f"TensorRT-RTX: the build failed: {t.get('reason')}", markup=False, soft_wrap=True)
         else:
-            console.print(f"TensorRT-RTX: not checked ({t.get('reason')})", markup=False, soft_wrap=True)
+            console.print(f"TensorRT-RTX: the mixed-precision model was not built ({t.get('reason')})", markup=False,
+                          soft_wrap=True)
     for note in report.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
     if report.layer_precisions:

@@ -65,7 +65,8 @@ def _source(model: Any, label: str | None = None):
     if isinstance(model, onnx.ModelProto):
         return Source(label or model.graph.name or "model", model, None)
     path = Path(model)
-    return Source(label or str(model), model_io.load(path), path)
+    loaded, repairs = model_io.load_repaired(path)
+    return Source(label or str(model), loaded, None if repairs else path)  # a repaired model runs from memory
 
 
 def _samples(src, samples, input_shapes, seed, backend) -> list[dict]:
