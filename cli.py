@@ -76,6 +76,8 @@ def _add_fix(sub) -> None:
                    help="first raise the default-domain opset to N (pass upgrade-opset; never downgrades)")
     p.add_argument("--profile", action="store_true",
                    help="then time the input and the output on ONNX Runtime CPU (1 thread, 50 interleaved runs) and print the change")
+    p.add_argument("--profile-on", type=_profile_backend_arg, metavar="BACKEND",
+                   help="with --profile: time them on this backend instead, e.g. onnxrt-cuda[:OPTIONS] (see docs/gpu.md)")
     _add_common_model_args(p)
     p.set_defaults(func=_cmd_fix)
 
@@ -91,7 +93,7 @@ def _cmd_fix(args) -> int:
             strict=args.strict, input_shapes=parse_shape_args(args.input_shapes), load_inputs=args.load_inputs,
             seed=args.seed, atol=tolerances(args.atol), rtol=tolerances(args.rtol), fix_shapes=args.fix_shapes,
             rounds=args.rounds, bisect_limit=args.bisect_limit, exclude_file=args.exclude_rewrites, rules=args.rules,
-            target_opset=args.target_opset, profile=args.profile, progress=status.update,
+            target_opset=args.target_opset, profile=args.profile, profile_on=args.profile_on, progress=status.update,
         )
     _print_json(args, result.to_dict())
     render_fix_result(result, _tables_console(args), _stderr_console())
@@ -182,7 +184,7 @@ def _add_compare(sub) -> None:
     p.add_argument("model", help="the .onnx model (run on --ref)")
     p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx")
+    which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx, onnxrt-cuda[:OPTIONS] (e.g. onnxrt-cuda:tf32=0,algo-search=heuristic; see docs/gpu.md)")
     which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend")
     _add_data_args(p)
     p.add_argument("--save-outputs", metavar="FILE", help="write both runs' outputs (.npz, or .json: Polygraphy RunResults)")
@@ -212,7 +214,7 @@ def _add_doctor(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="the fixed model (written atomically)")
     p.add_argument("--passes", help="comma-separated pass names (default: the default pipeline)")
     p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
-    p.add_argument("--test", metavar="BACKEND", help="also run on this backend: fp16, reference, trt, ...")
+    p.add_argument("--test", metavar="BACKEND", help="also run on this backend: fp16, reference, trt, onnxrt-cuda[:OPTIONS], ...")
     p.add_argument("--test-original", action="store_true", help="run the original model on --test, not the fixed one")
     _add_output_args(p)
     p.add_argument("--trt", action="store_true", help="also run trt-check on the original and the fixed model: "
@@ -249,7 +251,7 @@ def _add_bisect(sub) -> None:
     p.add_argument("model", help="the .onnx model (never modified)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the tables")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx")
+    which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx, onnxrt-cuda[:OPTIONS] (e.g. onnxrt-cuda:tf32=0,algo-search=heuristic; see docs/gpu.md)")
     which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend; tensors matched by name")
     which.add_argument("--check", metavar="CMD", help=check_command.HELP + "; 'trt-build' = built-in: TensorRT "
                                                                           "(or TensorRT-RTX) must parse and build it")
@@ -314,7 +316,7 @@ def _cmd_scan(args) -> int:
 
 # --- isolate ----------------------------------------------------------------------------
 
-_ISOLATE_TARGETS = ("passes", "onnxrt-optimizers", "trt-tactics")
+_ISOLATE_TARGETS = ("passes", "onnxrt-optimizers", "trt-tactics", "cuda-options")
 
 
 def _add_isolate(sub) -> None:
@@ -324,7 +326,8 @@ def _add_isolate(sub) -> None:
     p.add_argument("model", help="input .onnx file (never modified)")
     p.add_argument("--json", action="store_true", help="print report.json on stdout instead of the tables")
     p.add_argument("--target", required=True, choices=_ISOLATE_TARGETS,
-                   help="what to search: our own rewrite applications, ONNX Runtime optimizers, or TensorRT tactics")
+                   help="what to search: our own rewrite applications, ONNX Runtime optimizers, TensorRT tactics, "
+                        "or ONNX Runtime CUDA provider choices (TF32, algorithm search, layout, optimizers on CUDA)")
     p.add_argument("-o", "--outdir", required=True, help="output folder: report.json, the oracle-call log, and the avoid-file")
     p.add_argument("--passes", help="passes target: the pipeline to search (default: the default pipeline)")
     p.add_argument("--rules", nargs="+", default=[], metavar="RULES.py", help="passes target: user rule files for replace-custom-ops")
@@ -334,7 +337,11 @@ def _add_isolate(sub) -> None:
                    help=check_command.TIMEOUT_HELP)
     p.add_argument("--reference", choices=("onnxrt-noopt", "reference"), default="onnxrt-noopt",
                    help="what the candidate is compared with (default: ONNX Runtime with optimizations off)")
-    p.add_argument("--optimizers", nargs="+", metavar="NAME", help="onnxrt-optimizers target: search only these names")
+    p.add_argument("--optimizers", nargs="+", metavar="NAME",
+                   help="onnxrt-optimizers and cuda-options targets: search only these optimizer names")
+    p.add_argument("--test", metavar="BACKEND", default=None,
+                   help="cuda-options target: the configuration whose choices are searched (default onnxrt-cuda, "
+                        "ONNX Runtime's CUDA defaults; e.g. onnxrt-cuda:nhwc=1)")
     p.add_argument("--layers", nargs="+", default=[], metavar="NAME", help="trt-tactics target: layers/ONNX nodes bisect flagged")
     p.add_argument("--fp16", action="store_true", help="trt-tactics target: build with FP16 enabled")
     p.add_argument("--max-sets", type=int, default=4, help="independent culprit sets to look for at most (default 4)")
@@ -352,7 +359,7 @@ def _cmd_isolate(args) -> int:
     with Progress("preparing") as status:
         outcome = api.isolate(
             args.model, target=args.target, outdir=args.outdir, passes=args.passes, rules=args.rules, check=args.check,
-            check_timeout=args.check_timeout, reference=args.reference, optimizers=args.optimizers, layers=args.layers, fp16=args.fp16,
+            check_timeout=args.check_timeout, reference=args.reference, optimizers=args.optimizers, layers=args.layers, fp16=args.fp16, test=args.test,
             max_sets=args.max_sets, confirm_repeats=args.confirm_repeats, fresh=args.fresh, **_data_options(args),
             nan_equal=args.nan_equal, progress=status.update,
         )
@@ -367,8 +374,9 @@ def _add_profile(sub) -> None:
     p = sub.add_parser("profile", help="where the time goes: per-kernel times, by op type and ONNX origin; "
                                        "or two models (--against) side by side")
     p.add_argument("model", help="the .onnx model (never modified)")
-    p.add_argument("--backend", choices=("onnxrt", "onnxrt-noopt", "trt", "trt-rtx"), default="onnxrt",
-                   help="ONNX Runtime CPU with or without graph optimizations, or a TensorRT engine (default onnxrt)")
+    p.add_argument("--backend", type=_profile_backend_arg, default="onnxrt", metavar="BACKEND",
+                   help="onnxrt or onnxrt-noopt (ONNX Runtime CPU with or without graph optimizations), "
+                        "onnxrt-cuda[:OPTIONS] (its CUDA provider), trt or trt-rtx (a TensorRT engine); default onnxrt")
     p.add_argument("--against", metavar="B.onnx", help="a second model (e.g. the output of 'surgeon fix'), run on the "
                                                         "same inputs, runs interleaved")
     data = p.add_mutually_exclusive_group()
@@ -389,6 +397,15 @@ def _add_profile(sub) -> None:
     p.add_argument("--trt-layers", metavar="L.json", help="with --trt-profile: 'trtexec --exportLayerInfo' "
                                                           "(--profilingVerbosity=detailed) to map layers to ONNX nodes")
     p.set_defaults(func=_cmd_profile)
+
+
+def _profile_backend_arg(text: str) -> str:
+    from surgeon.debug.profile import check_backend
+
+    try:
+        return check_backend(text)
+    except SurgeonError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_profile(args) -> int:

@@ -24,6 +24,7 @@ class FixResult:
     output: str | None = None
     profile: Any = None  # surgeon.debug.profile.result.Comparison
     profile_error: str | None = None
+    profile_on: str | None = None  # the backend the profile ran on (None: ONNX Runtime CPU)
 
     def __iter__(self) -> Iterator[Any]:
         yield self.model
@@ -79,6 +80,7 @@ def fix(
     target_opset: int | None = None,
     options: Mapping[str, Any] | None = None,
     profile: bool = False,
+    profile_on: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> FixResult:
     """Run a verified pass pipeline over ``model`` and return a :class:`FixResult`.
@@ -90,7 +92,7 @@ def fix(
     result is saved atomically (with external data when the input had it) and, with
     ``report``, the JSON report too. ``load_inputs`` verifies on the samples of an .npz or
     Polygraphy JSON file, which must fit the model. ``profile`` then times input and output
-    on ONNX Runtime CPU. ``strict`` only checks that verification is on; whether the result
+    on ONNX Runtime CPU (or on the backend ``profile_on``, e.g. ``onnxrt-cuda``). ``strict`` only checks that verification is on; whether the result
     is proven is :attr:`FixResult.unproven`.
     """
     from surgeon import model as model_io
@@ -101,6 +103,12 @@ def fix(
                                   target_opset=target_opset)
     if strict and not verify:
         raise UsageError("{0} asks for numeric verification, which {1} turns off; give one of them", "strict", "verify=False")
+    if profile_on and not profile:
+        raise UsageError("{0} goes with {1}", "profile_on", "profile")
+    if profile_on:  # a backend that cannot run here is refused before the fix, not after
+        from surgeon.debug.profile import check_backend
+
+        check_backend(profile_on, runnable=True)
     path = model if isinstance(model, (str, os.PathLike)) else None
     if path is not None:
         if output is not None:
@@ -129,7 +137,7 @@ def fix(
         fix_shapes=fix_shapes, rounds=rounds, bisect_limit=bisect_limit, exclude=exclusions, only=only,
         options=opts, progress=progress,
     )
-    result = FixResult(fixed, fix_report)
+    result = FixResult(fixed, fix_report, profile_on=profile_on)
     if output is not None:
         # Keep the input's layout: a model that came with external data is saved with it.
         external = True if getattr(model, "source_external", False) else None
@@ -142,7 +150,7 @@ def fix(
         try:
             result.profile = fix_summary(path if path is not None else model, output, samples=samples,
                                          input_shapes=input_shapes, seed=seed,
-                                         progress=lambda msg: say(f"timing: {msg}"))
+                                         progress=lambda msg: say(f"timing: {msg}"), backend=profile_on or "onnxrt")
         except SurgeonError as exc:  # the fix itself stands; only the timing could not be done
             result.profile_error = str(exc)
     write_report(report, result.to_dict())

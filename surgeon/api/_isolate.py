@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 from surgeon.api._common import input_samples
 from surgeon.errors import SurgeonError
 
-TARGETS = ("passes", "onnxrt-optimizers", "trt-tactics")
+TARGETS = ("passes", "onnxrt-optimizers", "trt-tactics", "cuda-options")
 
 
 @dataclass
@@ -50,6 +50,7 @@ def isolate(
     optimizers: Sequence[str] | None = None,
     layers: Sequence[str] = (),
     fp16: bool = False,
+    test: str | None = None,
     max_sets: int = 4,
     confirm_repeats: int = 2,
     fresh: bool = False,
@@ -65,7 +66,8 @@ def isolate(
     progress: Callable[[str], None] | None = None,
 ) -> IsolateOutcome:
     """Search the choices of ``target`` (``passes``: our own rewrite applications;
-    ``onnxrt-optimizers``; ``trt-tactics``) for the minimal sets that make the model
+    ``onnxrt-optimizers``; ``trt-tactics``; ``cuda-options``: the CUDA provider's choices of
+    the configuration ``test``, default ``onnxrt-cuda``) for the minimal sets that make the model
     diverge from ``reference``, confirm them, and write report.json, the oracle-call log
     and an avoid-file into ``outdir`` (resumable unless ``fresh``)."""
     import surgeon
@@ -76,10 +78,12 @@ def isolate(
         raise SurgeonError("{0} and {1} must be at least 1", "max_sets", "confirm_repeats")
     if check and target != "passes":
         raise SurgeonError("{0} is supported with {1} only", "check", "target=passes")
-    for flag, value, wanted in (("optimizers", optimizers, "onnxrt-optimizers"), ("layers", layers, "trt-tactics"),
-                                ("rules", rules, "passes"), ("passes", passes, "passes")):
+    for flag, value, wanted in (("layers", layers, "trt-tactics"), ("rules", rules, "passes"),
+                                ("passes", passes, "passes"), ("test", test, "cuda-options")):
         if value and target != wanted:
             raise SurgeonError("{0} applies to {1} only", flag, f"target={wanted}")
+    if optimizers and target not in ("onnxrt-optimizers", "cuda-options"):
+        raise SurgeonError("{0} applies to {1} only", "optimizers", "target=onnxrt-optimizers and cuda-options")
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise SurgeonError(f"output directory '{out}' exists and is not a directory")
@@ -101,6 +105,11 @@ def isolate(
             from surgeon.debug.isolate.check_target import CheckedTarget
 
             chosen = CheckedTarget(chosen, CheckCommand(check, check_timeout))
+    elif target == "cuda-options":
+        from surgeon.debug.isolate.cuda_options import CudaOptionsTarget
+
+        chosen = CudaOptionsTarget(loaded, samples, test=test or "onnxrt-cuda", reference=reference,
+                                   optimizers=optimizers, atol=atol, rtol=rtol, nan_equal=nan_equal, progress=say)
     elif target == "onnxrt-optimizers":
         from surgeon.debug.isolate.ort_optimizers import OrtOptimizersTarget
 

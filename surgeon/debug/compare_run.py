@@ -71,6 +71,7 @@ class CompareReport:
     error: str | None = None  # the test run failed (a verdict, not a usage error)
     notes: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    followups: list[dict[str, Any]] = field(default_factory=list)  # re-runs that explain the result (TF32 off)
     runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)  # outputs, for --save-outputs
 
     @property
@@ -89,7 +90,8 @@ class CompareReport:
         return {"verdict": self.verdict, "model": self.model, "against": self.against, "ref": self.ref,
                 "test": self.test, "rule": RULE, "error": self.error, "samples": self.samples,
                 "outputs": [o.to_dict() for o in self.outputs], "mismatching": self.mismatching,
-                "notes": self.notes, "plots": self.plots, "seconds": round(self.seconds, 3)}
+                "notes": self.notes, "plots": self.plots, "followups": self.followups,
+                "seconds": round(self.seconds, 3)}
 
 
 def _load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -276,6 +278,15 @@ def compare(
         r = _tolerance(name, refs[0], rtol, precision, 1)
         report.outputs.append(_judge(name, refs, tests, a, r, nan_equal))
 
+    from surgeon.debug import tf32
+
+    if tf32.applies(test_backend):  # the GPU's numbers differ: is it TF32? run again with it off and say
+        def judge(name, refs, tests):
+            return _judge(name, refs, tests, _tolerance(name, refs[0], atol, precision, 0),
+                          _tolerance(name, refs[0], rtol, precision, 1), nan_equal)
+
+        report.followups.append(tf32.follow_up(test_backend, test_model, samples, ref_runs, report.outputs, judge))
+
     if plot_dir is not None and not report.passed:
         from surgeon.debug import plot
 
@@ -331,6 +342,11 @@ def render_compare(report: CompareReport, out: Any, title: str | None = None) ->
         out.print(f"note: {n}", markup=False)
     for p in report.plots:
         out.print(f"plot: {p}", markup=False)
+    for f in report.followups:
+        if f.get("kind") == "tf32":
+            from surgeon.debug import tf32
+
+            tf32.render(f, out)
     out.print(f"inputs: {' | '.join(report.samples[:3])}{' ...' if len(report.samples) > 3 else ''}", markup=False)
     if report.error:
         out.print(f"[bold red]MISMATCH[/]: the test run failed: {report.error}")

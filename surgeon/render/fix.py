@@ -11,7 +11,9 @@ from surgeon.fix_report import render_fix
 def render_fix_result(result: Any, out: Any, err: Any = None) -> None:
     render_fix(result.report, out, err)
     if result.profile:
-        out.print(f"{result.profile.headline()} on ONNX Runtime CPU, 1 thread; {result.profile.noise_line()}",
+        from surgeon.debug.profile import where_timed
+
+        out.print(f"{result.profile.headline()} {where_timed(result.profile_on or 'onnxrt')}; {result.profile.noise_line()}",
                   markup=False)
     if result.profile_error:
         print(f"surgeon: --profile: not timed: {result.profile_error}", file=sys.stderr)
