@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from surgeon import graph as G
 from surgeon import model as model_io
 
 log = logging.getLogger(__name__)
@@ -591,8 +592,13 @@ def _raw_dims(t: gs.Tensor, facts: ShapeFacts) -> list | None:
 
 
 def constant_array(t: gs.Tensor) -> np.ndarray | None:
-    """The value of ``t`` if it is an initializer or the output of a Constant node."""
+    """The value of ``t`` if it is an initializer or the output of a Constant node.
+
+    Never an overridable default (an IR >= 4 initializer listed as a graph input).
+    """
     if isinstance(t, gs.Constant):
+        if G.is_overridable(t):
+            return None
         try:
             return np.asarray(t.values)
         except Exception:  # noqa: BLE001 - lazily loaded data that cannot be read

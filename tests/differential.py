@@ -1,0 +1,202 @@
+"""The differential judge: ``surgeon.fix`` (no numeric verification) against the original in ONNX Runtime.
+
+Written here rather than imported from surgeon, so that the code under test does not
+grade itself: the original and the fixed model each run in ONNX Runtime with graph
+optimizations off, on two samples per model (every dynamic dim at two sizes); the
+second sample also overrides every initializer-backed input with another valid value,
+so a pass that folded such a default gives a different output there.
+
+Outcomes, one per graph (the first that applies):
+
+- ``invalid``: the *original* does not load or run (a generator bug; never surgeon's);
+- ``refused``: ``fix`` raised a SurgeonError (the CLI's exit 2);
+- ``crash``: ``fix`` raised anything else, or a pass crashed (and was rolled back);
+- ``rolled-back``: a pass failed a structural check (checker, interface) and was rolled back;
+- ``interface-changed``: graph inputs (initializer-backed ones included) or outputs
+  changed name, order or type;
+- ``wrong-output``: the fixed model does not load, or an output differs beyond tolerance;
+- ``ort-noise``: an output differs from the original's in ONNX Runtime, but onnx's
+  ReferenceEvaluator (an independent implementation) gives the same outputs for both.
+  ONNX Runtime's CPU provider runs float16 ops in float32 between Casts it inserts and
+  then removes Cast pairs, so removing a ``Cast`` to float16's own type can drop a
+  rounding step that ONNX semantics keep;
+- ``ok``.
+
+Two empty outputs match whatever their shapes: the shape ONNX Runtime gives a zero-trip
+Loop's scan output is its own guess from shape inference of the body.
+
+Tolerances: float32 atol 1e-4 rtol 1e-3, float16 atol 1e-2 rtol 1e-2, integers and
+booleans exact; NaN matches NaN at the same position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import onnx
+
+TOLERANCE = {np.dtype(np.float32): (1e-4, 1e-3), np.dtype(np.float16): (1e-2, 1e-2),
+             np.dtype(np.float64): (1e-7, 1e-6)}
+KINDS = ("ok", "ort-noise", "invalid", "refused", "crash", "rolled-back", "interface-changed", "wrong-output")
+
+
+@dataclass
+class Outcome:
+    kind: str
+    detail: str = ""
+    culprits: list[str] = field(default_factory=list)  # passes after which the fault first shows
+    fixed: onnx.ModelProto | None = field(default=None, repr=False)
+
+
+def session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def samples(model: onnx.ModelProto, sizes: Mapping[str, tuple], overrides: Mapping[str, np.ndarray],
+            seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Two feeds: symbols at their first sizes with defaults, then at their second sizes with overrides."""
+    inits = {t.name for t in model.graph.initializer}
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(2):
+        feeds = {}
+        for vi in model.graph.input:
+            if vi.name in inits:
+                continue
+            tt = vi.type.tensor_type
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            shape = [d.dim_value if d.HasField("dim_value") else sizes[d.dim_param][k] for d in tt.shape.dim]
+            feeds[vi.name] = rng.uniform(-1, 1, size=shape).astype(dtype)
+        if k == 1:
+            feeds.update(overrides)
+        out.append(feeds)
+    return out
+
+
+def run(model: onnx.ModelProto, feeds: list[dict]) -> list[dict[str, Any]]:
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return [dict(zip(names, sess.run(names, f))) for f in feeds]
+
+
+def differs(ref: list[dict], got: list[dict]) -> str | None:
+    for i, (a, b) in enumerate(zip(ref, got)):
+        for name, x in a.items():
+            y = b.get(name)
+            x, y = np.asarray(x), np.asarray(y)
+            if x.size == 0 and y.size == 0 and x.dtype == y.dtype:
+                continue
+            if y.shape != x.shape or y.dtype != x.dtype:
+                return f"sample {i} output '{name}': {y.dtype}{list(y.shape)} instead of {x.dtype}{list(x.shape)}"
+            atol, rtol = TOLERANCE.get(x.dtype, (0, 0))
+            if x.dtype.kind == "f":
+                both_nan = np.isnan(x) & np.isnan(y)
+                bad = ~(both_nan | (np.abs(x.astype(np.float64) - y) <= atol + rtol * np.abs(x.astype(np.float64))))
+            else:
+                bad = x != y
+            if np.any(bad):
+                err = np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))) if x.dtype.kind in "fiu" else "-"
+                return f"sample {i}{' (overrides)' if i else ''} output '{name}' differs (max abs error {err})"
+    return None
+
+
+def interface(model: onnx.ModelProto) -> tuple:
+    """Inputs (every one, initializer-backed included) and outputs by name and type (output dims may be refined)."""
+    ins = [(vi.name, vi.type.SerializeToString(deterministic=True)) for vi in model.graph.input]
+    outs = [(vi.name, vi.type.tensor_type.elem_type) for vi in model.graph.output]
+    return ins, outs
+
+
+def _fix(model: onnx.ModelProto, passes=None, options=None):
+    from surgeon.pipeline import fix
+
+    return fix(model, passes, verify=False, options=options or {})
+
+
+def judge(model: onnx.ModelProto, sizes: Mapping[str, tuple], overrides: Mapping[str, np.ndarray],
+          *, options: Mapping[str, Any] | None = None, attribute: bool = True) -> Outcome:
+    """Fix ``model`` with the default pipeline (``--no-verify``) and grade the result."""
+    from surgeon.errors import SurgeonError
+    from surgeon.pipeline.runner import ROLLED_BACK
+
+    feeds = samples(model, sizes, overrides)
+    try:
+        ref = run(model, feeds)
+    except Exception as exc:  # noqa: BLE001 - the generator made something ORT refuses
+        return Outcome("invalid", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    try:
+        fixed, report = _fix(model, options=options)
+    except SurgeonError as exc:
+        return Outcome("refused", str(exc)[:300])
+    except Exception as exc:  # noqa: BLE001
+        return Outcome("crash", f"{type(exc).__name__}: {str(exc)[:300]}")
+    for p in report.passes:
+        if p.status == ROLLED_BACK:
+            kind = "crash" if p.reason.startswith("crashed") else "rolled-back"
+            return Outcome(kind, f"{p.name}: {p.reason[:300]}", [p.name], fixed)
+    if interface(fixed) != interface(model):
+        detail = _interface_delta(model, fixed)
+        return Outcome("interface-changed", detail, _culprits(model, feeds, ref, "interface") if attribute else [], fixed)
+    try:
+        got = run(fixed, feeds)
+    except Exception as exc:  # noqa: BLE001
+        return Outcome("wrong-output", f"does not run: {str(exc).splitlines()[0][:300]}",
+                       _culprits(model, feeds, ref, "output") if attribute else [], fixed)
+    problem = differs(ref, got)
+    if problem and _reference_agrees(model, fixed, feeds):
+        return Outcome("ort-noise", problem, fixed=fixed)
+    if problem:
+        return Outcome("wrong-output", problem, _culprits(model, feeds, ref, "output") if attribute else [], fixed)
+    return Outcome("ok", fixed=fixed)
+
+
+def _reference_agrees(model: onnx.ModelProto, fixed: onnx.ModelProto, feeds) -> bool:
+    """Whether onnx's ReferenceEvaluator gives the same outputs for the original and the fixed model."""
+    from onnx.reference import ReferenceEvaluator
+
+    try:
+        names = [o.name for o in model.graph.output]
+        a, b = ReferenceEvaluator(model), ReferenceEvaluator(fixed)
+        ra = [dict(zip(names, a.run(names, f))) for f in feeds]
+        rb = [dict(zip(names, b.run(names, f))) for f in feeds]
+    except Exception:  # noqa: BLE001 - no tie-break possible
+        return False
+    return differs(ra, rb) is None
+
+
+def _interface_delta(before: onnx.ModelProto, after: onnx.ModelProto) -> str:
+    b, a = interface(before), interface(after)
+    gone = [n for n, _ in b[0] if n not in dict(a[0])]
+    if gone:
+        return f"inputs removed: {', '.join(gone)}"
+    return "inputs or outputs changed type or order"
+
+
+def _culprits(model: onnx.ModelProto, feeds, ref, what: str) -> list[str]:
+    """The first pass of the default pipeline (run one by one, as the pipeline runs them) after which it shows."""
+    from surgeon.pipeline import registry
+
+    names = registry.parse_pipeline(None)
+    current = model
+    for round_no in (1, 2):
+        for name in names:
+            try:
+                current, _ = _fix(current, [name])
+            except Exception:  # noqa: BLE001
+                return [name]
+            if what == "interface" and interface(current) != interface(model):
+                return [name]
+            if what == "output":
+                try:
+                    if differs(ref, run(current, feeds)):
+                        return [name]
+                except Exception:  # noqa: BLE001
+                    return [name]
+    return []

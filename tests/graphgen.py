@@ -1,0 +1,649 @@
+"""Random valid ONNX graphs built from the patterns exporters emit (for differential tests).
+
+A graph is a *plan*: an opset, an IR version, an input spec and a list of blocks
+``(kind, seed)``. Each block draws from its own ``random.Random(seed)``, so removing a
+block from a plan leaves every other block as it was: a failing plan shrinks by
+deleting blocks (hypothesis does that on the list; ``bench/fuzz_fix.py`` by hand).
+
+Blocks are what PyTorch, Paddle and tf2onnx exports are made of: shape chains
+(``Shape→Gather→Unsqueeze→Concat→Reshape``), Conv/ConvTranspose + BatchNormalization and
+per-channel Mul/Add, neutral ops and their near misses (an ``Add 0`` that broadcasts to a
+larger shape is *not* neutral), If/Loop bodies reading outer-scope values, decomposed
+LayerNorm, Resize by scales or by sizes computed from ``Shape``, fp16 paths between
+Casts, initializer-backed inputs (an overridable default that looks neutral, or is part
+of a reshape target), MatMul+Add, duplicates, dead nodes and constant subgraphs.
+
+The builder tracks every tensor's shape (ints, or a symbol for a dynamic dim) so that
+each block knows what it may do; ``Graph.sizes`` gives two runtime values per symbol.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+F32, F16, I64 = TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT64
+NP = {F32: np.float32, F16: np.float16, I64: np.int64}
+# the lowest IR version each opset needs (onnx.helper.VERSION_TABLE)
+MIN_IR = {11: 6, 12: 7, 13: 7, 14: 7, 15: 8, 16: 8, 17: 8, 18: 8, 19: 9, 20: 9, 21: 10}
+SYMBOL_SIZES = {"N": (1, 3), "H": (5, 8), "W": (4, 1)}  # W: a constant of 4 broadcasts to it or grows it
+
+
+@dataclass
+class T:
+    name: str
+    dtype: int
+    shape: list  # ints, or a symbol ("N", "H", "W") for a dynamic dim
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def static(self, *axes: int) -> bool:
+        return all(isinstance(self.shape[a], int) for a in (axes or range(self.rank)))
+
+
+@dataclass
+class Graph:
+    model: onnx.ModelProto
+    plan: tuple
+    overrides: dict = field(default_factory=dict)  # initializer-backed input -> another valid value
+    sizes: dict = field(default_factory=dict)  # symbol -> two runtime sizes
+
+
+class Builder:
+    def __init__(self, opset: int, ir: int, depth: int = 0):
+        self.opset, self.ir, self.depth = opset, ir, depth
+        self.may_add_inputs = depth == 0  # bodies have no graph inputs of their own here
+        self.shared: dict = {}
+        self.nodes: list = []
+        self.inits: list = []
+        self.inputs: list = []
+        self.outputs: list = []
+        self.overrides: dict = {}
+        self.n = 0
+        self.rng = random.Random(0)
+
+    def name(self, base: str) -> str:
+        self.n += 1
+        return f"{base}_{self.n}"
+
+    def node(self, op: str, inputs: list, n_out: int = 1, **attrs) -> list[str]:
+        outs = [self.name(op.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name("n_" + op), **attrs))
+        return outs
+
+    def one(self, op: str, inputs: list, **attrs) -> str:
+        return self.node(op, inputs, **attrs)[0]
+
+    def const(self, value, dtype=None, as_node: bool | None = None) -> str:
+        arr = np.asarray(value, dtype=dtype)
+        if as_node is None:
+            as_node = self.rng.random() < 0.3
+        if as_node:
+            if self.opset >= 12 and arr.ndim <= 1 and arr.dtype in (np.int64, np.float32) and self.rng.random() < 0.4:
+                # the other spellings exporters use: value_int(s) / value_float(s)
+                key = ("value_int" if arr.dtype == np.int64 else "value_float") + ("s" if arr.ndim else "")
+                return self.one("Constant", [], **{key: arr.tolist()})
+            return self.one("Constant", [], value=numpy_helper.from_array(arr))
+        name = self.name("c")
+        self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def ints(self, values) -> str:
+        return self.const(np.asarray(values, np.int64))
+
+    def init_input(self, value, override) -> str:
+        """An initializer listed as a graph input: a default the user may override."""
+        arr = np.asarray(value)
+        name = self.name("in_default")
+        self.inits.append(numpy_helper.from_array(arr, name))
+        self.inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), arr.shape))
+        self.overrides[name] = np.asarray(override, arr.dtype)
+        return name
+
+    # opset-dependent spellings -------------------------------------------------------
+    def unsqueeze(self, x: str, axes: list[int]) -> str:
+        if self.opset < 13:
+            return self.one("Unsqueeze", [x], axes=axes)
+        return self.one("Unsqueeze", [x, self.ints(axes)])
+
+    def squeeze(self, x: str, axes: list[int]) -> str:
+        if self.opset < 13:
+            return self.one("Squeeze", [x], axes=axes)
+        return self.one("Squeeze", [x, self.ints(axes)])
+
+    def reduce(self, op: str, x: str, axes: list[int], keepdims: int = 1) -> str:
+        takes_input = self.opset >= 18 or (op == "ReduceSum" and self.opset >= 13)
+        if takes_input:
+            return self.one(op, [x, self.ints(axes)], keepdims=keepdims)
+        return self.one(op, [x], axes=axes, keepdims=keepdims)
+
+    def dim(self, x: T, axis: int, as_1d: bool = True) -> str:
+        """``Shape(x)[axis]`` the way exporters write it (Gather of a scalar index, or Shape(start, end))."""
+        if as_1d and self.opset >= 15 and self.rng.random() < 0.3:
+            return self.one("Shape", [x.name], start=axis, end=axis + 1)
+        s = self.one("Shape", [x.name])
+        if self.rng.random() < 0.2:  # int32 detour, as some exporters write it
+            s = self.one("Cast", [self.one("Cast", [s], to=TensorProto.INT32)], to=I64)
+        index = axis - x.rank if self.rng.random() < 0.3 else axis
+        if as_1d and self.rng.random() < 0.3:
+            return self.one("Gather", [s, self.const(np.array([index], np.int64))], axis=0)
+        g = self.one("Gather", [s, self.const(np.int64(index))], axis=0)
+        return self.unsqueeze(g, [-1 if self.rng.random() < 0.3 else 0]) if as_1d else g
+
+    def output(self, t: T, declare_shape: bool = True) -> None:
+        """A graph output; dims the builder does not know (or ``declare_shape=False``) get a fresh symbol."""
+        if self.depth:
+            return  # a body's side results stay internal (and dead)
+        shape = [d if declare_shape and d in SYMBOL_SIZES or isinstance(d, int) else f"{t.name}_d{i}"
+                 for i, d in enumerate(t.shape)]
+        if not declare_shape:
+            shape = [f"{t.name}_d{i}" for i in range(t.rank)]
+        self.outputs.append(helper.make_tensor_value_info(t.name, t.dtype, shape))
+
+
+def _randn(rng: random.Random, shape, dtype=np.float32, scale: float = 1.0) -> np.ndarray:
+    g = np.random.default_rng(rng.getrandbits(32))
+    return (g.standard_normal(shape) * scale).astype(dtype)
+
+
+# --- blocks: each takes (builder, current tensor) and returns the new current tensor --
+
+def conv_bn(b: Builder, x: T) -> T | None:
+    if x.rank != 4 or not x.static(1) or x.dtype != F32:
+        return None
+    r, c = b.rng, x.shape[1]
+    transpose = r.random() < 0.25
+    group = c if (r.random() < 0.3 and c > 1) else 1
+    cout = c * r.choice([1, 2]) if group > 1 else r.choice([2, 3, 4, c])
+    k = r.choice([1, 3])
+    if transpose:
+        w = _randn(r, (c, cout // group, k, k), scale=0.5)
+    else:
+        w = _randn(r, (cout, c // group, k, k), scale=0.5)
+    ins = [x.name, b.const(w, as_node=False)]
+    if r.random() < 0.6:
+        bias = _randn(r, (cout,))
+        ins.append(b.init_input(bias, bias + 1) if b.may_add_inputs and r.random() < 0.15 else b.const(bias))
+    y = b.one("ConvTranspose" if transpose else "Conv", ins, kernel_shape=[k, k], pads=[k // 2] * 4, group=group)
+    if r.random() < 0.2:
+        b.output(T(y, F32, [x.shape[0], cout, *x.shape[2:]]))  # the conv output is also used elsewhere
+    if r.random() < 0.15:  # a second layer reads the same weight: folding must not change it
+        other = b.one("ConvTranspose" if transpose else "Conv", [x.name, ins[1]], kernel_shape=[k, k],
+                      pads=[k // 2] * 4, group=group)
+        b.output(T(other, F32, [x.shape[0], cout, *x.shape[2:]]))
+    if r.random() < 0.7:
+        scale, bias, mean = _randn(r, (cout,)), _randn(r, (cout,)), _randn(r, (cout,))
+        var = np.abs(_randn(r, (cout,))) + 0.1
+        params = [b.const(v) for v in (scale, bias, mean, var)]
+        if b.may_add_inputs and r.random() < 0.15:
+            k = r.randrange(4)
+            params[k] = b.init_input((scale, bias, mean, var)[k], np.abs((scale, bias, mean, var)[k]) + 0.5)
+        y = b.one("BatchNormalization", [y, *params], epsilon=r.choice([1e-5, 1e-3, 0.1]))
+    else:  # per-channel Mul/Add (or a near miss that is not per-channel)
+        shape = r.choice([(cout, 1, 1), (1, cout, 1, 1), (1, 1, 1, 1), (cout, 1, 1), (1,), ()])
+        near = r.random()
+        if near < 0.1 and x.static(2, 3):
+            shape = (1, 1, x.shape[2], x.shape[3])  # spatial, not per-channel
+        elif near < 0.2 and x.static(3) and x.shape[3] == cout:
+            shape = (cout,)  # broadcasts along W, not along the channels
+        elif near < 0.25 and x.static(2, 3):
+            shape = (cout, x.shape[2], 1)
+        y = b.one("Mul", [y, b.const(_randn(r, shape))])
+        if r.random() < 0.7:
+            y = b.one("Add", [b.const(_randn(r, shape)), y] if r.random() < 0.3 else [y, b.const(_randn(r, shape))])
+    if r.random() < 0.5:
+        y = b.one("Relu", [y])
+    return T(y, F32, [x.shape[0], cout, *x.shape[2:]])
+
+
+def bn_first(b: Builder, x: T) -> T | None:
+    """BatchNormalization on the input of a Conv (folds forward only when the Conv is unpadded)."""
+    if x.rank not in (2, 4) or not x.static(1) or x.dtype != F32:
+        return None
+    r, c = b.rng, x.shape[1]
+    var = np.abs(_randn(r, (c,))) + 0.1
+    y = b.one("BatchNormalization", [x.name, *(b.const(v) for v in (_randn(r, (c,)), _randn(r, (c,)),
+                                                                     _randn(r, (c,)), var))], epsilon=1e-5)
+    cout = r.choice([2, 3])
+    if x.rank == 4:
+        pad = r.choice([0, 1]) if x.static(2, 3) and min(x.shape[2:]) >= 3 else 1
+        z = b.one("Conv", [y, b.const(_randn(r, (cout, c, 3, 3)), as_node=False)], kernel_shape=[3, 3], pads=[pad] * 4)
+        h, w = (d if not isinstance(d, int) else d + 2 * pad - 2 for d in x.shape[2:])
+        return T(z, F32, [x.shape[0], cout, h, w])
+    return gemm_bn(b, T(y, F32, x.shape))
+
+
+def gemm_bn(b: Builder, x: T) -> T | None:
+    """``nn.Linear`` + ``BatchNorm1d``: Gemm (either transB) or MatMul, then BN or per-column Mul/Add."""
+    if x.rank != 2 or not x.static(1) or x.dtype != F32:
+        return None
+    r, d = b.rng, x.shape[1]
+    e = r.choice([2, 3, 4])
+    if r.random() < 0.6:
+        trans = r.choice([0, 1])
+        w = _randn(r, (e, d) if trans else (d, e))
+        ins = [x.name, b.const(w)] + ([b.const(_randn(r, r.choice([(e,), (1, e)])))] if r.random() < 0.7 else [])
+        y = b.one("Gemm", ins, transB=trans, alpha=r.choice([1.0, 0.5]), beta=r.choice([1.0, 2.0]))
+    else:
+        y = b.one("MatMul", [x.name, b.const(_randn(r, (d, e)))])
+    if r.random() < 0.7:
+        var = np.abs(_randn(r, (e,))) + 0.1
+        y = b.one("BatchNormalization", [y, *(b.const(v) for v in (_randn(r, (e,)), _randn(r, (e,)),
+                                                                   _randn(r, (e,)), var))], epsilon=1e-3)
+    else:
+        y = b.one(r.choice(["Mul", "Add"]), [y, b.const(_randn(r, r.choice([(e,), (1, e), (1,)])))])
+    return T(y, F32, [x.shape[0], e])
+
+
+def neutral(b: Builder, x: T) -> T:
+    r = b.rng
+    np_t = NP[x.dtype]
+    kind = r.choice(["add0", "sub0", "mul1", "div1", "identity", "cast", "transpose", "reshape", "reshape_shape",
+                     "dropout", "pow1", "expand", "slice", "concat1", "pad0", "unsq_sq", "grow", "expand_rank",
+                     "slice_rev", "cast_round", "where_true", "dropout_train"])
+    if kind == "expand_rank":  # Expand to a higher rank: not neutral
+        return T(b.one("Expand", [x.name, b.ints([1] * (x.rank + 1))]), x.dtype, [1, *x.shape])
+    if kind == "slice_rev":  # step -1: reverses, not neutral
+        axis = r.randrange(x.rank)
+        return T(b.one("Slice", [x.name, b.ints([-1]), b.ints([-(2**62)]), b.ints([axis]), b.ints([-1])]),
+                 x.dtype, x.shape)
+    if kind == "cast_round":  # through another type: rounds, not neutral
+        to = r.choice([F16, TensorProto.INT32, TensorProto.DOUBLE]) if x.dtype == F32 else F32
+        return T(b.one("Cast", [b.one("Cast", [x.name], to=to)], to=x.dtype), x.dtype, x.shape)
+    if kind == "where_true":
+        return T(b.one("Where", [b.const(np.array(r.random() < 0.5)), x.name, b.one("Neg", [x.name])]), x.dtype, x.shape)
+    if kind == "dropout_train" and b.opset >= 12:  # ratio 0 in training mode is the identity; 0.5 is not fed here
+        ratio = b.const(np.array(0.0, np_t if x.dtype != F16 else np.float16))
+        return T(b.one("Dropout", [x.name, ratio, b.const(np.array(True))]), x.dtype, x.shape)
+    if kind in ("add0", "sub0", "mul1", "div1", "pow1"):
+        op, v = {"add0": ("Add", 0), "sub0": ("Sub", 0), "mul1": ("Mul", 1), "div1": ("Div", 1), "pow1": ("Pow", 1)}[kind]
+        shape = r.choice([(), (1,), tuple(x.shape[-1:]) if x.static(x.rank - 1) else (1,)])
+        if x.shape[-1] == "W" and r.random() < 0.4:
+            shape = (SYMBOL_SIZES["W"][0],)  # x + zeros[4] grows x where W is 1
+        c = b.const(np.full(shape, v, np_t))
+        if r.random() < 0.2:
+            c = b.shared.setdefault((kind, x.dtype, shape), c)  # one constant read by several nodes
+        ins = [c, x.name] if (op in ("Add", "Mul") and r.random() < 0.5) else [x.name, c]
+        return T(b.one(op, ins), x.dtype, x.shape)
+    if kind == "grow" and x.shape[0] == 1:
+        # x * ones of a larger shape: not neutral, the result is broadcast to [2, ...]
+        big = [2] + [1] * (x.rank - 1)
+        y = b.one(r.choice(["Mul", "Add"]), [x.name, b.const(np.full(big, 1 if r.random() < 0.5 else 0, np_t))])
+        return T(y, x.dtype, [2, *x.shape[1:]])
+    if kind == "identity":
+        return T(b.one("Identity", [x.name]), x.dtype, x.shape)
+    if kind == "cast":
+        return T(b.one("Cast", [x.name], to=x.dtype), x.dtype, x.shape)
+    if kind == "transpose":
+        return T(b.one("Transpose", [x.name], perm=list(range(x.rank))), x.dtype, x.shape)
+    if kind == "reshape" and x.static():
+        return T(b.one("Reshape", [x.name, b.ints(x.shape)]), x.dtype, x.shape)
+    if kind == "reshape_shape":
+        return T(b.one("Reshape", [x.name, b.one("Shape", [x.name])]), x.dtype, x.shape)
+    if kind == "dropout":
+        return T(b.one("Dropout", [x.name]), x.dtype, x.shape)
+    if kind == "expand":
+        return T(b.one("Expand", [x.name, b.ints([1] * r.randint(1, x.rank))]), x.dtype, x.shape)
+    if kind == "slice" and b.opset >= 10:
+        axis = r.randrange(x.rank)
+        return T(b.one("Slice", [x.name, b.ints([0]), b.ints([2**62]), b.ints([axis])]), x.dtype, x.shape)
+    if kind == "concat1":
+        return T(b.one("Concat", [x.name], axis=r.randrange(x.rank)), x.dtype, x.shape)
+    if kind == "pad0":
+        return T(b.one("Pad", [x.name, b.ints([0] * (2 * x.rank))]), x.dtype, x.shape)
+    if kind == "unsq_sq":
+        y = b.unsqueeze(x.name, [0])
+        return T(b.squeeze(y, [0]), x.dtype, x.shape)
+    return T(b.one("Identity", [x.name]), x.dtype, x.shape)
+
+
+def flatten_chain(b: Builder, x: T) -> T | None:
+    """``x.view(x.size(0), -1)`` or ``torch.flatten(x, 2, 3)``, then back to 4-D from ``Shape(x)``."""
+    if x.rank != 4:
+        return None
+    r = b.rng
+    if r.random() < 0.5:
+        target = b.one("Concat", [b.dim(x, 0), b.ints([-1])], axis=0)
+        flat_shape = [x.shape[0], _prod(x.shape[1:])]
+    else:
+        h, w = b.dim(x, 2, as_1d=False), b.dim(x, 3, as_1d=False)
+        hw = b.unsqueeze(b.one("Mul", [h, w]), [0])
+        target = b.one("Concat", [b.dim(x, 0), b.dim(x, 1), hw], axis=0)
+        flat_shape = [x.shape[0], x.shape[1], _prod(x.shape[2:])]
+    y = b.one("Reshape", [x.name, target])
+    if r.random() < 0.3:
+        b.output(T(y, x.dtype, flat_shape))
+    y = b.one(r.choice(["Relu", "Neg", "Sigmoid"]), [y])
+    dynamic = sum(not isinstance(d, int) for d in x.shape[1:])
+    back = b.one("Shape", [x.name]) if r.random() < 0.5 or dynamic > 1 else b.one(
+        "Concat", [b.dim(x, 0), b.ints([d if isinstance(d, int) else -1 for d in x.shape[1:]])], axis=0)
+    return T(b.one("Reshape", [y, back]), x.dtype, x.shape)
+
+
+def _prod(dims) -> int | str:
+    out = 1
+    for d in dims:
+        if not isinstance(d, int):
+            return "?"
+        out *= d
+    return out
+
+
+def expand_where(b: Builder, x: T) -> T | None:
+    """torch's ``expand``: ``Where(Equal(s, -1), ConstantOfShape(Shape(s)) , s)`` then Expand."""
+    if x.rank < 2:
+        return None
+    r = b.rng
+    s = b.one("Concat", [b.dim(x, 0), b.ints([-1 if r.random() < 0.5 else 1] * (x.rank - 1))], axis=0)
+    ones = b.one("ConstantOfShape", [b.one("Shape", [s])], value=numpy_helper.from_array(np.array([1], np.int64)))
+    minus = b.one("Mul", [ones, b.ints(-1)])
+    eq = b.one("Equal", [s, minus])
+    target = b.one("Where", [eq, ones, s])
+    return T(b.one("Expand", [x.name, target]), x.dtype, x.shape)
+
+
+def if_block(b: Builder, x: T) -> T:
+    r = b.rng
+    if r.random() < 0.5:
+        cond = b.const(np.array(r.random() < 0.5))
+    else:
+        cond = b.one("Greater", [b.reduce("ReduceSum", x.name, list(range(x.rank)), keepdims=0), b.const(np.array(0, NP[x.dtype]))])
+    np_t = NP[x.dtype]
+    c1 = numpy_helper.from_array(np.array(1.5, np_t), "then_c")
+
+    def branch(op: str, tag: str, same: bool) -> onnx.GraphProto:
+        out = b.name(tag)
+        const = b.name(tag + "_k")
+        nodes = [helper.make_node("Constant", [], [const], value=c1),
+                 helper.make_node(op if not same else "Add", [x.name, const], [out])]  # reads x from outside
+        return helper.make_graph(nodes, b.name("body"), [], [helper.make_tensor_value_info(out, x.dtype, None)])
+
+    same = r.random() < 0.2
+    y = b.one("If", [cond], then_branch=branch("Add", "then", same), else_branch=branch("Mul", "else", same))
+    return T(y, x.dtype, x.shape)
+
+
+def loop_block(b: Builder, x: T) -> T:
+    r = b.rng
+    trips = r.choice([0, 1, 2])
+    np_t = NP[x.dtype]
+    i, c_in, v_in = b.name("i"), b.name("cond_in"), b.name("v_in")
+    c_out, v_out, k = b.name("cond_out"), b.name("v_out"), b.name("k")
+    body = helper.make_graph(
+        [helper.make_node("Identity", [c_in], [c_out]),
+         helper.make_node("Constant", [], [k], value=numpy_helper.from_array(np.array(0.5, np_t))),
+         helper.make_node("Mul", [x.name, k], [k + "_x"]),  # outer-scope read
+         helper.make_node("Add", [v_in, k + "_x"], [v_out])],
+        b.name("loop_body"),
+        [helper.make_tensor_value_info(i, I64, []), helper.make_tensor_value_info(c_in, TensorProto.BOOL, []),
+         helper.make_tensor_value_info(v_in, x.dtype, None)],
+        [helper.make_tensor_value_info(c_out, TensorProto.BOOL, []), helper.make_tensor_value_info(v_out, x.dtype, None)])
+    m = b.const(np.array(trips, np.int64))
+    y = b.one("Loop", [m, b.const(np.array(True)), x.name], body=body)
+    return T(y, x.dtype, x.shape)
+
+
+def layernorm(b: Builder, x: T) -> T | None:
+    if not x.static(x.rank - 1) or x.dtype != F32:
+        return None
+    r, d = b.rng, x.shape[-1]
+    mean = b.reduce("ReduceMean", x.name, [-1])
+    diff = b.one("Sub", [x.name, mean])
+    var = b.reduce("ReduceMean", b.one("Pow", [diff, b.const(np.float32(2))]), [-1])
+    std = b.one("Sqrt", [b.one("Add", [var, b.const(np.float32(r.choice([1e-5, 1e-12])))])])
+    y = b.one("Div", [diff, std])
+    y = b.one("Mul", [y, b.const(_randn(r, (d,)))])
+    y = b.one("Add", [y, b.const(_randn(r, (d,)))])
+    return T(y, F32, x.shape)
+
+
+def resize(b: Builder, x: T) -> T | None:
+    if x.rank != 4:
+        return None
+    r = b.rng
+    mode = r.choice(["nearest", "linear"])
+    empty = b.const(np.zeros(0, np.float32), as_node=False)
+    attrs = dict(mode=mode, coordinate_transformation_mode="asymmetric" if mode == "nearest" else "half_pixel")
+    if r.random() < 0.5 or not x.static(2, 3):
+        f = r.choice([0.5, 2.0]) if x.static(2, 3) and min(x.shape[2:]) >= 4 else 2.0
+        if f == 2.0 and x.static(2, 3) and max(x.shape[2:]) > 10:
+            f = 0.5
+        scales = b.const(np.array([1, 1, f, f], np.float32))
+        ins = [x.name, empty, scales] if b.opset < 13 or r.random() < 0.5 else [x.name, "", scales]
+        new = [d if not isinstance(d, int) else int(np.floor(d * f)) for d in x.shape[2:]]
+        return T(b.one("Resize", ins, **attrs), x.dtype, [*x.shape[:2], *new])
+    size = [r.randint(3, 10), r.randint(3, 10)]
+    nc = b.one("Slice", [b.one("Shape", [x.name]), b.ints([0]), b.ints([2]), b.ints([0])])
+    sizes = b.one("Concat", [nc, b.ints(size)], axis=0)
+    ins = [x.name, empty, empty, sizes] if b.opset < 13 else [x.name, "", "", sizes]
+    return T(b.one("Resize", ins, **attrs), x.dtype, [*x.shape[:2], *size])
+
+
+def fp16_path(b: Builder, x: T) -> T:
+    r = b.rng
+    if x.dtype == F16:
+        return T(b.one("Cast", [x.name], to=F32), F32, x.shape)
+    h = b.one("Cast", [x.name], to=F16)
+    op = r.choice(["Relu", "Add", "Mul", "Sigmoid", "Cast"])
+    if op in ("Add", "Mul"):
+        h = b.one(op, [h, b.const(_randn(r, (1,), np.float16))])
+    elif op == "Cast":
+        h = b.one("Cast", [h], to=F16)
+    else:
+        h = b.one(op, [h])
+    if r.random() < 0.3:
+        return T(h, F16, x.shape)
+    return T(b.one("Cast", [h], to=F32), F32, x.shape)
+
+
+def initializer_input(b: Builder, x: T) -> T | None:
+    """A default the user may override, which looks foldable (zeros, ones) or is a reshape target."""
+    if not b.may_add_inputs:
+        return None
+    r = b.rng
+    np_t = NP[x.dtype]
+    kind = r.choice(["zeros", "ones", "bias", "target"])
+    if kind == "target" and x.rank == 4 and x.static(1, 2, 3):
+        c, h, w = x.shape[1:]
+        d = b.init_input(np.array([c, h * w], np.int64), np.array([c * h, w], np.int64))
+        target = b.one("Concat", [b.dim(x, 0), d], axis=0)
+        y = b.one("Reshape", [x.name, target])
+        b.output(T(y, x.dtype, [x.shape[0], "a", "b"]), declare_shape=False)
+        return x
+    shape = (x.shape[-1],) if x.static(x.rank - 1) and r.random() < 0.5 else (1,)
+    if kind == "zeros":
+        d = b.init_input(np.zeros(shape, np_t), _randn(r, shape, np_t))
+    elif kind == "ones":
+        d = b.init_input(np.ones(shape, np_t), _randn(r, shape, np_t))
+    else:
+        d = b.init_input(_randn(r, shape, np_t), _randn(r, shape, np_t))
+    op = "Add" if kind in ("zeros", "bias") else "Mul"
+    return T(b.one(op, [x.name, d]), x.dtype, x.shape)
+
+
+def matmul_add(b: Builder, x: T) -> T | None:
+    if not x.static(x.rank - 1) or x.dtype != F32 or x.rank > 3:
+        return None
+    r = b.rng
+    if x.rank == 4:
+        return None
+    d, e = x.shape[-1], r.choice([2, 3, 5])
+    y = b.one("MatMul", [x.name, b.const(_randn(r, (d, e)))])
+    bias = b.const(_randn(r, (e,) if r.random() < 0.7 else (1, e)))
+    y = b.one("Add", [y, bias] if r.random() < 0.7 else [bias, y])
+    return T(y, F32, [*x.shape[:-1], e])
+
+
+def to_2d(b: Builder, x: T) -> T | None:
+    """Flatten (or GlobalAveragePool + Flatten) to [N, D] so that MatMul/Gemm patterns appear."""
+    if x.rank != 4 or not x.static(1, 2, 3):
+        return None
+    if b.rng.random() < 0.5:
+        y = b.one("Flatten", [b.one("GlobalAveragePool", [x.name])], axis=1)
+        return T(y, x.dtype, [x.shape[0], x.shape[1]])
+    return T(b.one("Flatten", [x.name], axis=1), x.dtype, [x.shape[0], _prod(x.shape[1:])])
+
+
+def transposes(b: Builder, x: T) -> T:
+    r = b.rng
+    perm = list(range(x.rank))
+    r.shuffle(perm)
+    inv = [perm.index(i) for i in range(x.rank)]
+    y = b.one("Transpose", [x.name], perm=perm)
+    shape = [x.shape[p] for p in perm]
+    if r.random() < 0.3:
+        return T(y, x.dtype, shape)
+    y = b.one("Relu", [y]) if r.random() < 0.3 else y
+    return T(b.one("Transpose", [y], perm=inv), x.dtype, x.shape)
+
+
+def duplicates(b: Builder, x: T) -> T:
+    op = b.rng.choice(["Relu", "Sigmoid", "Abs"])
+    y1, y2 = b.one(op, [x.name]), b.one(op, [x.name])
+    return T(b.one("Add", [y1, y2]), x.dtype, x.shape)
+
+
+def const_subgraph(b: Builder, x: T) -> T:
+    r = b.rng
+    np_t = NP[x.dtype]
+    a = b.const(_randn(r, (1,), np_t), as_node=True)
+    c = b.one("Mul", [b.one("Add", [a, b.const(np.ones(1, np_t))]), b.const(np.array([0.5], np_t))])
+    if r.random() < 0.4:  # dead: computed and never used
+        b.one("Neg", [c])
+    return T(b.one("Add", [x.name, c]), x.dtype, x.shape)
+
+
+def shape_output(b: Builder, x: T) -> T:
+    """``Shape(x)`` as a graph output (static dims fold, dynamic ones must not)."""
+    s = b.one("Shape", [x.name])
+    b.output(T(s, I64, [x.rank]))
+    return x
+
+
+def split_concat(b: Builder, x: T) -> T | None:
+    axis = b.rng.randrange(x.rank)
+    if not isinstance(x.shape[axis], int) or x.shape[axis] < 2 or x.shape[axis] % 2:
+        return None
+    half = x.shape[axis] // 2
+    if b.opset >= 13:
+        parts = b.node("Split", [x.name, b.ints([half, half])], n_out=2, axis=axis)
+    else:
+        parts = b.node("Split", [x.name], n_out=2, axis=axis, split=[half, half])
+    if b.rng.random() < 0.5:
+        parts = parts[::-1]  # swapped halves: not neutral
+    return T(b.one("Concat", parts, axis=axis), x.dtype, x.shape)
+
+
+def slices(b: Builder, x: T) -> T | None:
+    if x.rank < 3 or not x.static(x.rank - 1, x.rank - 2) or min(x.shape[-2:]) < 3:
+        return None
+    y = b.one("Slice", [x.name, b.ints([1]), b.ints([x.shape[-1]]), b.ints([-1])])
+    y = b.one("Slice", [y, b.ints([0]), b.ints([x.shape[-2] - 1]), b.ints([x.rank - 2])])
+    return T(y, x.dtype, [*x.shape[:-2], x.shape[-2] - 1, x.shape[-1] - 1])
+
+
+def unsqueeze_chain(b: Builder, x: T) -> T:
+    y = b.unsqueeze(x.name, [0])
+    y = b.unsqueeze(y, [x.rank + 1])
+    y = b.one("Relu", [y])
+    y = b.squeeze(y, [x.rank + 1])
+    return T(b.squeeze(y, [0]), x.dtype, x.shape)
+
+
+def nested(b: Builder, x: T) -> T | None:
+    """Blocks inside an If branch or a Loop body (scan output), reading ``x`` from the enclosing graph."""
+    if b.depth >= 2:
+        return None
+    r = b.rng
+
+    def body(tag: str, extra_inputs: list) -> tuple[onnx.GraphProto, T]:
+        sub = Builder(b.opset, b.ir, b.depth + 1)
+        sub.n = b.n
+        y = x
+        for _ in range(r.randint(1, 2)):
+            sub.rng = random.Random(r.getrandbits(32))
+            z = BLOCKS[r.choice(BODY_BLOCKS)](sub, y)
+            y = z if z is not None else y
+        y = T(sub.one("Identity", [y.name]), y.dtype, y.shape) if y.name == x.name or r.random() < 0.3 else y
+        b.n = sub.n
+        outs = [helper.make_tensor_value_info(y.name, y.dtype, None)]
+        if extra_inputs:  # a Loop body: (iteration, cond) in, cond first out
+            cond_out = b.name("cond_out")
+            sub.nodes.insert(0, helper.make_node("Identity", [extra_inputs[1].name], [cond_out]))
+            outs.insert(0, helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []))
+        return helper.make_graph(sub.nodes, b.name(tag), extra_inputs, outs, initializer=sub.inits), y
+
+    if r.random() < 0.6:
+        if r.random() < 0.5:
+            cond = b.const(np.array(r.random() < 0.5))
+        else:
+            cond = b.one("Less", [b.reduce("ReduceMax", x.name, list(range(x.rank)), keepdims=0),
+                                  b.const(np.array(0.5, NP[x.dtype]))])
+        then, a = body("then", [])
+        orelse, c = body("else", []) if r.random() < 0.7 else (then, a)
+        if c.dtype != a.dtype:
+            orelse, c = then, a
+        y = b.one("If", [cond], then_branch=then, else_branch=orelse)
+        if a.shape == c.shape and a.dtype == c.dtype:
+            return T(y, a.dtype, a.shape)
+        b.output(T(y, a.dtype, a.shape), declare_shape=False)
+        return None
+    trips = r.choice([0, 1, 2])
+    loop_in = [helper.make_tensor_value_info(b.name("i"), I64, []),
+               helper.make_tensor_value_info(b.name("cond_in"), TensorProto.BOOL, [])]
+    graph, y = body("loop", loop_in)
+    scan = b.one("Loop", [b.const(np.array(trips, np.int64)), b.const(np.array(True))], body=graph)
+    b.output(T(scan, y.dtype, [trips, *y.shape]), declare_shape=False)
+    return None
+
+
+BODY_BLOCKS = ("conv_bn", "bn_first", "gemm_bn", "neutral", "flatten_chain", "expand_where", "layernorm", "resize", "fp16_path",
+               "matmul_add", "transposes", "duplicates", "const_subgraph", "split_concat", "slices",
+               "unsqueeze_chain", "nested", "if_block", "loop_block")
+
+BLOCKS = {f.__name__: f for f in (nested, bn_first, gemm_bn, 
+    conv_bn, neutral, flatten_chain, expand_where, if_block, loop_block, layernorm, resize, fp16_path,
+    initializer_input, matmul_add, to_2d, transposes, duplicates, const_subgraph, shape_output, split_concat,
+    slices, unsqueeze_chain)}
+
+
+def build(plan: tuple) -> Graph:
+    """``plan``: (opset, ir, input spec, ((block, seed), ...)); see :func:`random_plan`."""
+    opset, ir, spec, blocks = plan
+    b = Builder(opset, ir)
+    dtype, shape = spec
+    x = T("x", dtype, list(shape))
+    b.inputs.insert(0, helper.make_tensor_value_info("x", dtype, shape))
+    for kind, seed in blocks:
+        b.rng = random.Random(seed)
+        y = BLOCKS[kind](b, x)
+        if y is not None:
+            x = y
+            if b.rng.random() < 0.1:
+                b.output(x)  # an intermediate result that is also a graph output
+    if x.name == "x" or b.rng.random() < 0.1:
+        x = T(b.one("Identity", [x.name]), x.dtype, x.shape)
+    b.output(x)
+    graph = helper.make_graph(b.nodes, "fuzz", b.inputs, b.outputs, initializer=b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir,
+                              producer_name="graphgen")
+    sizes = {s: SYMBOL_SIZES[s] for s in shape if isinstance(s, str)}
+    return Graph(model, plan, dict(b.overrides), sizes)
+
+
+def random_plan(rng: random.Random, max_blocks: int = 6) -> tuple:
+    opset = rng.randint(11, 21)
+    ir = rng.randint(max(7, MIN_IR[opset]), 10)
+    dims = [rng.choice(["N", 1, 2]), rng.choice([1, 2, 3, 4]), rng.choice(["H", 4, 5, 6]), rng.choice(["W", 4, 6, 8])]
+    if rng.random() < 0.2:
+        dims = [rng.choice(["N", 2]), rng.choice([3, 5]), rng.choice([4, 6])]
+    dtype = F16 if rng.random() < 0.1 else F32
+    kinds = sorted(BLOCKS)
+    blocks = tuple((rng.choice(kinds), rng.getrandbits(31)) for _ in range(rng.randint(1, max_blocks)))
+    return (opset, ir, (dtype, tuple(dims)), blocks)
