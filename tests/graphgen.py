@@ -60,6 +60,7 @@ class Builder:
         self.opset, self.ir, self.depth = opset, ir, depth
         self.may_add_inputs = depth == 0  # bodies have no graph inputs of their own here
         self.shared: dict = {}
+        self.domains: set = set()
         self.nodes: list = []
         self.inits: list = []
         self.inputs: list = []
@@ -548,6 +549,31 @@ def slices(b: Builder, x: T) -> T | None:
     return T(y, x.dtype, [*x.shape[:-2], x.shape[-2] - 1, x.shape[-1] - 1])
 
 
+def custom_op(b: Builder, x: T) -> T | None:
+    """An ONNX Runtime contrib op (onnx's shape inference knows nothing past it), then a shape chain on it."""
+    if x.dtype != F32:
+        return None
+    r = b.rng
+    b.domains.add("com.microsoft")
+    op = r.choice(["Gelu", "FastGelu", "QuickGelu", "FusedMatMul"])
+    if op == "FusedMatMul":
+        if not x.static(x.rank - 1) or x.rank > 4:
+            return None
+        e = r.choice([2, 3])
+        y = b.node(op, [x.name, b.const(_randn(r, (x.shape[-1], e)))], domain="com.microsoft", alpha=r.choice([1.0, 0.5]))[0]
+        out = T(y, F32, [*x.shape[:-1], e])
+    else:
+        out = T(b.node(op, [x.name], domain="com.microsoft")[0], F32, x.shape)
+    if r.random() < 0.7 and out.rank >= 2:  # x.view(x.size(0), ..., -1) on it
+        keep = r.randint(1, out.rank - 1)
+        target = b.one("Concat", [b.dim(out, i) for i in range(keep)] + [b.ints([-1])], axis=0)
+        flat = b.one("Reshape", [out.name, target])
+        tail = _prod(out.shape[keep:])
+        return T(b.one("Reshape", [flat, b.one("Shape", [out.name])]), F32, out.shape) if tail == "?" or r.random() < 0.5 \
+            else T(flat, F32, [*out.shape[:keep], tail])
+    return out
+
+
 def unsqueeze_chain(b: Builder, x: T) -> T:
     y = b.unsqueeze(x.name, [0])
     y = b.unsqueeze(y, [x.rank + 1])
@@ -572,6 +598,7 @@ def nested(b: Builder, x: T) -> T | None:
             y = z if z is not None else y
         y = T(sub.one("Identity", [y.name]), y.dtype, y.shape) if y.name == x.name or r.random() < 0.3 else y
         b.n = sub.n
+        b.domains |= sub.domains
         outs = [helper.make_tensor_value_info(y.name, y.dtype, None)]
         if extra_inputs:  # a Loop body: (iteration, cond) in, cond first out
             cond_out = b.name("cond_out")
@@ -603,14 +630,18 @@ def nested(b: Builder, x: T) -> T | None:
     return None
 
 
-BODY_BLOCKS = ("conv_bn", "bn_first", "gemm_bn", "neutral", "flatten_chain", "expand_where", "layernorm", "resize", "fp16_path",
+BODY_BLOCKS = ("custom_op", "conv_bn", "bn_first", "gemm_bn", "neutral", "flatten_chain", "expand_where", "layernorm", "resize", "fp16_path",
                "matmul_add", "transposes", "duplicates", "const_subgraph", "split_concat", "slices",
                "unsqueeze_chain", "nested", "if_block", "loop_block")
 
-BLOCKS = {f.__name__: f for f in (nested, bn_first, gemm_bn, 
+BLOCKS = {f.__name__: f for f in (nested, custom_op, bn_first, gemm_bn, 
     conv_bn, neutral, flatten_chain, expand_where, if_block, loop_block, layernorm, resize, fp16_path,
     initializer_input, matmul_add, to_2d, transposes, duplicates, const_subgraph, shape_output, split_concat,
     slices, unsqueeze_chain)}
+
+
+# the patterns the default pipeline rewrites most, drawn more often than the rest
+WEIGHTS = {"neutral": 4, "conv_bn": 3, "initializer_input": 2, "flatten_chain": 2, "gemm_bn": 2, "nested": 2}
 
 
 def build(plan: tuple) -> Graph:
@@ -631,8 +662,14 @@ def build(plan: tuple) -> Graph:
         x = T(b.one("Identity", [x.name]), x.dtype, x.shape)
     b.output(x)
     graph = helper.make_graph(b.nodes, "fuzz", b.inputs, b.outputs, initializer=b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir,
-                              producer_name="graphgen")
+    imports = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in sorted(b.domains)]
+    model = helper.make_model(graph, opset_imports=imports, ir_version=ir, producer_name="graphgen")
+    if b.rng.random() < 0.3:  # exporters often store inferred shapes as value_info (under their own dim names)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+            model.graph.value_info.extend(inferred.graph.value_info)
+        except Exception:  # noqa: BLE001 - the model is valid without them
+            pass
     sizes = {s: SYMBOL_SIZES[s] for s in shape if isinstance(s, str)}
     return Graph(model, plan, dict(b.overrides), sizes)
 
@@ -644,6 +681,6 @@ def random_plan(rng: random.Random, max_blocks: int = 6) -> tuple:
     if rng.random() < 0.2:
         dims = [rng.choice(["N", 2]), rng.choice([3, 5]), rng.choice([4, 6])]
     dtype = F16 if rng.random() < 0.1 else F32
-    kinds = sorted(BLOCKS)
+    kinds = sorted(BLOCKS) + [k for k, weight in WEIGHTS.items() for _ in range(weight - 1)]
     blocks = tuple((rng.choice(kinds), rng.getrandbits(31)) for _ in range(rng.randint(1, max_blocks)))
     return (opset, ir, (dtype, tuple(dims)), blocks)
