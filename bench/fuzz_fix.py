@@ -8,7 +8,7 @@ ONNX Runtime (optimizations off) on two samples, the second overriding every
 initializer-backed input, and keep the interface. Prints the count of each outcome and,
 for every failure, the pass after which it first shows (the passes run one by one).
 
-    python bench/fuzz_fix.py --examples 2000 [--seed 0] [--findings DIR] [--peer onnxslim] [--json FILE]
+    python bench/fuzz_fix.py --examples 2000 [--seed 0] [--passes a,b] [--findings DIR] [--peer onnxslim] [--json FILE]
 
 ``--findings DIR`` shrinks each failure (blocks of the plan deleted while the same pass
 still fails the same way) and writes ``DIR/<pass>/NNN.onnx`` with a README line each.
@@ -39,7 +39,7 @@ import differential  # noqa: E402
 FAILURES = ("refused", "crash", "rolled-back", "interface-changed", "wrong-output")
 
 
-def shrink(plan: tuple, outcome: differential.Outcome, options: dict) -> tuple:
+def shrink(plan: tuple, outcome: differential.Outcome, options: dict, passes=None) -> tuple:
     """Delete blocks while the same kind of failure, after the same pass, remains."""
     opset, ir, spec, blocks = plan
     blocks = list(blocks)
@@ -47,7 +47,7 @@ def shrink(plan: tuple, outcome: differential.Outcome, options: dict) -> tuple:
     while i < len(blocks):
         trial = (opset, ir, spec, tuple(blocks[:i] + blocks[i + 1:]))
         g = graphgen.build(trial)
-        got = differential.judge(g.model, g.sizes, g.overrides, options=options)
+        got = differential.judge(g.model, g.sizes, g.overrides, options=options, passes=passes)
         if got.kind == outcome.kind and got.culprits == outcome.culprits:
             blocks.pop(i)
         else:
@@ -124,6 +124,7 @@ def main() -> int:
     ap.add_argument("--max-blocks", type=int, default=6)
     ap.add_argument("--findings", type=Path)
     ap.add_argument("--peer", choices=["onnxslim"])
+    ap.add_argument("--passes", help="a pipeline other than the default one (a,b,c), e.g. one pass on its own")
     ap.add_argument("--options", nargs="*", default=[], help="pipeline options KEY=VALUE")
     ap.add_argument("--json", type=Path, help="write every non-ok record here")
     args = ap.parse_args()
@@ -141,7 +142,7 @@ def main() -> int:
     for i in range(args.examples):
         plan = graphgen.random_plan(rng, args.max_blocks)
         g = graphgen.build(plan)
-        outcome = differential.judge(g.model, g.sizes, g.overrides, options=options)
+        outcome = differential.judge(g.model, g.sizes, g.overrides, options=options, passes=args.passes)
         counts[outcome.kind] += 1
         if args.peer:
             peer[judge_peer(g)] += 1
@@ -150,7 +151,7 @@ def main() -> int:
             record = {"example": i, "kind": outcome.kind, "culprits": outcome.culprits, "detail": outcome.detail,
                       "plan": repr(plan)}
             if args.findings:
-                small = shrink(plan, outcome, options)
+                small = shrink(plan, outcome, options, args.passes)
                 path = write_finding(args.findings, small, outcome, seen)
                 record["shrunk"] = repr(small)
                 record["file"] = str(path) if path else None

@@ -373,6 +373,7 @@ class Model:
             setattr(node, META, props)
             if raw:
                 setattr(node, RAW_ATTRS, raw)
+            _by_identity(node)
         self.declared_types = _declared_types(skeleton.graph, self.graph)
         overridable = self.listed_initializers if self.header.ir_version >= 4 else set()
         self.defaults: dict[str, gs.Constant] = {}  # the overridable initializers nodes read, by name
@@ -721,6 +722,33 @@ def _declared_types(graph: onnx.GraphProto, gs_graph: gs.Graph) -> dict[int, dic
     for p, g in zip(proto_subs, gs_subs):
         out.update(_declared_types(p, g))
     return out
+
+
+class _IdentityList(misc.SynchronizedList):
+    """graphsurgeon's synchronized input/output list, taking a node out of a tensor's list by identity.
+
+    graphsurgeon removes with ``list.remove``, which compares nodes by name, op, attributes
+    and tensor names: two sibling bodies written alike (an If whose branches are one
+    exporter-copied graph) hold nodes that compare equal, and detaching one removed the
+    other's entry from the outer tensor they both read (a crash later, or a wrong graph).
+    """
+
+    def _remove_from_elem(self, elem):
+        peers = getattr(elem, self.field_name)
+        for i, x in enumerate(peers):
+            if x is self.parent_obj:
+                list.__delitem__(peers, i)
+                return
+        raise ValueError(f"{self.parent_obj!r} is not in the {self.field_name} of {elem.name}")
+
+
+def _by_identity(node: gs.Node) -> None:
+    """Give an imported node identity-based input/output lists (their counterparts are already linked)."""
+    for field, peer in (("inputs", "outputs"), ("outputs", "inputs")):
+        items = list(getattr(node, field))
+        replacement = _IdentityList(node, peer, [])
+        list.extend(replacement, items)
+        object.__setattr__(node, field, replacement)
 
 
 def _initializer_owners(graph: onnx.GraphProto, gs_graph: gs.Graph) -> dict[int, set[str]]:

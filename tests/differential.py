@@ -121,8 +121,8 @@ def _fix(model: onnx.ModelProto, passes=None, options=None):
 
 
 def judge(model: onnx.ModelProto, sizes: Mapping[str, tuple], overrides: Mapping[str, np.ndarray],
-          *, options: Mapping[str, Any] | None = None, attribute: bool = True) -> Outcome:
-    """Fix ``model`` with the default pipeline (``--no-verify``) and grade the result."""
+          *, options: Mapping[str, Any] | None = None, attribute: bool = True, passes=None) -> Outcome:
+    """Fix ``model`` with ``passes`` (None: the default pipeline), ``--no-verify``, and grade the result."""
     from surgeon.errors import SurgeonError
     from surgeon.pipeline.runner import ROLLED_BACK
 
@@ -132,7 +132,7 @@ def judge(model: onnx.ModelProto, sizes: Mapping[str, tuple], overrides: Mapping
     except Exception as exc:  # noqa: BLE001 - the generator made something ORT refuses
         return Outcome("invalid", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
     try:
-        fixed, report = _fix(model, options=options)
+        fixed, report = _fix(model, passes, options=options)
     except SurgeonError as exc:
         return Outcome("refused", str(exc)[:300])
     except Exception as exc:  # noqa: BLE001
@@ -143,17 +143,17 @@ def judge(model: onnx.ModelProto, sizes: Mapping[str, tuple], overrides: Mapping
             return Outcome(kind, f"{p.name}: {p.reason[:300]}", [p.name], fixed)
     if interface(fixed) != interface(model):
         detail = _interface_delta(model, fixed)
-        return Outcome("interface-changed", detail, _culprits(model, feeds, ref, "interface") if attribute else [], fixed)
+        return Outcome("interface-changed", detail, _culprits(model, feeds, ref, "interface", passes) if attribute else [], fixed)
     try:
         got = run(fixed, feeds)
     except Exception as exc:  # noqa: BLE001
         return Outcome("wrong-output", f"does not run: {str(exc).splitlines()[0][:300]}",
-                       _culprits(model, feeds, ref, "output") if attribute else [], fixed)
+                       _culprits(model, feeds, ref, "output", passes) if attribute else [], fixed)
     problem = differs(ref, got)
     if problem and _reference_agrees(model, fixed, feeds):
         return Outcome("ort-noise", problem, fixed=fixed)
     if problem:
-        return Outcome("wrong-output", problem, _culprits(model, feeds, ref, "output") if attribute else [], fixed)
+        return Outcome("wrong-output", problem, _culprits(model, feeds, ref, "output", passes) if attribute else [], fixed)
     return Outcome("ok", fixed=fixed)
 
 
@@ -179,11 +179,11 @@ def _interface_delta(before: onnx.ModelProto, after: onnx.ModelProto) -> str:
     return "inputs or outputs changed type or order"
 
 
-def _culprits(model: onnx.ModelProto, feeds, ref, what: str) -> list[str]:
-    """The first pass of the default pipeline (run one by one, as the pipeline runs them) after which it shows."""
+def _culprits(model: onnx.ModelProto, feeds, ref, what: str, passes=None) -> list[str]:
+    """The first pass of the pipeline (run one by one, as the pipeline runs them) after which it shows."""
     from surgeon.pipeline import registry
 
-    names = registry.parse_pipeline(None)
+    names = registry.parse_pipeline(passes)
     current = model
     for round_no in (1, 2):
         for name in names:
