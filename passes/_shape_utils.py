@@ -160,12 +160,22 @@ def tensor_dims(t: gs.Tensor, facts: ShapeFacts, _depth: int = 0) -> list | None
         if derived is not None and (out is None or len(out) == len(derived)):
             out = [d if d is not None and (_unknown(o) or (_fresh(o, facts) and not _unknown(d) and not _fresh(d, facts)))
                    else o for o, d in zip(out or [None] * len(derived), derived)]
+            out = _opaque_unknowns(t, out)
     if _depth < 8 and len(t.inputs) == 1 and t.inputs[0].op == "Reshape" and (out is None or any(not e.is_const and e.atoms[0][0][0] == "dim" for e in out)):
         refined = _reshape_dims(t.inputs[0], facts, _depth)
         if refined is not None and (out is None or len(out) == len(refined)):
-            out = [r if (o is None or (not o.is_const and o.atoms[0][0][0] == "dim")) else o
-                   for o, r in zip(out or [None] * len(refined), refined)]
+            out = _opaque_unknowns(t, [r if (o is None or (not o.is_const and o.atoms[0][0][0] == "dim")) else o
+                                       for o, r in zip(out or [None] * len(refined), refined)])
     return out
+
+
+def _opaque_unknowns(t: gs.Tensor, dims: list) -> list:
+    """Entries nothing could tell become "dim i of this very tensor" (a rank known, a dim not).
+
+    Callers compare entries and read ``is_const``/``coef``; a None among them crashed the
+    pass (AttributeError, found by bench/fuzz_fix.py on a Loop output nothing inferred).
+    """
+    return [Expr.atom(("dim", t.name, i)) if e is None else e for i, e in enumerate(dims)]
 
 
 def _fresh(e: Expr | None, facts: ShapeFacts) -> bool:

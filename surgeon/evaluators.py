@@ -146,9 +146,15 @@ def _attr_or_input_ints(node: gs.Node, vals: list, key: str, index: int, *, from
 
 # --- the evaluators -------------------------------------------------------------------
 
+def _dims(env: Env, t: gs.Tensor) -> list[Expr] | None:
+    """``env.dims(t)``; an entry the caller left None is "dim i of this very tensor" (equal only to itself)."""
+    dims = env.dims(t)
+    return None if dims is None else [Expr.atom(("dim", t.name, i)) if d is None else d for i, d in enumerate(dims)]
+
+
 @evaluates("Shape")
 def _shape(node, vals, env):
-    dims = env.dims(node.inputs[0])
+    dims = _dims(env, node.inputs[0])
     if dims is None:
         return None
     r = len(dims)
@@ -160,7 +166,7 @@ def _shape(node, vals, env):
 
 @evaluates("Size")
 def _size(node, vals, env):
-    dims = env.dims(node.inputs[0])
+    dims = _dims(env, node.inputs[0])
     if dims is None:
         return None
     total = Expr.const(1)
