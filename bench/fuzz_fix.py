@@ -113,6 +113,8 @@ def judge_peer(g: graphgen.Graph) -> str:
     except Exception:  # noqa: BLE001
         return "unloadable"
     if differential.differs(ref, got):
+        if differential._within_rounding(g.model, feeds, ref, got):
+            return "rounding"
         return "ort-noise" if differential._reference_agrees(g.model, out, feeds) else "wrong-output"
     return "ok"
 

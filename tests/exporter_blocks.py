@@ -284,7 +284,7 @@ def resize(b: Builder, x: T) -> T | None:
             f = 0.5
         scales = b.const(np.array([1, 1, f, f], np.float32))
         ins = [x.name, empty, scales] if b.opset < 13 or r.random() < 0.5 else [x.name, "", scales]
-        new = [d if not isinstance(d, int) else int(np.floor(d * f)) for d in x.shape[2:]]
+        new = [f"{d}*{f}" if not isinstance(d, int) else int(np.floor(d * f)) for d in x.shape[2:]]  # a new size
         return T(b.one("Resize", ins, **attrs), x.dtype, [*x.shape[:2], *new])
     size = [r.randint(3, 10), r.randint(3, 10)]
     nc = b.one("Slice", [b.one("Shape", [x.name]), b.ints([0]), b.ints([2]), b.ints([0])])

@@ -40,7 +40,7 @@ def _plans():
 def test_default_pipeline_without_verification_keeps_the_function(plan):
     g = graphgen.build(plan)
     outcome = differential.judge(g.model, g.sizes, g.overrides, attribute=False)
-    assert outcome.kind in ("ok", "ort-noise"), f"{outcome.kind}: {outcome.detail} (plan {plan!r})"
+    assert outcome.kind in ("ok", "rounding", "ort-noise"), f"{outcome.kind}: {outcome.detail} (plan {plan!r})"
 
 
 def test_the_judge_sees_a_wrong_model():
