@@ -8,13 +8,16 @@ ONNX Runtime (optimizations off) on two samples, the second overriding every
 initializer-backed input, and keep the interface. Prints the count of each outcome and,
 for every failure, the pass after which it first shows (the passes run one by one).
 
-    python bench/fuzz_fix.py --examples 2000 [--seed 0] [--passes a,b] [--findings DIR] [--peer onnxslim] [--json FILE]
+    python bench/fuzz_fix.py --examples 2000 [--seed 0] [--passes a,b] [--verify] [--findings DIR] [--peer onnxslim]
+                             [--freeze-initializer-inputs] [--json FILE]
 
 ``--findings DIR`` shrinks each failure (blocks of the plan deleted while the same pass
 still fails the same way) and writes ``DIR/<pass>/NNN.onnx`` with a README line each.
 ``--peer onnxslim`` also runs onnxslim on every graph, in-process (``onnxslim.slim``:
 its command line costs about a second of start-up per graph), judged the same way.
-``--options freeze_initializer_inputs=1`` passes pipeline options.
+``--verify`` turns numeric verification on and says, for each rollback, whether the pass
+on its own (no verification) was right, i.e. whether the verifier or the pass was wrong.
+``--freeze-initializer-inputs`` fixes with that option (the interface then loses them).
 """
 
 from __future__ import annotations
@@ -97,7 +100,9 @@ def judge_peer(g: graphgen.Graph) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = onnxslim.slim(g.model)
+            work = type(g.model)()
+            work.CopyFrom(g.model)  # onnxslim edits the model it is given
+            out = onnxslim.slim(work)
     except Exception:  # noqa: BLE001
         return "crash"
     try:
@@ -128,6 +133,9 @@ def main() -> int:
     ap.add_argument("--peer", choices=["onnxslim"])
     ap.add_argument("--passes", help="a pipeline other than the default one (a,b,c), e.g. one pass on its own")
     ap.add_argument("--options", nargs="*", default=[], help="pipeline options KEY=VALUE")
+    ap.add_argument("--verify", action="store_true",
+                    help="numeric verification on: count its rollbacks, and whether the pass alone without it was right")
+    ap.add_argument("--freeze-initializer-inputs", action="store_true", help="fix with freeze_initializer_inputs")
     ap.add_argument("--json", type=Path, help="write every non-ok record here")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
@@ -138,14 +146,23 @@ def main() -> int:
     counts: collections.Counter = collections.Counter()
     by_pass: collections.Counter = collections.Counter()
     peer: collections.Counter = collections.Counter()
+    verdicts: collections.Counter = collections.Counter()  # (rolled-back pass, its outcome alone without verification)
     records, seen = [], set()
     rng = random.Random(args.seed)
     start = time.perf_counter()
     for i in range(args.examples):
         plan = graphgen.random_plan(rng, args.max_blocks)
         g = graphgen.build(plan)
-        outcome = differential.judge(g.model, g.sizes, g.overrides, options=options, passes=args.passes)
+        outcome = differential.judge(g.model, g.sizes, g.overrides, options=options, passes=args.passes,
+                                     verify=args.verify, freeze=args.freeze_initializer_inputs)
         counts[outcome.kind] += 1
+        if args.verify and outcome.kind == "rolled-back":
+            # a rollback by the verifier: was the pass wrong on its own (no verification, this pass only)?
+            alone = differential.judge(g.model, g.sizes, g.overrides, options=options, passes=outcome.culprits)
+            verdicts[(outcome.culprits[0], alone.kind)] += 1
+            if alone.kind in ("ok", "rounding", "ort-noise"):
+                print(f"[{i}] rolled back by verification, {outcome.culprits[0]} alone: {alone.kind}: {outcome.detail}")
+                continue
         if args.peer:
             peer[judge_peer(g)] += 1
         if outcome.kind in FAILURES:
@@ -169,6 +186,10 @@ def main() -> int:
         print("failures by the pass after which they first show:")
         for (kind, name), n in sorted(by_pass.items()):
             print(f"  {kind:18s} {name:24s} {n}")
+    if verdicts:
+        print("rollbacks by verification, and the pass alone without verification:")
+        for (name, kind), n in sorted(verdicts.items()):
+            print(f"  {name:24s} {kind:18s} {n}")
     if args.peer:
         print(f"{args.peer} (in-process) on the same graphs:")
         for kind, n in sorted(peer.items()):

@@ -118,25 +118,33 @@ def interface(model: onnx.ModelProto) -> tuple:
     return ins, outs
 
 
-def _fix(model: onnx.ModelProto, passes=None, options=None):
+def _fix(model: onnx.ModelProto, passes=None, options=None, verify: bool = False, freeze: bool = False):
     from surgeon.pipeline import fix
 
-    return fix(model, passes, verify=False, options=options or {})
+    extra = {"freeze_initializer_inputs": True} if freeze else {}  # a checkout before the option still runs
+    return fix(model, passes, verify=verify, options=options or {}, **extra)
 
 
 def judge(model: onnx.ModelProto, sizes: Mapping[str, tuple], overrides: Mapping[str, np.ndarray],
-          *, options: Mapping[str, Any] | None = None, attribute: bool = True, passes=None) -> Outcome:
-    """Fix ``model`` with ``passes`` (None: the default pipeline), ``--no-verify``, and grade the result."""
+          *, options: Mapping[str, Any] | None = None, attribute: bool = True, passes=None,
+          verify: bool = False, freeze: bool = False) -> Outcome:
+    """Fix ``model`` with ``passes`` (None: the default pipeline), ``--no-verify``, and grade the result.
+
+    ``verify``: with the pipeline's numeric verification on (then a rollback may be the
+    verifier's own doing: ONNX Runtime noise, rounding); ``freeze``: with
+    ``freeze_initializer_inputs`` (the interface then loses them; the overriding sample
+    is not fed).
+    """
     from surgeon.errors import SurgeonError
     from surgeon.pipeline.runner import ROLLED_BACK
 
-    feeds = samples(model, sizes, overrides)
+    feeds = samples(model, sizes, {} if freeze else overrides)
     try:
         ref = run(model, feeds)
     except Exception as exc:  # noqa: BLE001 - the generator made something ORT refuses
         return Outcome("invalid", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
     try:
-        fixed, report = _fix(model, passes, options=options)
+        fixed, report = _fix(model, passes, options=options, verify=verify, freeze=freeze)
     except SurgeonError as exc:
         return Outcome("refused", str(exc)[:300])
     except Exception as exc:  # noqa: BLE001
@@ -145,7 +153,11 @@ def judge(model: onnx.ModelProto, sizes: Mapping[str, tuple], overrides: Mapping
         if p.status == ROLLED_BACK:
             kind = "crash" if p.reason.startswith("crashed") else "rolled-back"
             return Outcome(kind, f"{p.name}: {p.reason[:300]}", [p.name], fixed)
-    if interface(fixed) != interface(model):
+    frozen = set(getattr(report, "frozen_inputs", ()))
+    expected = interface(model)
+    if frozen:
+        expected = ([i for i in expected[0] if i[0] not in frozen], expected[1])
+    if interface(fixed) != expected:
         detail = _interface_delta(model, fixed)
         return Outcome("interface-changed", detail, _culprits(model, feeds, ref, "interface", passes) if attribute else [], fixed)
     try:
