@@ -264,10 +264,17 @@ def layernorm(b: Builder, x: T) -> T | None:
     mean = b.reduce("ReduceMean", x.name, [-1])
     diff = b.one("Sub", [x.name, mean])
     var = b.reduce("ReduceMean", b.one("Pow", [diff, b.const(np.float32(2))]), [-1])
-    std = b.one("Sqrt", [b.one("Add", [var, b.const(np.float32(r.choice([1e-5, 1e-12])))])])
+    # BERT's 1e-12 is left out: over rows of 4-8 values a random conv can make nearly constant,
+    # it turns float32 cancellation into 1e-3 errors whichever way the row is normalised.
+    eps = np.float32(r.choice([1e-5, 1e-6]))
+    overridable = b.may_add_inputs and r.random() < 0.2  # epsilon, gamma or beta a user may feed
+    which = r.randrange(3)
+    gamma, beta = _randn(r, (d,)), _randn(r, (d,))
+    std = b.one("Sqrt", [b.one("Add", [var, b.init_input(eps, np.float32(0.5)) if overridable and which == 0
+                                       else b.const(eps)])])
     y = b.one("Div", [diff, std])
-    y = b.one("Mul", [y, b.const(_randn(r, (d,)))])
-    y = b.one("Add", [y, b.const(_randn(r, (d,)))])
+    y = b.one("Mul", [y, b.init_input(gamma, gamma + 1) if overridable and which == 1 else b.const(gamma)])
+    y = b.one("Add", [y, b.init_input(beta, beta + 1) if overridable and which == 2 else b.const(beta)])
     return T(y, F32, x.shape)
 
 
@@ -316,7 +323,10 @@ def initializer_input(b: Builder, x: T) -> T | None:
         return None
     r = b.rng
     np_t = NP[x.dtype]
-    kind = r.choice(["zeros", "ones", "bias", "target"])
+    kind = r.choice(["zeros", "ones", "bias", "target", "unread"])
+    if kind == "unread":  # a parameter the graph no longer uses, kept as an input by the exporter
+        b.init_input(_randn(r, (2,), np_t), _randn(r, (2,), np_t))
+        return x
     if kind == "target" and x.rank == 4 and x.static(1, 2, 3):
         c, h, w = x.shape[1:]
         d = b.init_input(np.array([c, h * w], np.int64), np.array([c * h, w], np.int64))
