@@ -389,9 +389,10 @@ def _override_variant(model: onnx.ModelProto, feeds: Mapping[str, Any], seed: in
     """``feeds`` plus other values for the overridable defaults (IR >= 4 initializers listed as inputs).
 
     A pass that read such a default as a constant computes something else once it is
-    fed: this sample shows it. Floats get the default plus noise, integers the default's
-    entries reversed (a reshape target stays a valid one), booleans their negation. Only
-    defaults held in the skeleton (not weight stubs) are fed; None when there are none.
+    fed: this sample shows it. Floats get the default plus a random 0.25 to 1 (arrays, 0-d
+    included), integers the default's entries reversed (a reshape target stays a valid
+    one), booleans their negation. Only defaults held in the skeleton (not weight stubs)
+    are fed; None when there are none.
     """
     if model.ir_version < 4:
         return None
@@ -406,11 +407,12 @@ def _override_variant(model: onnx.ModelProto, feeds: Mapping[str, Any], seed: in
         except (ValueError, TypeError):
             continue
         if value.dtype == np.bool_:
-            extra[t.name] = ~value
+            extra[t.name] = np.logical_not(value)
         elif value.dtype.kind in "iu":
             extra[t.name] = value.reshape(-1)[::-1].reshape(value.shape).copy()
         elif value.dtype.kind == "f":
-            extra[t.name] = (value + rng.uniform(-1, 1, value.shape)).astype(value.dtype)
+            # shifted up, so a default that must stay positive (an epsilon, a variance) still is
+            extra[t.name] = np.asarray(value + rng.uniform(0.25, 1, value.shape), dtype=value.dtype)
     return {**feeds, **extra} if extra else None
 
 

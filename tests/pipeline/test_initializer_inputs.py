@@ -200,3 +200,18 @@ def test_cli_freeze_initializer_inputs(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["frozen_inputs"] == ["target"]
     assert "frozen" in r.stdout and "target" in r.stdout
+
+
+def test_a_scalar_default_is_overridden_too():
+    """Found by bench/fuzz_fix.py --verify: a 0-d default (a LayerNorm epsilon) was offered as a numpy
+    scalar, which ONNX Runtime refuses, so no sample overrode it and a fold of it went unnoticed."""
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,4] x, float eps) => (float[2,4] y) <float eps = {1e-5}> {
+      v = Mul (x, x)
+      a = Add (v, eps)
+      y = Sqrt (a)
+    }""")
+    out, report = surgeon.fix(m, ["cleanup"])
+    assert "x[2, 4], eps[]" in report.samples
+    assert _inputs(out) == _inputs(m)
