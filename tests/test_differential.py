@@ -34,7 +34,7 @@ def _plans():
         st.lists(block, min_size=1, max_size=6).map(tuple)))
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(_plans())
 def test_default_pipeline_without_verification_keeps_the_function(plan):

@@ -172,7 +172,8 @@ def _case(draw):
     return op, inputs, attrs
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_evaluators_agree_with_onnx_runtime(data):
     op, inputs, attrs = _case(data.draw)
