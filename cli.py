@@ -66,6 +66,9 @@ def _add_fix(sub) -> None:
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when any pass was rolled back or the output could not be verified numerically")
     p.add_argument("--fix-shapes", action="store_true", help="write --input-shapes into the saved model")
+    p.add_argument("--freeze-initializer-inputs", action="store_true",
+                   help="treat initializers listed as graph inputs (defaults a user may override) as constants: "
+                        "they leave the inputs and may be folded")
     p.add_argument("--rounds", type=int, default=2, help="repeat the pipeline until nothing changes, at most this often")
     p.add_argument("--rules", nargs="+", default=[], metavar="RULES.py", help="user rule files for replace-custom-ops")
     p.add_argument("--bisect-limit", type=int, metavar="N", help="apply only the first N rewrites (opt-bisect)")
@@ -92,6 +95,7 @@ def _cmd_fix(args) -> int:
             args.model, args.passes, output=args.output, report=args.report, verify=not args.no_verify,
             strict=args.strict, input_shapes=parse_shape_args(args.input_shapes), load_inputs=args.load_inputs,
             seed=args.seed, atol=tolerances(args.atol), rtol=tolerances(args.rtol), fix_shapes=args.fix_shapes,
+            freeze_initializer_inputs=args.freeze_initializer_inputs,
             rounds=args.rounds, bisect_limit=args.bisect_limit, exclude_file=args.exclude_rewrites, rules=args.rules,
             target_opset=args.target_opset, profile=args.profile, profile_on=args.profile_on, progress=status.update,
         )

@@ -4,7 +4,7 @@ Exporters write ``x.view(N, -1)`` as Shape → Gather → Unsqueeze → Concat �
 ``flatten(x, 2, 3)`` as Shape → Slice → Concat → Reshape. TensorRT and ORT handle these
 chains, but they cost nodes, block fusions, and onnxsim cannot remove them when a
 dimension is dynamic. This pass evaluates each chain symbolically
-(:mod:`passes._shape_utils`) and replaces it by a constant whenever the constant means
+(:mod:`surgeon.evaluators` with the dims of :mod:`passes._shape_utils`) and replaces it by a constant whenever the constant means
 the same thing for *every* input size:
 
 - a Reshape target entry that is "dim i of the Reshape's own input" becomes ``0``
@@ -36,6 +36,7 @@ import onnx_graphsurgeon as gs
 from passes import _shape_utils as su
 from surgeon import graph as G
 from surgeon import graph_ops as K
+from surgeon.evaluators import Evaluator
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
 
@@ -56,7 +57,7 @@ class _Edit:
     ctx: PassContext
     log: PassLog
     names: set
-    evaluator: su.Evaluator
+    evaluator: Evaluator
     seeds: list = field(default_factory=list)  # tensors whose producers may now be dead
     removed: set = field(default_factory=set)  # ids of nodes taken out of the graph
     reorder: set = field(default_factory=set)  # ids of graphs that got new nodes (to sort)
@@ -713,7 +714,7 @@ class FoldShapeChains(Pass):
         opset = model.opset() or 1
         facts = _facts(model.export().for_checker(), graph, opset)
         edit = _Edit(root=graph, facts=facts, opset=opset, ctx=ctx, log=log, names=G.all_names(graph),
-                     evaluator=su.Evaluator(facts, lambda: opset))
+                     evaluator=su.evaluator(facts, opset))
         changed = False
         for _ in range(4):  # later rules see what earlier ones made constant
             step = False
@@ -735,5 +736,5 @@ class FoldShapeChains(Pass):
             # the facts are re-derived from the rewritten graph for the next sweep.
             facts = _facts(model.export().for_checker(), graph, opset)
             edit.facts = facts
-            edit.evaluator = su.Evaluator(facts, lambda: opset)
+            edit.evaluator = su.evaluator(facts, opset)
         return changed

@@ -23,7 +23,8 @@ inputs, IR >= 4); two nodes that both write graph outputs (one output name would
 go). When the duplicate writes a graph output, the node that stays writes that name
 instead, so output names never change. Constants shared by an outer graph and a body are
 not moved between scopes: onnx-graphsurgeon would write them into every body that reads
-them.
+them; nor is a body's Constant node replaced by an enclosing graph's (onnx's shape
+inference would not see its value from the body, and the checker rejects what it infers).
 """
 
 from __future__ import annotations
@@ -164,6 +165,12 @@ class _Run:
                 table[key] = (node, graph)
                 continue
             kept, kept_graph = found
+            if kept_graph is not graph and node.op == "Constant":
+                # A body keeps its own constants: onnx's shape inference does not see the value
+                # of an enclosing graph's Constant from inside a body, and then infers wrong
+                # shapes the checker rejects (a Slice's axes, then a Resize's sizes).
+                table[key] = (node, graph)
+                continue
             reason = self.refusal(node, graph, kept, kept_graph)
             if reason:
                 self.log.note(f"{node.op} {_label(node)} not merged with {_label(kept)}: {reason}")

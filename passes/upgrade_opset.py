@@ -17,8 +17,9 @@ it, :func:`upgrade` adds what a verified pipeline needs:
 - a converter failure, or a converted model the ONNX checker rejects where the input
   passed, becomes a refusal that names the op (from the converter's message, or by
   converting the suspect nodes one by one);
-- what the converter drops is put back: each node's ``metadata_props`` (provenance),
-  the model's metadata, and custom-domain opset imports. Nodes the converter created
+- what the converter drops or rewrites is put back: each node's ``metadata_props``
+  (provenance), the model's metadata, custom-domain opset imports, and the declared types
+  of the graph's inputs and outputs (it writes inferred static dims over dynamic ones). Nodes the converter created
   (a ``Constant`` for axes that became an input) are stamped with this pass as their
   provenance. Models with local functions are refused: the converter drops them.
 - the IR version is raised to the lowest one that the target opset requires.
@@ -239,6 +240,14 @@ def _assemble(converted: onnx.ModelProto, original: onnx.ModelProto, held: dict[
     for t in converted.graph.initializer:
         if t.name in held:
             t.CopyFrom(held[t.name])  # the one copy of the weights this pass makes
+    # The converter runs shape inference and writes what it found into the declared graph
+    # inputs and outputs (an output the model declares [a, b] became [2, 4]); the interface
+    # is the model's, so the declarations are put back.
+    for kind in ("input", "output"):
+        declared = {vi.name: vi.type for vi in getattr(original.graph, kind)}
+        for vi in getattr(converted.graph, kind):
+            if vi.name in declared:
+                vi.type.CopyFrom(declared[vi.name])
     versions = {o.domain: o.version for o in original.opset_import}
     versions["" if "" in versions or "ai.onnx" not in versions else "ai.onnx"] = target
     del converted.opset_import[:]

@@ -243,10 +243,13 @@ class Model:
         self._bind(skeleton, weights)
         used = self._read_names
         del self._read_names
-        # An overridable default (IR >= 4, listed as an input) is part of the interface even unread.
+        # An overridable default (IR >= 4, listed as an input) is part of the interface even unread:
+        # unread ones are kept aside (cleanup never removes them), read ones in ``defaults``.
         interface = self.listed_initializers if self.header.ir_version >= 4 else set()
         self.unused_initializers = [_copy_tensor(t) for t in g.initializer if t.name not in used and t.name not in interface]
-        self.unused_weights = {W.stub_key(t): weights[W.stub_key(t)] for t in self.unused_initializers if W.stub_key(t)}
+        self.unread_defaults = [_copy_tensor(t) for t in g.initializer if t.name not in used and t.name in interface]
+        self.unused_weights = {W.stub_key(t): weights[W.stub_key(t)]
+                               for t in self.unused_initializers + self.unread_defaults if W.stub_key(t)}
 
     def _bind(self, skeleton: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> None:
         """Metadata, overridable marks, owners, and the shared arrays behind stubs."""
@@ -258,8 +261,10 @@ class Model:
             setattr(node, META, props)
             if raw:
                 setattr(node, RAW_ATTRS, raw)
+            _by_identity(node)
         self.declared_types = _declared_types(skeleton.graph, self.graph)
         overridable = self.listed_initializers if self.header.ir_version >= 4 else set()
+        self.defaults: dict[str, gs.Constant] = {}  # the overridable initializers nodes read, by name
         owner_of = {name: gid for gid, names in _initializer_owners(skeleton.graph, self.graph).items() for name in names}
         root = id(self.graph)
         for const in self._constants():
@@ -278,6 +283,7 @@ class Model:
                 setattr(const, OWNER, owner)
             if owner == root and const.name in overridable:
                 setattr(const, OVERRIDABLE, True)
+                self.defaults[const.name] = const
 
     def _constants(self) -> Iterator[gs.Constant]:
         seen: set[int] = set()
@@ -325,6 +331,25 @@ class Model:
 
     def opset(self, domain: str = "") -> int | None:
         return self.opsets.get(domain)
+
+    def freeze_initializer_inputs(self) -> list[str]:
+        """Make every overridable default (IR >= 4 initializer listed as an input) a plain constant.
+
+        They leave the graph inputs, so passes may fold them; returns their names. For a
+        user who knows the defaults are never overridden (``--freeze-initializer-inputs``);
+        IR < 4 models have no overridable defaults (every initializer is listed there).
+        """
+        if self.header.ir_version < 4:
+            return []
+        names = sorted(self.listed_initializers)
+        for const in self.defaults.values():
+            setattr(const, OVERRIDABLE, False)
+        self.defaults = {}
+        self.unused_initializers.extend(self.unread_defaults)
+        self.unread_defaults = []
+        self.declared_inputs = [vi for vi in self.declared_inputs if vi.name not in self.listed_initializers]
+        self.listed_initializers = set()
+        return names
 
     def declare_output(self, name: str, tensor_type: onnx.TypeProto) -> None:
         """Replace a main-graph output's declared tensor type (its element type and dims)."""
@@ -587,6 +612,33 @@ def _declared_types(graph: onnx.GraphProto, gs_graph: gs.Graph) -> dict[int, dic
     return out
 
 
+class _IdentityList(misc.SynchronizedList):
+    """graphsurgeon's synchronized input/output list, taking a node out of a tensor's list by identity.
+
+    graphsurgeon removes with ``list.remove``, which compares nodes by name, op, attributes
+    and tensor names: two sibling bodies written alike (an If whose branches are one
+    exporter-copied graph) hold nodes that compare equal, and detaching one removed the
+    other's entry from the outer tensor they both read (a crash later, or a wrong graph).
+    """
+
+    def _remove_from_elem(self, elem):
+        peers = getattr(elem, self.field_name)
+        for i, x in enumerate(peers):
+            if x is self.parent_obj:
+                list.__delitem__(peers, i)
+                return
+        raise ValueError(f"{self.parent_obj!r} is not in the {self.field_name} of {elem.name}")
+
+
+def _by_identity(node: gs.Node) -> None:
+    """Give an imported node identity-based input/output lists (their counterparts are already linked)."""
+    for field, peer in (("inputs", "outputs"), ("outputs", "inputs")):
+        items = list(getattr(node, field))
+        replacement = _IdentityList(node, peer, [])
+        list.extend(replacement, items)
+        object.__setattr__(node, field, replacement)
+
+
 def _initializer_owners(graph: onnx.GraphProto, gs_graph: gs.Graph) -> dict[int, set[str]]:
     """id(gs graph) → names of the initializers that graph declared."""
     owners = {id(gs_graph): {t.name for t in graph.initializer}}
@@ -621,7 +673,11 @@ class _Exporter:
             placement.setdefault(self._home(const, self.uses[cid]), []).append(const)
         self.placement = placement
         graph = self._graph(root)
-        for t in self.model.unused_initializers:
+        placed = {t.name for t in graph.initializer}
+        for name, const in self.model.defaults.items():  # a default no node reads any more stays an input
+            if name not in placed:
+                graph.initializer.append(self._tensor(const))
+        for t in self.model.unused_initializers + self.model.unread_defaults:
             t2 = _copy_tensor(t)
             key = W.stub_key(t2)
             if key is not None:

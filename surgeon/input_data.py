@@ -353,6 +353,37 @@ def _absent_variant(specs: list[InputSpec], feeds: Mapping[str, Any]) -> dict[st
     return {k: (None if k in optional else v) for k, v in feeds.items()}
 
 
+def _override_variant(model: onnx.ModelProto, feeds: Mapping[str, Any], seed: int) -> dict[str, Any] | None:
+    """``feeds`` plus other values for the overridable defaults (IR >= 4 initializers listed as inputs).
+
+    A pass that read such a default as a constant computes something else once it is
+    fed: this sample shows it. Floats get the default plus a random 0.25 to 1 (arrays, 0-d
+    included), integers the default's entries reversed (a reshape target stays a valid
+    one), booleans their negation. Only defaults held in the skeleton (not weight stubs)
+    are fed; None when there are none.
+    """
+    if model.ir_version < 4:
+        return None
+    listed = {vi.name for vi in model.graph.input}
+    rng = np.random.default_rng(seed + 7919)
+    extra: dict[str, Any] = {}
+    for t in model.graph.initializer:
+        if t.name not in listed or t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        try:
+            value = onnx.numpy_helper.to_array(t)
+        except (ValueError, TypeError):
+            continue
+        if value.dtype == np.bool_:
+            extra[t.name] = np.logical_not(value)
+        elif value.dtype.kind in "iu":
+            extra[t.name] = value.reshape(-1)[::-1].reshape(value.shape).copy()
+        elif value.dtype.kind == "f":
+            # shifted up, so a default that must stay positive (an epsilon, a variance) still is
+            extra[t.name] = np.asarray(value + rng.uniform(0.25, 1, value.shape), dtype=value.dtype)
+    return {**feeds, **extra} if extra else None
+
+
 def _batch_symbols(specs: list[InputSpec]) -> set[str]:
     out = set()
     for s in specs:
@@ -453,6 +484,9 @@ def _verification_samples(model, specs, pins, seed, runs):
         absent = _absent_variant(specs, samples[0])
         if absent is not None and runs(absent):
             samples = samples + [absent]
+        overridden = _override_variant(model, samples[-1], seed)
+        if overridden is not None and runs(overridden):
+            samples = samples + [overridden]
         return samples, note
 
     if all(s in fixed for s in symbols(specs)):

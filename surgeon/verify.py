@@ -60,9 +60,15 @@ def _signature(vis, *, keep_dims: bool) -> list[tuple]:
 
 
 def io_problem(before: onnx.ModelProto, after: onnx.ModelProto) -> str | None:
-    """Why ``after`` does not keep ``before``'s interface, or None."""
-    inits_b = {t.name for t in before.graph.initializer}
-    inits_a = {t.name for t in after.graph.initializer}
+    """Why ``after`` does not keep ``before``'s interface, or None.
+
+    From IR 4 on, an initializer listed as a graph input is an input with a default, which
+    a user may feed: it counts like any input. Before IR 4 every initializer had to be
+    listed, so those listings say nothing about the interface and are left out.
+    """
+    legacy = before.ir_version < 4
+    inits_b = {t.name for t in before.graph.initializer} if legacy else set()
+    inits_a = {t.name for t in after.graph.initializer} if legacy else set()
     ins_b = [vi for vi in before.graph.input if vi.name not in inits_b]
     ins_a = [vi for vi in after.graph.input if vi.name not in inits_a]
     if _signature(ins_b, keep_dims=True) != _signature(ins_a, keep_dims=True):

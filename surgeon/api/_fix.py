@@ -71,6 +71,7 @@ def fix(
     atol: Any = None,
     rtol: Any = None,
     fix_shapes: bool = False,
+    freeze_initializer_inputs: bool = False,
     rounds: int = 2,
     bisect_limit: int | None = None,
     exclude: frozenset[str] | set[str] = frozenset(),
@@ -93,7 +94,8 @@ def fix(
     ``report``, the JSON report too. ``load_inputs`` verifies on the samples of an .npz or
     Polygraphy JSON file, which must fit the model. ``profile`` then times input and output
     on ONNX Runtime CPU (or on the backend ``profile_on``, e.g. ``onnxrt-cuda``). ``strict`` only checks that verification is on; whether the result
-    is proven is :attr:`FixResult.unproven`.
+    is proven is :attr:`FixResult.unproven`. ``freeze_initializer_inputs``: initializers listed as
+    graph inputs (defaults a user may override) become plain constants first, so passes may fold them.
     """
     from surgeon import model as model_io
     from surgeon.pipeline import registry
@@ -134,7 +136,7 @@ def fix(
     exclusions = frozenset(exclude) | read_exclusions(exclude_file)
     fixed, fix_report = run_pipeline(
         model, names, verify=verify, input_shapes=input_shapes, samples=samples, seed=seed, atol=atol, rtol=rtol,
-        fix_shapes=fix_shapes, rounds=rounds, bisect_limit=bisect_limit, exclude=exclusions, only=only,
+        fix_shapes=fix_shapes, freeze_initializer_inputs=freeze_initializer_inputs, rounds=rounds, bisect_limit=bisect_limit, exclude=exclusions, only=only,
         options=opts, progress=progress,
     )
     result = FixResult(fixed, fix_report, profile_on=profile_on)

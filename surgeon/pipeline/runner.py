@@ -67,6 +67,7 @@ class FixReport:
     seconds: float
     applications: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    frozen_inputs: list[str] = field(default_factory=list)  # initializer-backed inputs made constants first
 
     @property
     def rolled_back(self) -> list[PassReport]:
@@ -281,6 +282,7 @@ def fix(
     rtol: float | None = None,
     seed: int = 0,
     fix_shapes: bool = False,
+    freeze_initializer_inputs: bool = False,
     rounds: int = 2,
     bisect_limit: int | None = None,
     exclude: frozenset[str] | set[str] = frozenset(),
@@ -294,8 +296,10 @@ def fix(
     (from :func:`surgeon.model.open_model`) is edited in place and returned, so that its
     weights are never copied. ``passes``: names or "a,b,c" (None: the default pipeline).
     ``input_shapes`` pins dynamic dims for verification; with ``fix_shapes`` they are also
-    written into the model. ``bisect_limit``/``exclude``/``only`` restrict rewrite
-    applications (see RewriteBudget).
+    written into the model. ``freeze_initializer_inputs``: initializers listed as graph
+    inputs (IR >= 4: defaults a user may override, which no pass folds) leave the inputs
+    first and become constants; the report names them. ``bisect_limit``/``exclude``/``only``
+    restrict rewrite applications (see RewriteBudget).
     """
     names = registry.parse_pipeline(passes)
     start = time.perf_counter()
@@ -311,6 +315,9 @@ def fix(
         from surgeon.shapes import pin_input_shapes
 
         pin_input_shapes(work, input_shapes)
+        initial = work.export()
+    frozen = work.freeze_initializer_inputs() if freeze_initializer_inputs else []
+    if frozen:
         initial = work.export()
     nodes_before, ops_before = G.count_nodes(work), G.op_histogram(work)
     verifier = Verifier(initial, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol,
@@ -339,6 +346,9 @@ def fix(
         raise ModelLoadError(f"the model is invalid and the passes could not repair it: {verifier.checker_reason}")
     if verifier.note:
         notes.insert(0, verifier.note)
+    if frozen:
+        notes.insert(0, f"{len(frozen)} initializer(s) listed as graph inputs were frozen (made constants, no "
+                        f"longer inputs, so passes may fold them): {', '.join(frozen)}")
     if verifier.numeric:
         verification = NUMERIC
     elif all(p.checked == PROOF for p in reports if p.status == APPLIED):
@@ -358,9 +368,10 @@ def fix(
         seconds=time.perf_counter() - start,
         applications=[asdict(a) for a in budget.applications],
         notes=notes,
+        frozen_inputs=frozen,
     )
     if as_proto:
-        if not any(p.status == APPLIED for p in reports) and not fix_shapes:  # the input as it was, byte for byte
+        if not any(p.status == APPLIED for p in reports) and not fix_shapes and not frozen:  # the input as it was, byte for byte
             unchanged_model = onnx.ModelProto()
             unchanged_model.CopyFrom(model)
             return unchanged_model, report
