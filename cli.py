@@ -132,6 +132,8 @@ def _add_fix(sub) -> None:
     p.add_argument("--exclude-rewrites", metavar="FILE", help="file of PASS:RULE:NODE rewrite keys not to apply")
     p.add_argument("--load-inputs", metavar="FILE",
                    help="verify on these inputs (.npz or Polygraphy JSON) instead of generated ones")
+    p.add_argument("--val-range", nargs="+", default=[], metavar="NAME:[LO,HI]",
+                   help="value range for generated verification inputs (overrides the inferred one)")
     p.add_argument("--target-opset", type=_opset_arg, metavar="N",
                    help="first raise the default-domain opset to N (pass upgrade-opset; never downgrades)")
     p.add_argument("--profile", action="store_true",
@@ -167,11 +169,12 @@ def _read_exclusions(path: str | None) -> frozenset[str]:
 def _cmd_fix(args) -> int:
     import surgeon
     from surgeon import model as model_io
-    from surgeon.input_data import parse_shape_args
+    from surgeon.input_data import parse_shape_args, parse_value_ranges
     from surgeon.errors import UsageError
     from surgeon.fix_report import render_fix
 
     shapes = parse_shape_args(args.input_shapes)
+    value_ranges = parse_value_ranges(args.val_range)
     passes = surgeon.pipeline.registry.parse_pipeline(args.passes)
     if args.strict and args.no_verify:
         raise UsageError("--strict asks for numeric verification, which --no-verify turns off; give one of them")
@@ -194,7 +197,7 @@ def _cmd_fix(args) -> int:
     with Progress("running passes") as status:
         fixed, report = surgeon.fix(
             model, passes, verify=not args.no_verify, input_shapes=shapes, samples=samples, seed=args.seed,
-            atol=_tolerances(args.atol), rtol=_tolerances(args.rtol), fix_shapes=args.fix_shapes,
+            value_ranges=value_ranges, atol=_tolerances(args.atol), rtol=_tolerances(args.rtol), fix_shapes=args.fix_shapes,
             rounds=args.rounds, bisect_limit=args.bisect_limit, exclude=_read_exclusions(args.exclude_rewrites),
             options={"rules": args.rules, "target_opset": args.target_opset}, progress=lambda msg: status.update(msg),
         )

@@ -280,6 +280,7 @@ def fix(
     atol: float | None = None,
     rtol: float | None = None,
     seed: int = 0,
+    value_ranges: Mapping[str, tuple[float, float]] | None = None,
     fix_shapes: bool = False,
     rounds: int = 2,
     bisect_limit: int | None = None,
@@ -294,7 +295,8 @@ def fix(
     (from :func:`surgeon.model.open_model`) is edited in place and returned, so that its
     weights are never copied. ``passes``: names or "a,b,c" (None: the default pipeline).
     ``input_shapes`` pins dynamic dims for verification; with ``fix_shapes`` they are also
-    written into the model. ``bisect_limit``/``exclude``/``only`` restrict rewrite
+    written into the model. ``value_ranges`` (``--val-range``) sets the values of generated
+    samples for the inputs it names. ``bisect_limit``/``exclude``/``only`` restrict rewrite
     applications (see RewriteBudget).
     """
     names = registry.parse_pipeline(passes)
@@ -314,7 +316,7 @@ def fix(
         initial = work.export()
     nodes_before, ops_before = G.count_nodes(work), G.op_histogram(work)
     verifier = Verifier(initial, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol,
-                        seed=seed)
+                        seed=seed, value_ranges=value_ranges)
     budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude),
                            only=None if only is None else frozenset(only))
     pipeline = _Pipeline(work, initial, names, verifier, budget, options or {}, progress,
@@ -332,10 +334,10 @@ def fix(
         accepted = work.export()
     if verifier.level == INVALID:
         raise ModelLoadError(f"the model is invalid and the passes could not repair it: {verifier.checker_reason}")
-    if verifier.note:
-        notes.insert(0, verifier.note)
+    notes[:0] = verifier.notes
     if verifier.numeric:
-        verification = NUMERIC
+        untested = verifier.untested_changes(accepted)
+        verification = NUMERIC if untested is None else f"not verified: {untested}; give --load-inputs"
     elif all(p.checked == PROOF for p in reports if p.status == APPLIED):
         # Every change is the same computation graph: equivalent without running anything.
         verification = PROOF

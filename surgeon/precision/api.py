@@ -112,6 +112,22 @@ def reference_outputs(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any
                            "give --input-shapes, --val-range or --load-inputs") from exc
 
 
+def refuse_degenerate(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]],
+                      reference: Sequence[Mapping[str, Any]], tolerances: Mapping[str, Any]) -> None:
+    """A UsageError when the FP32 outputs cannot show a difference (:mod:`surgeon.evidence`):
+    NaN on every sample, or every output constant or blind. Any set of FP32 islands would
+    "meet the tolerance" against such a reference, so there is nothing to search."""
+    from surgeon import evidence
+
+    found = evidence.assess(reference, samples, dependent=evidence.input_dependent_outputs(model),
+                            atol={k: t.atol for k, t in tolerances.items()},
+                            rtol={k: t.rtol for k, t in tolerances.items()})
+    if not found.conclusive:
+        raise UsageError(f"the FP32 model's outputs on these samples cannot show an FP16 error: "
+                         f"{found.summary().replace('the reference', 'the FP32 reference', 1)}; "
+                         "give --load-inputs with inputs the model computes real values on")
+
+
 def _unmeetable(j: Judgement) -> UsageError:
     worst = j.worst()
     detail = j.error or (f"output '{worst.name}': {worst.short()}" if worst else "")
@@ -185,6 +201,7 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
     say("running the FP32 model")
     reference, again = reference_outputs(named, samples)
     tolerances = resolve_tolerances(reference[0], options.atol, options.rtol, options.precision)
+    refuse_degenerate(named, samples, reference, tolerances)
     repeat = judge(reference[:1], [again], tolerances)
     if not repeat.passed:
         raise _unmeetable(repeat)
