@@ -990,7 +990,8 @@ def _cmd_fp16(args) -> int:
     samples = _samples_from_args(args, model, runs=None if args.load_inputs else _probe_runs("onnxrt", model))
     options = Fp16Options(precision=args.precision, keep=args.keep, keep_io_types=args.keep_io_types,
                           atol=_tolerances(args.atol), rtol=_tolerances(args.rtol), max_oracle_calls=args.max_oracle_calls,
-                          trt_check=False if args.no_trt_check else None, layer_precisions=args.layer_precisions)
+                          trt_check=False if args.no_trt_check else None, layer_precisions=args.layer_precisions,
+                          realistic=not (args.load_inputs or args.input_shapes))
     from surgeon.report import Progress
 
     with Progress("fp16") as status:
