@@ -44,12 +44,13 @@ DEFAULT_ELEMENT_SHAPE = (3,)  # a sequence element whose shape the model leaves 
 # different sizes, and different symbols different sizes, so a pass that bakes in or
 # mixes up a dimension is caught. Scale 32 comes first: image models downsample by 32,
 # and at tiny sizes every feature map is 1x1, where a baked-in H/32 would go unnoticed.
-# 256 covers audio-length dims (STFT windows); 1 covers models that need tiny sizes.
-_SIZE_LADDER = (32, 8, 256, 1)
+# 256 covers audio-length dims (STFT windows); 1 covers models that need tiny sizes; 128
+# (a 256-sample window, silero's 8 kHz chunk) only where nothing before it ran.
+_SIZE_LADDER = (32, 8, 256, 1, 128)
 # Dims only integer inputs carry (token ids, attention masks, positions) start small: a
 # sequence of 8 tokens exercises the same graph as 64, and a language model's cost, its
 # vocabulary projection above all, grows with every token of every verification run.
-_TOKEN_LADDER = (4, 32, 8, 1)
+_TOKEN_LADDER = (4, 32, 8, 1, 16)
 _BATCH_SIZES = (2, 3)
 
 # Element types numpy lacks; onnx maps them to ml_dtypes types of these names.
@@ -652,7 +653,40 @@ def _verification_samples(model, specs, pins, seed, runs, ranges, images=False, 
         if runs(f):
             return finish([f], "only one size of the dynamic dimensions could be run; give --input-shapes or --load-inputs",
                           plan.sizes)
+    tied = _tied_state_dims(specs, fixed)
+    if tied:  # recurrent states: [layers, batch, hidden] whose batch is a dim of its own
+        attempts = [[{**sizes, **{d: sizes[b] for d, b in tied.items()}} for sizes in pair]
+                    for pair in size_attempts(specs, pins, graph)]
+        for pair in attempts:
+            plans = [_plan(model, specs, sizes, pins, ranges, index) for sizes in pair]
+            feeds = [_feeds(specs, p, pins, seed + i, ranges, images) for i, p in enumerate(plans)]
+            if all(runs(f) for f in feeds):
+                return finish(feeds, None, plans[0].sizes)
+        for pair in attempts:
+            plan = _plan(model, specs, pair[0], pins, ranges, index)
+            f = _feeds(specs, plan, pins, seed, ranges, images)
+            if runs(f):
+                return finish([f], "only one size of the dynamic dimensions could be run; give --input-shapes or "
+                              "--load-inputs", plan.sizes)
     return [], _no_sample_note(problems, "no generated input sizes run on the model")
+
+
+def _tied_state_dims(specs: list[InputSpec], fixed: Mapping[str, int]) -> dict[str, str]:
+    """Dims to try equal to the batch when nothing else runs: an input whose one dynamic dim is
+    not its first (a recurrent state ``[layers, batch, hidden]``, silero's ``state[2, ?, 128]``)
+    whose batch is a symbol of its own, tied to the one batch symbol of the other inputs."""
+    batch = {s.shape[0] for s in specs if s.is_tensor and s.shape and isinstance(s.shape[0], str)} - set(fixed)
+    if len(batch) != 1:
+        return {}
+    (b,) = batch
+    tied = {}
+    for s in specs:
+        if not s.is_tensor or not s.shape:
+            continue
+        dynamic = [d for d in s.shape if isinstance(d, str) and d not in fixed]
+        if len(dynamic) == 1 and s.shape[0] != dynamic[0] and dynamic[0] != b:
+            tied[dynamic[0]] = b
+    return tied
 
 
 # Realistic image sizes, tried in order: 224 (ImageNet classifiers; a multiple of 32, every

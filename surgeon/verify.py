@@ -258,20 +258,20 @@ class Verifier:
             return samples, reference
         candidates = []
         if generated:
+            # Other values for the inputs the conditions depend on (the rest as drawn), then other seeds.
             given = dict(value_ranges or {})
-            specs = input_data.input_specs(model.skeleton)
-            floats = [s.name for s in specs if s.is_tensor and input_data.is_float_dtype(s.dtype)]
-            ints = [s.name for s in specs if s.is_tensor and input_data.is_integer_dtype(s.dtype)]
-            tries = [({}, seed + 100), ({}, seed + 200)]
-            for lo, hi in ((0.0, 1.0), (-1.0, 0.0), (-10.0, 10.0)):
-                tries.append(({n: (lo, hi) for n in floats}, seed))
-            for lo, hi in ((0.0, 1.0), (1.0, 4.0)):
-                tries.append(({n: (lo, hi) for n in ints}, seed))
+            deps = {n for i in ifs for n in i.inputs} - set(given)
+            specs = [s for s in input_data.input_specs(model.skeleton) if s.is_tensor and s.name in deps]
+            floats = [s.name for s in specs if input_data.is_float_dtype(s.dtype)]
+            ints = [s.name for s in specs if input_data.is_integer_dtype(s.dtype)]
+            tries = [({n: (lo, hi) for n in ints}, seed) for lo, hi in ((0.0, 1.0), (1.0, 4.0)) if ints]
+            tries += [({n: (lo, hi) for n in floats}, seed) for lo, hi in ((0.0, 1.0), (-1.0, 0.0), (-10.0, 10.0))
+                      if floats]
+            tries += [({}, seed + 100), ({}, seed + 200)]
             for ranges, s in tries:
-                if ranges or s != seed:
-                    merged = {**ranges, **given}
-                    candidates.append(lambda merged=merged, s=s: input_data.verification_samples(
-                        model.skeleton, input_shapes, s, runs, merged)[0])
+                merged = {**ranges, **given}
+                candidates.append(lambda merged=merged, s=s: input_data.verification_samples(
+                    model.skeleton, input_shapes, s, runs, merged)[0])
         found = coverage.cover(ifs, samples, conditions=lambda feeds: [conds.run(f) for f in feeds],
                                candidates=candidates, runs=runs)
         reference = reference + [session.run(f) for f in found.samples[len(samples):]]
