@@ -47,11 +47,7 @@ class Weakness:
 
     def phrase(self) -> str:
         """``is NaN on every sample``: what to say after the output's name."""
-        if self.kind == NONFINITE:
-            return f"is {self.what} on every sample"
-        if self.kind == CONSTANT:
-            return f"is {self.what} on every sample"
-        return f"is {self.what}"
+        return f"is {self.what}" if self.kind == BLIND else f"is {self.what} on every sample"
 
     def to_dict(self) -> dict:
         return {"output": self.output, "kind": self.kind, "what": self.what}
@@ -86,7 +82,7 @@ class Evidence:
         """
         if not self.weak:
             return "the reference is informative"
-        blocking = self.nonfinite if self.conclusive is False and self.nonfinite else self.weak
+        blocking = self.nonfinite or self.weak
         if len(blocking) == len(self.assessed) and len({(w.kind, w.what) for w in blocking}) == 1:
             return f"the reference {blocking[0].phrase()}"
         parts = [f"output '{w.output}' {w.phrase()}" for w in blocking[:3]]
@@ -230,8 +226,12 @@ def input_dependent_outputs(model: onnx.ModelProto) -> set[str]:
         return names
 
     random_ops = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-    for node in model.graph.node:  # topological order (checked models); one sweep
-        reads = [i for i in node.input if i] + sorted(body_reads(node))
-        if node.op_type in random_ops or any(i in live for i in reads):
-            live.update(o for o in node.output if o)
+    reads = [(node, [i for i in node.input if i] + sorted(body_reads(node))) for node in model.graph.node]
+    grew = True
+    while grew:  # one sweep in topological order; more only for a model whose nodes are not sorted
+        grew = False
+        for node, names in reads:
+            if (node.op_type in random_ops or any(i in live for i in names)) and not all(o in live for o in node.output if o):
+                live.update(o for o in node.output if o)
+                grew = True
     return {o.name for o in model.graph.output if o.name in live}

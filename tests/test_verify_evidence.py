@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import FIXTURES, ROOT, run_cli
+from helpers import FIXTURES, ROOT, model_from_text, run_cli
 import surgeon
 from surgeon.debug import compare_run
 
@@ -166,3 +166,37 @@ def test_fixture_script_reproduces_the_committed_files(tmp_path):
     spec.loader.exec_module(module)
     for name, model in module.build().items():
         assert model.SerializeToString() == (FIXTURES / name).read_bytes(), name
+
+
+SQRT_SHIFTED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[batch, 16] x) => (float[batch, 16] y) {
+  one = Constant <value = float {1.0}> ()
+  d = Sub (x, one)
+  r = Sqrt (d)
+  y = Mul (r, one)
+}"""
+
+
+def test_other_samples_are_drawn_when_the_default_ones_give_a_nan_reference():
+    # sqrt(x - 1) is NaN for every x in [-1, 1] (the default floats); [-10, 10] reaches its domain.
+    model = model_from_text(SQRT_SHIFTED)
+    _fixed, report = surgeon.fix(model)
+    assert report.verification == "numeric"
+    assert any(n.startswith("samples: float inputs in [-10, 10] (with the default samples the reference is NaN")
+               for n in report.notes), report.notes
+    cmp = compare_run.compare(model, test="onnxrt-noopt", nan_equal=True)  # the debug commands draw the same way
+    assert cmp.verdict == compare_run.MATCH
+    assert float(np.nanmax(cmp.runs["ref"][0]["y"])) > 0
+
+
+def test_loaded_inputs_that_give_a_nan_reference_are_not_replaced(tmp_path):
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(0, 64, size=(2, 8)).astype(np.int64),
+             "attention_mask": np.full((2, 8), 3, np.int64)}  # (1 - 3) * -3.4e38 = Inf: every output NaN
+    np.savez(tmp_path / "in.npz", **feeds)
+    res, report = _fix_json(tmp_path, "evidence_t5_mask.onnx", "--load-inputs", str(tmp_path / "in.npz"), "--strict",
+                            "--rules", WRONG_RULE)
+    assert res.returncode == 1
+    assert report["verification"] == ("not verified: the reference is NaN on every sample; the given inputs cannot "
+                                      "show a difference; give others")
