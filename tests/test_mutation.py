@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import sys
 
+import numpy as np
+import onnx
 import pytest
 
 from helpers import FIXTURES, ROOT
@@ -39,11 +41,9 @@ def test_planted_errors_that_change_outputs_are_rolled_back(mutation, name):
 
 def test_an_equivalent_mutant_is_told_apart_from_a_caught_one(mutation):
     """The realistic inputs decide equivalence on their own: an If branch they never take is equivalent."""
-    import onnx
-
     model = onnx.load(str(FIXTURES / "evidence_if_unreachable.onnx"))
     then = mutation.Mutant("unreachable", "affine", "then_y", "Add", onnx.TensorProto.FLOAT, True)
-    inputs = [{"x": __import__("numpy").full((2, 4), 0.5, "float32")}]
+    inputs = [{"x": np.full((2, 4), 0.5, np.float32)}]
     assert mutation.equivalent(model, mutation.mutate(model, then), inputs)[0]
     other = mutation.Mutant("unreachable", "swap", "th", "Tanh", onnx.TensorProto.FLOAT, True)
     assert not mutation.equivalent(model, mutation.mutate(model, other), inputs)[0]
