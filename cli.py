@@ -75,6 +75,8 @@ def _add_fix(sub) -> None:
     p.add_argument("--exclude-rewrites", metavar="FILE", help="file of PASS:RULE:NODE rewrite keys not to apply")
     p.add_argument("--load-inputs", metavar="FILE",
                    help="verify on these inputs (.npz or Polygraphy JSON) instead of generated ones")
+    p.add_argument("--val-range", nargs="+", default=[], metavar="NAME:[LO,HI]",
+                   help="value range for generated verification inputs (overrides the inferred one)")
     p.add_argument("--target-opset", type=opset_arg, metavar="N",
                    help="first raise the default-domain opset to N (pass upgrade-opset; never downgrades)")
     p.add_argument("--profile", action="store_true",
@@ -95,7 +97,7 @@ def _cmd_fix(args) -> int:
             args.model, args.passes, output=args.output, report=args.report, verify=not args.no_verify,
             strict=args.strict, input_shapes=parse_shape_args(args.input_shapes), load_inputs=args.load_inputs,
             seed=args.seed, atol=tolerances(args.atol), rtol=tolerances(args.rtol), fix_shapes=args.fix_shapes,
-            freeze_initializer_inputs=args.freeze_initializer_inputs,
+            value_ranges=parse_value_ranges(args.val_range), freeze_initializer_inputs=args.freeze_initializer_inputs,
             rounds=args.rounds, bisect_limit=args.bisect_limit, exclude_file=args.exclude_rewrites, rules=args.rules,
             target_opset=args.target_opset, profile=args.profile, profile_on=args.profile_on, progress=status.update,
         )

@@ -165,3 +165,13 @@ def output_digests(model: onnx.ModelProto, weights: Mapping[str, np.ndarray],
     head = _h(repr(opsets).encode(), *(o.name.encode() for o in model.graph.output))
     return (head, *_Digests(weights, by_value).graph(model.graph, {}, root=True))
 
+
+
+def body_digests(body: onnx.GraphProto, weights: Mapping[str, np.ndarray]) -> tuple[bytes, ...]:
+    """Digests of a control-flow body's outputs, each value it reads from enclosing scopes taken by name.
+
+    Tells whether a pass changed what a branch computes (:mod:`surgeon.coverage`) while
+    renames, Identity and dead nodes inside it leave the digests as they were.
+    """
+    env = {name: _h(b"outer", name.encode()) for name in _free_names(body)}
+    return tuple(_Digests(weights).graph(body, env, root=False))

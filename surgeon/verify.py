@@ -4,6 +4,12 @@ A candidate passes when: its graph inputs and outputs keep their names, order, e
 types and dynamic dims; the onnx checker accepts it; ONNX Runtime loads it; and on every
 seeded sample its outputs match the current reference within tolerance. Samples exercise
 every dynamic dimension at two sizes, so a pass that bakes a size in fails here.
+
+A comparison is only as strong as its samples: when the input model's outputs on them
+are NaN, constant or blind to the inputs (:mod:`surgeon.evidence`), other samples are
+drawn (:func:`surgeon.input_data.exercise`); when none gives an informative reference,
+nothing is verified numerically and the report says why ("not verified: the reference is
+NaN on every sample; give --load-inputs").
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import onnx
 
 from surgeon import model as model_io
 from surgeon.graph import Exported, op_histogram
-from surgeon import backends, input_data
+from surgeon import backends, coverage, evidence, input_data
 from surgeon.comparison import diff_outputs
 from surgeon.errors import BackendError, ModelLoadError
 from surgeon.graph_ops import infer_shapes
@@ -177,6 +183,7 @@ class Verifier:
         atol: float | None = None,
         rtol: float | None = None,
         seed: int = 0,
+        value_ranges: Mapping[str, tuple[float, float]] | None = None,
     ):
         self.atol, self.rtol = atol, rtol
         self.backend = backends.create("onnxrt", optimization="basic", memory_lean=True)
@@ -184,27 +191,112 @@ class Verifier:
         self.reference: list[dict[str, Any]] = []
         self.skipped: str | None = None if numeric else "numeric verification disabled (--no-verify)"
         self.note: str | None = None
+        self.notes: list[str] = []  # for the report: how the samples were chosen, what they cannot show
+        self.evidence: evidence.Evidence | None = None
+        self.uncovered: list[tuple[coverage.DataIf, str]] = []  # If branches no sample takes
+        self.initial: Exported | None = None  # the input model, whose uncovered branches a change must leave alone
         self.level, self.checker_reason = checker_level(model)
         if not numeric:
             return
+        input_data.check_value_ranges(model.skeleton, value_ranges)
         try:
             session = self.backend.session(model)
         except BackendError as exc:
             self.skipped = f"verification skipped: {exc}"
             return
 
+        generated = samples is None
+        runs = input_data.runs_on(session)
+
+        def draw(variant: input_data.Variant | None = None) -> list[dict[str, Any]]:
+            ranges = {**(variant.ranges if variant else {}), **dict(value_ranges or {})}
+            found, note = input_data.verification_samples(model.skeleton, input_shapes, seed, runs, ranges,
+                                                           images=bool(variant and variant.images))
+            if variant is None:
+                self.note = note
+            return found
+
         if samples is None:
-            samples, self.note = input_data.verification_samples(model.skeleton, input_shapes, seed,
-                                                                 input_data.runs_on(session))
+            samples = draw()
+            if self.note:
+                self.notes.append(self.note)
         if not samples:
             self.skipped = f"verification skipped: {self.note}"
             return
         try:
-            self.reference = [session.run(feeds) for feeds in samples]
+            reference = [session.run(feeds) for feeds in samples]
         except BackendError as exc:
             self.skipped = f"verification skipped: the input model fails on the given inputs ({exc})"
             return
-        self.samples = samples
+        dependent = evidence.input_dependent_outputs(model.skeleton)
+
+        def judge(refs: list[dict[str, Any]], feeds: list[dict[str, Any]]) -> evidence.Evidence:
+            return evidence.assess(refs, feeds, dependent=dependent, atol=atol, rtol=rtol)
+
+        if generated:
+            found = input_data.exercise(model.skeleton, samples, reference, make=draw, run=session.run, judge=judge,
+                                        given=value_ranges)
+        else:
+            found = input_data.Exercised(samples, reference, judge(reference, samples))
+        self.evidence = found.evidence
+        if not found.evidence.conclusive:
+            tried = f" (so it is with {'; with '.join(found.tried)})" if found.tried else ""
+            hint = "give --load-inputs" if generated else "the given inputs cannot show a difference; give others"
+            self.skipped = f"not verified: {found.evidence.summary()}{tried}; {hint}"
+            return
+        if found.note():
+            self.notes.append(found.note())
+        self.notes.extend(found.evidence.notes())
+        samples, reference = found.samples, found.references
+        ifs = coverage.data_dependent_ifs(model.skeleton)
+        if ifs:
+            samples, reference = self._cover(model, ifs, samples, reference, session, runs, generated,
+                                             input_shapes, seed, value_ranges)
+        self.samples, self.reference = samples, reference
+
+    def _cover(self, model: Exported, ifs: list[coverage.DataIf], samples: list[dict[str, Any]],
+               reference: list[dict[str, Any]], session: Any, runs: Any, generated: bool,
+               input_shapes: Mapping[str, tuple[int, ...]] | None, seed: int,
+               value_ranges: Mapping[str, tuple[float, float]] | None) -> tuple[list, list]:
+        """Samples that take every branch of the data-dependent Ifs, where such samples can be drawn."""
+        try:
+            conds = self.backend.session(Exported(coverage.condition_model(model.skeleton, ifs), model.weights))
+        except BackendError:
+            return samples, reference
+        candidates = []
+        if generated:
+            # Other values for the inputs the conditions depend on (the rest as drawn), then other seeds.
+            given = dict(value_ranges or {})
+            deps = {n for i in ifs for n in i.inputs} - set(given)
+            specs = [s for s in input_data.input_specs(model.skeleton) if s.is_tensor and s.name in deps]
+            floats = [s.name for s in specs if input_data.is_float_dtype(s.dtype)]
+            ints = [s.name for s in specs if input_data.is_integer_dtype(s.dtype)]
+            tries = [({n: (lo, hi) for n in ints}, seed) for lo, hi in ((0.0, 1.0), (1.0, 4.0)) if ints]
+            tries += [({n: (lo, hi) for n in floats}, seed) for lo, hi in ((0.0, 1.0), (-1.0, 0.0), (-10.0, 10.0))
+                      if floats]
+            tries += [({}, seed + 100), ({}, seed + 200)]
+            for ranges, s in tries:
+                merged = {**ranges, **given}
+                candidates.append(lambda merged=merged, s=s: input_data.verification_samples(
+                    model.skeleton, input_shapes, s, runs, merged)[0])
+        found = coverage.cover(ifs, samples, conditions=lambda feeds: [conds.run(f) for f in feeds],
+                               candidates=candidates, runs=runs)
+        reference = reference + [session.run(f) for f in found.samples[len(samples):]]
+        self.uncovered, self.initial = found.uncovered, model
+        self.notes.extend(found.notes())
+        return found.samples, reference
+
+    def untested_changes(self, final: Exported) -> str | None:
+        """Why ``final`` is not verified although every comparison passed: a branch that no
+        sample takes computes something else than in the input model. None otherwise."""
+        if not self.uncovered or self.initial is None:
+            return None
+        changed = coverage.changed_branches(self.uncovered, self.initial.skeleton, self.initial.weights,
+                                            final.skeleton, final.weights)
+        if not changed:
+            return None
+        return "; ".join(f"the {b.split('_')[0]} branch of {i.label} changed and no sample takes it"
+                         for i, b in changed)
 
     @property
     def numeric(self) -> bool:

@@ -66,6 +66,7 @@ def fix(
     strict: bool = False,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     samples: list[dict[str, Any]] | None = None,
+    value_ranges: Mapping[str, tuple[float, float]] | None = None,
     load_inputs: str | os.PathLike | None = None,
     seed: int = 0,
     atol: Any = None,
@@ -92,7 +93,8 @@ def fix(
     ``passes``: names or ``"a,b,c"`` (None: the default pipeline). With ``output`` the
     result is saved atomically (with external data when the input had it) and, with
     ``report``, the JSON report too. ``load_inputs`` verifies on the samples of an .npz or
-    Polygraphy JSON file, which must fit the model. ``profile`` then times input and output
+    Polygraphy JSON file, which must fit the model; ``value_ranges`` sets the values of
+    generated samples for the inputs it names (``{'': (lo, hi)}`` for all). ``profile`` then times input and output
     on ONNX Runtime CPU (or on the backend ``profile_on``, e.g. ``onnxrt-cuda``). ``strict`` only checks that verification is on; whether the result
     is proven is :attr:`FixResult.unproven`. ``freeze_initializer_inputs``: initializers listed as
     graph inputs (defaults a user may override) become plain constants first, so passes may fold them.
@@ -136,7 +138,8 @@ def fix(
     exclusions = frozenset(exclude) | read_exclusions(exclude_file)
     fixed, fix_report = run_pipeline(
         model, names, verify=verify, input_shapes=input_shapes, samples=samples, seed=seed, atol=atol, rtol=rtol,
-        fix_shapes=fix_shapes, freeze_initializer_inputs=freeze_initializer_inputs, rounds=rounds, bisect_limit=bisect_limit, exclude=exclusions, only=only,
+        value_ranges=value_ranges, fix_shapes=fix_shapes, freeze_initializer_inputs=freeze_initializer_inputs,
+        rounds=rounds, bisect_limit=bisect_limit, exclude=exclusions, only=only,
         options=opts, progress=progress,
     )
     result = FixResult(fixed, fix_report, profile_on=profile_on)

@@ -53,7 +53,8 @@ def fp16(
                             input_shapes=input_shapes, value_ranges=value_ranges, iterations=iterations, seed=seed)
     options = Fp16Options(precision=precision, keep=list(keep), keep_io_types=keep_io_types, atol=atol, rtol=rtol,
                           max_oracle_calls=max_oracle_calls, trt_check=trt_check,
-                          layer_precisions=str(layer_precisions) if layer_precisions else None)
+                          layer_precisions=str(layer_precisions) if layer_precisions else None,
+                          realistic=not (load_inputs or input_shapes))  # loaded or pinned sizes are the user's
     result = convert_mixed_precision(model, output, samples=samples, options=options, progress=progress)
     write_report(report, result.to_dict())
     return result

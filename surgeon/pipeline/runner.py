@@ -281,6 +281,7 @@ def fix(
     atol: float | None = None,
     rtol: float | None = None,
     seed: int = 0,
+    value_ranges: Mapping[str, tuple[float, float]] | None = None,
     fix_shapes: bool = False,
     freeze_initializer_inputs: bool = False,
     rounds: int = 2,
@@ -296,7 +297,8 @@ def fix(
     (from :func:`surgeon.model.open_model`) is edited in place and returned, so that its
     weights are never copied. ``passes``: names or "a,b,c" (None: the default pipeline).
     ``input_shapes`` pins dynamic dims for verification; with ``fix_shapes`` they are also
-    written into the model. ``freeze_initializer_inputs``: initializers listed as graph
+    written into the model. ``value_ranges`` (``--val-range``) sets the values of generated
+    samples for the inputs it names. ``freeze_initializer_inputs``: initializers listed as graph
     inputs (IR >= 4: defaults a user may override, which no pass folds) leave the inputs
     first and become constants; the report names them. ``bisect_limit``/``exclude``/``only``
     restrict rewrite applications (see RewriteBudget).
@@ -321,7 +323,7 @@ def fix(
         initial = work.export()
     nodes_before, ops_before = G.count_nodes(work), G.op_histogram(work)
     verifier = Verifier(initial, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol,
-                        seed=seed)
+                        seed=seed, value_ranges=value_ranges)
     budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude),
                            only=None if only is None else frozenset(only))
     pipeline = _Pipeline(work, initial, names, verifier, budget, options or {}, progress,
@@ -344,13 +346,13 @@ def fix(
         accepted = work.export()
     if verifier.level == INVALID:
         raise ModelLoadError(f"the model is invalid and the passes could not repair it: {verifier.checker_reason}")
-    if verifier.note:
-        notes.insert(0, verifier.note)
+    notes[:0] = verifier.notes
     if frozen:
         notes.insert(0, f"{len(frozen)} initializer(s) listed as graph inputs were frozen (made constants, no "
                         f"longer inputs, so passes may fold them): {', '.join(frozen)}")
     if verifier.numeric:
-        verification = NUMERIC
+        untested = verifier.untested_changes(accepted)
+        verification = NUMERIC if untested is None else f"not verified: {untested}; give --load-inputs"
     elif all(p.checked == PROOF for p in reports if p.status == APPLIED):
         # Every change is the same computation graph: equivalent without running anything.
         verification = PROOF

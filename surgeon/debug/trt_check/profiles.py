@@ -83,7 +83,7 @@ def build_profile(model: onnx.ModelProto, *, input_shapes: Mapping[str, Shape] |
         probe_pins = {**pins, **{n: p[1] for n, p in given.items()}}
         samples, note = ([], None)
         if runs is not None:
-            samples, note = input_data.verification_samples(model, probe_pins, seed, runs)
+            samples, note = input_data.verification_samples(model, probe_pins, seed, runs, realistic=False)
         why = ("ONNX Runtime cannot load this model" if runs is None else
                "none of the generated sizes ran in ONNX Runtime (inputs may need particular values)")
         if samples:
@@ -96,7 +96,7 @@ def build_profile(model: onnx.ModelProto, *, input_shapes: Mapping[str, Shape] |
             if note:
                 prof.notes.append(note)
         else:
-            pair = input_data.size_attempts(specs, probe_pins)[0]
+            pair = input_data.size_attempts(specs, probe_pins, input_data.fixed_sizes(model))[0]
             sources.append(f"guessed: the verifier's first sizes, not run ({why})")
             for s in rest:
                 a = input_data.concrete_shape(s, pair[0], probe_pins)
