@@ -13,8 +13,9 @@ import argparse
 import logging
 import sys
 
-from surgeon.cli_args import (attach_pass_edits, opset_arg, parse_profile_args, parse_shape_args, parse_value_ranges, tol_arg,
-                              tolerances)
+from surgeon.cli_args import (add_backend_args, add_data_args, add_model_args, add_output_args, attach_pass_edits,
+                              backend_options, data_options, flag_for, opset_arg, parse_profile_args, parse_shape_args,
+                              parse_value_ranges, tolerances, unswallow_keyed_lists)
 from surgeon.errors import SurgeonError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -27,32 +28,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"surgeon: error: {message} (see '{self.prog} --help')\n")
 
 
-def _add_common_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input-shapes", nargs="+", metavar="NAME:1x3x224x224", default=[],
-                   help="shapes for inputs (also NAME:[1,3,224,224]); dynamic dims not named get generated sizes")
-    p.add_argument("--atol", type=tol_arg, action="append", metavar="[OUT:]A", help="absolute tolerance, global or per output")
-    p.add_argument("--rtol", type=tol_arg, action="append", metavar="[OUT:]R", help="relative tolerance, global or per output")
-    p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
-
-
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    """Input-data and tolerance options shared by compare, doctor, bisect, scan and isolate."""
-    _add_common_model_args(p)
-    p.add_argument("--val-range", nargs="+", default=[], metavar="NAME:[LO,HI]", help="value range for generated inputs")
-    p.add_argument("--iterations", type=int, default=1, help="number of input samples (default 1)")
-    p.add_argument("--load-inputs", metavar="FILE", help="inputs from .npz or Polygraphy JSON (polygraphy run --save-inputs)")
-    p.add_argument("--save-inputs", metavar="FILE", help="write the inputs used (.npz or .json, Polygraphy's format)")
-    p.add_argument("--nan-equal", action="store_true", help="count NaN in both runs at the same place as a match")
-
-
-def _data_options(args) -> dict:
-    """The API's input-data keywords from the options _add_data_args defines."""
-    return {"load_inputs": args.load_inputs, "save_inputs": args.save_inputs,
-            "input_shapes": parse_shape_args(args.input_shapes), "value_ranges": parse_value_ranges(args.val_range),
-            "iterations": args.iterations, "seed": args.seed, "atol": tolerances(args.atol),
-            "rtol": tolerances(args.rtol)}
-
-
 # --- fix -----------------------------------------------------------------------------
 
 def _add_fix(sub) -> None:
@@ -61,7 +36,7 @@ def _add_fix(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output .onnx file (written atomically)")
     p.add_argument("--passes", help="comma-separated pass names, or +NAME,-NAME edits of the default pipeline "
                                     "(default: the default pipeline; see 'surgeon passes')")
-    _add_output_args(p)
+    add_output_args(p)
     p.add_argument("--no-verify", action="store_true", help="skip numeric verification (structural checks still run)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when any pass was rolled back or the output could not be verified numerically")
@@ -83,7 +58,7 @@ def _add_fix(sub) -> None:
                    help="then time the input and the output on ONNX Runtime CPU (1 thread, 50 interleaved runs) and print the change")
     p.add_argument("--profile-on", type=_profile_backend_arg, metavar="BACKEND",
                    help="with --profile: time them on this backend instead, e.g. onnxrt-cuda[:OPTIONS] (see docs/gpu.md)")
-    _add_common_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=_cmd_fix)
 
 
@@ -102,7 +77,7 @@ def _cmd_fix(args) -> int:
             target_opset=args.target_opset, profile=args.profile, profile_on=args.profile_on, progress=status.update,
         )
     _print_json(args, result.to_dict())
-    render_fix_result(result, _tables_console(args), _stderr_console())
+    render_fix_result(result, _tables(args), _console(stderr=True))
     return EXIT_FAIL if (args.strict and result.unproven) else EXIT_OK
 
 
@@ -117,7 +92,7 @@ def _cmd_passes(args) -> int:
     from surgeon.api import pass_table
     from surgeon.render.passes import render_passes
 
-    render_passes(pass_table(), _stdout_console())
+    render_passes(pass_table(), _console())
     return EXIT_OK
 
 
@@ -128,7 +103,7 @@ def _add_match(sub) -> None:
     p.add_argument("model", help="input .onnx file")
     p.add_argument("--rules", nargs="+", default=[], metavar="RULES.py", help="user rule files (tried before the built-in packs)")
     p.add_argument("--no-builtin", action="store_true", help="leave out the built-in rule packs (contrib ops, LayerNorm)")
-    _add_output_args(p)
+    add_output_args(p)
     p.set_defaults(func=_cmd_match)
 
 
@@ -138,52 +113,11 @@ def _cmd_match(args) -> int:
 
     report = match(args.model, rules=args.rules, builtin=not args.no_builtin, report=args.report)
     _print_json(args, report.to_dict())
-    render_match(report, _tables_console(args))
+    render_match(report, _tables(args))
     return EXIT_OK
 
 
 # --- compare / doctor ---------------------------------------------------------------
-
-def _add_backend_args(p: argparse.ArgumentParser) -> None:
-    """Options of the test backend (each applies to the backends named in its help)."""
-    p.add_argument("--fp16-keep", nargs="+", default=[], metavar="OPTYPE/NODE",
-                   help="fp16: op types or node names kept in float32 (like TensorRT per-layer precision)")
-    for flag in ("fp16", "bf16", "int8", "tf32"):
-        p.add_argument(f"--{flag}", action="store_true", help=f"trt: enable {flag.upper()} in the engine")
-    for which in ("min", "opt", "max"):
-        p.add_argument(f"--trt-{which}-shapes", nargs="+", default=[], metavar="NAME:1x3x224x224",
-                       help=f"trt: {which} shapes of the optimization profile")
-    p.add_argument("--save-engine", metavar="FILE", help="trt: write the built engine")
-    p.add_argument("--load-engine", metavar="FILE", help="trt: run this engine instead of building one")
-
-
-def _backend_options(args, name: str | None) -> dict:
-    """Keyword options for ``backends.create(name, ...)``; options for another backend are an error."""
-    from surgeon.errors import UsageError
-
-    given = {"--fp16-keep": bool(args.fp16_keep), "--fp16": args.fp16, "--bf16": args.bf16, "--int8": args.int8,
-             "--tf32": args.tf32, "--trt-*-shapes": bool(args.trt_min_shapes or args.trt_opt_shapes or args.trt_max_shapes),
-             "--save-engine": bool(args.save_engine), "--load-engine": bool(args.load_engine)}
-    allowed = {"fp16": {"--fp16-keep"}, "trt": set(given) - {"--fp16-keep"}, "trt-rtx": set(given) - {"--fp16-keep"}}
-    wrong = [flag for flag, on in given.items() if on and flag not in allowed.get(name or "", set())]
-    if wrong:
-        raise UsageError(f"{wrong[0]} does not apply to {'--test ' + name if name else 'a comparison without --test'}")
-    if name == "fp16":
-        return {"keep": list(args.fp16_keep)} if args.fp16_keep else {}
-    if name not in ("trt", "trt-rtx"):
-        return {}
-    opts: dict = {k: True for k in ("fp16", "bf16", "int8", "tf32") if getattr(args, k)}
-    shapes = [parse_shape_args(getattr(args, f"trt_{w}_shapes")) for w in ("min", "opt", "max")]
-    if any(shapes):
-        if not all(shapes) or len({frozenset(s) for s in shapes}) != 1:
-            raise UsageError("--trt-min-shapes, --trt-opt-shapes and --trt-max-shapes must all name the same inputs")
-        opts["profiles"] = [{n: (shapes[0][n], shapes[1][n], shapes[2][n]) for n in shapes[0]}]
-    if args.save_engine:
-        opts["save_engine"] = args.save_engine
-    if args.load_engine:
-        opts["load_engine"] = args.load_engine
-    return opts
-
 
 def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="run a model on two backends (or two models) and compare every output")
@@ -192,11 +126,11 @@ def _add_compare(sub) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--test", metavar="BACKEND", help="backend under test: onnxrt-noopt, reference, fp16, trt, trt-rtx, onnxrt-cuda[:OPTIONS] (e.g. onnxrt-cuda:tf32=0,algo-search=heuristic; see docs/gpu.md)")
     which.add_argument("--against", metavar="B.onnx", help="a second model, run on the reference backend")
-    _add_data_args(p)
+    add_data_args(p)
     p.add_argument("--save-outputs", metavar="FILE", help="write both runs' outputs (.npz, or .json: Polygraphy RunResults)")
-    _add_output_args(p)
+    add_output_args(p)
     p.add_argument("--plot", metavar="DIR", help="write one PNG per mismatching output into DIR")
-    _add_backend_args(p)
+    add_backend_args(p)
     p.set_defaults(func=_cmd_compare)
 
 
@@ -205,12 +139,12 @@ def _cmd_compare(args) -> int:
     from surgeon.debug.compare_run import render_compare
 
     report = surgeon.compare(
-        args.model, test=args.test, against=args.against, ref=args.ref, test_options=_backend_options(args, args.test),
-        **_data_options(args), save_outputs=args.save_outputs, nan_equal=args.nan_equal, plot_dir=args.plot,
+        args.model, test=args.test, against=args.against, ref=args.ref, test_options=backend_options(args, args.test),
+        **data_options(args), save_outputs=args.save_outputs, nan_equal=args.nan_equal, plot_dir=args.plot,
         report=args.report,
     )
     _print_json(args, report.to_dict())
-    render_compare(report, _tables_console(args))
+    render_compare(report, _tables(args))
     return EXIT_OK if report.passed else EXIT_FAIL
 
 
@@ -222,13 +156,13 @@ def _add_doctor(sub) -> None:
     p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="reference backend (default onnxrt)")
     p.add_argument("--test", metavar="BACKEND", help="also run on this backend: fp16, reference, trt, onnxrt-cuda[:OPTIONS], ...")
     p.add_argument("--test-original", action="store_true", help="run the original model on --test, not the fixed one")
-    _add_output_args(p)
+    add_output_args(p)
     p.add_argument("--trt", action="store_true", help="also run trt-check on the original and the fixed model: "
                                                       "what the fix made TensorRT accept, and what is still not ready")
     p.add_argument("--trt-engine", default="auto", metavar="ENGINE", help="--trt: auto, trt, trt-rtx or matrix")
     p.add_argument("--target-cc", nargs="+", default=[], metavar="8.6", help="--trt with trt-rtx: build for these compute capabilities")
-    _add_data_args(p)
-    _add_backend_args(p)
+    add_data_args(p)
+    add_backend_args(p)
     p.set_defaults(func=_cmd_doctor)
 
 
@@ -237,14 +171,14 @@ def _cmd_doctor(args) -> int:
     from surgeon.render.doctor import render_doctor
     from surgeon.report import Progress
 
-    test_options = _backend_options(args, args.test)
+    test_options = backend_options(args, args.test)
     with Progress("doctor") as status:
         report = api.doctor(args.model, args.output, passes=args.passes, ref=args.ref, test=args.test,
-                            test_options=test_options, test_original=args.test_original, **_data_options(args),
+                            test_options=test_options, test_original=args.test_original, **data_options(args),
                             nan_equal=args.nan_equal, trt=args.trt, trt_engine=args.trt_engine,
                             target_cc=args.target_cc, report=args.report, progress=status.update)
     _print_json(args, report.to_dict())
-    render_doctor(report, _tables_console(args), load_inputs=args.load_inputs)
+    render_doctor(report, _tables(args), load_inputs=args.load_inputs)
     return EXIT_OK if report.passed else EXIT_FAIL
 
 
@@ -272,8 +206,8 @@ def _add_bisect(sub) -> None:
                         "needs more is reported as accumulated error, with the error growth along its path")
     p.add_argument("--trt-engine", default="auto", metavar="ENGINE", help="--check trt-build: auto, trt or trt-rtx")
     p.add_argument("--target-cc", nargs="+", default=[], metavar="8.6", help="--check trt-build with trt-rtx: build for this compute capability")
-    _add_data_args(p)
-    _add_backend_args(p)
+    add_data_args(p)
+    add_backend_args(p)
     p.set_defaults(func=_cmd_bisect)
 
 
@@ -282,16 +216,16 @@ def _cmd_bisect(args) -> int:
     from surgeon.render.bisect import render_bisect
     from surgeon.report import Progress
 
-    test_options = _backend_options(args, args.test)
+    test_options = backend_options(args, args.test)
     with Progress("bisect: starting") as status:
         outcome = api.bisect(
             args.model, outdir=args.outdir, test=args.test, against=args.against, check=args.check, ref=args.ref,
-            test_options=test_options, **_data_options(args), nan_equal=args.nan_equal, block_size=args.block_size,
+            test_options=test_options, **data_options(args), nan_equal=args.nan_equal, block_size=args.block_size,
             check_timeout=args.check_timeout, max_context=args.max_context, trt_engine=args.trt_engine,
             target_cc=args.target_cc, progress=lambda msg: status.update(f"bisect: {msg}"),
         )
     _print_json(args, outcome.to_dict())
-    render_bisect(outcome, _tables_console(args))
+    render_bisect(outcome, _tables(args))
     return EXIT_FAIL if outcome.failed else EXIT_OK
 
 
@@ -300,12 +234,12 @@ def _add_scan(sub) -> None:
                                     "float16 overflow and underflow, scatter and division hazards")
     p.add_argument("model", help="the .onnx model (never modified)")
     p.add_argument("--ref", default="onnxrt", metavar="BACKEND", help="backend for the reference run (default onnxrt)")
-    _add_output_args(p)
+    add_output_args(p)
     p.add_argument("--near-zero", type=float, default=1e-6, metavar="EPS", help="divisor magnitude counted as near zero (default 1e-6)")
     p.add_argument("--fp16-keep", nargs="+", default=[], metavar="OPTYPE/NODE",
                    help="op types or node names the FP16 run keeps in float32 (like TensorRT per-layer precision)")
     p.add_argument("--no-fp16", action="store_true", help="skip the FP16-emulated run (only the reference run's hazards)")
-    _add_data_args(p)
+    add_data_args(p)
     p.set_defaults(func=_cmd_scan)
 
 
@@ -314,9 +248,9 @@ def _cmd_scan(args) -> int:
     from surgeon.render.scan import render_scan
 
     result = api.scan(args.model, ref=args.ref, near_zero=args.near_zero, fp16=not args.no_fp16,
-                      fp16_keep=args.fp16_keep, **_data_options(args), report=args.report)
+                      fp16_keep=args.fp16_keep, **data_options(args), report=args.report)
     _print_json(args, result.to_dict())
-    render_scan(result, _tables_console(args))
+    render_scan(result, _tables(args))
     return EXIT_FAIL if result.failed else EXIT_OK
 
 
@@ -353,7 +287,7 @@ def _add_isolate(sub) -> None:
     p.add_argument("--max-sets", type=int, default=4, help="independent culprit sets to look for at most (default 4)")
     p.add_argument("--confirm-repeats", type=int, default=2, help="times each final confirmation is re-run (default 2)")
     p.add_argument("--fresh", action="store_true", help="ignore verdicts recorded by an earlier run in OUTDIR")
-    _add_data_args(p)
+    add_data_args(p)
     p.set_defaults(func=_cmd_isolate)
 
 
@@ -366,11 +300,11 @@ def _cmd_isolate(args) -> int:
         outcome = api.isolate(
             args.model, target=args.target, outdir=args.outdir, passes=args.passes, rules=args.rules, check=args.check,
             check_timeout=args.check_timeout, reference=args.reference, optimizers=args.optimizers, layers=args.layers, fp16=args.fp16, test=args.test,
-            max_sets=args.max_sets, confirm_repeats=args.confirm_repeats, fresh=args.fresh, **_data_options(args),
+            max_sets=args.max_sets, confirm_repeats=args.confirm_repeats, fresh=args.fresh, **data_options(args),
             nan_equal=args.nan_equal, progress=status.update,
         )
     _print_json(args, outcome.to_dict())
-    render_isolate(outcome.report, args.outdir, _tables_console(args))
+    render_isolate(outcome.report, args.outdir, _tables(args))
     return EXIT_FAIL if outcome.diverges else EXIT_OK
 
 
@@ -397,7 +331,7 @@ def _add_profile(sub) -> None:
                    help="ONNX Runtime intra-op threads (default: ONNX Runtime's own choice); 1 is steadiest")
     p.add_argument("--top", type=int, default=15, metavar="K", help="rows in the kernel and op-type tables (default 15)")
     p.add_argument("--plot", metavar="DIR", help="write bar charts (top-K kernels, op types) as PNG into DIR")
-    _add_output_args(p)
+    add_output_args(p)
     p.add_argument("--trt-profile", metavar="P.json", help="read per-layer times from 'trtexec --exportProfile' "
                                                            "instead of running anything")
     p.add_argument("--trt-layers", metavar="L.json", help="with --trt-profile: 'trtexec --exportLayerInfo' "
@@ -427,7 +361,7 @@ def _cmd_profile(args) -> int:
             trt_layers=args.trt_layers, report=args.report, progress=lambda msg: status.update(f"profiling: {msg}"),
         )
     _print_json(args, result.to_dict())
-    out = _tables_console(args)
+    out = _tables(args)
     if args.against:
         render_comparison(result.result, out, top=args.top)
     else:
@@ -452,7 +386,7 @@ def _add_trt_check(sub) -> None:
     p.add_argument("--target-cc", nargs="+", default=[], metavar="8.6",
                    help="trt-rtx: build ahead of time for these compute capabilities, one build each")
     p.add_argument("--matrix-version", metavar="10.15", help="matrix: the TensorRT version of the operator matrix")
-    _add_output_args(p)
+    add_output_args(p)
     p.add_argument("--seed", type=int, default=0, help="seed for the inputs that probe profile sizes (default 0)")
     p.add_argument("--timeout", type=float, default=600.0, metavar="S", help="seconds one parse or build may take (default 600)")
     p.set_defaults(func=_cmd_trt_check)
@@ -471,7 +405,7 @@ def _cmd_trt_check(args) -> int:
             progress=lambda msg: status.update(f"trt-check: {msg}"),
         )
     _print_json(args, report.to_dict())
-    trt_check.render(report, _tables_console(args))
+    trt_check.render(report, _tables(args))
     return EXIT_OK if report.ready else EXIT_FAIL
 
 
@@ -486,11 +420,11 @@ def _add_fp16(sub) -> None:
     p.add_argument("--keep-io-types", action="store_true", help="keep float32 graph inputs and outputs (Casts at the interface)")
     p.add_argument("--layer-precisions", metavar="FILE",
                    help="also write the decision as trtexec --layerPrecisions/--precisionConstraints and Polygraphy --layer-precisions flags")
-    _add_output_args(p)
+    add_output_args(p)
     p.add_argument("--max-oracle-calls", type=int, default=300, metavar="N",
                    help="budget of emulation runs for the search (default 300); past it the result is not proven minimal")
     p.add_argument("--no-trt-check", action="store_true", help="skip the TensorRT-RTX build of OUT (done where tensorrt_rtx is installed)")
-    _add_common_model_args(p)
+    add_model_args(p)
     p.add_argument("--val-range", nargs="+", default=[], metavar="NAME:[LO,HI]", help="value range for generated inputs")
     p.add_argument("--iterations", type=int, default=2, help="number of input samples the tolerance must hold on (default 2)")
     p.add_argument("--load-inputs", metavar="FILE", help="inputs from .npz or Polygraphy JSON (polygraphy run --save-inputs)")
@@ -507,11 +441,11 @@ def _cmd_fp16(args) -> int:
         report = api.fp16(
             args.model, args.output, precision=args.precision, keep=args.keep, keep_io_types=args.keep_io_types,
             layer_precisions=args.layer_precisions, max_oracle_calls=args.max_oracle_calls,
-            trt_check=False if args.no_trt_check else None, **_data_options(args), report=args.report,
+            trt_check=False if args.no_trt_check else None, **data_options(args), report=args.report,
             progress=lambda msg: status.update(f"fp16: {msg}"),
         )
     _print_json(args, report.to_dict())
-    render(report, _tables_console(args))
+    render(report, _tables(args))
     return EXIT_OK if report.passed else EXIT_FAIL
 
 
@@ -559,17 +493,11 @@ def _cmd_sweep(args) -> int:
 
         sys.stdout.write(json_lines(result))
     else:
-        render_sweep(result, _stdout_console())
+        render_sweep(result, _console())
     return EXIT_FAIL if result.failed else EXIT_OK
 
 
 # --- shared plumbing -----------------------------------------------------------------------
-
-def _add_output_args(p: argparse.ArgumentParser) -> None:
-    """``--report FILE`` and ``--json``: the command's report as JSON, in a file and/or on stdout."""
-    p.add_argument("--report", metavar="REPORT.json", help="write the report as JSON")
-    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout instead of the tables")
-
 
 def _print_json(args, data: dict) -> None:
     if getattr(args, "json", False):
@@ -578,27 +506,17 @@ def _print_json(args, data: dict) -> None:
         sys.stdout.write(to_json(data))
 
 
-def _tables_console(args):
-    """Where tables go: stdout, or nowhere under --json (stdout is the JSON then)."""
-    if getattr(args, "json", False):
-        import io
+def _tables(args):
+    """The console for a command's tables: stdout, or nowhere under --json (stdout is the JSON then)."""
+    from surgeon.report import tables_console
 
-        from rich.console import Console
-
-        return Console(file=io.StringIO())
-    return _stdout_console()
+    return tables_console(args.json)
 
 
-def _stdout_console():
-    from surgeon.report import console
+def _console(stderr: bool = False):
+    from surgeon.report import console  # rich loads only when a command prints
 
-    return console()
-
-
-def _stderr_console():
-    from surgeon.report import console
-
-    return console(stderr=True)
+    return console(stderr=stderr)
 
 
 def _quiet_libraries(verbose: int) -> None:
@@ -620,21 +538,6 @@ _COMMANDS = [_add_fix, _add_passes, _add_match, _add_compare, _add_doctor, _add_
              _add_profile, _add_trt_check, _add_fp16, _add_sweep]
 
 
-# API keywords whose flag is not "--" + the keyword with dashes (library errors name keywords).
-_FLAGS = {"value_ranges": "--val-range", "plot_dir": "--plot", "exclude_file": "--exclude-rewrites",
-          "verify=False": "--no-verify"}
-
-
-def _flag(option: str) -> str:
-    """The flag for an API keyword in an error message (``block_size`` -> ``--block-size``,
-    ``target=passes`` -> ``--target passes``)."""
-    if option in _FLAGS:
-        return _FLAGS[option]
-    name, eq, value = option.partition("=")
-    flag = "--" + name.replace("_", "-")
-    return f"{flag} {value}" if eq else flag
-
-
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -644,30 +547,6 @@ def _version() -> str:
         from surgeon import __version__
 
         return __version__
-
-
-# Options whose values are NAME:VALUE (or a bare [LO,HI]) and take several: argparse would
-# give them a model path written after them. A value without ':' ends the list.
-_KEYED_LISTS = frozenset({"--input-shapes", "--val-range", "--trt-min-shapes", "--trt-opt-shapes", "--trt-max-shapes"})
-
-
-def _unswallow(argv: list[str], commands: set[str]) -> list[str]:
-    """Move stray positionals out of a keyed list to right after the subcommand name."""
-    out: list[str] = []
-    stray: list[str] = []
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        out.append(token)
-        i += 1
-        if token in _KEYED_LISTS:
-            while i < len(argv) and not argv[i].startswith("-"):
-                (out if ":" in argv[i] or argv[i].startswith("[") else stray).append(argv[i])
-                i += 1
-    if not stray:
-        return out
-    at = next((k + 1 for k, t in enumerate(out) if t in commands), len(out))
-    return out[:at] + stray + out[at:]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -683,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     commands = {name for action in parser._subparsers._group_actions for name in getattr(action, "choices", {}) or {}}
-    args = parser.parse_args(_unswallow(attach_pass_edits(list(sys.argv[1:] if argv is None else argv)), commands))
+    args = parser.parse_args(unswallow_keyed_lists(attach_pass_edits(list(sys.argv[1:] if argv is None else argv)), commands))
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "quiet_libraries", True):
@@ -691,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SurgeonError as exc:
-        print(f"surgeon: error: {exc.worded(_flag)}", file=sys.stderr)
+        print(f"surgeon: error: {exc.worded(flag_for)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("surgeon: interrupted; nothing was written", file=sys.stderr)

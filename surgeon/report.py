@@ -32,6 +32,15 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=PIPE_WIDTH, color_system=None)
 
 
+def tables_console(quiet: bool = False) -> Console:
+    """Where a command's tables go: stdout, or nowhere when stdout carries the JSON report (``--json``)."""
+    if quiet:
+        import io
+
+        return Console(file=io.StringIO())
+    return console()
+
+
 class Progress:
     """What a long command is doing: a spinner on a terminal, plain throttled lines on stderr otherwise.
 

@@ -50,18 +50,18 @@ def test_debug_functions_return_typed_results(tmp_path):
 
 
 def test_errors_in_library_terms_flags_on_the_command_line():
-    import cli
+    from surgeon import cli_args
 
     with pytest.raises(UsageError) as err:
         surgeon.profile(str(CNN), iterations=0)
     assert str(err.value) == "iterations must be at least 1"
-    assert err.value.worded(cli._flag) == "--iterations must be at least 1"
+    assert err.value.worded(cli_args.flag_for) == "--iterations must be at least 1"
     with pytest.raises(UsageError) as err:
         surgeon.fix(str(CNN), verify=False, strict=True)
     assert str(err.value).startswith("strict asks for numeric verification, which verify=False turns off")
     res = run_cli("fix", str(CNN), "-o", "/tmp/never.onnx", "--strict", "--no-verify")
     assert res.returncode == 2 and "--strict asks for numeric verification, which --no-verify turns off" in res.stderr
-    assert cli._flag("target=passes") == "--target passes" and cli._flag("value_ranges") == "--val-range"
+    assert cli_args.flag_for("target=passes") == "--target passes" and cli_args.flag_for("value_ranges") == "--val-range"
 
 
 def test_the_library_never_parses_command_line_strings():
