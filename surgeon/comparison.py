@@ -114,6 +114,12 @@ def diff_arrays(name: str, ref: Any, test: Any, tol: Tolerance, *, nan_equal: bo
     d = OutputDiff(name, True, ref_shape=list(ref.shape), test_shape=list(test.shape), dtype=str(ref.dtype),
                    atol=tol.atol, rtol=tol.rtol, elements=int(ref.size))
     if ref.shape != test.shape:
+        if ref.size == 0 and test.size == 0:
+            # Two empty tensors hold the same (no) values. ONNX Runtime shapes the empty scan
+            # output of a zero-trip Loop from the body's inferred shape, so a rewrite that only
+            # sharpens inference changes it ([0] -> [0, 2, 4]); that is not a wrong output.
+            d.reason = f"both empty (shapes {list(ref.shape)} and {list(test.shape)}): no values to compare"
+            return d
         d.passed, d.reason = False, f"shape {list(test.shape)} differs from the reference {list(ref.shape)}"
         return d
     if ref.dtype != test.dtype and not (_is_float(ref.dtype) and _is_float(test.dtype)):
