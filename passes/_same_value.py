@@ -34,6 +34,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from surgeon.weights import DenseSparseValues, WeightValues, release
 
 from surgeon import graph as G
+from surgeon import graph_ops as K
 
 SAMPLES = 64
 LAZY_READ_LIMIT = 1 << 20  # bytes of one protobuf-held tensor that may be read to compare it
@@ -49,16 +50,12 @@ ValueKey = Callable[[gs.Tensor], tuple]
 
 
 def domain_of(node: gs.Node) -> str:
-    return "" if node.domain in (None, "", "ai.onnx") else node.domain
+    return K.node_domain(node)
 
 
 def is_deterministic(node: gs.Node) -> bool:
     """Whether two copies of ``node`` on the same inputs are sure to compute the same outputs."""
     return domain_of(node) in DETERMINISTIC_DOMAINS and node.op not in NONDETERMINISTIC_OPS
-
-
-def subgraphs(node: gs.Node) -> list[gs.Graph]:
-    return list(G.subgraphs(node))
 
 
 def _type_code(holder, values) -> str:

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import onnx_graphsurgeon as gs
 
-from passes._same_value import subgraphs
+from surgeon.graph_ops import subgraphs
 
 
 class ScopeTree:
@@ -73,14 +73,6 @@ class ScopeTree:
         return id(t) in self.output_of
 
 
-def subtree(graph: gs.Graph) -> Iterator[gs.Graph]:
-    """``graph`` and every graph nested in it."""
-    yield graph
-    for node in graph.nodes:
-        for sub in subgraphs(node):
-            yield from subtree(sub)
-
-
 def names_in(graphs) -> tuple[set[str], set[str]]:
     """(tensor names, node names) used or defined in ``graphs``."""
     tensors: set[str] = set()
@@ -93,24 +85,6 @@ def names_in(graphs) -> tuple[set[str], set[str]]:
             tensors.update(t.name for t in n.inputs if t.name)
             tensors.update(t.name for t in n.outputs if t.name)
     return tensors, nodes
-
-
-def unique_name(base: str, taken: set[str]) -> str:
-    """``base`` when free, else ``base_k`` with the smallest free k; the result is added to ``taken``."""
-    name, k = base, 0
-    while name in taken:
-        name = f"{base}_{k}"
-        k += 1
-    taken.add(name)
-    return name
-
-
-def replace_uses(old: gs.Tensor, new: gs.Tensor) -> None:
-    """Every reader of ``old`` (in its graph or a body: graphsurgeon shares the tensor) reads ``new``."""
-    for consumer in list(old.outputs):
-        for i, t in enumerate(consumer.inputs):
-            if t is old:
-                consumer.inputs[i] = new
 
 
 def in_order(graph: gs.Graph) -> bool:

@@ -1,12 +1,10 @@
-"""A small symbolic evaluator for shape chains (Shape → Gather/Slice → arithmetic → Concat).
+"""What fold-shape-chains knows about dims: shape inference facts, and dims derived from the graph.
 
-Why symbolic: with a dynamic batch the value of ``Shape(x)`` is not a constant, but
-many of its uses are still decidable. ``Reshape(x, Concat(Shape(x)[0:2], [-1]))`` is
-``Reshape(x, [0, 0, -1])`` for every batch size, because entry 0 is *the same* number as
-dim 0 of the Reshape's own input. To prove such equalities each entry of a shape vector
-is kept as an :class:`Expr`: a rational coefficient times a product of atoms, where an
-atom is one dimension ("dim 2 of tensor X", or a trusted ``dim_param`` symbol that shape
-inference attached to it) or an opaque sub-expression that is only equal to itself.
+The values of shape chains are computed by the core's registry of per-op evaluators
+(:mod:`surgeon.evaluators`, over :mod:`surgeon.symbolic` expressions); this module gives
+it what only this pass decides: the dims of a tensor as expressions (:func:`tensor_dims`,
+from onnx shape inference plus what Reshape/Expand/broadcast semantics prove where
+inference gave up) and which tensors are constants (:func:`surgeon.graph_ops.constant`).
 
 Trust in symbols: two tensors' dims are equal when shape inference gives them the same
 ``dim_param`` *and* that name is one we trust: declared on a graph input (and not a
@@ -21,182 +19,20 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from fractions import Fraction
-from typing import Callable
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from surgeon import graph_ops as K
 from surgeon import model as model_io
+from surgeon.graph_ops import infer_shapes
+from surgeon.evaluators import EVALUATED_OPS, Evaluator  # noqa: F401 - EVALUATED_OPS: the shape-chain folder's
+from surgeon.symbolic import SVal, Expr, add, is_dim_product, mul, truediv  # noqa: F401 - SVal: the folder's
 
 log = logging.getLogger(__name__)
 
-MAX_ENTRIES = 64  # shape vectors are short; anything longer is data, not a shape
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-
-# ---------------------------------------------------------------------------------------
-# Expressions
-
-
-@dataclass(frozen=True)
-class Expr:
-    """``coef * prod(atom ** exp)``; a constant has no atoms.
-
-    Atoms stand for non-negative integers (dimensions), which is what makes
-    ``floor(k * d) == k * d`` for integer ``k`` and ``d >= 0 != -1`` provable.
-    """
-
-    coef: Fraction
-    atoms: tuple = ()  # sorted tuple of (key, exponent)
-
-    @staticmethod
-    def const(value) -> "Expr":
-        return Expr(Fraction(value))
-
-    @staticmethod
-    def atom(key) -> "Expr":
-        return Expr(Fraction(1), ((key, 1),))
-
-    @property
-    def is_const(self) -> bool:
-        return not self.atoms
-
-    @property
-    def is_int(self) -> bool:
-        return self.coef.denominator == 1 and all(e > 0 for _, e in self.atoms)
-
-    @property
-    def nonneg(self) -> bool:
-        return self.coef >= 0
-
-    def key(self):
-        return ("expr", self.coef, self.atoms)
-
-    def __repr__(self) -> str:  # readable notes
-        if self.is_const:
-            return str(self.coef)
-        parts = [] if self.coef == 1 else [str(self.coef)]
-        for k, e in self.atoms:
-            parts.append(_key_str(k) + (f"^{e}" if e != 1 else ""))
-        return "*".join(parts)
-
-
-def _key_str(key) -> str:
-    if key[0] == "sym":
-        return key[1]
-    if key[0] == "dim":
-        return f"{key[1]}[{key[2]}]"
-    return f"{key[0]}(...)"
-
-
-def _combine(a: tuple, b: tuple, sign: int) -> tuple:
-    exps: dict = {}
-    order: dict = {}
-    for k, e in a:
-        exps[k] = exps.get(k, 0) + e
-        order[k] = repr(k)
-    for k, e in b:
-        exps[k] = exps.get(k, 0) + sign * e
-        order[k] = repr(k)
-    return tuple(sorted(((k, e) for k, e in exps.items() if e != 0), key=lambda ke: order[ke[0]]))
-
-
-def mul(a: Expr, b: Expr) -> Expr:
-    if a.coef == 0 or b.coef == 0:
-        return Expr.const(0)
-    return Expr(a.coef * b.coef, _combine(a.atoms, b.atoms, 1))
-
-
-def truediv(a: Expr, b: Expr) -> Expr | None:
-    if b.coef == 0:
-        return None
-    if a.coef == 0:
-        return Expr.const(0)
-    return Expr(a.coef / b.coef, _combine(a.atoms, b.atoms, -1))
-
-
-def add(a: Expr, b: Expr, sign: int = 1) -> Expr:
-    if b.coef == 0:
-        return a
-    if a.coef == 0 and sign == 1:
-        return b
-    if a.atoms == b.atoms:
-        c = a.coef + sign * b.coef
-        return Expr.const(0) if c == 0 else Expr(c, a.atoms)
-    op = "add" if sign == 1 else "sub"
-    pair = (a.key(), b.key())
-    if op == "add":
-        pair = tuple(sorted(pair, key=repr))
-    return Expr.atom((op, pair))
-
-
-def trunc(a: Expr) -> Expr:
-    """Integer part (Floor, Cast float→int, integer Div) of a non-negative quantity."""
-    if a.is_const:
-        return Expr.const(int(a.coef))  # int() of a Fraction truncates toward zero, like ONNX
-    if a.is_int:
-        return a
-    return Expr.atom(("floor", a.key()))
-
-
-def floor(a: Expr) -> Expr:
-    if a.is_const:
-        return Expr.const(a.coef.numerator // a.coef.denominator)
-    return trunc(a)
-
-
-def ceil(a: Expr) -> Expr:
-    if a.is_const:
-        return Expr.const(-((-a.coef.numerator) // a.coef.denominator))
-    if a.is_int:
-        return a
-    return Expr.atom(("ceil", a.key()))
-
-
-# ---------------------------------------------------------------------------------------
-# Values
-
-
-@dataclass(frozen=True)
-class SVal:
-    """A small int/float/bool tensor of rank 0 or 1 whose entries are expressions."""
-
-    entries: tuple
-    scalar: bool
-    kind: str  # "int" | "float" | "bool"
-
-    @property
-    def is_const(self) -> bool:
-        return all(e.is_const for e in self.entries)
-
-    def ints(self) -> list[int]:
-        return [int(e.coef) for e in self.entries]
-
-
-def _kind_of(dtype) -> str | None:
-    dt = np.dtype(dtype)
-    if dt == np.bool_:
-        return "bool"
-    if np.issubdtype(dt, np.integer):
-        return "int"
-    if np.issubdtype(dt, np.floating):
-        return "float"
-    return None
-
-
-def const_sval(array: np.ndarray) -> SVal | None:
-    kind = _kind_of(array.dtype)
-    if kind is None or array.ndim > 1 or array.size > MAX_ENTRIES:
-        return None
-    if kind == "float":
-        if not np.all(np.isfinite(array)):
-            return None
-        entries = tuple(Expr.const(Fraction(float(v))) for v in array.ravel())
-    else:
-        entries = tuple(Expr.const(int(v)) for v in array.ravel())
-    return SVal(entries, array.ndim == 0, kind)
-
 
 # ---------------------------------------------------------------------------------------
 # Dims from shape inference
@@ -289,7 +125,7 @@ def infer_facts(model: onnx.ModelProto, hints: dict | None = None, hint_types: d
     try:
         if too_large:
             raise ValueError("model too large for in-memory shape inference")
-        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+        inferred = infer_shapes(m)
     except Exception as exc:  # noqa: BLE001 - inference is an optional source of facts
         log.debug("shape inference failed (%s); using graph structure only", exc)
         inferred = m
@@ -325,12 +161,22 @@ def tensor_dims(t: gs.Tensor, facts: ShapeFacts, _depth: int = 0) -> list | None
         if derived is not None and (out is None or len(out) == len(derived)):
             out = [d if d is not None and (_unknown(o) or (_fresh(o, facts) and not _unknown(d) and not _fresh(d, facts)))
                    else o for o, d in zip(out or [None] * len(derived), derived)]
+            out = _opaque_unknowns(t, out)
     if _depth < 8 and len(t.inputs) == 1 and t.inputs[0].op == "Reshape" and (out is None or any(not e.is_const and e.atoms[0][0][0] == "dim" for e in out)):
         refined = _reshape_dims(t.inputs[0], facts, _depth)
         if refined is not None and (out is None or len(out) == len(refined)):
-            out = [r if (o is None or (not o.is_const and o.atoms[0][0][0] == "dim")) else o
-                   for o, r in zip(out or [None] * len(refined), refined)]
+            out = _opaque_unknowns(t, [r if (o is None or (not o.is_const and o.atoms[0][0][0] == "dim")) else o
+                                       for o, r in zip(out or [None] * len(refined), refined)])
     return out
+
+
+def _opaque_unknowns(t: gs.Tensor, dims: list) -> list:
+    """Entries nothing could tell become "dim i of this very tensor" (a rank known, a dim not).
+
+    Callers compare entries and read ``is_const``/``coef``; a None among them crashed the
+    pass (AttributeError, found by bench/fuzz_fix.py on a Loop output nothing inferred).
+    """
+    return [Expr.atom(("dim", t.name, i)) if e is None else e for i, e in enumerate(dims)]
 
 
 def _fresh(e: Expr | None, facts: ShapeFacts) -> bool:
@@ -433,7 +279,7 @@ def _axes(node: gs.Node, rank: int) -> list[int] | None:
     if "axes" in node.attrs:
         values = list(node.attrs["axes"])
     elif len(node.inputs) > 1 and (isinstance(node.inputs[1], gs.Constant) or node.inputs[1].name):
-        arr = constant_array(node.inputs[1])
+        arr = K.constant(node.inputs[1])
         if arr is None:
             return None
         values = [int(v) for v in np.asarray(arr).ravel()]
@@ -534,7 +380,7 @@ def _derive(node: gs.Node, facts: ShapeFacts) -> list | None:
 
 
 def _reshape_dims(node: gs.Node, facts: ShapeFacts, depth: int) -> list | None:
-    target = constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    target = K.constant(node.inputs[1]) if len(node.inputs) > 1 else None
     if target is None or target.ndim != 1 or int(node.attrs.get("allowzero", 0)):
         return None
     src = tensor_dims(node.inputs[0], facts, depth + 1)
@@ -565,7 +411,7 @@ def _reshape_dims(node: gs.Node, facts: ShapeFacts, depth: int) -> list | None:
             if i != free:
                 rest = mul(rest, e)
         q = truediv(total, rest)
-        if q is None or not q.is_int or not _is_dim_product(q) or q.coef < 0:
+        if q is None or not q.is_int or not is_dim_product(q) or q.coef < 0:
             return None
         out[free] = q
     return out
@@ -590,320 +436,9 @@ def _raw_dims(t: gs.Tensor, facts: ShapeFacts) -> list | None:
     return out
 
 
-def constant_array(t: gs.Tensor) -> np.ndarray | None:
-    """The value of ``t`` if it is an initializer or the output of a Constant node."""
-    if isinstance(t, gs.Constant):
-        try:
-            return np.asarray(t.values)
-        except Exception:  # noqa: BLE001 - lazily loaded data that cannot be read
-            return None
-    if len(t.inputs) == 1 and t.inputs[0].op == "Constant" and t.inputs[0].domain in (None, "", "ai.onnx"):
-        attrs = t.inputs[0].attrs
-        if "value" in attrs and isinstance(attrs["value"], gs.Constant):
-            return np.asarray(attrs["value"].values)
-        for key in ("value_int", "value_float"):
-            if key in attrs:
-                return np.asarray(attrs[key], dtype=np.int64 if key == "value_int" else np.float32)
-        for key in ("value_ints", "value_floats"):
-            if key in attrs:
-                return np.asarray(attrs[key], dtype=np.int64 if key == "value_ints" else np.float32)
-    return None
-
-
-_BINARY = {"Add", "Sub", "Mul", "Div"}
-EVALUATED_OPS = {
-    "Shape", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Floor", "Ceil",
-    "Equal", "Where", "Not", "ConstantOfShape", "Reshape", "ReduceProd", "Max", "Min", "Constant",
-} | _BINARY
-
-
-def _broadcast(a: SVal, b: SVal):
-    la, lb = len(a.entries), len(b.entries)
-    if la == lb:
-        return list(zip(a.entries, b.entries))
-    if la == 1:
-        return [(a.entries[0], e) for e in b.entries]
-    if lb == 1:
-        return [(e, b.entries[0]) for e in a.entries]
-    return None
-
-
-class Evaluator:
-    """Computes :class:`SVal` for tensors, memoized per pass run (a local object)."""
-
-    def __init__(self, facts: ShapeFacts, opset: Callable[[], int]):
-        self.facts = facts
-        self.opset = opset
-        self.memo: dict[int, SVal | None] = {}
-
-    def value(self, t: gs.Tensor) -> SVal | None:
-        key = id(t)
-        if key not in self.memo:
-            self.memo[key] = None  # cycle guard
-            try:
-                self.memo[key] = self._compute(t)
-            except (ValueError, TypeError, ZeroDivisionError, OverflowError, IndexError) as exc:
-                log.debug("cannot evaluate %s: %s", t.name, exc)
-                self.memo[key] = None
-        return self.memo[key]
-
-    def is_shape_chain(self, t: gs.Tensor, limit: int = 64) -> bool:
-        """True when ``t`` is computed (through evaluated ops) from a Shape node."""
-        seen, stack = set(), [t]
-        while stack and len(seen) < limit:
-            cur = stack.pop()
-            if id(cur) in seen or isinstance(cur, gs.Constant) or len(cur.inputs) != 1:
-                continue
-            seen.add(id(cur))
-            node = cur.inputs[0]
-            if node.op == "Shape":
-                return True
-            if node.op in EVALUATED_OPS:
-                stack.extend(node.inputs)
-        return False
-
-    # -- the op table -------------------------------------------------------------------
-    def _compute(self, t: gs.Tensor) -> SVal | None:
-        if isinstance(t, gs.Constant) and (len(t.shape) > 1 or int(np.prod(t.shape)) > MAX_ENTRIES):
-            return None  # what const_sval refuses, decided without reading a weight's values
-        arr = constant_array(t)
-        if arr is not None:
-            return const_sval(arr)
-        if len(t.inputs) != 1:
-            return None
-        node = t.inputs[0]
-        if node.domain not in (None, "", "ai.onnx") or node.op not in EVALUATED_OPS or node.outputs[0] is not t:
-            return None
-        ins = node.inputs
-        op = node.op
-        if op == "Shape":
-            dims = tensor_dims(ins[0], self.facts)
-            if dims is None:
-                return None
-            r = len(dims)
-            start, end = node.attrs.get("start", 0), node.attrs.get("end", r)
-            start = max(0, min(r, start + r if start < 0 else start))
-            end = max(0, min(r, end + r if end < 0 else end))
-            return SVal(tuple(dims[start:end]), False, "int")
-        vals = [self.value(x) if x.name or isinstance(x, gs.Constant) else None for x in ins]
-        if op in ("Identity",):
-            return vals[0]
-        if op == "Cast":
-            v = vals[0]
-            if v is None:
-                return None
-            kind = _kind_of(onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"]))
-            if kind is None:
-                return None
-            if kind == "int" and v.kind == "float":
-                return SVal(tuple(trunc(e) for e in v.entries), v.scalar, "int")
-            if kind == "bool":
-                if not v.is_const:
-                    return None
-                return SVal(tuple(Expr.const(int(e.coef != 0)) for e in v.entries), v.scalar, "bool")
-            return SVal(v.entries, v.scalar, kind)
-        if op == "Gather":
-            data, idx = vals[0], vals[1]
-            if data is None or idx is None or data.scalar or not idx.is_const or node.attrs.get("axis", 0) != 0:
-                return None
-            n = len(data.entries)
-            picked = []
-            for i in idx.ints():
-                i = i + n if i < 0 else i
-                if not 0 <= i < n:
-                    return None
-                picked.append(data.entries[i])
-            return SVal(tuple(picked), idx.scalar, data.kind)
-        if op == "Slice":
-            return self._slice(node, vals)
-        if op == "Concat":
-            if any(v is None or v.scalar for v in vals):
-                return None
-            entries = tuple(e for v in vals for e in v.entries)
-            if len(entries) > MAX_ENTRIES:
-                return None
-            kinds = {v.kind for v in vals}
-            return SVal(entries, False, kinds.pop()) if len(kinds) == 1 else None
-        if op == "Unsqueeze":
-            v = vals[0]
-            axes = node.attrs.get("axes") if self.opset() < 13 else (vals[1].ints() if len(vals) > 1 and vals[1] and vals[1].is_const else None)
-            if v is None or not v.scalar or axes is None or list(axes) not in ([0], [-1]):
-                return None
-            return SVal(v.entries, False, v.kind)
-        if op == "Squeeze":
-            v = vals[0]
-            if v is None or v.scalar or len(v.entries) != 1:
-                return None
-            return SVal(v.entries, True, v.kind)
-        if op == "Reshape":
-            v, shape = vals[0], vals[1]
-            if v is None or shape is None or not shape.is_const:
-                return None
-            target = shape.ints()
-            if target in ([-1], [len(v.entries)]):
-                return SVal(v.entries, False, v.kind)
-            if target == [] and len(v.entries) == 1:
-                return SVal(v.entries, True, v.kind)
-            return None
-        if op in _BINARY or op in ("Max", "Min"):
-            if len(vals) != 2 or vals[0] is None or vals[1] is None:
-                return None
-            a, b = vals
-            if a.kind != b.kind or a.kind == "bool":
-                return None
-            pairs = _broadcast(a, b)
-            if pairs is None:
-                return None
-            out = []
-            for x, y in pairs:
-                r = self._binary(op, x, y, a.kind)
-                if r is None:
-                    return None
-                out.append(r)
-            return SVal(tuple(out), a.scalar and b.scalar, a.kind)
-        if op in ("Floor", "Ceil"):
-            v = vals[0]
-            if v is None or v.kind != "float":
-                return None
-            f = floor if op == "Floor" else ceil
-            return SVal(tuple(f(e) for e in v.entries), v.scalar, "float")
-        if op == "Equal":
-            a, b = vals[0], vals[1]
-            if a is None or b is None:
-                return None
-            pairs = _broadcast(a, b)
-            if pairs is None:
-                return None
-            out = []
-            for x, y in pairs:
-                if x == y:
-                    out.append(Expr.const(1))
-                elif x.is_const and y.is_const:
-                    out.append(Expr.const(int(x.coef == y.coef)))
-                elif (x.is_const and x.coef < 0 and y.nonneg and not y.is_const and _is_dim_product(y)) or \
-                        (y.is_const and y.coef < 0 and x.nonneg and not x.is_const and _is_dim_product(x)):
-                    out.append(Expr.const(0))  # a dimension is never negative
-                else:
-                    return None
-            return SVal(tuple(out), a.scalar and b.scalar, "bool")
-        if op == "Not":
-            v = vals[0]
-            if v is None or not v.is_const:
-                return None
-            return SVal(tuple(Expr.const(1 - int(e.coef)) for e in v.entries), v.scalar, "bool")
-        if op == "Where":
-            c, a, b = vals
-            if c is None or a is None or b is None or not c.is_const or a.kind != b.kind:
-                return None
-            n = max(len(c.entries), len(a.entries), len(b.entries))
-            if any(len(v.entries) not in (1, n) for v in (c, a, b)):
-                return None
-            pick = lambda v, i: v.entries[0] if len(v.entries) == 1 else v.entries[i]  # noqa: E731
-            out = tuple(pick(a, i) if pick(c, i).coef else pick(b, i) for i in range(n))
-            return SVal(out, c.scalar and a.scalar and b.scalar, a.kind)
-        if op == "ConstantOfShape":
-            shape = vals[0]
-            if shape is None or not shape.is_const or len(shape.entries) != 1:
-                return None
-            n = shape.ints()[0]
-            if not 0 <= n <= MAX_ENTRIES:
-                return None
-            fill = node.attrs.get("value")
-            arr = np.asarray(fill.values).ravel() if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
-            one = const_sval(arr[:1].reshape(()))
-            if one is None:
-                return None
-            return SVal(one.entries * n, False, one.kind)
-        if op == "ReduceProd":
-            v = vals[0]
-            if v is None or v.scalar:
-                return None
-            axes = node.attrs.get("axes")
-            if self.opset() >= 18 and len(vals) > 1:
-                axes = vals[1].ints() if vals[1] is not None and vals[1].is_const else (None if ins[1].name else [])
-                if axes is None:
-                    return None
-            if axes not in (None, [], [0], [-1]):
-                return None
-            prod = Expr.const(1)
-            for e in v.entries:
-                prod = mul(prod, e)
-            return SVal((prod,), not node.attrs.get("keepdims", 1), v.kind)
-        return None
-
-    def _binary(self, op: str, x: Expr, y: Expr, kind: str) -> Expr | None:
-        if op == "Add":
-            return add(x, y, 1)
-        if op == "Sub":
-            return add(x, y, -1)
-        if op == "Mul":
-            return mul(x, y)
-        if op == "Div":
-            q = truediv(x, y)
-            if q is None:
-                return None
-            if kind == "int":
-                if q.is_const:
-                    return Expr.const(int(q.coef))  # ONNX integer Div truncates
-                if not (x.nonneg and y.nonneg):
-                    return None
-                return trunc(q)
-            return q
-        if op in ("Max", "Min"):
-            if x.is_const and y.is_const:
-                return Expr.const(max(x.coef, y.coef) if op == "Max" else min(x.coef, y.coef))
-            if x == y:
-                return x
-            return None
-        return None
-
-    def _slice(self, node: gs.Node, vals: list) -> SVal | None:
-        data = vals[0]
-        if data is None or data.scalar:
-            return None
-        if self.opset() < 10:
-            starts, ends = node.attrs.get("starts"), node.attrs.get("ends")
-            axes, steps = node.attrs.get("axes", [0]), [1]
-        else:
-            params = []
-            for i in range(1, 5):
-                v = vals[i] if i < len(vals) else None
-                if i < len(node.inputs) and (node.inputs[i].name or isinstance(node.inputs[i], gs.Constant)):
-                    if v is None or not v.is_const:
-                        return None
-                    params.append(v.ints())
-                else:
-                    params.append(None)
-            starts, ends, axes, steps = params
-            axes = axes if axes is not None else [0]
-            steps = steps if steps is not None else [1]
-        if starts is None or ends is None or len(starts) != 1 or list(axes) not in ([0], [-1]) or len(steps) != 1:
-            return None
-        step = steps[0]
-        if step == 0:
-            return None
-        n = len(data.entries)
-        start, end = starts[0], ends[0]
-        # ONNX clamps like Python slicing once huge sentinels are in range
-        start = max(-n - 1, min(n + 1, start))
-        end = max(-n - 1, min(n + 1, end))
-        if step < 0 and end < -n:
-            end = None
-        return SVal(tuple(data.entries[start:end:step]), False, data.kind)
-
-
-def _is_dim_product(e: Expr) -> bool:
-    """True when ``e`` is a product of dims/symbols (so provably >= 0)."""
-    return all(k[0] in ("dim", "sym") and p > 0 for k, p in e.atoms)
-
-
-def unique_name(graph_names: set, base: str) -> str:
-    name, i = base, 1
-    while name in graph_names:
-        name = f"{base}_{i}"
-        i += 1
-    graph_names.add(name)
-    return name
+def evaluator(facts: ShapeFacts, opset: int) -> Evaluator:
+    """The core evaluator (:mod:`surgeon.evaluators`) with this module's dims and constant reader."""
+    return Evaluator(opset=opset, dims=lambda t: tensor_dims(t, facts), constant=K.constant)
 
 
 def learn_aliases(root: gs.Graph, facts: ShapeFacts) -> None:
@@ -914,9 +449,7 @@ def learn_aliases(root: gs.Graph, facts: ShapeFacts) -> None:
     ``Expand(that, [N, 2048, 1])`` be proven a no-op. Only fresh symbols (never one a
     user declared on an input) get an alias, and only with a proven expression.
     """
-    from surgeon import graph as G
-
-    for g in G.iter_graphs(root):
+    for g in K.iter_graphs(root):
         for node in g.nodes:
             if node.op != "Reshape" or node.domain not in (None, "", "ai.onnx") or len(node.inputs) < 2:
                 continue
@@ -939,7 +472,7 @@ def dim_hints(root: gs.Graph, facts: ShapeFacts, opset: int) -> dict:
     before a second inference, the proven symbol flows on. Only trusted input symbols
     and literal ints are hinted.
     """
-    ev = Evaluator(facts, lambda: opset)
+    ev = evaluator(facts, opset)
     hints = {}
     for node in root.nodes:
         if node.domain not in (None, "", "ai.onnx") or len(node.outputs) != 1 or len(node.inputs) < 2:

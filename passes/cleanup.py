@@ -15,13 +15,12 @@ domain (custom ops included).
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from typing import Iterator
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G
+from surgeon import graph_ops as K
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
 
@@ -30,13 +29,6 @@ logger = logging.getLogger(__name__)
 # Removing a node inside a body can free nodes of the enclosing graph; a few sweeps
 # reach the fixed point on real models (each sweep is linear in the graph size).
 MAX_SWEEPS = 8
-
-
-def _nested(graph: gs.Graph) -> Iterator[gs.Graph]:
-    """Every graph strictly inside ``graph``."""
-    for node in graph.nodes:
-        for sub in G.subgraphs(node):
-            yield from G.iter_graphs(sub)
 
 
 def _outer_reads(node: gs.Node) -> set[str]:
@@ -48,8 +40,7 @@ def _outer_reads(node: gs.Node) -> set[str]:
 
 
 def _is_identity(node: gs.Node) -> bool:
-    return (node.op == "Identity" and node.domain in ("", "ai.onnx", None)
-            and len(node.inputs) == 1 and len(node.outputs) == 1)
+    return node.op == "Identity" and K.is_default_domain(node) and len(node.inputs) == 1 and len(node.outputs) == 1
 
 
 def _detach(node: gs.Node) -> None:
@@ -69,81 +60,26 @@ def _drop(graph: gs.Graph, removed: set[int]) -> None:
 
 # --- Identity elimination --------------------------------------------------------------
 
-def _identity_refusal(graph: gs.Graph, node: gs.Node, nested_outputs: set[int], nested_names: set[str],
-                      producers: Counter) -> str | None:
-    """Why this Identity must stay (None: it can go). Pure: looks, never changes.
-
-    ``producers``: id(tensor) -> how many nodes of ``graph`` write it.
-    """
-    x, y = node.inputs[0], node.outputs[0]
-    graph_outputs = [id(t) for t in graph.outputs]
-    if id(y) in nested_outputs:
-        return "its output is also a subgraph's output"
-    if x.name in nested_names:
-        return "a subgraph defines a value with its input's name"
-    if id(y) not in graph_outputs:
-        return None
-    # y is a graph output: its name must survive, so x's producer has to write y instead.
-    if producers[id(x)] - sum(1 for t in node.outputs if t is x) <= 0:
-        where = "a graph input" if x in graph.inputs else ("a constant" if isinstance(x, gs.Constant) else "an outer-scope value")
-        return f"a (sub)graph output copies {where}"
-    if id(x) in graph_outputs:
-        return "its input and output are both graph outputs"
-    if id(x) in nested_outputs:
-        return "its input is also a subgraph's output"
-    if x.name in G.body_reads(graph):
-        return "it names a graph output and its input is read by a subgraph"
-    return None
-
-
-def _replace_input(old: gs.Tensor, new: gs.Tensor) -> None:
-    """Every reader of ``old`` (in this graph or a nested one: gs shares the tensor) reads ``new``."""
-    for n in list(old.outputs):
-        for i, t in enumerate(n.inputs):
-            if t is old:
-                n.inputs[i] = new
-
-
 def _eliminate_identities(graph: gs.Graph, ctx: PassContext, log: PassLog, kept: dict[str, dict[str, None]]) -> bool:
+    """Bypass every Identity the kernel's rules allow (:func:`surgeon.graph_ops.bypass`)."""
     identities = [n for n in graph.nodes if _is_identity(n)]
     if not identities:
         return False
-    # Removing an Identity of this graph changes neither the nested graphs' outputs nor
-    # the names they define, so these are computed once.
-    nested_graphs = list(_nested(graph))
-    nested_outputs = {id(t) for sub in nested_graphs for t in sub.outputs}
-    nested_names = {t.name for sub in nested_graphs for t in sub.inputs}
-    nested_names |= {t.name for sub in nested_graphs for n in sub.nodes for t in n.outputs}
-    producers = Counter(id(t) for n in graph.nodes for t in n.outputs)
-    removed: set[int] = set()
+    scope = K.Scope(graph)
+    changed = False
     for node in identities:
-        reason = _identity_refusal(graph, node, nested_outputs, nested_names, producers)
+        x, y = node.inputs[0], node.outputs[0]
+        reason = scope.bypass_refusal(x, y)
         if reason:
             kept.setdefault(reason, {})[node.name or f"<unnamed {node.op}>"] = None
             continue
         if not ctx.permit("identity", node.name):
             continue
-        x, y = node.inputs[0], node.outputs[0]
-        producers.subtract(id(t) for t in node.outputs)
-        if any(t is y for t in graph.outputs):
-            producer = x.inputs[0]
-            _detach(node)
-            _replace_input(x, y)
-            producer.outputs[[id(t) for t in producer.outputs].index(id(x))] = y
-            producers[id(x)] -= 1
-            producers[id(y)] += 1
-            if y.dtype is None:
-                y.dtype = x.dtype
-            if y.shape is None:
-                y.shape = x.shape
-        else:
-            _detach(node)
-            _replace_input(y, x)
-        removed.add(id(node))
+        K.bypass(scope, node, x, y)
         log.count("identity removed")
-    if removed:
-        _drop(graph, removed)
-    return bool(removed)
+        changed = True
+    scope.finish()
+    return changed
 
 
 # --- dead nodes ----------------------------------------------------------------------
@@ -217,17 +153,12 @@ def _name_nodes(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
         if node.name and node.name not in seen:
             seen.add(node.name)
             continue
-        base = node.name or node.op
-        k = 0
-        while f"{base}_{k}" in taken:
-            k += 1
-        new = f"{base}_{k}"
+        new = K.unique_name(node.name or node.op, taken)  # reserved even if not permitted: harmless
         if not ctx.permit("unique-name", new):
             seen.add(node.name)
             continue
         log.count("duplicate node name made unique" if node.name else "unnamed node named")
         node.name = new
-        taken.add(new)
         seen.add(new)
         changed = True
     return changed

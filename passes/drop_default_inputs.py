@@ -23,8 +23,8 @@ count or hidden size, or a batch size different from ``X``'s static one) is refu
 a note: such a model cannot run as it is, and dropping the input would hide that.
 
 A non-zero fill, or a state that is a graph input or any other computation, stays.
-The producers left without readers are removed; a producer something else still reads
-is kept.
+The producers left without readers are removed (by the rewrite engine, through
+:func:`surgeon.graph_ops.drop_if_dead`); a producer something else still reads is kept.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes import _rewire as R
-from surgeon.pipeline.base import GraphPass, PassContext, PassLog
+from surgeon import graph_ops as K
 from surgeon.pipeline.registry import register
+from surgeon.rewrite import Match, RulePass, Node, Rule, RuleContext, fail, ok
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +57,11 @@ _MAX_DEPTH = 32  # exporters put a few ops between the zeros and the state; deep
 
 def _is_zero(t: gs.Tensor, depth: int = 0) -> bool | None:
     """True: provably all zeros; False: provably not; None: not a value we can read. Pure."""
-    value = R.constant_value(t)
+    value = K.constant(t, K.SMALL)
     if value is not None:
         return bool(value.size) and bool(np.all(value == 0))
-    node = R.producer(t)
-    if node is None or not R.is_standard(node) or depth > _MAX_DEPTH:
+    node = K.producer(t)
+    if node is None or not K.is_default_domain(node) or depth > _MAX_DEPTH:
         return None
     if node.op == "ConstantOfShape":
         fill = node.attrs.get("value")
@@ -80,11 +80,11 @@ def _is_zero(t: gs.Tensor, depth: int = 0) -> bool | None:
 
 def _static_dims(t: gs.Tensor) -> list | None:
     """Dims of ``t`` (int where static, None where not), None when the rank is unknown. Pure."""
-    shape = R.shape_of(t)
+    shape = K.shape_of(t)
     if shape is None:
-        node = R.producer(t)
-        if node is not None and node.op == "ConstantOfShape" and R.is_standard(node) and node.inputs:
-            dims = R.constant_value(node.inputs[0])
+        node = K.producer(t)
+        if node is not None and node.op == "ConstantOfShape" and K.is_default_domain(node) and node.inputs:
+            dims = K.constant(node.inputs[0], K.SMALL)
             return None if dims is None else [int(d) for d in np.asarray(dims).reshape(-1)]
         return None
     return [int(d) if isinstance(d, (int, np.integer)) and int(d) >= 0 else None for d in shape]
@@ -121,49 +121,47 @@ def _shape_conflict(node: gs.Node, what: str, t: gs.Tensor) -> str | None:
     return None
 
 
-def drop(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
-    candidates = [n for n in graph.nodes if n.op in _ZERO_DEFAULTS and R.is_standard(n)]
-    if not candidates:
-        return False
-    scope = R.Scope(graph)
-    changed = False
-    for node in candidates:
-        for index, what in sorted(_ZERO_DEFAULTS[node.op].items(), reverse=True):
-            t = R.present(node, index)
-            if t is None:
-                continue
-            zero = _is_zero(t)
-            if zero is False:
-                continue
-            if zero is None:
-                if R.producer(t) is not None:
-                    log.note(f"{node.op} {node.name}: {what} is computed by {R.producer(t).op}, not a known zero; kept")
-                continue
-            conflict = _shape_conflict(node, what, t)
-            if conflict:
-                log.note(conflict)
-                continue
-            if not ctx.permit("zero-initial-state", node):
-                continue
-            if index == len(node.inputs) - 1:
-                node.inputs.pop()
-                while node.inputs and isinstance(node.inputs[-1], gs.Variable) and not node.inputs[-1].name:
-                    node.inputs.pop()  # trailing empty optional inputs say nothing
-            else:
-                node.inputs[index] = gs.Variable.empty()
-            R.drop_if_dead(scope, t)
-            log.count("zero-initial-state")
-            changed = True
-    scope.finish()
-    return changed
+class ZeroState(Rule):
+    """Leave out optional input ``index`` (``what`` in the spec) of RNN/GRU/LSTM when it is provably zeros."""
+
+    name = "zero-initial-state"
+
+    def __init__(self, index: int, what: str):
+        self.index, self.what = index, what
+        self.pattern = Node(tuple(op for op, slots in _ZERO_DEFAULTS.items() if index in slots), bind="node", more=True)
+
+    def check(self, m: Match, ctx: RuleContext):
+        node = m["node"]
+        t = K.present(node, self.index)
+        zero = None if t is None else _is_zero(t)
+        if t is None or zero is False:
+            return fail("")
+        if zero is None:
+            src = K.producer(t)
+            return fail(f"{node.op} {node.name}: {self.what} is computed by {src.op}, not a known zero; kept"
+                        if src is not None else "")
+        conflict = _shape_conflict(node, self.what, t)
+        return fail(conflict) if conflict else ok()
+
+    def rewrite(self, m: Match, b) -> list[gs.Tensor]:
+        inputs = list(m["node"].inputs)
+        inputs[self.index] = None
+        while inputs and (inputs[-1] is None or (isinstance(inputs[-1], gs.Variable) and not inputs[-1].name)):
+            inputs.pop()  # trailing empty optional inputs say nothing
+        new = b.copy_of(m["node"], inputs, outputs=len(m["node"].outputs))
+        new = new if isinstance(new, list) else [new]
+        return [new[i] for i, o in enumerate(m["node"].outputs) if any(o is t for t in m.outputs)]
+
+    def note(self, node, reason: str) -> str:
+        return reason
+
+
+RULES = [ZeroState(7, "P"), ZeroState(6, "initial_c"), ZeroState(5, "initial_h")]
 
 
 @register
-class DropDefaultInputs(GraphPass):
+class DropDefaultInputs(RulePass):
     name = "drop-default-inputs"
     summary = "Leave out optional inputs computed to equal their default (zero initial states of RNN/GRU/LSTM)."
     default_order = 62
-    candidate_ops = frozenset(_ZERO_DEFAULTS)
-
-    def run_on_graph(self, graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
-        return drop(graph, ctx, log)
+    rules = tuple(RULES)  # several sweeps: each replaces the node, one state at a time

@@ -16,10 +16,12 @@ are read (initializers and ``Constant`` nodes, never an initializer a user may o
 A refusal that is close to a rewrite (an all-zero bias that would broadcast ``x`` to a
 larger shape, a Dropout in training mode, a used Dropout mask) is reported as a note.
 
-The node is bypassed: readers of its output read its input. When the output is a graph
-output, the input's producer writes the output name instead, so graph outputs keep their
-names and order; where that is impossible (the output copies a graph input or a
-constant) the node stays. Bodies of If/Loop/Scan are handled like the main graph.
+The node is bypassed (:func:`surgeon.graph_ops.bypass`): readers of its output read its
+input. When the output is a graph output, the input's producer writes the output name
+instead, so graph outputs keep their names and order; where that is impossible (the
+output copies a graph input or a constant) the node stays. Bodies of If/Loop/Scan are
+handled like the main graph. Each rule is a pattern on the rewrite engine whose check
+returns the input the node equals, or the note; the engine does the bypass.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from passes import _rewire as R
+from surgeon import graph_ops as K
 from surgeon import graph as G
-from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
+from surgeon.rewrite import Match, RulePass, Node, Rule, RuleContext, fail, ok
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ def _rule_binary(node: gs.Node) -> tuple[str, gs.Tensor] | str | None:
     if len(node.inputs) != 2:
         return None
     for pos in positions:
-        c = R.constant_value(node.inputs[pos])
+        c = K.constant(node.inputs[pos], K.SMALL)
         if c is None or c.size == 0 or not np.all(c == neutral):
             continue
         x = node.inputs[1 - pos]
@@ -58,9 +60,9 @@ def _rule_binary(node: gs.Node) -> tuple[str, gs.Tensor] | str | None:
             return None  # constant folding's job
         if node.op == "Pow" and x.dtype is not None and node.outputs[0].dtype not in (None, x.dtype):
             return None
-        if not R.broadcast_keeps_shape(R.shape_of(x), c.shape):
+        if not K.broadcast_keeps_shape(K.shape_of(x), c.shape):
             return (f"{node.op} {node.name} by neutral {neutral} kept: broadcasting with shape "
-                    f"{list(c.shape)} may change the shape of {x.name} ({R.shape_of(x)})")
+                    f"{list(c.shape)} may change the shape of {x.name} ({K.shape_of(x)})")
         return f"{node.op.lower()}-neutral", x
     return None
 
@@ -76,17 +78,17 @@ def _rule_where(node: gs.Node) -> tuple[str, gs.Tensor] | str | None:
     """
     if len(node.inputs) != 3:
         return None
-    c = R.constant_value(node.inputs[0])
+    c = K.constant(node.inputs[0], K.SMALL)
     if c is None or c.size == 0 or c.dtype != np.bool_ or not (np.all(c) or not np.any(c)):
         return None
     chosen, other = (node.inputs[1], node.inputs[2]) if np.all(c) else (node.inputs[2], node.inputs[1])
     if isinstance(chosen, gs.Constant):
         return None  # constant folding's job
-    shape = R.shape_of(chosen)
-    other_value = R.constant_value(other)
-    other_shape = tuple(other_value.shape) if other_value is not None else R.shape_of(other)
+    shape = K.shape_of(chosen)
+    other_value = K.constant(other, K.SMALL)
+    other_shape = tuple(other_value.shape) if other_value is not None else K.shape_of(other)
     static_other = other_shape is not None and all(isinstance(d, (int, np.integer)) for d in other_shape)
-    if not (R.broadcast_keeps_shape(shape, c.shape) and static_other and R.broadcast_keeps_shape(shape, tuple(other_shape))):
+    if not (K.broadcast_keeps_shape(shape, c.shape) and static_other and K.broadcast_keeps_shape(shape, tuple(other_shape))):
         return (f"Where {node.name} on a constant condition kept: broadcasting with the condition "
                 f"{list(c.shape)} or the other branch ({other_shape}) may change the shape of {chosen.name} ({shape})")
     return ("where-constant-condition", chosen)
@@ -95,9 +97,9 @@ def _rule_where(node: gs.Node) -> tuple[str, gs.Tensor] | str | None:
 def _rule_dropout(node: gs.Node, opset: int) -> tuple[str, gs.Tensor] | str | None:
     if opset < 7 and not node.attrs.get("is_test", 0):
         return f"Dropout {node.name} kept: is_test=0 (training mode) at opset {opset}"
-    training = R.present(node, 2)
+    training = K.present(node, 2)
     if training is not None:
-        value = R.constant_value(training)
+        value = K.constant(training, K.SMALL)
         if value is None or bool(np.asarray(value).ravel()[0]):
             return f"Dropout {node.name} kept: training_mode is not a constant false"
     return "dropout-inference", node.inputs[0]
@@ -159,8 +161,8 @@ def _rule_cast_round_trip(node: gs.Node, target) -> tuple[str, gs.Tensor] | None
     engine that wanted int32, bool → float → bool). A narrowing first step (float → int,
     int64 → int32, float32 → float16) is not a round trip and is never touched.
     """
-    inner = R.producer(node.inputs[0])
-    if inner is None or inner.op != "Cast" or not R.is_standard(inner) or node.op != "Cast":
+    inner = K.producer(node.inputs[0])
+    if inner is None or inner.op != "Cast" or not K.is_default_domain(inner) or node.op != "Cast":
         return None
     x = inner.inputs[0]
     middle = _np_dtype(inner.attrs.get("to", 0))
@@ -178,7 +180,7 @@ def _rule_cast_round_trip(node: gs.Node, target) -> tuple[str, gs.Tensor] | None
 def _rule_transpose(node: gs.Node) -> tuple[str, gs.Tensor] | None:
     x = node.inputs[0]
     perm = node.attrs.get("perm")
-    rank = None if R.shape_of(x) is None else len(R.shape_of(x))
+    rank = None if K.shape_of(x) is None else len(K.shape_of(x))
     if perm is None:
         identity = rank is not None and rank <= 1
     else:
@@ -209,23 +211,23 @@ def _rule_shape_ops(node: gs.Node, opset: int) -> tuple[str, gs.Tensor] | None:
     x = node.inputs[0]
     if isinstance(x, gs.Constant):
         return None
-    shape = R.shape_of(x)
+    shape = K.shape_of(x)
     op = node.op
     if op == "Reshape" and len(node.inputs) >= 2:
-        target = R.constant_value(node.inputs[1])
+        target = K.constant(node.inputs[1], K.SMALL)
         if target is not None and _reshape_keeps(shape, target.astype(np.int64), node.attrs.get("allowzero", 0)):
             return "reshape-same-shape", x
     elif op == "Expand" and len(node.inputs) == 2:
-        target = R.constant_value(node.inputs[1])
+        target = K.constant(node.inputs[1], K.SMALL)
         if target is not None and target.ndim == 1 and all(int(v) >= 1 for v in target) \
-                and R.broadcast_keeps_shape(shape, tuple(int(v) for v in target)):
+                and K.broadcast_keeps_shape(shape, tuple(int(v) for v in target)):
             return "expand-same-shape", x
     elif op == "Tile" and len(node.inputs) == 2:
-        reps = R.constant_value(node.inputs[1])
+        reps = K.constant(node.inputs[1], K.SMALL)
         if reps is not None and reps.size > 0 and np.all(reps == 1):
             return "tile-ones", x
     elif op == "Pad":
-        pads = node.attrs.get("pads") if opset < 11 else R.constant_value(R.present(node, 1))
+        pads = node.attrs.get("pads") if opset < 11 else K.constant(K.present(node, 1), K.SMALL)
         if pads is not None and np.asarray(pads).size > 0 and np.all(np.asarray(pads) == 0):
             return "pad-zero", x
     elif op == "Slice" and opset >= 10:
@@ -238,11 +240,11 @@ def _slice_keeps(node: gs.Node, shape: list | None) -> bool:
         return False
     params = []
     for i in range(1, 5):
-        t = R.present(node, i)
+        t = K.present(node, i)
         if t is None:
             params.append(None)
             continue
-        v = R.constant_value(t)
+        v = K.constant(t, K.SMALL)
         if v is None:
             return False
         params.append([int(a) for a in np.asarray(v).ravel()])
@@ -300,54 +302,56 @@ _OPS = frozenset(_BINARY) | frozenset(_VARIADIC) | {"Dropout", "Where", "Cast", 
                                                      "Expand", "Tile", "Pad", "Slice", "Split"}
 
 
-def eliminate(graph: gs.Graph, ctx: PassContext, log: PassLog, opset: int) -> bool:
-    """One sweep over ``graph`` in order (chains such as ``(x + 0) * 1`` go in one sweep)."""
-    candidates = [n for n in graph.nodes if n.op in _OPS and R.is_standard(n)]
-    if not candidates:
-        return False
-    scope = R.Scope(graph)
-    changed = False
-    for node in candidates:
-        found = _match(node, opset)
-        if found is None:
-            continue
+class Neutral(Rule):
+    """One rule name of this pass: ``find`` (the functions above) says whether a node of ``ops`` is neutral."""
+
+    def __init__(self, name: str, ops: tuple[str, ...]):
+        self.name = name
+        self.pattern = Node(ops, bind="node", more=True)
+
+    def check(self, m: Match, ctx: RuleContext):
+        node = m["node"]
+        found = _match(node, ctx.opset) if node.inputs and node.outputs else None
         if isinstance(found, str):
-            log.note(found)
-            continue
-        rule, x = found
-        y = node.outputs[0]
-        extra = [o for o in node.outputs[1:] if not R.unread(scope, o)]
+            return fail(found)
+        if found is None or found[0] != self.name:
+            return fail("")  # another rule's case, or no case at all: nothing to say
+        x, y = found[1], node.outputs[0]
+        extra = [o for o in node.outputs[1:] if not m.scope.unread(o)]
         if extra:
-            log.note(f"{node.op} {node.name} kept: its output {extra[0].name} is read")
-            continue
-        reason = scope.refusal(x, y)
+            return fail(f"{node.op} {node.name} kept: its output {extra[0].name} is read")
+        reason = m.scope.bypass_refusal(x, y)
         if reason:
-            log.note(f"{node.op} {node.name} kept ({rule}): {reason}")
-            continue
-        if not ctx.permit(rule, node):
-            continue
-        first = node.inputs[0]
-        R.bypass(scope, node, x, y)
-        if first is not x:
-            R.drop_if_dead(scope, first)  # a round trip's first Cast, when nothing else reads it
-        log.count(rule)
-        changed = True
-    scope.finish()
-    return changed
+            return fail(f"{node.op} {node.name} kept ({self.name}): {reason}")
+        return ok(x=x)
+
+    def rewrite(self, m: Match, b) -> list[gs.Tensor]:
+        return [m["x"]]  # an existing tensor: the engine bypasses the node (surgeon.graph_ops.bypass)
+
+    def note(self, node, reason: str) -> str:
+        return reason
+
+
+RULES = (
+    [Neutral(f"{op.lower()}-neutral", (op,)) for op in _BINARY]
+    + [Neutral("where-constant-condition", ("Where",)), Neutral("dropout-inference", ("Dropout",)),
+       Neutral("cast-same-type", ("Cast", "CastLike")), Neutral("cast-round-trip", ("Cast",)),
+       Neutral("transpose-identity", ("Transpose",)), Neutral("reshape-same-shape", ("Reshape",)),
+       Neutral("expand-same-shape", ("Expand",)), Neutral("tile-ones", ("Tile",)), Neutral("pad-zero", ("Pad",)),
+       Neutral("slice-whole", ("Slice",)), Neutral("split-single-output", ("Split",))]
+    + [Neutral(f"{op.lower()}-single-input", (op,)) for op in _VARIADIC]
+)
 
 
 @register
-class EliminateNeutralOps(Pass):
+class EliminateNeutralOps(RulePass):
+    """Bypass nodes whose output provably equals an input (see the module docstring for the rules)."""
+
     name = "eliminate-neutral-ops"
     summary = "Remove nodes that provably return an input: x+0, x*1, Dropout at inference, Cast to its own type, ..."
     default_order = 60
 
-    def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
-        if not any(n.op in _OPS for n in G.walk_nodes(model.graph)):
-            return False
-        opset = model.opset("") or 1
-        changed = False
-        with G.inferred_types(model):
-            for g in list(G.iter_graphs(model.graph)):
-                changed |= eliminate(g, ctx, log, opset)
-        return changed
+    rules, needs_types, sweeps = tuple(RULES), True, 1
+
+    def applies(self, model: G.Model) -> bool:
+        return any(n.op in _OPS and K.is_default_domain(n) for n in G.walk_nodes(model.graph))

@@ -6,7 +6,8 @@ of exactly those nodes (weights handed over in memory), whatever the model's siz
 
 1. ``Constant`` nodes become initializers (their tensor is shared, not copied);
 2. ``Shape``/``Size`` of a tensor whose dims inference knows statically, and ``Gather``
-   or ``Slice`` of a ``Shape`` picking only static dims, become constants;
+   or ``Slice`` of a ``Shape`` picking only static dims, become constants: the core's
+   per-op evaluators (:mod:`surgeon.evaluators`) compute them, no session needed;
 3. every other standard node whose inputs are all constants is evaluated, all of them
    in one ONNX Runtime session; bodies of If/Loop/Scan are included (their nodes may
    read constants of an enclosing graph);
@@ -38,15 +39,17 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G
+from surgeon import graph_ops as K
 from surgeon import weights as W
+from surgeon.symbolic import Expr
 from surgeon.errors import BackendError, UsageError
+from surgeon.evaluators import Evaluator
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxsim")
-STANDARD = (None, "", "ai.onnx")
 LARGE_RESULT = 64 << 20
 NEVER_FOLD = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
@@ -67,77 +70,30 @@ def _is_constant(t: gs.Tensor) -> bool:
     return isinstance(t, gs.Constant) and not G.is_overridable(t)
 
 
-def _static_dims(t: gs.Tensor) -> list[int] | None:
+def _dims(t: gs.Tensor) -> list[Expr] | None:
+    """Dims as expressions: the static ones as numbers, each dynamic one equal only to itself."""
     shape = t.shape
-    if shape is None or not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
-        return None
-    return [int(d) for d in shape]
-
-
-def _attr_int(node: gs.Node, key: str, default: int | None) -> int | None:
-    value = node.attrs.get(key, default)
-    return None if value is None else int(value)
-
-
-def _shape_value(node: gs.Node) -> np.ndarray | None:
-    """The value of a Shape/Size node whose input dims are all known, else None."""
-    dims = _static_dims(node.inputs[0]) if node.inputs else None
-    if dims is None:
-        return None
-    if node.op == "Size":
-        return np.array(int(np.prod(dims, dtype=np.int64)), dtype=np.int64)
-    start, end = _attr_int(node, "start", 0), _attr_int(node, "end", None)
-    return np.array(dims[slice(start, end)], dtype=np.int64)
-
-
-def _known_dims(shape_node: gs.Node) -> list[int | None] | None:
-    """Dims a Shape node reports, None for the dynamic ones (only without start/end)."""
-    if shape_node.attrs.get("start") not in (None, 0) or shape_node.attrs.get("end") is not None:
-        return None
-    shape = shape_node.inputs[0].shape
     if shape is None:
         return None
-    return [int(d) if isinstance(d, (int, np.integer)) and d >= 0 else None for d in shape]
+    return [Expr.const(int(d)) if isinstance(d, (int, np.integer)) and d >= 0 else Expr.atom(("dim", f"{t.name}@{id(t)}", i))
+            for i, d in enumerate(shape)]
 
 
-def _const(t: gs.Tensor) -> np.ndarray | None:
-    if not _is_constant(t):
-        return None
-    values = np.asarray(t.values)
-    return values if values.size <= 64 else None
+def _shape_value(evaluator: Evaluator, node: gs.Node) -> np.ndarray | None:
+    """The value of a Shape/Size (or a Gather/Slice of one) that depends only on static dims, else None.
 
-
-def _picked_from_shape(node: gs.Node) -> np.ndarray | None:
-    """Gather/Slice of a Shape that selects only static dims (the rest may stay dynamic)."""
-    src = node.inputs[0] if node.inputs else None
-    if src is None or len(src.inputs) != 1 or src.inputs[0].op != "Shape":
+    ``Gather(Shape(x), 1)`` is a constant when dim 1 is static, whatever the batch is;
+    the core's evaluators (:mod:`surgeon.evaluators`) say so without running anything.
+    """
+    out = node.outputs[0]
+    dtype = np.int64 if node.op in ("Shape", "Size") else out.dtype
+    if dtype is None or not np.issubdtype(np.dtype(dtype), np.integer):
         return None
-    dims = _known_dims(src.inputs[0])
-    if dims is None:
+    value = evaluator.value(out)
+    if value is None or not value.is_const or value.kind != "int":
         return None
-    try:
-        if node.op == "Gather" and len(node.inputs) == 2 and _attr_int(node, "axis", 0) == 0:
-            idx = _const(node.inputs[1])
-            if idx is None:
-                return None
-            picked = np.array([dims[int(i)] for i in idx.reshape(-1)], dtype=object).reshape(idx.shape)
-        elif node.op == "Slice" and len(node.inputs) >= 3:
-            parts = [_const(t) for t in node.inputs[1:]]
-            if any(p is None or p.size != 1 for p in parts):
-                return None
-            starts, ends = int(parts[0].reshape(-1)[0]), int(parts[1].reshape(-1)[0])
-            axes = int(parts[2].reshape(-1)[0]) if len(parts) > 2 else 0
-            steps = int(parts[3].reshape(-1)[0]) if len(parts) > 3 else 1
-            if axes not in (0, -1) or steps == 0:
-                return None
-            picked = np.array(dims[slice(starts, ends, steps)], dtype=object)
-        else:
-            return None
-    except (IndexError, ValueError):
-        return None
-    if any(d is None for d in picked.reshape(-1)):
-        return None
-    return picked.astype(np.int64)
+    arr = np.array(value.ints(), dtype=dtype)
+    return arr.reshape(()) if value.scalar else arr
 
 
 # --- results computed as recipes over weights (never run, never resident) ------------------
@@ -245,20 +201,18 @@ class _Folder:
         return all(t.is_empty() or _is_constant(t) or id(t) in self.known for t in node.inputs)
 
     def collect(self) -> None:
+        evaluator = Evaluator(opset=self.model.opset() or 1, dims=_dims, constant=lambda t: K.constant(t, max_elements=64))  # shapes and scalars, not weights
         for g in G.iter_graphs(self.model.graph):
             for node in g.nodes:
-                if node.domain not in STANDARD or node.op in NEVER_FOLD or any(True for _ in G.subgraphs(node)):
+                if not K.is_default_domain(node) or node.op in NEVER_FOLD or any(True for _ in G.subgraphs(node)):
                     continue
                 if not node.outputs or any(t.is_empty() for t in node.outputs):
                     continue
                 value = None
                 if node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
                     value = [node.attrs["value"].values]
-                elif node.op in ("Shape", "Size"):
-                    v = _shape_value(node)
-                    value = None if v is None else [v]
-                elif node.op in ("Gather", "Slice"):
-                    v = _picked_from_shape(node)
+                elif node.op in ("Shape", "Size", "Gather", "Slice") and len(node.outputs) == 1:
+                    v = _shape_value(evaluator, node)
                     value = None if v is None else [v]
                 if value is None and self._inputs_known(node):
                     value = self._as_recipe(node)
@@ -369,10 +323,7 @@ class _Folder:
                 g.nodes.append(new)
                 continue
             const = gs.Constant(t.name, value)
-            for consumer in list(t.outputs):
-                for i, x in enumerate(consumer.inputs):
-                    if x is t:
-                        consumer.inputs[i] = const
+            K.replace_all_uses(t, const)
             body = self.body_outputs.get(id(t))
             if body is not None:  # a body may return an initializer (a Loop's constant condition)
                 body.outputs = [const if o is t else o for o in body.outputs]

@@ -37,10 +37,11 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from passes import _rewire as R
 from passes import _same_value as V
-from passes._scopes import ScopeTree, free_reads, names_in, replace_uses, subtree, unique_name
+from passes._scopes import ScopeTree, free_reads, names_in
 from surgeon import graph as G
+from surgeon import graph_ops as K
+from surgeon.graph_ops import iter_graphs, replace_all_uses, unique_name
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
 from surgeon.weights import DenseSparseValues
@@ -57,7 +58,7 @@ def _label(node: gs.Node) -> str:
 
 def _scalar(t: gs.Tensor | None):
     """The single element of a constant (never an overridable initializer), or None."""
-    value = R.constant_value(t, max_elements=1)
+    value = K.constant(t, max_elements=1)
     return None if value is None or value.size != 1 else value.reshape(-1)[0]
 
 
@@ -100,7 +101,7 @@ class _Run:
                 y.dtype = src.dtype
             created.append(identity)
         else:
-            replace_uses(y, src)
+            replace_all_uses(y, src)
 
     def _drop_dead(self, graph: gs.Graph, tensors: list[gs.Tensor]) -> int:
         """Remove the producers of ``tensors`` in ``graph`` as far as nothing reads them."""
@@ -112,7 +113,7 @@ class _Run:
             if t.outputs or self.tree.is_graph_output(t) or len(t.inputs) != 1:
                 continue
             p = t.inputs[0]
-            if id(p) not in here or id(p) in removed or V.subgraphs(p):
+            if id(p) not in here or id(p) in removed or K.has_subgraphs(p):
                 continue
             if any(o.outputs or self.tree.is_graph_output(o) for o in p.outputs if o.name):
                 continue
@@ -177,7 +178,7 @@ class _Run:
             if self.tree.home(c) is not branch:
                 continue  # an outer constant: visible as it is
             if c.name in taken_tensors:
-                replace_uses(c, _renamed_constant(c, unique_name(c.name, taken_tensors)))
+                replace_all_uses(c, _renamed_constant(c, unique_name(c.name, taken_tensors)))
             else:
                 taken_tensors.add(c.name)
 
@@ -193,7 +194,7 @@ class _Run:
             return False
         cond_key = self.keys.value(node.inputs[0])
         pos = {id(n): i for i, n in enumerate(graph.nodes)}
-        reads = [t for sub in V.subgraphs(node) for t in free_reads(sub)]
+        reads = [t for sub in K.subgraphs(node) for t in free_reads(sub)]
         for first in earlier:
             if self.keys.value(first.inputs[0]) != cond_key:
                 continue
@@ -204,7 +205,7 @@ class _Run:
                 continue
             if not self.ctx.permit("same-condition", node):
                 return False
-            mine = {id(g) for a in branches for g in subtree(node.attrs[a])}
+            mine = {id(g) for a in branches for g in iter_graphs(node.attrs[a])}
             taken_tensors, taken_nodes = names_in(g for g in self.tree.graphs if id(g) not in mine)
             outputs = list(node.outputs)
             node.inputs.clear()
@@ -225,7 +226,7 @@ class _Run:
     def _inline(self, graph: gs.Graph, node: gs.Node, branch: gs.Graph, dropped: gs.Graph,
                 rule: str) -> list[gs.Node]:
         """Put ``branch``'s nodes in ``node``'s place (edits the graph); returns the nodes placed."""
-        inside = {id(g) for g in subtree(branch)} | {id(g) for g in subtree(dropped)}
+        inside = {id(g) for g in iter_graphs(branch)} | {id(g) for g in iter_graphs(dropped)}
         taken_tensors, taken_nodes = names_in(g for g in self.tree.graphs if id(g) not in inside)
         self._claim_names(branch, taken_tensors, taken_nodes)
         own = {id(n) for n in branch.nodes}
@@ -240,7 +241,7 @@ class _Run:
             producer = r.inputs[0] if isinstance(r, gs.Variable) and len(r.inputs) == 1 else None
             if producer is not None and id(producer) in own and id(r) not in written:
                 slot = [id(t) for t in producer.outputs].index(id(r))
-                replace_uses(r, y)
+                replace_all_uses(r, y)
                 for g in self.tree.output_of.get(id(r), []):
                     if g is not branch:
                         g.outputs[:] = [y if t is r else t for t in g.outputs]
@@ -269,8 +270,8 @@ class _Run:
     def fold_loop(self, graph: gs.Graph, node: gs.Node) -> bool:
         if len(node.inputs) < 2:
             return False
-        trip = _scalar(R.present(node, 0))
-        keep_going = _scalar(R.present(node, 1))
+        trip = _scalar(K.present(node, 0))
+        keep_going = _scalar(K.present(node, 1))
         if not ((trip is not None and int(trip) == 0) or (keep_going is not None and not bool(keep_going))):
             return False
         initial = list(node.inputs[2:])
@@ -308,7 +309,7 @@ class _Run:
         became equal is folded too. Nodes a fold brings into ``graph`` are visited next.
         """
         changed = False
-        pending = [n for n in graph.nodes if V.subgraphs(n)]
+        pending = [n for n in graph.nodes if K.has_subgraphs(n)]
         live = {id(n) for n in graph.nodes}
         kept_ifs: list[gs.Node] = []  # Ifs of this graph left in place, in order
         while pending:
@@ -318,7 +319,7 @@ class _Run:
             standard = V.domain_of(node) == ""
             moved = self.fold_if(graph, node, settled_only=True) if standard and node.op == "If" else None
             if moved is None:
-                for sub in V.subgraphs(node):
+                for sub in K.subgraphs(node):
                     changed |= self.sweep(sub)
                 if standard and node.op == "If":
                     moved = self.fold_if(graph, node, settled_only=False)
@@ -330,7 +331,7 @@ class _Run:
                     moved = []
             if moved is not None:
                 changed = True
-                pending[:0] = [n for n in moved if V.subgraphs(n)]
+                pending[:0] = [n for n in moved if K.has_subgraphs(n)]
                 live = {id(n) for n in graph.nodes}
         return changed
 
@@ -368,6 +369,6 @@ class FoldControlFlow(Pass):
     def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
         # A Pass, not a GraphPass: inlining moves a body's nodes into its enclosing graph,
         # and the names taken in every other scope decide what must be renamed.
-        if not any(n.op in ("If", "Loop") and n.domain in (None, "", "ai.onnx") for n in G.walk_nodes(model.graph)):
+        if not any(n.op in ("If", "Loop") and K.is_default_domain(n) for n in G.walk_nodes(model.graph)):
             return False
         return fold_control_flow(model.graph, ctx, log)

@@ -4,7 +4,7 @@ Exporters write ``x.view(N, -1)`` as Shape → Gather → Unsqueeze → Concat �
 ``flatten(x, 2, 3)`` as Shape → Slice → Concat → Reshape. TensorRT and ORT handle these
 chains, but they cost nodes, block fusions, and onnxsim cannot remove them when a
 dimension is dynamic. This pass evaluates each chain symbolically
-(:mod:`passes._shape_utils`) and replaces it by a constant whenever the constant means
+(:mod:`surgeon.evaluators` with the dims of :mod:`passes._shape_utils`) and replaces it by a constant whenever the constant means
 the same thing for *every* input size:
 
 - a Reshape target entry that is "dim i of the Reshape's own input" becomes ``0``
@@ -35,6 +35,8 @@ import onnx_graphsurgeon as gs
 
 from passes import _shape_utils as su
 from surgeon import graph as G
+from surgeon import graph_ops as K
+from surgeon.evaluators import Evaluator
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
 
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 PASS = "fold-shape-chains"
 CONST_OF_SHAPE_LIMIT = 1 << 16  # elements; larger fills would bloat the file for one node
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
-STANDARD = (None, "", "ai.onnx")
 
 
 @dataclass
@@ -56,7 +57,7 @@ class _Edit:
     ctx: PassContext
     log: PassLog
     names: set
-    evaluator: su.Evaluator
+    evaluator: Evaluator
     seeds: list = field(default_factory=list)  # tensors whose producers may now be dead
     removed: set = field(default_factory=set)  # ids of nodes taken out of the graph
     reorder: set = field(default_factory=set)  # ids of graphs that got new nodes (to sort)
@@ -66,11 +67,11 @@ class _Edit:
 
     def const(self, node: gs.Node, suffix: str, values: np.ndarray) -> gs.Constant:
         base = f"{node.name or node.outputs[0].name}_{suffix}"
-        return gs.Constant(su.unique_name(self.names, base), np.ascontiguousarray(values))
+        return gs.Constant(K.unique_name(base, self.names), np.ascontiguousarray(values))
 
 
 def _std(node: gs.Node) -> bool:
-    return node.domain in STANDARD
+    return K.is_default_domain(node)
 
 
 def _present(t: gs.Tensor | None) -> bool:
@@ -104,10 +105,7 @@ def _bypass(edit: _Edit, g: gs.Graph, node: gs.Node, rule: str) -> bool:
         return False
     if not edit.ctx.permit(rule, node.name):
         return False
-    for consumer in list(out.outputs):
-        for i, t in enumerate(consumer.inputs):
-            if t is out:
-                consumer.inputs[i] = src
+    K.replace_all_uses(out, src)
     others = list(node.inputs[1:])
     node.inputs.clear()
     node.outputs.clear()
@@ -151,7 +149,7 @@ def _dense_sandwich(edit: _Edit, node: gs.Node):
     inner = gemm.inputs[0].inputs[0] if len(gemm.inputs[0].inputs) == 1 else None
     if inner is None or inner.op != "Reshape" or not _std(inner) or len(inner.inputs) < 2:
         return None
-    flat = su.constant_array(inner.inputs[1])
+    flat = K.constant(inner.inputs[1])
     if flat is None or flat.ndim != 1 or len(flat) != 2 or int(flat[0]) != -1:
         return None
     if not (_only_reader(edit, gemm.outputs[0], node) and _only_reader(edit, inner.outputs[0], gemm)):
@@ -180,7 +178,7 @@ def _dense_sandwich(edit: _Edit, node: gs.Node):
             or (not int(node.attrs.get("allowzero", 0)) and any(e == su.Expr.const(0) for e in value.entries)):
         return f"{what} kept as it is: the final shape is not the input's leading dims and the Gemm's width"
     if c is not None:
-        bias = su.constant_array(c)
+        bias = K.constant(c)
         # Gemm broadcasts C to [M, N] one way; after the MatMul it must broadcast to [..., M', N] alike.
         if bias is None or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
             return f"{what} kept as it is: the bias is not a constant row"
@@ -215,17 +213,17 @@ def _unflatten_dense(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
     base = gemm.name or y.name
     new = []
     if merge is not None:  # x's trailing dims make K together (heads x head size): join them first
-        joined = gs.Variable(su.unique_name(edit.names, f"{x.name}_joined"), dtype=x.dtype)
-        new.append(gs.Node("Reshape", name=su.unique_name(edit.names, f"{base}_join"), attrs={"allowzero": 0},
-                           inputs=[x, gs.Constant(su.unique_name(edit.names, f"{base}_join_shape"), np.array(merge, dtype=np.int64))],
+        joined = gs.Variable(K.unique_name(f"{x.name}_joined", edit.names), dtype=x.dtype)
+        new.append(gs.Node("Reshape", name=K.unique_name(f"{base}_join", edit.names), attrs={"allowzero": 0},
+                           inputs=[x, gs.Constant(K.unique_name(f"{base}_join_shape", edit.names), np.array(merge, dtype=np.int64))],
                            outputs=[joined]))
         x = joined
     if c is None:
-        new.append(gs.Node("MatMul", name=su.unique_name(edit.names, f"{base}_matmul"), inputs=[x, w], outputs=[y]))
+        new.append(gs.Node("MatMul", name=K.unique_name(f"{base}_matmul", edit.names), inputs=[x, w], outputs=[y]))
     else:
-        mm = gs.Variable(su.unique_name(edit.names, f"{y.name}_matmul"), dtype=y.dtype)
-        new += [gs.Node("MatMul", name=su.unique_name(edit.names, f"{base}_matmul"), inputs=[x, w], outputs=[mm]),
-                gs.Node("Add", name=su.unique_name(edit.names, f"{base}_bias"), inputs=[mm, c], outputs=[y])]
+        mm = gs.Variable(K.unique_name(f"{y.name}_matmul", edit.names), dtype=y.dtype)
+        new += [gs.Node("MatMul", name=K.unique_name(f"{base}_matmul", edit.names), inputs=[x, w], outputs=[mm]),
+                gs.Node("Add", name=K.unique_name(f"{base}_bias", edit.names), inputs=[mm, c], outputs=[y])]
     for n in new:
         G.stamp(n, PASS, "unflatten-dense", sources)
     g.nodes.extend(new)
@@ -270,7 +268,7 @@ def _reshape(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
     if dims is not None and len(target) == len(dims) and _reshape_is_noop(target, dims, allowzero):
         if _bypass(edit, g, node, "reshape-noop"):
             return True
-    old = su.constant_array(shape)
+    old = K.constant(shape)
     if old is not None and old.ndim == 1 and old.tolist() == target:
         return False
     if not _set_int_input(edit, node, 1, "target", target, "reshape-target"):
@@ -325,7 +323,7 @@ def _expand(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
     if dims is not None and n <= len(dims) and all(v == 1 for v in new):
         if _bypass(edit, g, node, "expand-noop"):
             return True
-    old = su.constant_array(shape)
+    old = K.constant(shape)
     if old is not None and old.ndim == 1 and old.tolist() == new:
         return False
     return _set_int_input(edit, node, 1, "shape", new, "expand-shape")
@@ -411,21 +409,21 @@ def _materialize(edit: _Edit, g: gs.Graph, node: gs.Node, index: int, value: su.
             continue
         _, x, start, end, dims = p
         whole = start == 0 and end == len(dims)
-        out = gs.Variable(su.unique_name(edit.names, f"{x.name}_shape_{start}_{end}"), dtype=np.int64, shape=[end - start])
+        out = gs.Variable(K.unique_name(f"{x.name}_shape_{start}_{end}", edit.names), dtype=np.int64, shape=[end - start])
         if whole or edit.opset >= 15:
             attrs = {} if whole else {"start": start, "end": end}
-            new_nodes.append(gs.Node("Shape", name=su.unique_name(edit.names, f"{out.name}_node"), attrs=attrs,
+            new_nodes.append(gs.Node("Shape", name=K.unique_name(f"{out.name}_node", edit.names), attrs=attrs,
                                      inputs=[x], outputs=[out]))
         else:
-            full = gs.Variable(su.unique_name(edit.names, f"{x.name}_shape"), dtype=np.int64, shape=[len(dims)])
-            new_nodes.append(gs.Node("Shape", name=su.unique_name(edit.names, f"{full.name}_node"), inputs=[x], outputs=[full]))
-            new_nodes.append(gs.Node("Slice", name=su.unique_name(edit.names, f"{out.name}_node"), inputs=[
+            full = gs.Variable(K.unique_name(f"{x.name}_shape", edit.names), dtype=np.int64, shape=[len(dims)])
+            new_nodes.append(gs.Node("Shape", name=K.unique_name(f"{full.name}_node", edit.names), inputs=[x], outputs=[full]))
+            new_nodes.append(gs.Node("Slice", name=K.unique_name(f"{out.name}_node", edit.names), inputs=[
                 full, edit.const(node, "start", np.array([start], np.int64)), edit.const(node, "end", np.array([end], np.int64))],
                 outputs=[out]))
         parts.append(out)
     if len(parts) > 1:
-        result = gs.Variable(su.unique_name(edit.names, f"{t.name}_rebuilt"), dtype=np.int64, shape=[len(value.entries)])
-        new_nodes.append(gs.Node("Concat", name=su.unique_name(edit.names, f"{result.name}_node"), attrs={"axis": 0},
+        result = gs.Variable(K.unique_name(f"{t.name}_rebuilt", edit.names), dtype=np.int64, shape=[len(value.entries)])
+        new_nodes.append(gs.Node("Concat", name=K.unique_name(f"{result.name}_node", edit.names), attrs={"axis": 0},
                                  inputs=parts, outputs=[result]))
     else:
         result = parts[0]
@@ -465,7 +463,7 @@ def _tile(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
         dims = su.tensor_dims(node.inputs[0], edit.facts)
         if dims is not None and len(dims) == len(new) and _bypass(edit, g, node, "tile-noop"):
             return True
-    if su.constant_array(reps) is not None:
+    if K.constant(reps) is not None:
         return False
     return _set_int_input(edit, node, 1, "repeats", new, "tile-repeats")
 
@@ -482,16 +480,13 @@ def _constant_of_shape(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
         return False
     out = node.outputs[0]
     if id(out) in edit.graph_outputs():
-        return su.constant_array(shape) is None and _set_int_input(edit, node, 0, "shape", dims, "constant-of-shape")
+        return K.constant(shape) is None and _set_int_input(edit, node, 0, "shape", dims, "constant-of-shape")
     if not edit.ctx.permit("constant-of-shape", node.name):
         return False
     fill = node.attrs.get("value")
     fill_arr = np.asarray(fill.values).ravel()[:1] if isinstance(fill, gs.Constant) else np.zeros(1, np.float32)
     const = edit.const(node, "value", np.full(dims, fill_arr[0], dtype=fill_arr.dtype))
-    for consumer in list(out.outputs):
-        for i, t in enumerate(consumer.inputs):
-            if t is out:
-                consumer.inputs[i] = const
+    K.replace_all_uses(out, const)
     edit.seeds.append(shape)
     node.inputs.clear()
     node.outputs.clear()
@@ -553,7 +548,7 @@ def _slice_params(edit: _Edit, node: gs.Node):
         if not _present(t):
             out.append(None)
             continue
-        arr = su.constant_array(t)
+        arr = K.constant(t)
         if arr is None or arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
             return None
         out.append([int(v) for v in arr])
@@ -582,7 +577,7 @@ def _slice(edit: _Edit, g: gs.Graph, node: gs.Node) -> bool:
         if not edit.ctx.permit("clamp-int64", node.name):
             continue
         clamped = np.clip(np.array(vals, dtype=np.int64), su.INT32_MIN, su.INT32_MAX)
-        dtype = su.constant_array(node.inputs[index]).dtype
+        dtype = K.constant(node.inputs[index]).dtype
         _replace_input(edit, node, index, edit.const(node, "starts" if index == 1 else "ends",
                                                      clamped.astype(dtype)))
         _stamp(node, "clamp-int64")
@@ -619,7 +614,7 @@ def _fold_inputs(edit: _Edit, node: gs.Node) -> bool:
             arr = arr.reshape(())
         if not edit.ctx.permit("shape-constant", node.name):
             continue
-        _replace_input(edit, node, i, gs.Constant(su.unique_name(edit.names, f"{t.name}_folded"), arr))
+        _replace_input(edit, node, i, gs.Constant(K.unique_name(f"{t.name}_folded", edit.names), arr))
         edit.log.count("shape-constant")
         changed = True
     return changed
@@ -701,7 +696,7 @@ def _has_candidates(model: G.Model) -> bool:
     Without a Shape node no value is a shape chain, so only the ops in ``_RULES`` can act.
     """
     for n in G.walk_nodes(model.graph):
-        if n.op == "Shape" or (n.op in _RULES and n.domain in STANDARD):  # any domain for Shape, as is_shape_chain
+        if n.op == "Shape" or (n.op in _RULES and K.is_default_domain(n)):  # any domain for Shape, as is_shape_chain
             return True
     return False
 
@@ -719,7 +714,7 @@ class FoldShapeChains(Pass):
         opset = model.opset() or 1
         facts = _facts(model.export().for_checker(), graph, opset)
         edit = _Edit(root=graph, facts=facts, opset=opset, ctx=ctx, log=log, names=G.all_names(graph),
-                     evaluator=su.Evaluator(facts, lambda: opset))
+                     evaluator=su.evaluator(facts, opset))
         changed = False
         for _ in range(4):  # later rules see what earlier ones made constant
             step = False
@@ -741,5 +736,5 @@ class FoldShapeChains(Pass):
             # the facts are re-derived from the rewritten graph for the next sweep.
             facts = _facts(model.export().for_checker(), graph, opset)
             edit.facts = facts
-            edit.evaluator = su.Evaluator(facts, lambda: opset)
+            edit.evaluator = su.evaluator(facts, opset)
         return changed

@@ -6,117 +6,82 @@ one node instead of two, is what TensorRT and ONNX Runtime map a dense layer to,
 keeps the bias inside the layer a debug report names.
 
 Only where it is the same function: ``A`` and ``B`` have rank 2 (Gemm's inputs must; a
-batched MatMul would need Reshapes around it and would add nodes), the element type is
+batched MatMul would need Reshapes around it and would add nodes, so it is never
+matched: the pass only ever turns two nodes into one), the element type is
 float16/float/double, the MatMul's output is read by the Add alone (and is no graph
 output), and ``C`` is a constant whose broadcast against ``[M, N]`` keeps that shape (a
 ``[N]`` or ``[1, N]`` bias, a scalar, or ``[M, N]`` with a static ``M``): Gemm broadcasts
 ``C`` one way only. Opset 7 or later (earlier Gemm had a ``broadcast`` attribute).
-Summation order differs from MatMul-then-Add by rounding only. Ranks come from the
-shapes fold-constants inferred (it runs earlier in the default pipeline); a MatMul whose
-input rank is unknown is left alone.
+Summation order differs from MatMul-then-Add by rounding only. Ranks come from onnx
+shape inference (the types are put on the graph for the pass and taken away after); a
+MatMul whose input rank is unknown is left alone.
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from passes import _rewire as R
 from surgeon import graph as G
-from surgeon.pipeline.base import GraphPass, PassContext, PassLog
+from surgeon import graph_ops as K
 from surgeon.pipeline.registry import register
-
-logger = logging.getLogger(__name__)
+from surgeon.rewrite import Match, RulePass, Node, Rule, RuleContext, fail, ok
 
 PASS_NAME = "fuse-matmul-add"
 _FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _rank2(t: gs.Tensor) -> bool:
-    shape = R.shape_of(t)
-    return shape is not None and len(shape) == 2
+class MatMulAddToGemm(Rule):
+    name = "matmul-add-to-gemm"
+    pattern = Node("Add", Node("MatMul", "a", "b", bind="matmul"), "c", bind="add")
+
+    def match(self, node: gs.Node, scope: K.Scope) -> Match | None:
+        """Only a MatMul of two rank-2 inputs read by this Add alone: then the fusion removes a node."""
+        m = super().match(node, scope)
+        if m is None:
+            return None
+        t = m["matmul"].outputs[0]
+        if len(t.outputs) != 1 or scope.escapes(t) or m["c"] is t or len(m["matmul"].outputs) != 1:
+            return None
+        if any(K.shape_of(x) is None or len(K.shape_of(x)) != 2 for x in (m["a"], m["b"])):
+            return None
+        return m
+
+    def check(self, m: Match, ctx: RuleContext):
+        what = f"MatMul {m['matmul'].name} + Add {m['add'].name} not fused"
+        dtypes = {ctx.dtype(x) for x in (m["a"], m["b"])}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in _FLOATS:
+            return fail(f"{what}: element type is not float16/float/double")
+        value = K.constant(m["c"], K.SMALL)
+        if value is None:
+            return fail(f"{what}: the bias {m['c'].name} is not a constant")
+        out_shape = [K.shape_of(m["a"])[0], K.shape_of(m["b"])[1]]
+        if not K.broadcast_keeps_shape(out_shape, value.shape):
+            return fail(f"{what}: bias shape {list(value.shape)} does not broadcast one way to {out_shape}")
+        return ok()
+
+    def rewrite(self, m: Match, b) -> list[gs.Tensor]:
+        name = m["matmul"].name or m["add"].name or None
+        return [b.op("Gemm", [m["a"], m["b"], m["c"]], {"alpha": 1.0, "beta": 1.0}, name=name)]
+
+    def note(self, node, reason: str) -> str:
+        return reason
 
 
-def _check(matmul: gs.Node, scope: R.Scope) -> tuple[gs.Node, gs.Tensor] | str | None:
-    """(the Add, the bias C) when the pair fuses, a refusal note, or None (no match). Pure."""
-    if len(matmul.inputs) != 2 or len(matmul.outputs) != 1:
-        return None
-    t = matmul.outputs[0]
-    readers = list(t.outputs)
-    if len(readers) != 1 or readers[0].op != "Add" or not R.is_standard(readers[0]) or len(readers[0].inputs) != 2:
-        return None
-    add = readers[0]
-    if id(t) in scope.outputs or id(t) in scope.nested_outputs:
-        return None
-    if readers[0].inputs[0] is t and readers[0].inputs[1] is t:
-        return None
-    c = add.inputs[1] if add.inputs[0] is t else add.inputs[0]
-    a, b = matmul.inputs
-    if not (_rank2(a) and _rank2(b)):
-        return None
-    dtypes = {np.dtype(x.dtype) if x.dtype is not None and not isinstance(x.dtype, int) else None for x in (a, b)}
-    if len(dtypes) != 1 or next(iter(dtypes)) not in _FLOATS:
-        return f"MatMul {matmul.name} + Add {add.name} not fused: element type is not float16/float/double"
-    value = R.constant_value(c)
-    if value is None:
-        return f"MatMul {matmul.name} + Add {add.name} not fused: the bias {c.name} is not a constant"
-    out_shape = [R.shape_of(a)[0], R.shape_of(b)[1]]
-    if not R.broadcast_keeps_shape(out_shape, value.shape):
-        return (f"MatMul {matmul.name} + Add {add.name} not fused: bias shape {list(value.shape)} "
-                f"does not broadcast one way to {out_shape}")
-    return add, c
-
-
-def fuse(graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
-    candidates = [n for n in graph.nodes if n.op == "MatMul" and R.is_standard(n)]
-    if not candidates:
-        return False
-    scope = R.Scope(graph)
-    changed = False
-    new_nodes: dict[int, gs.Node] = {}  # id(Add) -> Gemm taking its place
-    for matmul in candidates:
-        found = _check(matmul, scope)
-        if found is None:
-            continue
-        if isinstance(found, str):
-            log.note(found)
-            continue
-        add, c = found
-        if not ctx.permit("matmul-add-to-gemm", matmul):
-            continue
-        a, b = matmul.inputs
-        y = add.outputs[0]
-        name = matmul.name or add.name or y.name
-        R.detach(scope, matmul)
-        R.detach(scope, add)
-        gemm = gs.Node("Gemm", name=name, inputs=[a, b, c], outputs=[y], attrs={"alpha": 1.0, "beta": 1.0})
-        G.stamp(gemm, PASS_NAME, "matmul-add-to-gemm", [matmul.name, add.name])
-        new_nodes[id(add)] = gemm
-        log.count("matmul-add-to-gemm")
-        changed = True
-    if changed:
-        # Each Gemm takes its Add's place: it comes after both of its producers.
-        graph.nodes = [new_nodes.get(id(n), n) for n in graph.nodes if id(n) not in scope.removed or id(n) in new_nodes]
-        scope.removed = set()
-    return changed
+RULES = [MatMulAddToGemm()]
 
 
 @register
-class FuseMatmulAdd(GraphPass):
+class FuseMatmulAdd(RulePass):
+    """A dense layer written as MatMul + Add becomes one Gemm (rank-2 operands only)."""
+
     name = PASS_NAME
     summary = "Fuse MatMul + Add of a constant bias into Gemm where both MatMul inputs are 2-D."
     default_order = 65
-    candidate_ops = frozenset({"MatMul"})
 
-    def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
-        if (model.opset("") or 1) < 7:
-            return False  # Gemm's unidirectional bias broadcasting starts at opset 7
-        if not any(n.op in self.candidate_ops for n in G.walk_nodes(model.graph)):
-            return False
-        with G.inferred_types(model):  # "both inputs are 2-D" is proven from shapes
-            return super().run(model, ctx, log)
+    rules, needs_types, sweeps = tuple(RULES), True, 1  # "both inputs are 2-D" is proven from shapes
 
-    def run_on_graph(self, graph: gs.Graph, ctx: PassContext, log: PassLog) -> bool:
-        return fuse(graph, ctx, log)
+    def applies(self, model: G.Model) -> bool:
+        # Gemm's unidirectional bias broadcasting starts at opset 7
+        return (model.opset("") or 1) >= 7 and any(n.op == "MatMul" and K.is_default_domain(n)
+                                                   for n in G.walk_nodes(model.graph))

@@ -38,9 +38,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G
+from surgeon import graph_ops as K
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
-from surgeon.rewrite import Match, Op, Rule, RuleContext, apply_rules
+from surgeon.rewrite import Match, Op, Rule, RuleContext, apply_rules, fail, ok
 
 logger = logging.getLogger(__name__)
 
@@ -325,13 +326,12 @@ class LowerEinsumRule(Rule):
     name = "lower-einsum"
     pattern = (Op("Einsum"),)
 
-    def check(self, m: Match, ctx: RuleContext) -> str | None:
+    def check(self, m: Match, ctx: RuleContext):
         p = _plan_for(m.root, ctx)
-        return f"Einsum '{_equation(m.root)}': {p}" if isinstance(p, str) else None
+        return fail(f"Einsum '{_equation(m.root)}': {p}") if isinstance(p, str) else ok(plan=p)
 
     def rewrite(self, m: Match, b) -> list[gs.Tensor]:
-        p = _plan_for(m.root, b.ctx)
-        return [emit(b, p, list(m.root.inputs))]
+        return [emit(b, m["plan"], list(m.root.inputs))]
 
 
 RULES = [LowerEinsumRule()]
@@ -345,13 +345,6 @@ class LowerEinsum(Pass):
     default_order = None  # opt-in: it trades one node for several
 
     def run(self, model: G.Model, ctx: PassContext, log: PassLog) -> bool:
-        if not any(n.op == "Einsum" and n.domain in (None, "", "ai.onnx") for n in G.walk_nodes(model.graph)):
+        if not any(n.op == "Einsum" and K.is_default_domain(n) for n in G.walk_nodes(model.graph)):
             return False
-        inner = PassLog()
-        out = apply_rules(model, RULES, ctx, inner)
-        for rule, n in inner.counts.items():
-            log.count(rule, n)
-        for note in inner.notes:
-            if not note.startswith("untouched custom op:"):  # replace-custom-ops reports those
-                log.note(note)
-        return out
+        return apply_rules(model, RULES, ctx, log, untouched=False)  # replace-custom-ops notes custom ops

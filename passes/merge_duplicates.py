@@ -23,7 +23,8 @@ inputs, IR >= 4); two nodes that both write graph outputs (one output name would
 go). When the duplicate writes a graph output, the node that stays writes that name
 instead, so output names never change. Constants shared by an outer graph and a body are
 not moved between scopes: onnx-graphsurgeon would write them into every body that reads
-them.
+them; nor is a body's Constant node replaced by an enclosing graph's (onnx's shape
+inference would not see its value from the body, and the checker rejects what it infers).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from collections import ChainMap
 import onnx_graphsurgeon as gs
 
 from passes import _same_value as V
-from passes._scopes import ScopeTree, in_order, replace_uses
+from passes._scopes import ScopeTree, in_order
 from surgeon import graph as G
+from surgeon import graph_ops as K
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
 
@@ -90,7 +92,7 @@ class _Run:
                         continue
                     if not self.ctx.permit("same-initializer", t.name):
                         continue
-                    replace_uses(t, kept)
+                    K.replace_all_uses(t, kept)
                     self.log.count("same-initializer")
                     changed = True
         return changed
@@ -125,15 +127,9 @@ class _Run:
             if not t_dup.name:
                 continue
             if self.tree.is_graph_output(t_dup):
-                slot = [id(t) for t in kept.outputs].index(id(t_kept))
-                replace_uses(t_kept, t_dup)
-                kept.outputs[slot] = t_dup
-                if t_dup.dtype is None:
-                    t_dup.dtype = t_kept.dtype
-                if t_dup.shape is None:
-                    t_dup.shape = t_kept.shape
+                K.write_instead(t_kept, t_dup)  # the output keeps its name
             else:
-                replace_uses(t_dup, t_kept)
+                K.replace_all_uses(t_dup, t_kept)
 
     def near_miss(self, node: gs.Node, graph_table: dict, what: str) -> None:
         """Note a random or non-standard node that would otherwise have been merged."""
@@ -155,11 +151,11 @@ class _Run:
         removed: set[int] = set()
         changed = False
         for node in graph.nodes:
-            for sub in V.subgraphs(node):
+            for sub in K.subgraphs(node):
                 changed |= self.walk(sub, table)
             key = self.keys.node(node)
             if key is None:
-                if not V.is_deterministic(node) and not V.subgraphs(node):
+                if not V.is_deterministic(node) and not K.has_subgraphs(node):
                     what = ("a random op draws new values each time" if V.domain_of(node) in V.DETERMINISTIC_DOMAINS
                             else f"ops of domain '{V.domain_of(node)}' may not be deterministic")
                     self.near_miss(node, near, what)
@@ -169,6 +165,12 @@ class _Run:
                 table[key] = (node, graph)
                 continue
             kept, kept_graph = found
+            if kept_graph is not graph and node.op == "Constant":
+                # A body keeps its own constants: onnx's shape inference does not see the value
+                # of an enclosing graph's Constant from inside a body, and then infers wrong
+                # shapes the checker rejects (a Slice's axes, then a Resize's sizes).
+                table[key] = (node, graph)
+                continue
             reason = self.refusal(node, graph, kept, kept_graph)
             if reason:
                 self.log.note(f"{node.op} {_label(node)} not merged with {_label(kept)}: {reason}")

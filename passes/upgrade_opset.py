@@ -17,8 +17,9 @@ it, :func:`upgrade` adds what a verified pipeline needs:
 - a converter failure, or a converted model the ONNX checker rejects where the input
   passed, becomes a refusal that names the op (from the converter's message, or by
   converting the suspect nodes one by one);
-- what the converter drops is put back: each node's ``metadata_props`` (provenance),
-  the model's metadata, and custom-domain opset imports. Nodes the converter created
+- what the converter drops or rewrites is put back: each node's ``metadata_props``
+  (provenance), the model's metadata, custom-domain opset imports, and the declared types
+  of the graph's inputs and outputs (it writes inferred static dims over dynamic ones). Nodes the converter created
   (a ``Constant`` for axes that became an input) are stamped with this pass as their
   provenance. Models with local functions are refused: the converter drops them.
 - the IR version is raised to the lowest one that the target opset requires.
@@ -32,11 +33,11 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from typing import Iterator
 
 import onnx
 
 from surgeon import graph as G
+from surgeon import graph_ops as K
 from surgeon import model as model_io
 from surgeon.pipeline.base import Pass, PassContext, PassLog
 from surgeon.pipeline.registry import register
@@ -46,27 +47,12 @@ logger = logging.getLogger(__name__)
 PASS_NAME = "upgrade-opset"
 RULE = "convert-version"
 OPTION = "target_opset"
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 # --- walking protobuf graphs ---------------------------------------------------------------
 
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attr in node.attribute:
-        if attr.HasField("g"):
-            yield attr.g
-        yield from attr.graphs
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for sub in _subgraphs(node):
-            yield from _graphs(sub)
-
-
 def _default_domain_ops(model: onnx.ModelProto) -> Counter:
-    return Counter(n.op_type for g in _graphs(model.graph) for n in g.node if n.domain in _DEFAULT_DOMAINS)
+    return Counter(n.op_type for g in K.walk_graph_protos(model.graph) for n in g.node if K.is_default_domain(n))
 
 
 def _schema_version(op: str, opset: int) -> int | None:
@@ -185,7 +171,7 @@ def _isolate(model: onnx.ModelProto, target: int, suspects: set[str]) -> tuple[s
     """
     current = G.opset_version(model, "")
     for node in model.graph.node:
-        if node.domain not in _DEFAULT_DOMAINS or node.op_type not in suspects:
+        if not K.is_default_domain(node) or node.op_type not in suspects:
             continue
         names = [i for i in node.input if i]
         inputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in dict.fromkeys(names)]
@@ -224,11 +210,11 @@ def _node_key(node: onnx.NodeProto) -> tuple[str, ...]:
 def _restore_metadata(converted: onnx.ModelProto, original: onnx.ModelProto) -> int:
     """Copy node metadata_props back; stamp nodes the converter created (in place). Returns how many new."""
     meta = {}
-    for g in _graphs(original.graph):
+    for g in K.walk_graph_protos(original.graph):
         for node in g.node:
             meta[_node_key(node)] = list(node.metadata_props)
     created = 0
-    for g in _graphs(converted.graph):
+    for g in K.walk_graph_protos(converted.graph):
         readers: dict[str, list[str]] = {}
         for node in g.node:
             for name in node.input:
@@ -254,6 +240,14 @@ def _assemble(converted: onnx.ModelProto, original: onnx.ModelProto, held: dict[
     for t in converted.graph.initializer:
         if t.name in held:
             t.CopyFrom(held[t.name])  # the one copy of the weights this pass makes
+    # The converter runs shape inference and writes what it found into the declared graph
+    # inputs and outputs (an output the model declares [a, b] became [2, 4]); the interface
+    # is the model's, so the declarations are put back.
+    for kind in ("input", "output"):
+        declared = {vi.name: vi.type for vi in getattr(original.graph, kind)}
+        for vi in getattr(converted.graph, kind):
+            if vi.name in declared:
+                vi.type.CopyFrom(declared[vi.name])
     versions = {o.domain: o.version for o in original.opset_import}
     versions["" if "" in versions or "ai.onnx" not in versions else "ai.onnx"] = target
     del converted.opset_import[:]

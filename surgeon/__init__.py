@@ -1,29 +1,44 @@
 """surgeon: ONNX graph surgery that proves every change, and debugging across backends.
 
-The Python API mirrors the command line: ``load``/``save`` for model files, ``fix`` for
-the verified pass pipeline, and (from ``surgeon.debug``) compare, bisect, scan, isolate.
+The Python API mirrors the command line, one function per command, each returning a
+typed result with ``to_dict()``: ``fix``, ``compare``, ``bisect``, ``scan``, ``isolate``,
+``trt_check``, ``fp16``, ``profile`` and ``sweep``; ``load``/``save`` for model files and
+``backend`` for a backend by name. Everything is imported on first use: ``import surgeon``
+loads no ONNX, ONNX Runtime, TensorRT or Ray (docs/api.md).
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from surgeon.errors import SurgeonError
-from surgeon.model import load, save
-from surgeon.pipeline import fix
 
-
-
-# --- compare / backend (H5): thin wrappers so `import surgeon` stays light ---
-def compare(model, **options):
-    """Run a model on two backends (or two models) and judge every output; see surgeon.debug.compare_run.compare."""
-    from surgeon.debug.compare_run import compare as _compare
-
-    return _compare(model, **options)
-
-
-def backend(name: str, **options):
-    """A backend by name (``backend("fp16", keep=["Softmax"])``); see surgeon.backends.create."""
-    from surgeon.backends import create
-
-    return create(name, **options)
-
-
-__all__ = ["SurgeonError", "backend", "compare", "fix", "load", "save"]
 __version__ = "0.1.0"
+
+_API = ("fix", "compare", "bisect", "scan", "isolate", "trt_check", "fp16", "profile", "sweep")
+_FROM = {"load": "surgeon.model", "save": "surgeon.model", "backend": "surgeon.backends"}
+_FROM.update({name: "surgeon.api" for name in _API})
+
+__all__ = ["SurgeonError", "backend", "load", "save", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    """Public names and submodules (``surgeon.pipeline``, ``surgeon.debug``...) on first use."""
+    where = _FROM.get(name)
+    if where is not None:
+        module = importlib.import_module(where)
+        value = getattr(module, "create" if name == "backend" else name)
+    else:
+        try:
+            value = importlib.import_module(f"surgeon.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"surgeon.{name}":
+                raise
+            raise AttributeError(f"module 'surgeon' has no attribute '{name}'") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

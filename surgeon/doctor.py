@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from surgeon import model as model_io
-from surgeon.debug.compare_run import CompareReport, compare
+from surgeon.debug.compare_run import INCONCLUSIVE, MISMATCH, CompareReport, compare
 
 
 @dataclass
@@ -44,8 +44,12 @@ class DoctorReport:
 
     @property
     def verdict(self) -> str:
-        if not self.matched:
+        """mismatch, then inconclusive (a reference that cannot show a difference), then TensorRT readiness."""
+        verdicts = {c.verdict for _, c in self.comparisons}
+        if MISMATCH in verdicts:
             return "mismatch"
+        if INCONCLUSIVE in verdicts:
+            return "inconclusive"
         return "ok" if self.passed else "not ready for TensorRT"
 
     def to_dict(self) -> dict:

@@ -4,9 +4,9 @@ Many rewrites only tidy a graph: they remove Identity and dead nodes, sort, rena
 turn a Constant node into an initializer. Running ONNX Runtime to check them costs a
 session and a run per sample on the whole model (seconds on a 500 MB model) and proves
 less than this: each graph output is given a canonical digest built bottom-up from the
-op, domain, attributes and the digests of its inputs, where an Identity is its input,
-a constant is its content (a weight: its shared array), a graph input is its name and
-names of intermediate values play no part. Equal digests for every output (in order)
+op, domain, number of outputs, attributes and the digests of its inputs, where an
+Identity is its input, a constant is its content (a weight: its shared array), a graph
+input is its name and names of intermediate values play no part. Equal digests for every output (in order)
 mean the same computation; the digests of unreachable (dead) nodes are never computed.
 
 Anything the digest does not capture makes the proof fail, and the pipeline falls back
@@ -99,7 +99,12 @@ class _Digests:
         if domain in _STANDARD and node.op_type == "Constant" and len(node.attribute) == 1 \
                 and node.attribute[0].name == "value":
             return [self.constant(node.attribute[0].t)]
-        parts = [domain.encode(), node.op_type.encode(), *inputs]
+        # How many outputs a node has can be part of what it computes (a Split without sizes
+        # cuts its input into as many pieces as it has outputs); trailing absent ones are none.
+        outputs = list(node.output)
+        while outputs and not outputs[-1]:
+            outputs.pop()
+        parts = [domain.encode(), node.op_type.encode(), str(len(outputs)).encode(), *inputs]
         for attr in sorted(node.attribute, key=lambda a: a.name):
             parts.append(attr.name.encode())
             if attr.type == onnx.AttributeProto.GRAPH:
@@ -160,3 +165,13 @@ def output_digests(model: onnx.ModelProto, weights: Mapping[str, np.ndarray],
     head = _h(repr(opsets).encode(), *(o.name.encode() for o in model.graph.output))
     return (head, *_Digests(weights, by_value).graph(model.graph, {}, root=True))
 
+
+
+def body_digests(body: onnx.GraphProto, weights: Mapping[str, np.ndarray]) -> tuple[bytes, ...]:
+    """Digests of a control-flow body's outputs, each value it reads from enclosing scopes taken by name.
+
+    Tells whether a pass changed what a branch computes (:mod:`surgeon.coverage`) while
+    renames, Identity and dead nodes inside it leave the digests as they were.
+    """
+    env = {name: _h(b"outer", name.encode()) for name in _free_names(body)}
+    return tuple(_Digests(weights).graph(body, env, root=False))

@@ -7,9 +7,27 @@ pass names) goes into the message, not into a traceback.
 
 
 class SurgeonError(Exception):
-    """Base of every error surgeon raises deliberately (usage or input problems)."""
+    """Base of every error surgeon raises deliberately (usage or input problems).
+
+    A message about an argument names it in the library's terms: ``{0}``, ``{1}``... in the
+    message stand for the API keywords given after it, so that
+    ``UsageError("{0} must be at least 1", "iterations")`` reads "iterations must be at least
+    1" from Python, and the command line, which knows its flags, words it with
+    :meth:`worded` as "--iterations must be at least 1".
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *options: str):
+        self.template, self.options = message, tuple(options)
+        super().__init__(self.worded(str) if options else message)
+
+    def worded(self, name=str) -> str:
+        """The message with each option named by ``name(keyword)`` (a flag, for the CLI)."""
+        text = self.template
+        for i, option in enumerate(self.options):
+            text = text.replace("{%d}" % i, name(option))
+        return text
 
 
 class UsageError(SurgeonError):

@@ -31,70 +31,17 @@ from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 from onnx_graphsurgeon.util import misc
 
 from surgeon import weights as W
+from surgeon.graph_ops import (  # noqa: F401 - the walkers and marks live in the kernel; re-exported for callers
+    META, OVERRIDABLE, PROVENANCE_FROM, PROVENANCE_PASS, PROVENANCE_RULE, all_names, body_reads, is_overridable,
+    infer_shapes, iter_graphs, meta, outer_scope_names, proto_subgraphs, stamp, subgraphs, walk_nodes,
+)
+from surgeon.graph_ops import walk_graph_protos as _walk_graph_protos
+from surgeon.graph_ops import walk_proto_nodes as _walk_proto_nodes
 
-META = "meta"  # name of the attribute holding a node's metadata_props as a dict
-OVERRIDABLE = "overridable"  # attribute set True on gs.Constants a user may override
 OWNER = "surgeon_owner"  # attribute on imported initializers: id of the graph that declared them
 
-PROVENANCE_PASS = "surgeon.pass"
-PROVENANCE_RULE = "surgeon.rule"
-PROVENANCE_FROM = "surgeon.from"
 
-
-# --- walking ---------------------------------------------------------------------------
-
-_GRAPH, _GRAPHS, _UNDEFINED = onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS, onnx.AttributeProto.UNDEFINED
-
-
-def proto_subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attr in node.attribute:
-        kind = attr.type
-        if kind == _GRAPH or (kind == _UNDEFINED and attr.HasField("g")):
-            yield attr.g
-        if kind == _GRAPHS or kind == _UNDEFINED:
-            yield from attr.graphs
-
-
-def _walk_graph_protos(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        if node.attribute:
-            for sub in proto_subgraphs(node):
-                yield from _walk_graph_protos(sub)
-
-
-def _walk_proto_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        if node.attribute:
-            for sub in proto_subgraphs(node):
-                yield from _walk_proto_nodes(sub)
-
-
-def subgraphs(node: gs.Node) -> Iterator[gs.Graph]:
-    """The bodies held in a node's attributes (If branches, Loop/Scan bodies)."""
-    for value in node.attrs.values():
-        if isinstance(value, gs.Graph):
-            yield value
-        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], gs.Graph):
-            yield from (item for item in value if isinstance(item, gs.Graph))
-
-
-def walk_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
-    """Every node of ``graph`` and of its bodies, outer first, in node order."""
-    for node in graph.nodes:
-        yield node
-        for sub in subgraphs(node):
-            yield from walk_nodes(sub)
-
-
-def iter_graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
-    """The graph and every subgraph (If/Loop/Scan bodies), outer first."""
-    yield graph
-    for node in graph.nodes:
-        for sub in subgraphs(node):
-            yield from iter_graphs(sub)
-
+# --- walking (model level) -------------------------------------------------------------
 
 def iter_proto_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
     return _walk_proto_nodes(model.graph)
@@ -125,66 +72,7 @@ def opset_version(model: onnx.ModelProto, domain: str = "") -> int | None:
     return None
 
 
-def outer_scope_names(graph: gs.Graph) -> set[str]:
-    """Names a subgraph reads from enclosing graphs (gs keeps them as shared tensors).
-
-    A pass that removes or renames a tensor must check this set for every subgraph of
-    the graph it edits: a body may read the tensor without a visible edge.
-    """
-    produced = {t.name for node in graph.nodes for t in node.outputs}
-    produced |= {t.name for t in graph.inputs}
-    used = set()
-    for node in graph.nodes:
-        for t in node.inputs:
-            if t.name and t.name not in produced and not isinstance(t, gs.Constant):
-                used.add(t.name)
-        for sub in subgraphs(node):
-            used |= outer_scope_names(sub) - produced
-    return used
-
-
-def all_names(graph: gs.Graph) -> set[str]:
-    """Every tensor and node name in ``graph`` and its bodies (a new name must avoid them all)."""
-    names: set[str] = set()
-    for g in iter_graphs(graph):
-        names.update(g.tensors().keys())
-        names.update(n.name for n in g.nodes if n.name)
-    return names
-
-
-def body_reads(graph: gs.Graph) -> set[str]:
-    """Names the bodies of ``graph``'s nodes read from it through outer scope (no visible edge)."""
-    names: set[str] = set()
-    for node in graph.nodes:
-        for sub in subgraphs(node):
-            names |= outer_scope_names(sub)
-    return names
-
-
-# --- provenance and marks ----------------------------------------------------------------
-
-def meta(node: gs.Node) -> dict[str, str]:
-    """A node's metadata dict (created empty for nodes made by a pass)."""
-    if not hasattr(node, META):
-        setattr(node, META, {})
-    return getattr(node, META)
-
-
-def stamp(node: gs.Node, pass_name: str, rule: str, sources: list[str] | str) -> gs.Node:
-    """Record which pass and rule created ``node`` and from which original nodes."""
-    if isinstance(sources, str):
-        sources = [sources]
-    m = meta(node)
-    m[PROVENANCE_PASS] = pass_name
-    m[PROVENANCE_RULE] = rule
-    m[PROVENANCE_FROM] = ",".join(s for s in sources if s)
-    return node
-
-
-def is_overridable(tensor: gs.Tensor) -> bool:
-    """Whether ``tensor`` is an initializer the user may override (never fold its value)."""
-    return bool(getattr(tensor, OVERRIDABLE, False))
-
+# --- marks -------------------------------------------------------------------------------
 
 def is_weight(tensor: gs.Tensor) -> bool:
     """A large Constant held as a shared array (see :mod:`surgeon.weights`)."""
@@ -355,10 +243,13 @@ class Model:
         self._bind(skeleton, weights)
         used = self._read_names
         del self._read_names
-        # An overridable default (IR >= 4, listed as an input) is part of the interface even unread.
+        # An overridable default (IR >= 4, listed as an input) is part of the interface even unread:
+        # unread ones are kept aside (cleanup never removes them), read ones in ``defaults``.
         interface = self.listed_initializers if self.header.ir_version >= 4 else set()
         self.unused_initializers = [_copy_tensor(t) for t in g.initializer if t.name not in used and t.name not in interface]
-        self.unused_weights = {W.stub_key(t): weights[W.stub_key(t)] for t in self.unused_initializers if W.stub_key(t)}
+        self.unread_defaults = [_copy_tensor(t) for t in g.initializer if t.name not in used and t.name in interface]
+        self.unused_weights = {W.stub_key(t): weights[W.stub_key(t)]
+                               for t in self.unused_initializers + self.unread_defaults if W.stub_key(t)}
 
     def _bind(self, skeleton: onnx.ModelProto, weights: Mapping[str, np.ndarray]) -> None:
         """Metadata, overridable marks, owners, and the shared arrays behind stubs."""
@@ -370,8 +261,10 @@ class Model:
             setattr(node, META, props)
             if raw:
                 setattr(node, RAW_ATTRS, raw)
+            _by_identity(node)
         self.declared_types = _declared_types(skeleton.graph, self.graph)
         overridable = self.listed_initializers if self.header.ir_version >= 4 else set()
+        self.defaults: dict[str, gs.Constant] = {}  # the overridable initializers nodes read, by name
         owner_of = {name: gid for gid, names in _initializer_owners(skeleton.graph, self.graph).items() for name in names}
         root = id(self.graph)
         for const in self._constants():
@@ -390,6 +283,7 @@ class Model:
                 setattr(const, OWNER, owner)
             if owner == root and const.name in overridable:
                 setattr(const, OVERRIDABLE, True)
+                self.defaults[const.name] = const
 
     def _constants(self) -> Iterator[gs.Constant]:
         seen: set[int] = set()
@@ -437,6 +331,25 @@ class Model:
 
     def opset(self, domain: str = "") -> int | None:
         return self.opsets.get(domain)
+
+    def freeze_initializer_inputs(self) -> list[str]:
+        """Make every overridable default (IR >= 4 initializer listed as an input) a plain constant.
+
+        They leave the graph inputs, so passes may fold them; returns their names. For a
+        user who knows the defaults are never overridden (``--freeze-initializer-inputs``);
+        IR < 4 models have no overridable defaults (every initializer is listed there).
+        """
+        if self.header.ir_version < 4:
+            return []
+        names = sorted(self.listed_initializers)
+        for const in self.defaults.values():
+            setattr(const, OVERRIDABLE, False)
+        self.defaults = {}
+        self.unused_initializers.extend(self.unread_defaults)
+        self.unread_defaults = []
+        self.declared_inputs = [vi for vi in self.declared_inputs if vi.name not in self.listed_initializers]
+        self.listed_initializers = set()
+        return names
 
     def declare_output(self, name: str, tensor_type: onnx.TypeProto) -> None:
         """Replace a main-graph output's declared tensor type (its element type and dims)."""
@@ -506,7 +419,7 @@ def infer_value_info(model: Model) -> dict[str, tuple[np.dtype | None, list | No
 
     Raises what shape inference raises; callers decide whether that matters.
     """
-    inferred = onnx.shape_inference.infer_shapes(model.export().for_checker(), strict_mode=False, data_prop=True)
+    inferred = infer_shapes(model.export().for_checker())
     found: dict[str, tuple[np.dtype | None, list | None]] = {}
 
     def visit(g: onnx.GraphProto) -> None:
@@ -699,6 +612,33 @@ def _declared_types(graph: onnx.GraphProto, gs_graph: gs.Graph) -> dict[int, dic
     return out
 
 
+class _IdentityList(misc.SynchronizedList):
+    """graphsurgeon's synchronized input/output list, taking a node out of a tensor's list by identity.
+
+    graphsurgeon removes with ``list.remove``, which compares nodes by name, op, attributes
+    and tensor names: two sibling bodies written alike (an If whose branches are one
+    exporter-copied graph) hold nodes that compare equal, and detaching one removed the
+    other's entry from the outer tensor they both read (a crash later, or a wrong graph).
+    """
+
+    def _remove_from_elem(self, elem):
+        peers = getattr(elem, self.field_name)
+        for i, x in enumerate(peers):
+            if x is self.parent_obj:
+                list.__delitem__(peers, i)
+                return
+        raise ValueError(f"{self.parent_obj!r} is not in the {self.field_name} of {elem.name}")
+
+
+def _by_identity(node: gs.Node) -> None:
+    """Give an imported node identity-based input/output lists (their counterparts are already linked)."""
+    for field, peer in (("inputs", "outputs"), ("outputs", "inputs")):
+        items = list(getattr(node, field))
+        replacement = _IdentityList(node, peer, [])
+        list.extend(replacement, items)
+        object.__setattr__(node, field, replacement)
+
+
 def _initializer_owners(graph: onnx.GraphProto, gs_graph: gs.Graph) -> dict[int, set[str]]:
     """id(gs graph) → names of the initializers that graph declared."""
     owners = {id(gs_graph): {t.name for t in graph.initializer}}
@@ -733,7 +673,11 @@ class _Exporter:
             placement.setdefault(self._home(const, self.uses[cid]), []).append(const)
         self.placement = placement
         graph = self._graph(root)
-        for t in self.model.unused_initializers:
+        placed = {t.name for t in graph.initializer}
+        for name, const in self.model.defaults.items():  # a default no node reads any more stays an input
+            if name not in placed:
+                graph.initializer.append(self._tensor(const))
+        for t in self.model.unused_initializers + self.model.unread_defaults:
             t2 = _copy_tensor(t)
             key = W.stub_key(t2)
             if key is not None:

@@ -19,6 +19,7 @@ same data everywhere.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -29,6 +30,8 @@ from onnx import helper
 
 from surgeon import input_ranges
 from surgeon.errors import BackendError, InputDataError
+
+log = logging.getLogger(__name__)
 
 Dim = int | str  # a static size, or a symbol key for a dynamic dim
 
@@ -41,12 +44,13 @@ DEFAULT_ELEMENT_SHAPE = (3,)  # a sequence element whose shape the model leaves 
 # different sizes, and different symbols different sizes, so a pass that bakes in or
 # mixes up a dimension is caught. Scale 32 comes first: image models downsample by 32,
 # and at tiny sizes every feature map is 1x1, where a baked-in H/32 would go unnoticed.
-# 256 covers audio-length dims (STFT windows); 1 covers models that need tiny sizes.
-_SIZE_LADDER = (32, 8, 256, 1)
+# 256 covers audio-length dims (STFT windows); 1 covers models that need tiny sizes; 128
+# (a 256-sample window, silero's 8 kHz chunk) only where nothing before it ran.
+_SIZE_LADDER = (32, 8, 256, 1, 128)
 # Dims only integer inputs carry (token ids, attention masks, positions) start small: a
 # sequence of 8 tokens exercises the same graph as 64, and a language model's cost, its
 # vocabulary projection above all, grows with every token of every verification run.
-_TOKEN_LADDER = (4, 32, 8, 1)
+_TOKEN_LADDER = (4, 32, 8, 1, 16)
 _BATCH_SIZES = (2, 3)
 
 # Element types numpy lacks; onnx maps them to ml_dtypes types of these names.
@@ -148,38 +152,6 @@ def _pin_target(spec: InputSpec) -> InputSpec | None:
     return leaves[0] if leaves else None
 
 
-_SHAPE_RE = re.compile(r"^(?P<name>.+):(?P<dims>\[[^\]]*\]|\d+(?:x\d+)*|)$")
-
-
-def parse_shape_args(items: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """Parse ``NAME:1x3x224x224`` or ``NAME:[1,3,224,224]`` (scalar: ``NAME:[]``).
-
-    Input names may themselves contain ':'; the shape is taken after the last one.
-    Anything else is an error; nothing is guessed.
-    """
-    out: dict[str, tuple[int, ...]] = {}
-    for item in items or []:
-        m = _SHAPE_RE.match(item.strip())
-        if not m or not m.group("name"):
-            raise InputDataError(
-                f"cannot parse input shape '{item}': expected NAME:1x3x224x224 or NAME:[1,3,224,224]"
-            )
-        text = m.group("dims")
-        if text.startswith("["):
-            inner = text[1:-1].strip()
-            parts = [p.strip() for p in inner.split(",")] if inner else []
-        else:
-            parts = text.split("x") if text else []
-        try:
-            dims = tuple(int(p) for p in parts)
-        except ValueError:
-            raise InputDataError(f"cannot parse input shape '{item}': dimensions must be whole numbers") from None
-        if any(d < 0 for d in dims):
-            raise InputDataError(f"input shape '{item}' has a negative dimension")
-        out[m.group("name")] = dims
-    return out
-
-
 def check_pins(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -> None:
     """Pinned shapes must name real inputs, have the right rank and agree with static dims.
 
@@ -188,7 +160,8 @@ def check_pins(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -> N
     by_name = {s.name: s for s in specs}
     for name, dims in pins.items():
         if name not in by_name:
-            raise InputDataError(f"--input-shapes names '{name}', which is not an input of the model; inputs: {', '.join(by_name)}")
+            raise InputDataError(f"{{0}} names '{name}', which is not an input of the model; inputs: {', '.join(by_name)}",
+                                 "input_shapes")
         spec = _pin_target(by_name[name])
         if spec is None:
             raise InputDataError(f"input '{name}' is a {by_name[name].kind}: it has no shape to give")
@@ -234,7 +207,7 @@ def concrete_shape(spec: InputSpec, sizes: Mapping[str, int], pins: Mapping[str,
     if spec.shape is None:
         if spec.name.endswith("[]"):
             return DEFAULT_ELEMENT_SHAPE  # a sequence element the model leaves open
-        raise InputDataError(f"input '{spec.name}' has no shape in the model; give it with --input-shapes")
+        raise InputDataError(f"input '{spec.name}' has no shape in the model; give it with {{0}}", "input_shapes")
     return tuple(d if isinstance(d, int) else sizes[d] for d in spec.shape)
 
 
@@ -285,6 +258,10 @@ def constrained_array(dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Ge
     dtype = np.dtype(dtype)
     if c.exact is not None:
         return np.array(c.exact, dtype=np.float64 if is_float_dtype(dtype) else np.int64).reshape(shape).astype(dtype)
+    if c.mask:
+        return mask_array(dtype, shape, rng)
+    if c.choices and (is_integer_dtype(dtype) or is_float_dtype(dtype)):
+        return rng.choice(np.array(c.choices, dtype=np.int64), size=shape).astype(dtype)
     if is_float_dtype(dtype):
         lo = -1.0 if c.lo is None else float(c.lo)
         hi = lo + 2.0 if c.hi is None else float(c.hi)
@@ -305,15 +282,90 @@ def constrained_array(dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Ge
     return rng.integers(lo, hi, size=shape, endpoint=True).astype(dtype)
 
 
+def mask_array(dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A 0/1 mask as tokenizers write one: per row (the last axis), ones then zeros.
+
+    Every row keeps at least half its positions on (a row of zeros is all padding, which
+    a model with ``-inf`` masks turns into NaN), and the sample holds both values (one
+    row is one position short) so that the masked path is exercised.
+    """
+    if not shape:
+        return np.array(1).astype(dtype)
+    t = shape[-1]
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    if t == 0 or rows == 0:
+        return np.zeros(shape, dtype=dtype)
+    lengths = rng.integers(max(1, (t + 1) // 2), t, size=rows, endpoint=True)
+    if t >= 2 and (lengths == t).all():
+        lengths[-1] = t - 1
+    return (np.arange(t)[None, :] < lengths[:, None]).reshape(shape).astype(dtype)
+
+
+def image_array(dtype: np.dtype, shape: tuple[int, ...], rng: np.random.Generator, channels_last: bool = False,
+                value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """An image-like tensor: a light page with a few blocks of colour and lines of dark "words".
+
+    Why not noise: detectors and segmenters answer uniform noise with a constant "nothing
+    here" (PP-OCRv4's text detector gives at most 1e-6 everywhere), so a comparison on
+    noise cannot see a wrong rewrite in them; on this page it finds text. Flat regions,
+    edges and strokes make classifiers respond differently from noise too. Values span
+    ``value_range`` (default: the float range of generated inputs).
+    """
+    lo, hi = value_range if value_range is not None else DEFAULT_FLOAT_RANGE
+    n, c, h, w = (shape[0], shape[3], shape[1], shape[2]) if channels_last else shape
+    out = np.empty((n, c, h, w), dtype=np.float64)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for b in range(n):
+        gy, gx = rng.uniform(-0.15, 0.15, size=2)
+        img = np.repeat((0.85 + gy * yy / max(h, 1) + gx * xx / max(w, 1))[None], c, axis=0)
+        for _ in range(int(rng.integers(1, 4))):  # blocks of colour: a photo, a logo
+            y0, x0 = int(rng.integers(0, max(h, 1))), int(rng.integers(0, max(w, 1)))
+            img[:, y0:y0 + int(rng.integers(h // 8 + 1, h // 3 + 2)), x0:x0 + int(rng.integers(w // 8 + 1, w // 3 + 2))] = \
+                rng.uniform(0, 1, size=(c, 1, 1))
+        y = int(rng.integers(2, 8))
+        while y < h - 4:  # lines of text
+            height = int(rng.integers(4, 10))
+            x, end = int(rng.integers(2, max(3, w // 6))), int(rng.integers(w // 2, w)) if w > 2 else w
+            while x < end:
+                width = int(rng.integers(4, 28))
+                img[:, y:y + height, x:min(x + width, end)] = rng.uniform(0.0, 0.2)
+                x += width + int(rng.integers(3, 8))
+            y += height + int(rng.integers(6, 24))
+        img += rng.normal(0, 0.02, size=img.shape)
+        out[b] = np.clip(img, 0, 1)
+    out = lo + (hi - lo) * out
+    if channels_last:
+        out = out.transpose(0, 2, 3, 1)
+    return out.astype(dtype)
+
+
+def image_layout(spec: InputSpec) -> str | None:
+    """``"nchw"`` or ``"nhwc"`` for a float input shaped like a batch of images (1 to 4 channels), else None."""
+    if not spec.is_tensor or spec.shape is None or len(spec.shape) != 4 or not is_float_dtype(spec.dtype):
+        return None
+    n, a, b, c = spec.shape
+    if isinstance(a, int) and 1 <= a <= 4 and not (isinstance(b, int) and b <= 4):
+        return "nchw"
+    if isinstance(c, int) and 1 <= c <= 4 and not (isinstance(a, int) and a <= 4):
+        return "nhwc"
+    return None
+
+
 def random_value(spec: InputSpec, sizes: Mapping[str, int], pins: Mapping[str, tuple[int, ...]], rng: np.random.Generator,
                  value_range: tuple[float, float] | None = None, constraint: input_ranges.Constraint | None = None,
-                 pin_name: str | None = None) -> Any:
-    """A seeded value for any input kind: array, list (sequence), value or None (optional), dict (map)."""
+                 pin_name: str | None = None, image: bool = False) -> Any:
+    """A seeded value for any input kind: array, list (sequence), value or None (optional), dict (map).
+
+    ``image``: an image-like tensor input gets :func:`image_array` content instead of noise.
+    """
     pin_name = pin_name or spec.name
     if spec.kind == "tensor":
         if spec.dtype is None:
             raise InputDataError(f"input '{spec.name}' has an element type numpy cannot hold")
         shape = concrete_shape(spec, sizes, pins, pin_name)
+        layout = image_layout(spec) if image else None
+        if layout is not None and (constraint is None or constraint.problem or not constraint.mask):
+            return image_array(spec.dtype, shape, rng, layout == "nhwc", value_range)
         if constraint is not None and not constraint.problem and value_range is None:
             return constrained_array(spec.dtype, shape, rng, constraint)
         return random_array(spec.dtype, shape, rng, value_range)
@@ -335,11 +387,12 @@ def make_feeds(
     rng: np.random.Generator,
     value_ranges: Mapping[str, tuple[float, float]] | None = None,
     constraints: Mapping[str, input_ranges.Constraint] | None = None,
+    images: bool = False,
 ) -> dict[str, Any]:
     feeds = {}
     for spec in specs:
         feeds[spec.name] = random_value(spec, sizes, pins, rng, (value_ranges or {}).get(spec.name),
-                                        (constraints or {}).get(spec.name))
+                                        (constraints or {}).get(spec.name), image=images)
     return feeds
 
 
@@ -373,8 +426,8 @@ def _plan(model: onnx.ModelProto, specs: list[InputSpec], sizes: Mapping[str, in
 
 
 def _feeds(specs: list[InputSpec], plan: _Plan, pins: Mapping[str, tuple[int, ...]], seed: int,
-           ranges: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
-    return make_feeds(specs, plan.sizes, pins, np.random.default_rng(seed), ranges, plan.constraints)
+           ranges: Mapping[str, tuple[float, float]], images: bool = False) -> dict[str, Any]:
+    return make_feeds(specs, plan.sizes, pins, np.random.default_rng(seed), ranges, plan.constraints, images)
 
 
 def _absent_variant(specs: list[InputSpec], feeds: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -383,6 +436,37 @@ def _absent_variant(specs: list[InputSpec], feeds: Mapping[str, Any]) -> dict[st
     if not optional:
         return None
     return {k: (None if k in optional else v) for k, v in feeds.items()}
+
+
+def _override_variant(model: onnx.ModelProto, feeds: Mapping[str, Any], seed: int) -> dict[str, Any] | None:
+    """``feeds`` plus other values for the overridable defaults (IR >= 4 initializers listed as inputs).
+
+    A pass that read such a default as a constant computes something else once it is
+    fed: this sample shows it. Floats get the default plus a random 0.25 to 1 (arrays, 0-d
+    included), integers the default's entries reversed (a reshape target stays a valid
+    one), booleans their negation. Only defaults held in the skeleton (not weight stubs)
+    are fed; None when there are none.
+    """
+    if model.ir_version < 4:
+        return None
+    listed = {vi.name for vi in model.graph.input}
+    rng = np.random.default_rng(seed + 7919)
+    extra: dict[str, Any] = {}
+    for t in model.graph.initializer:
+        if t.name not in listed or t.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        try:
+            value = onnx.numpy_helper.to_array(t)
+        except (ValueError, TypeError):
+            continue
+        if value.dtype == np.bool_:
+            extra[t.name] = np.logical_not(value)
+        elif value.dtype.kind in "iu":
+            extra[t.name] = value.reshape(-1)[::-1].reshape(value.shape).copy()
+        elif value.dtype.kind == "f":
+            # shifted up, so a default that must stay positive (an epsilon, a variance) still is
+            extra[t.name] = np.asarray(value + rng.uniform(0.25, 1, value.shape), dtype=value.dtype)
+    return {**feeds, **extra} if extra else None
 
 
 def _batch_symbols(specs: list[InputSpec]) -> set[str]:
@@ -407,9 +491,13 @@ def _token_symbols(specs: list[InputSpec]) -> set[str]:
     return {d for d, only_integer in seen.items() if only_integer}
 
 
-def size_attempts(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]]) -> list[list[dict[str, int]]]:
-    """Candidate size assignments: each attempt is two assignments (sample A, sample B)."""
-    fixed = pinned_sizes(specs, pins)
+def size_attempts(specs: list[InputSpec], pins: Mapping[str, tuple[int, ...]],
+                  fixed: Mapping[str, int] | None = None) -> list[list[dict[str, int]]]:
+    """Candidate size assignments: each attempt is two assignments (sample A, sample B).
+
+    ``fixed``: sizes the graph itself fixes (:func:`graph_sizes`); pinned shapes win over them.
+    """
+    fixed = {**dict(fixed or {}), **pinned_sizes(specs, pins)}
     free = [s for s in symbols(specs) if s not in fixed]
     batch = _batch_symbols(specs)
     tokens = _token_symbols(specs)
@@ -438,20 +526,45 @@ def _no_sample_note(problems: list[str], what: str) -> str:
     return f"{what}; give --input-shapes or --load-inputs"
 
 
-def runs_on(session) -> Callable[[dict[str, Any]], bool]:
+class runs_on:  # noqa: N801 - used as a function: runs = runs_on(session)
     """``runs(feeds)`` for the sample makers: whether ``session`` runs a feed.
 
     A BackendError is the answer "no" (the probe tries sizes until one runs); any other
-    exception is a bug and propagates.
+    exception is a bug and propagates. ``runs.outputs(feeds)`` runs it for its outputs:
+    :func:`make_samples` uses that to check the samples are evidence (:func:`exercise`).
     """
-    def runs(feeds: dict[str, Any]) -> bool:
+
+    def __init__(self, session: Any):
+        self.session = session
+
+    def __call__(self, feeds: dict[str, Any]) -> bool:
         try:
-            session.run(feeds)
+            self.session.run(feeds)
             return True
         except BackendError:
             return False
 
-    return runs
+    def outputs(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        return self.session.run(feeds)
+
+
+def graph_sizes(model: onnx.ModelProto, specs: list[InputSpec] | None = None) -> dict[str, tuple[int, str]]:
+    """Dynamic dims whose size the graph fixes (an LSTM's W, a Conv's in-channels, a MatMul
+    against a weight, a Reshape to a constant shape): symbol -> (size, why).
+
+    Generated sizes for these dims would only make samples the model cannot run on.
+    """
+    specs = input_specs(model) if specs is None else specs
+    shapes = {s.name: s.shape for s in specs if s.kind == "tensor" and s.shape is not None}
+    if not any(isinstance(d, str) for dims in shapes.values() for d in dims):
+        return {}
+    return input_ranges.fixed_dims(model, shapes)
+
+
+def fixed_sizes(model: onnx.ModelProto) -> dict[str, int]:
+    """symbol -> size for the dims the graph fixes (:func:`graph_sizes` without the reasons),
+    for :func:`size_attempts`' ``fixed``."""
+    return {sym: size for sym, (size, _why) in graph_sizes(model).items()}
 
 
 def verification_samples(
@@ -459,55 +572,170 @@ def verification_samples(
     pins: Mapping[str, tuple[int, ...]] | None,
     seed: int,
     runs: Callable[[dict[str, Any]], bool],
+    value_ranges: Mapping[str, tuple[float, float]] | None = None,
+    *,
+    images: bool = False,
+    realistic: bool = True,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Seeded feeds at two sizes for every dynamic dim, the first sizes the model runs at.
 
     ``runs(feeds)`` tells whether the model accepts a feed. Returns the samples and a
     note when fewer than two sizes could be exercised, or, with no samples, why none
     could be made (per input, when an integer input has no value the graph accepts).
-    When the model has optional inputs and also runs with them absent, a sample with
-    every optional absent is added.
+    Dims the weights fix take that size. When the model has optional inputs and also
+    runs with them absent, a sample with every optional absent is added; when it has
+    image-like inputs with dynamic height and width, the second sample is at a realistic
+    size (224, else 256 or 320, batch 1) with image-like content (see :func:`realistic_plan`).
+    ``value_ranges`` (``--val-range``) overrides the values of the inputs it names;
+    ``images`` fills image-like inputs with :func:`image_array` content in every sample;
+    ``realistic=False`` leaves the realistic-size sample out (an engine profile's range).
     """
     pins = dict(pins or {})
     specs = input_specs(model)
     check_pins(specs, pins)
     try:
-        return _verification_samples(model, specs, pins, seed, runs)
+        ranges = _ranges(specs, value_ranges)
+        return _verification_samples(model, specs, pins, seed, runs, ranges, images, realistic)
     except InputDataError as exc:  # a model we cannot feed is verified structurally, not refused
         return [], str(exc)
 
 
-def _verification_samples(model, specs, pins, seed, runs):
-    fixed = pinned_sizes(specs, pins)
+def check_value_ranges(model: onnx.ModelProto, value_ranges: Mapping[str, tuple[float, float]] | None) -> None:
+    """``--val-range`` must name inputs of the model (an InputDataError otherwise)."""
+    _ranges(input_specs(model), value_ranges)
+
+
+def _ranges(specs: list[InputSpec], value_ranges: Mapping[str, tuple[float, float]] | None) -> dict[str, tuple[float, float]]:
+    """``--val-range`` entries checked against the inputs; a bare ``[lo,hi]`` (key '') applies to every input."""
+    ranges = dict(value_ranges or {})
+    unknown = [n for n in ranges if n and n not in {s.name for s in specs}]
+    if unknown:
+        raise InputDataError(f"{{0}} names '{unknown[0]}', which is not an input of the model", "value_ranges")
+    if "" in ranges:
+        default = ranges.pop("")
+        ranges = {s.name: ranges.get(s.name, default) for s in specs}
+    return ranges
+
+
+def _verification_samples(model, specs, pins, seed, runs, ranges, images=False, realistic=True):
+    graph = {sym: size for sym, (size, _why) in graph_sizes(model, specs).items()}
+    fixed = {**graph, **pinned_sizes(specs, pins)}
     index = input_ranges.index_model(model)
 
-    def finish(samples: list[dict[str, Any]], note: str | None):
+    def finish(samples: list[dict[str, Any]], note: str | None, sizes: Mapping[str, int]):
+        """The optional-absent and realistic-size samples. With two sizes, the realistic sample
+        takes the second one's place (its sizes differ from the first's all the same, at less
+        cost than a third sample: 224x224 at batch 1 is fewer pixels than 96x128 at batch 3)."""
+        pair = len(samples) == 2
+        plan = realistic_plan(model, specs, sizes, pins, ranges, index, fixed, runs, seed + 1) if realistic else None
+        if plan is not None and plan.sizes != dict(sizes):
+            big = _feeds(specs, plan, pins, seed + 1, ranges, images=True)
+            samples = [samples[0], big] if pair else samples + [big]
         absent = _absent_variant(specs, samples[0])
         if absent is not None and runs(absent):
             samples = samples + [absent]
+        overridden = _override_variant(model, samples[-1], seed)
+        if overridden is not None and runs(overridden):
+            samples = samples + [overridden]
         return samples, note
 
     if all(s in fixed for s in symbols(specs)):
-        plan = _plan(model, specs, fixed, pins, {}, index)
-        feeds = _feeds(specs, plan, pins, seed, {})
+        plan = _plan(model, specs, fixed, pins, ranges, index)
+        feeds = _feeds(specs, plan, pins, seed, ranges, images)
         if plan.problems() and not runs(feeds):
             return [], _no_sample_note(plan.problems(), "the model does not run on generated inputs")
         # Without known problems the verifier's own reference run reports why a feed fails.
-        return finish([feeds], None)
+        return finish([feeds], None, plan.sizes)
     problems: list[str] = []
     tried = []
-    for pair in size_attempts(specs, pins):
-        plans = [_plan(model, specs, sizes, pins, {}, index) for sizes in pair]
-        feeds = [_feeds(specs, p, pins, seed + i, {}) for i, p in enumerate(plans)]
+    for pair in size_attempts(specs, pins, graph):
+        plans = [_plan(model, specs, sizes, pins, ranges, index) for sizes in pair]
+        feeds = [_feeds(specs, p, pins, seed + i, ranges, images) for i, p in enumerate(plans)]
         if all(runs(f) for f in feeds):
-            return finish(feeds, None)
+            return finish(feeds, None, plans[1].sizes)
         problems.extend(plans[0].problems())
         tried.append(plans[0])
     for plan in tried:  # fall back to the first single assignment that runs
-        f = _feeds(specs, plan, pins, seed, {})
+        f = _feeds(specs, plan, pins, seed, ranges, images)
         if runs(f):
-            return finish([f], "only one size of the dynamic dimensions could be run; give --input-shapes or --load-inputs")
+            return finish([f], "only one size of the dynamic dimensions could be run; give --input-shapes or --load-inputs",
+                          plan.sizes)
+    tied = _tied_state_dims(specs, fixed)
+    if tied:  # recurrent states: [layers, batch, hidden] whose batch is a dim of its own
+        attempts = [[{**sizes, **{d: sizes[b] for d, b in tied.items()}} for sizes in pair]
+                    for pair in size_attempts(specs, pins, graph)]
+        for pair in attempts:
+            plans = [_plan(model, specs, sizes, pins, ranges, index) for sizes in pair]
+            feeds = [_feeds(specs, p, pins, seed + i, ranges, images) for i, p in enumerate(plans)]
+            if all(runs(f) for f in feeds):
+                return finish(feeds, None, plans[1].sizes)
+        for pair in attempts:
+            plan = _plan(model, specs, pair[0], pins, ranges, index)
+            f = _feeds(specs, plan, pins, seed, ranges, images)
+            if runs(f):
+                return finish([f], "only one size of the dynamic dimensions could be run; give --input-shapes or "
+                              "--load-inputs", plan.sizes)
     return [], _no_sample_note(problems, "no generated input sizes run on the model")
+
+
+def _tied_state_dims(specs: list[InputSpec], fixed: Mapping[str, int]) -> dict[str, str]:
+    """Dims to try equal to the batch when nothing else runs: an input whose one dynamic dim is
+    not its first (a recurrent state ``[layers, batch, hidden]``, silero's ``state[2, ?, 128]``)
+    whose batch is a symbol of its own, tied to the one batch symbol of the other inputs."""
+    batch = {s.shape[0] for s in specs if s.is_tensor and s.shape and isinstance(s.shape[0], str)} - set(fixed)
+    if len(batch) != 1:
+        return {}
+    (b,) = batch
+    tied = {}
+    for s in specs:
+        if not s.is_tensor or not s.shape:
+            continue
+        dynamic = [d for d in s.shape if isinstance(d, str) and d not in fixed]
+        if len(dynamic) == 1 and s.shape[0] != dynamic[0] and dynamic[0] != b:
+            tied[dynamic[0]] = b
+    return tied
+
+
+# Realistic image sizes, tried in order: 224 (ImageNet classifiers; a multiple of 32, every
+# usual stride), then 256 (a multiple of 64) and 320 (of 64 and 160: detectors' smaller sizes).
+REALISTIC_IMAGE_SIZES = (224, 256, 320)
+
+
+def realistic_plan(model: onnx.ModelProto, specs: list[InputSpec], sizes: Mapping[str, int],
+                   pins: Mapping[str, tuple[int, ...]], ranges: Mapping[str, tuple[float, float]], index: Any,
+                   fixed: Mapping[str, int], runs: Callable[[dict[str, Any]], bool] | None, seed: int) -> "_Plan | None":
+    """``sizes`` with image-like inputs at a realistic size and batch 1, or None.
+
+    Why: small samples (64x96) keep verification cheap, but some models only do their
+    real work at the sizes users run: a text detector's deepest features are 2x3 there,
+    and every output of it is "nothing here". None when no input is image-like or when
+    no realistic size runs (``runs`` probes; without it, 224 is taken). When height and
+    width are static or pinned, the plan keeps ``sizes`` (they are the sizes users run).
+    """
+    spatial: set[str] = set()
+    batch: set[str] = set()
+    images = False
+    for s in specs:
+        layout = image_layout(s)
+        if layout is None:
+            continue
+        images = True
+        hw = s.shape[2:4] if layout == "nchw" else s.shape[1:3]
+        spatial.update(d for d in hw if isinstance(d, str) and d not in fixed)
+        if isinstance(s.shape[0], str) and s.shape[0] not in fixed:
+            batch.add(s.shape[0])
+    if not images:
+        return None
+    if not spatial:
+        return _plan(model, specs, sizes, pins, ranges, index)
+    for size in REALISTIC_IMAGE_SIZES:
+        cand = dict(sizes)
+        cand.update({d: size for d in spatial})
+        cand.update({d: 1 for d in batch})
+        plan = _plan(model, specs, cand, pins, ranges, index)
+        if runs is None or runs(_feeds(specs, plan, pins, seed, ranges, images=True)):
+            return plan
+    return None
 
 
 def input_problems(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[str]:
@@ -518,9 +746,10 @@ def input_problems(model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int,
     pins = dict(input_shapes or {})
     specs = input_specs(model)
     try:
-        sizes = pinned_sizes(specs, pins)
+        graph = {sym: size for sym, (size, _why) in graph_sizes(model, specs).items()}
+        sizes = {**graph, **pinned_sizes(specs, pins)}
         if any(s not in sizes for s in symbols(specs)):
-            sizes = size_attempts(specs, pins)[0][0]
+            sizes = size_attempts(specs, pins, graph)[0][0]
         return _plan(model, specs, sizes, pins, {}).problems()
     except InputDataError as exc:
         return [str(exc)]
@@ -542,25 +771,6 @@ def describe_feeds(feeds: Mapping[str, Any]) -> str:
                      for k, v in feeds.items())
 
 
-def parse_value_ranges(items: list[str] | None) -> dict[str, tuple[float, float]]:
-    """``NAME:[lo,hi]`` → {NAME: (lo, hi)}; a bare ``[lo,hi]`` applies to every input (key '')."""
-    out: dict[str, tuple[float, float]] = {}
-    for item in items or []:
-        name, sep, rng = item.rpartition(":") if not item.startswith("[") else ("", "", item)
-        rng = rng.strip()
-        try:
-            if not (rng.startswith("[") and rng.endswith("]")):
-                raise ValueError
-            lo_s, hi_s = rng[1:-1].split(",")
-            lo, hi = float(lo_s), float(hi_s)
-        except ValueError:
-            raise InputDataError(f"cannot parse value range '{item}': expected NAME:[LOW,HIGH]") from None
-        if lo > hi:
-            raise InputDataError(f"value range '{item}' has LOW above HIGH")
-        out[name] = (lo, hi)
-    return out
-
-
 def make_samples(
     model: onnx.ModelProto,
     *,
@@ -569,27 +779,26 @@ def make_samples(
     iterations: int = 1,
     seed: int = 0,
     runs: Callable[[dict[str, Any]], bool] | None = None,
+    realistic: bool = False,
 ) -> list[dict[str, Any]]:
     """Seeded input samples for compare/bisect/isolate (the same seed gives the same data).
 
     Dynamic dims not pinned get the first generated sizes the model accepts (``runs``
-    probes that; without it the smallest sizes are used). Sample *i* uses seed + i.
-    Integer inputs without a ``value_ranges`` entry get values inferred from their uses.
+    probes that; without it the smallest sizes are used); dims the weights fix get that
+    size. Sample *i* uses seed + i. Integer inputs without a ``value_ranges`` entry get
+    values inferred from their uses (indices, masks, shapes). ``realistic``: image-like
+    inputs at a realistic size with image-like content (:func:`realistic_plan`), where
+    one runs.
     """
     pins = dict(input_shapes or {})
     specs = input_specs(model)
     check_pins(specs, pins)
-    ranges = dict(value_ranges or {})
-    unknown = [n for n in ranges if n and n not in {s.name for s in specs}]
-    if unknown:
-        raise InputDataError(f"--val-range names '{unknown[0]}', which is not an input of the model")
-    if "" in ranges:
-        default = ranges.pop("")
-        ranges = {s.name: ranges.get(s.name, default) for s in specs}
-    sizes = pinned_sizes(specs, pins)
+    ranges = _ranges(specs, value_ranges)
+    graph = {sym: size for sym, (size, _why) in graph_sizes(model, specs).items()}
+    sizes = {**graph, **pinned_sizes(specs, pins)}
     index = input_ranges.index_model(model)
     if any(s not in sizes for s in symbols(specs)):
-        candidates = [pair[0] for pair in size_attempts(specs, pins)]
+        candidates = [pair[0] for pair in size_attempts(specs, pins, graph)]
         plan = _plan(model, specs, candidates[0], pins, ranges, index)
         if runs is not None:
             for cand in candidates:
@@ -599,7 +808,124 @@ def make_samples(
                     break
     else:
         plan = _plan(model, specs, sizes, pins, ranges, index)
-    return [_feeds(specs, plan, pins, seed + i, ranges) for i in range(max(1, iterations))]
+    images = False
+    if realistic:
+        better = realistic_plan(model, specs, plan.sizes, pins, ranges, index, sizes, runs, seed)
+        if better is not None:
+            plan, images = better, True
+    samples = [_feeds(specs, plan, pins, seed + i, ranges, images=images) for i in range(max(1, iterations))]
+    outputs = getattr(runs, "outputs", None)
+    if outputs is None or realistic:
+        return samples
+    try:
+        references = [outputs(f) for f in samples]
+    except BackendError:
+        return samples  # the caller's own reference run reports why
+    from surgeon import evidence
+
+    dependent = evidence.input_dependent_outputs(model)
+    found = exercise(model, samples, references,
+                     make=lambda v: make_samples(model, input_shapes=pins, value_ranges={**v.ranges, **ranges},
+                                                 iterations=iterations, seed=seed, realistic=v.images,
+                                                 runs=lambda f: runs(f)),  # a plain probe: no second exercise
+                     run=outputs, judge=lambda refs, feeds: evidence.assess(refs, feeds, dependent=dependent),
+                     given=ranges)
+    if found.variant is not None:
+        log.info("generated samples: %s", found.note())
+    return found.samples
+
+
+# --- samples that exercise the model ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Another way to draw samples, tried when the default ones give a degenerate reference."""
+
+    label: str
+    ranges: dict[str, tuple[float, float]]
+    images: bool = False  # image-like inputs as images at a realistic size
+
+
+def variants(model: onnx.ModelProto, given: Mapping[str, tuple[float, float]] | None = None) -> list[Variant]:
+    """The alternatives to the default samples, cheapest guess first.
+
+    Why these: a reference that is NaN, constant or blind on random inputs usually
+    means the inputs are out of the model's domain: a ``log``/``sqrt`` of negative
+    features (floats in [0, 1]), saturated activations (small floats), flags and ids
+    that must be 0/1, or a detector that sees nothing in noise (images). Inputs named
+    in ``given`` (``--val-range``) keep the user's range.
+    """
+    given = dict(given or {})
+    specs = [s for s in input_specs(model) if s.is_tensor and s.name not in given]
+    floats = [s.name for s in specs if is_float_dtype(s.dtype)]
+    ints = [s.name for s in specs if is_integer_dtype(s.dtype)]
+    out = []
+    if any(image_layout(s) for s in specs):
+        out.append(Variant("image-like inputs as images at a realistic size", {}, images=True))
+    if floats:
+        out.append(Variant("float inputs in [0, 1]", {n: (0.0, 1.0) for n in floats}))
+    if ints:
+        out.append(Variant("integer inputs in [0, 1]", {n: (0.0, 1.0) for n in ints}))
+    if floats:
+        out.append(Variant("float inputs in [-0.1, 0.1]", {n: (-0.1, 0.1) for n in floats}))
+        out.append(Variant("float inputs in [-10, 10]", {n: (-10.0, 10.0) for n in floats}))
+    return out
+
+
+@dataclass
+class Exercised:
+    """Samples and their reference outputs, and whether those are evidence (:mod:`surgeon.evidence`)."""
+
+    samples: list[dict[str, Any]]
+    references: list[dict[str, Any]]
+    evidence: Any  # surgeon.evidence.Evidence
+    variant: str | None = None  # the variant that made the reference informative (None: the default samples)
+    tried: list[str] | None = None  # variants tried in vain
+    first_summary: str = ""  # what was wrong with the default samples' reference
+
+    def note(self) -> str | None:
+        """What the report says about how the samples were chosen, or None for the default ones."""
+        if self.variant is not None:
+            return f"samples: {self.variant} (with the default samples {self.first_summary})"
+        return None
+
+
+def exercise(
+    model: onnx.ModelProto,
+    samples: list[dict[str, Any]],
+    references: list[dict[str, Any]],
+    *,
+    make: Callable[[Variant], list[dict[str, Any]]],
+    run: Callable[[dict[str, Any]], dict[str, Any]],
+    judge: Callable[[list[dict[str, Any]], list[dict[str, Any]]], Any],
+    given: Mapping[str, tuple[float, float]] | None = None,
+) -> Exercised:
+    """The default samples when their reference is evidence, else the first variant whose reference is.
+
+    ``make(variant)`` draws samples (the same way the caller drew the default ones),
+    ``run(feeds)`` runs the reference, ``judge(references, samples)`` returns an
+    :class:`surgeon.evidence.Evidence`. Nothing is tried when the default samples are
+    conclusive, so a model that is exercised costs nothing more. A variant the model
+    cannot run on is skipped.
+    """
+    first = judge(references, samples)
+    if first.conclusive:
+        return Exercised(samples, references, first)
+    tried = []
+    for v in variants(model, given):
+        tried.append(v.label)
+        try:
+            cand = make(v)
+            if not cand:
+                continue
+            refs = [run(f) for f in cand]
+        except (BackendError, InputDataError):
+            continue
+        found = judge(refs, cand)
+        if found.conclusive:
+            return Exercised(cand, refs, found, v.label, tried[:-1], first.summary())
+    return Exercised(samples, references, first, None, tried, first.summary())
 
 
 # --- loaded samples: do they fit the model? ---------------------------------------------------------------

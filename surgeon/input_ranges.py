@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
+
+from surgeon import graph_ops as K
+from surgeon.graph_ops import infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +59,18 @@ class Constraint:
     problem: str | None = None
     valid_lo: int | None = None  # what the graph accepts at all (loaded data is checked against it)
     valid_hi: int | None = None
+    mask: bool = False  # a 0/1 mask: samples hold both values, ones first on the last axis
+    choices: tuple[int, ...] = ()  # values the graph tests for (Equal with a constant): samples take them
 
     def describe(self) -> str:
         if self.problem:
             return self.problem
         if self.exact is not None:
             return f"exactly {list(self.exact)} ({'; '.join(self.why)})"
+        if self.mask:
+            return f"a 0/1 mask ({'; '.join(self.why)})"
+        if self.choices:
+            return f"one of {list(self.choices)} ({'; '.join(self.why)})"
         what = "distinct values" if self.distinct else "values"
         return f"{what} in [{self.lo}, {self.hi}] ({'; '.join(self.why)})"
 
@@ -84,7 +93,10 @@ def _intersect(a: Constraint, b: Constraint) -> Constraint:
         return Constraint(why=why, problem=f"no integer satisfies every use ({'; '.join(why)})")
     vlo = b.valid_lo if a.valid_lo is None else a.valid_lo if b.valid_lo is None else max(a.valid_lo, b.valid_lo)
     vhi = b.valid_hi if a.valid_hi is None else a.valid_hi if b.valid_hi is None else min(a.valid_hi, b.valid_hi)
-    return Constraint(lo, hi, a.distinct or b.distinct, exact, why, None, vlo, vhi)
+    choices = tuple(dict.fromkeys(a.choices + b.choices))
+    choices = tuple(c for c in choices if (lo is None or c >= lo) and (hi is None or c <= hi))
+    mask = (a.mask or b.mask) and (lo is None or lo <= 0) and (hi is None or hi >= 1)
+    return Constraint(lo, hi, a.distinct or b.distinct, exact, why, None, vlo, vhi, mask, choices)
 
 
 @dataclass(frozen=True)
@@ -403,7 +415,7 @@ def _resize_input(use: _Use) -> Constraint | None:
 
 def _role(use: _Use) -> Constraint | None:
     node, i, op = use.node, use.index, use.node.op_type
-    domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+    domain = node.domain if not K.is_default_domain(node) else ""
     if domain == "com.microsoft":
         if op == "EmbedLayerNormalization" and i in (0, 1):
             return _index_into(use, 2 if i == 0 else 3, 0, "the ids" if i == 0 else "the segment ids", negatives=False)
@@ -633,7 +645,9 @@ def _through(c: Constraint, path: _Path) -> Constraint:
         return Constraint(exact=tuple(xs), why=c.why + via)
     new_lo, new_hi = _map_bounds(c.lo, c.hi, path)
     valid_lo, valid_hi = _map_bounds(c.valid_lo, c.valid_hi, path)
-    return Constraint(new_lo, new_hi, c.distinct and path.exact_ok, None, c.why + via, None, valid_lo, valid_hi)
+    choices = tuple(x for x, rem in (divmod(v - path.offset, path.scale) for v in c.choices) if not rem)
+    return Constraint(new_lo, new_hi, c.distinct and path.exact_ok, None, c.why + via, None, valid_lo, valid_hi,
+                      choices=choices)
 
 
 def _map_bounds(lo: int | None, hi: int | None, path: _Path) -> tuple[int | None, int | None]:
@@ -682,7 +696,7 @@ def _shape_oracle(model: onnx.ModelProto, g: _Graph, shapes: Mapping[str, tuple[
     def infer() -> dict[str, tuple[int | None, ...]]:
         out: dict[str, tuple[int | None, ...]] = {}
         try:
-            m = onnx.shape_inference.infer_shapes(_skeleton(model, shapes), data_prop=True)
+            m = infer_shapes(_skeleton(model, shapes))
         except Exception as exc:  # inference refusing the model only means fewer known sizes
             log.debug("shape inference failed: %s", exc)
             return out
@@ -763,11 +777,12 @@ def infer_constraints(
     shape_of = _shape_oracle(model, g, shapes)
     seq_len = _sequence_lengths(g, dict(sequence_lengths or {}))
     out: dict[str, Constraint] = {}
+    integer = set(_input_names(model, INT_TYPES | {TensorProto.BOOL}))
     for name in names:
-        acc: Constraint | None = None
+        acc: Constraint | None = _mask_constraint(g, name, name in integer)
         for node, idx, path in _uses(g, name):
             use = _Use(node, idx, shape_of, tuple(shapes.get(name, ())), seq_len)
-            c = _role(use)
+            c = _role(use) if node.op_type != "Equal" else _tested_value(g, node, idx)
             if c is None:
                 continue
             c = _through(c, path)
@@ -777,3 +792,242 @@ def infer_constraints(
         if acc is not None:
             out[name] = acc
     return out
+
+
+# --- masks: inputs whose values switch positions on and off ----------------------------------------------------------
+
+# Ops a mask's values pass through unchanged (as any dtype: a mask is often cast to float first).
+_MASK_PASS = {"Identity": (0,), "Cast": (0,), "CastLike": (0,), "Unsqueeze": (0,), "Squeeze": (0,), "Reshape": (0,),
+              "Flatten": (0,), "Expand": (0,), "Tile": (0,), "Transpose": (0,), "Slice": (0,), "Gather": (0,),
+              "Concat": None}
+_BIG = 1e4  # |c| of a constant that turns a 0/1 mask into "off" (-1e4, -1e9, finfo.min = -3.4e38)
+_BOOL = TensorProto.BOOL
+
+
+def _float_constant(g: _Graph, name: str) -> float | None:
+    value = g.constants.get(name)
+    if value is None or value.size == 0 or value.dtype.kind not in "fiu":
+        return None
+    flat = value.reshape(-1).astype(np.float64)
+    return float(flat[0]) if (flat == flat[0]).all() else None
+
+
+def _feeds_softmax(g: _Graph, name: str, hops: int = 2) -> bool:
+    for node, _ in g.consumers.get(name, []):
+        if node.op_type in ("Softmax", "LogSoftmax"):
+            return True
+        if hops and node.op_type in ("Add", "Reshape", "Cast", "Where") and node.output:
+            if _feeds_softmax(g, node.output[0], hops - 1):
+                return True
+    return False
+
+
+def _mask_role(g: _Graph, node: onnx.NodeProto, idx: int, was_integer: bool) -> str | None:
+    """How ``node`` uses the value at input ``idx`` as a 0/1 mask, or None."""
+    op = node.op_type
+    other = node.input[1 - idx] if op in ("Add", "Sub", "Mul", "Equal", "Greater", "Less") and len(node.input) == 2 else ""
+    c = _float_constant(g, other) if other else None
+    if op == "Sub" and idx == 1 and c == 1:
+        return f"used as 1 - x by {_label(node)}"
+    if op == "Mul" and c is not None and abs(c) >= _BIG:
+        return f"multiplied by {c:.3g} in {_label(node)}"
+    if op == "Mul" and c is None and was_integer:
+        return f"multiplies activations in {_label(node)}"
+    if op == "Where" and idx == 0:
+        return f"the condition of {_label(node)}"
+    if op in ("Not", "And", "Or", "Xor"):
+        return f"a boolean operand of {_label(node)}"
+    if op in ("Equal", "Greater", "Less") and c in (0, 1):
+        return f"compared with {c:g} in {_label(node)}"
+    if op == "Add" and c is None and node.output and _feeds_softmax(g, node.output[0]):
+        return f"added to attention scores in {_label(node)}"
+    return None
+
+
+def _mask_constraint(g: _Graph, name: str, integer: bool) -> Constraint | None:
+    """A mask constraint when the input's values reach a mask use (``1 - x``, ``x * -big``, a
+    Where condition, a bool cast, a bias added before a Softmax), through shape ops and casts.
+
+    ``integer``: the input is an integer or boolean tensor; only such an input (cast to
+    float) multiplying activations is taken for a mask, a float input doing so is data."""
+    seen: set[str] = set()
+    stack = [(name, integer, 0)]
+    while stack:
+        current, integer, depth = stack.pop()
+        if current in seen or depth > 12:
+            continue
+        seen.add(current)
+        for node, idx in g.consumers.get(current, []):
+            op = node.op_type
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            if op == "Cast" and _attr(node, "to", 0) == _BOOL:
+                return Constraint(0, 1, why=(f"cast to bool by {_label(node)}",), mask=True)
+            why = _mask_role(g, node, idx, integer)
+            if why:
+                return Constraint(0, 1, why=(why,), mask=True)
+            passes = _MASK_PASS.get(op, ())
+            if passes is None or idx in (passes or ()):
+                still_int = integer and not (op == "Cast" and _attr(node, "to", 0) not in INT_TYPES | {_BOOL})
+                for out in node.output[:1]:
+                    if out:
+                        stack.append((out, still_int, depth + 1))
+    return None
+
+
+def _tested_value(g: _Graph, node: onnx.NodeProto, idx: int) -> Constraint | None:
+    """``Equal(x, c)`` with a constant integer ``c``: the graph branches on x being c (a sample
+    rate, a mode flag), so samples should take that value."""
+    if len(node.input) != 2:
+        return None
+    c = _scalar_constant(g, node.input[1 - idx])
+    if c is None:
+        return None
+    return Constraint(why=(f"tested for {c} by {_label(node)}",), choices=(c,))
+
+
+# --- dims fixed by weights ------------------------------------------------------------------------------------------
+
+
+def _symbolic_skeleton(model: onnx.ModelProto, symbols_of: Mapping[str, tuple]) -> onnx.ModelProto:
+    """The weightless skeleton with every input dim named by its symbol (``x:1`` for unnamed dims)."""
+    m = _skeleton(model, {})
+    for vi in m.graph.input:
+        dims = symbols_of.get(vi.name)
+        if dims is None or not vi.type.HasField("tensor_type"):
+            continue
+        for d, sym in zip(vi.type.tensor_type.shape.dim, dims):
+            if isinstance(sym, str):
+                d.ClearField("dim_value")
+                d.dim_param = sym
+    return m
+
+
+def _inferred_dims(model: onnx.ModelProto) -> dict[str, tuple[int | str | None, ...]]:
+    out: dict[str, tuple[int | str | None, ...]] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # noqa: BLE001 - inference refusing the model only means no fixed dims
+        log.debug("shape inference failed: %s", exc)
+        return out
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        tt = vi.type.tensor_type
+        if vi.type.HasField("tensor_type") and tt.HasField("shape"):
+            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+    for t in inferred.graph.initializer:
+        out[t.name] = tuple(int(d) for d in t.dims)
+    return out
+
+
+def fixed_dims(model: onnx.ModelProto, symbols_of: Mapping[str, tuple]) -> dict[str, tuple[int, str]]:
+    """Dynamic input dims whose size the weights fix: symbol -> (size, why).
+
+    ``symbols_of``: input name -> its dims (ints, or symbol keys for dynamic dims), as
+    :func:`surgeon.input_data.input_specs` gives them. Symbolic shape inference carries
+    the symbols to the nodes that read them; a dim is fixed where a node's weight says
+    what it must be: an LSTM/GRU/RNN's input size (W), a Conv's input channels, the
+    inner dim of a MatMul/Gemm against a weight, a normalization's channels, an
+    elementwise op against a constant of that size, and the one unknown of a Reshape to
+    a constant shape (an exporter's baked size). Main graph only; the first fix of a
+    symbol wins (a second, different one is a model that runs at no size).
+    """
+    symbols = {d for dims in symbols_of.values() for d in dims if isinstance(d, str)}
+    if not symbols:
+        return {}
+    dims = _inferred_dims(_symbolic_skeleton(model, symbols_of))
+    weights = _weights(model)
+    found: dict[str, tuple[int, str]] = {}
+
+    def fix(sym: Any, size: int, why: str) -> None:
+        if isinstance(sym, str) and sym in symbols and sym not in found and size > 0:
+            found[sym] = (int(size), why)
+
+    def shape(name: str) -> tuple | None:
+        return dims.get(name) if name else None
+
+    for node in model.graph.node:
+        op, ins = node.op_type, list(node.input)
+        if node.domain not in ("", "ai.onnx") or not ins:
+            continue
+        x = shape(ins[0])
+        if op in ("LSTM", "GRU", "RNN") and x and len(ins) > 1 and (w := shape(ins[1])) and len(w) == 3 and len(x) == 3:
+            if isinstance(w[2], int):
+                fix(x[2], w[2], f"the input size of {_label(node)} (its W is {list(w)})")
+        elif op == "Conv" and x and len(ins) > 1 and (w := shape(ins[1])) and len(x) >= 2 and isinstance(w[1], int):
+            fix(x[1], w[1] * int(_attr(node, "group", 1)), f"the input channels of {_label(node)} (weight {list(w)})")
+        elif op == "ConvTranspose" and x and len(ins) > 1 and (w := shape(ins[1])) and len(x) >= 2 and isinstance(w[0], int):
+            fix(x[1], w[0], f"the input channels of {_label(node)} (weight {list(w)})")
+        elif op == "MatMul" and len(ins) == 2:
+            a, b = x, shape(ins[1])
+            if a and b and ins[1] in weights and isinstance(b[-2 if len(b) >= 2 else 0], int):
+                fix(a[-1], b[-2 if len(b) >= 2 else 0], f"the inner dim of {_label(node)} (weight {list(b)})")
+            if a and b and ins[0] in weights and len(b) >= 2 and isinstance(a[-1], int):
+                fix(b[-2], a[-1], f"the inner dim of {_label(node)} (weight {list(a)})")
+        elif op == "Gemm" and len(ins) >= 2 and x and len(x) == 2 and (b := shape(ins[1])) and len(b) == 2 \
+                and ins[1] in weights:
+            k = b[1] if _attr(node, "transB", 0) else b[0]
+            if isinstance(k, int):
+                fix(x[0] if _attr(node, "transA", 0) else x[1], k, f"the inner dim of {_label(node)} (weight {list(b)})")
+        elif op in ("BatchNormalization", "InstanceNormalization") and x and len(x) >= 2 and len(ins) > 1 \
+                and (sc := shape(ins[1])) and len(sc) == 1 and isinstance(sc[0], int):
+            fix(x[1], sc[0], f"the channels of {_label(node)} (scale {list(sc)})")
+        elif op == "LayerNormalization" and x and len(ins) > 1 and (sc := shape(ins[1])):
+            for sym, size in zip(reversed(x), reversed(sc)):
+                if isinstance(size, int) and size > 1:
+                    fix(sym, size, f"the normalized dims of {_label(node)} (scale {list(sc)})")
+        elif op in ("Add", "Sub", "Mul", "Div") and len(ins) == 2:
+            for i in (0, 1):
+                mine, other = shape(ins[i]), shape(ins[1 - i])
+                if mine and other and ins[1 - i] in weights:
+                    for sym, size in zip(reversed(mine), reversed(other)):
+                        if isinstance(size, int) and size > 1:
+                            fix(sym, size, f"broadcast against the constant '{ins[1 - i]}' {list(other)} in {_label(node)}")
+        elif op == "Reshape" and x and len(ins) == 2:
+            _reshape_fix(node, x, _target(model, ins[1]), fix)
+    return found
+
+
+def _weights(model: onnx.ModelProto) -> set[str]:
+    names = {t.name for t in model.graph.initializer}
+    names.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
+    return names
+
+
+def _target(model: onnx.ModelProto, name: str) -> list[int] | None:
+    for t in model.graph.initializer:
+        if t.name == name and t.data_type == TensorProto.INT64 and t.data_location != TensorProto.EXTERNAL:
+            return [int(v) for v in numpy_helper.to_array(t).reshape(-1)]
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output and n.output[0] == name:
+            for a in n.attribute:
+                if a.name == "value" and a.HasField("t"):
+                    return [int(v) for v in numpy_helper.to_array(a.t).reshape(-1)]
+    return None
+
+
+def _reshape_fix(node: onnx.NodeProto, x: tuple, target: list[int] | None, fix) -> None:
+    """A Reshape to a constant shape without -1 fixes the element count: one unknown dim of x follows."""
+    if target is None or -1 in target:
+        return
+    allowzero = int(_attr(node, "allowzero", 0))
+    out_dims = []
+    for i, t in enumerate(target):
+        if t == 0 and not allowzero:
+            if i >= len(x):
+                return
+            out_dims.append(x[i])
+        else:
+            out_dims.append(t)
+    unknown_in = [d for d in x if not isinstance(d, int)]
+    unknown_out = [d for d in out_dims if not isinstance(d, int)]
+    for d in unknown_out:  # a dim copied through 0 cancels on both sides
+        if d in unknown_in:
+            unknown_in.remove(d)
+        else:
+            return
+    if len(unknown_in) != 1:
+        return
+    total = int(np.prod([d for d in out_dims if isinstance(d, int)], dtype=np.int64))
+    known = int(np.prod([d for d in x if isinstance(d, int)], dtype=np.int64))
+    if known and total % known == 0:
+        fix(unknown_in[0], total // known, f"the element count of {_label(node)}'s constant target {target}")

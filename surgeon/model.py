@@ -22,6 +22,7 @@ from onnx import external_data_helper
 
 from surgeon import weights as W
 from surgeon.errors import ModelLoadError, ModelSaveError, UsageError
+from surgeon.files import umask_mode, write_text_atomic  # noqa: F401  (model_io.write_text_atomic)
 
 if TYPE_CHECKING:
     from surgeon.graph import Exported, Model
@@ -113,9 +114,18 @@ def load(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
     """Load a whole model (weights in protobuf) and its external data, validating as a user would want.
 
     For the debug commands, which hand ModelProtos to backends. ``surgeon fix`` uses
-    :func:`open_model`, which keeps the weights out of protobuf. Raises ModelLoadError
-    with one sentence for every way the file can be wrong.
+    :func:`open_model`, which keeps the weights out of protobuf. Both repair in memory
+    what the checker rejects but that does not touch the computation
+    (:mod:`surgeon.repair`; logged as a warning, the file is not touched) before the
+    checker is asked. Raises ModelLoadError with one sentence for every way the file can
+    be wrong.
     """
+    return load_repaired(path, check=check)[0]
+
+
+def load_repaired(path: str | os.PathLike, *, check: bool = True) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """:func:`load`, and what was repaired in memory (empty: the model is the file's), for
+    callers that would otherwise hand the file itself to a backend."""
     p = Path(path)
     _check_path(p)
     try:
@@ -135,17 +145,37 @@ def load(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
         external_data_helper.load_external_data_for_model(model, str(p.resolve().parent))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read the external data of '{p}': {exc}") from exc
+    repairs = _repair(model, p, warn=True)
     if check:
         check_model(model, what=f"'{p}'")
-    return model
+    return model, repairs
+
+
+def _repair(model: onnx.ModelProto, p: Path, *, warn: bool) -> dict[str, int]:
+    """The one lenient open: :func:`surgeon.repair.repair` on what was read.
+
+    With ``warn``, a repair of something the checker or ONNX Runtime would have refused
+    is logged as a warning (naming unnamed nodes alone is not worth a line); ``fix``
+    reports its repairs in its report instead.
+    """
+    from surgeon import repair
+
+    try:
+        done = repair.repair(model)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"'{p}' cannot be opened: {exc}") from None
+    if warn and set(done) & repair.REFUSED:
+        log.warning("'%s' was repaired in memory (the file is unchanged): %s", p, repair.describe(done))
+    return done
 
 
 def open_model(path: str | os.PathLike) -> "Model":
     """Open a model for the fix pipeline: the skeleton parsed, every weight a read-only mapped view.
 
     Only what is needed to read the model safely is checked here (path, protobuf,
-    external data locations and sizes); the onnx checker's verdict is the pipeline's
-    business, because ``cleanup`` can repair some models it rejects. Nothing of the
+    external data locations and sizes), and what :func:`load` repairs is repaired on the
+    skeleton (``Model.repairs`` says what, for the fix report); the onnx checker's verdict
+    is the pipeline's business. Nothing of the
     file is copied: embedded weights are views into the memory-mapped file, external
     data views into the memory-mapped data files.
     """
@@ -165,6 +195,7 @@ def open_model(path: str | os.PathLike) -> "Model":
     except DecodeError as exc:
         raise _not_onnx(p) from exc
     _check_header(skeleton, p)
+    repairs = _repair(skeleton, p, warn=False)
     mapped: dict[Path, object] = {}
     external = _external_targets(skeleton, p)
     for tensor, target, offset in external:
@@ -181,6 +212,7 @@ def open_model(path: str | os.PathLike) -> "Model":
     except Exception as exc:  # graphsurgeon's importer on a structurally broken graph
         raise ModelLoadError(f"'{p}' cannot be read as a graph: {type(exc).__name__}: {exc}") from exc
     model.source_external = bool(external)
+    model.repairs = repairs
     return model
 
 
@@ -297,13 +329,6 @@ def check_output_path(input_path: str | os.PathLike, output_path: str | os.PathL
         raise UsageError(f"the output folder '{dst.parent}' does not exist")
 
 
-def _umask_mode() -> int:
-    """0o666 minus the process umask: what a plain open() would have given the file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def save(model: "onnx.ModelProto | Model | Exported", path: str | os.PathLike, *, external: bool | None = None) -> Path:
     """Write a model atomically; with external data when asked or too large for one protobuf.
 
@@ -339,7 +364,7 @@ def _atomic(dst: Path, path, write, data_name: str | None = None) -> Path:
     try:
         tmp_model = Path(tmpdir) / dst.name
         write(tmp_model)
-        mode = _umask_mode()
+        mode = umask_mode()
         if data_name and (Path(tmpdir) / data_name).exists():
             os.chmod(Path(tmpdir) / data_name, mode)
             os.replace(Path(tmpdir) / data_name, dst.parent / data_name)
@@ -514,23 +539,6 @@ def _write_external(exported: "Exported", tmp: Path, data_name: str) -> None:
     finally:
         os.close(fd)
     tmp.write_bytes(skeleton.SerializeToString())
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Reports and other small outputs: temp file in the same folder, then rename."""
-    dst = Path(path)
-    if not dst.resolve().parent.is_dir():
-        raise UsageError(f"cannot write '{path}': its folder does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.resolve().parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager

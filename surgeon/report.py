@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from surgeon import model as model_io
+from surgeon.files import write_text_atomic
 
 
 # Below a terminal (a pipe, a log file) rich would assume 80 columns and fold table cells,
@@ -30,6 +30,15 @@ def console(stderr: bool = False) -> Console:
     if stream.isatty():
         return Console(stderr=stderr, highlight=False, soft_wrap=False)
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=PIPE_WIDTH, color_system=None)
+
+
+def tables_console(quiet: bool = False) -> Console:
+    """Where a command's tables go: stdout, or nowhere when stdout carries the JSON report (``--json``)."""
+    if quiet:
+        import io
+
+        return Console(file=io.StringIO())
+    return console()
 
 
 class Progress:
@@ -91,7 +100,7 @@ def to_json(data: dict) -> str:
 
 
 def write_json(path: str, data: dict) -> None:
-    model_io.write_text_atomic(path, to_json(data))
+    write_text_atomic(path, to_json(data))
 
 
 _NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*(s|ms|%|x|MB|KB|GB)?$|^-$|^$")

@@ -266,8 +266,8 @@ class Session:
     """A session-like view of :func:`run` for one feed at a time (``.run(feeds)`` gives the
     graph outputs): for callers written against ``Backend.session`` that check a few feeds."""
 
-    def __init__(self, backend, exported: "Exported"):
-        self.backend, self.exported = backend, exported
+    def __init__(self, backend, exported: "Exported", session=None):
+        self.backend, self.exported, self.session = backend, exported, session  # session: as for run()
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
-        return run(self.backend, self.exported, [feeds])[0]
+        return run(self.backend, self.exported, [feeds], session=self.session)[0]

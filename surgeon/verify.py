@@ -4,6 +4,12 @@ A candidate passes when: its graph inputs and outputs keep their names, order, e
 types and dynamic dims; the onnx checker accepts it; ONNX Runtime loads it; and on every
 seeded sample its outputs match the current reference within tolerance. Samples exercise
 every dynamic dimension at two sizes, so a pass that bakes a size in fails here.
+
+A comparison is only as strong as its samples: when the input model's outputs on them
+are NaN, constant or blind to the inputs (:mod:`surgeon.evidence`), other samples are
+drawn (:func:`surgeon.input_data.exercise`); when none gives an informative reference,
+nothing is verified numerically and the report says why ("not verified: the reference is
+NaN on every sample; give --load-inputs").
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ import onnx
 from surgeon import model as model_io
 from surgeon import staged
 from surgeon.graph import Exported, op_histogram
-from surgeon import backends, input_data
+from surgeon import backends, coverage, evidence, input_data
 from surgeon.comparison import diff_outputs
 from surgeon.errors import BackendError, ModelLoadError
+from surgeon.graph_ops import infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +68,15 @@ def _signature(vis, *, keep_dims: bool) -> list[tuple]:
 
 
 def io_problem(before: onnx.ModelProto, after: onnx.ModelProto) -> str | None:
-    """Why ``after`` does not keep ``before``'s interface, or None."""
-    inits_b = {t.name for t in before.graph.initializer}
-    inits_a = {t.name for t in after.graph.initializer}
+    """Why ``after`` does not keep ``before``'s interface, or None.
+
+    From IR 4 on, an initializer listed as a graph input is an input with a default, which
+    a user may feed: it counts like any input. Before IR 4 every initializer had to be
+    listed, so those listings say nothing about the interface and are left out.
+    """
+    legacy = before.ir_version < 4
+    inits_b = {t.name for t in before.graph.initializer} if legacy else set()
+    inits_a = {t.name for t in after.graph.initializer} if legacy else set()
     ins_b = [vi for vi in before.graph.input if vi.name not in inits_b]
     ins_a = [vi for vi in after.graph.input if vi.name not in inits_a]
     if _signature(ins_b, keep_dims=True) != _signature(ins_a, keep_dims=True):
@@ -136,7 +149,7 @@ def contradicted_outputs(exported: Exported, checkable: onnx.ModelProto | None =
     del model.graph.output[:]
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in declared)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        inferred = infer_shapes(model)
     except Exception:  # noqa: BLE001 - no inference, no contradiction to report
         return {}
     out = {}
@@ -173,58 +186,144 @@ class Verifier:
         atol: float | None = None,
         rtol: float | None = None,
         seed: int = 0,
+        value_ranges: Mapping[str, tuple[float, float]] | None = None,
         mode: str = "auto",
     ):
         self.atol, self.rtol = atol, rtol
         self.backend = backends.create("onnxrt", optimization="basic", memory_lean=True)
         self.samples: list[dict[str, Any]] = []
-        self.reference: list[dict[str, Any]] | None = []
+        self.reference: list[dict[str, Any]] = []
         self.skipped: str | None = None if numeric else "numeric verification disabled (--no-verify)"
         self.note: str | None = None
+        self.notes: list[str] = []  # for the report: how the samples were chosen, what they cannot show
+        self.evidence: evidence.Evidence | None = None
+        self.uncovered: list[tuple[coverage.DataIf, str]] = []  # If branches no sample takes
+        self.initial: Exported | None = None  # the input model, whose uncovered branches a change must leave alone
         self.regions = None  # surgeon.verify_region.RegionChecks when changes are checked on their regions
-        self.mode_note: str | None = None  # why region checks were chosen
+        self.mode: str | None = None  # how outputs are compared: "whole" or "local" (regions); None without numeric checks
+        self.mode_note: str | None = None  # why that way
+        from surgeon.verify_region import MODES
+
+        if mode not in MODES:
+            raise ValueError(f"unknown verification mode '{mode}' (one of {', '.join(MODES)})")
         self.level, self.checker_reason = checker_level(model)
         if not numeric:
             return
+        input_data.check_value_ranges(model.skeleton, value_ranges)
         try:
             session = self.backend.session(model)
         except BackendError as exc:
             self.skipped = f"verification skipped: {exc}"
             return
 
+        generated = samples is None
+        # A model with more weights than a slice runs a slice at a time (surgeon.staged): probes,
+        # reference and further samples alike, so no run holds all its weights.
+        runs = staged.probe(self.backend, model, session)
+        run_one = staged.Session(self.backend, model, session).run
+
+        def draw(variant: input_data.Variant | None = None) -> list[dict[str, Any]]:
+            ranges = {**(variant.ranges if variant else {}), **dict(value_ranges or {})}
+            found, note = input_data.verification_samples(model.skeleton, input_shapes, seed, runs, ranges,
+                                                           images=bool(variant and variant.images))
+            if variant is None:
+                self.note = note
+            return found
+
         if samples is None:
-            samples, self.note = input_data.verification_samples(model.skeleton, input_shapes, seed,
-                                                                 staged.probe(self.backend, model, session))
+            samples = draw()
+            if self.note:
+                self.notes.append(self.note)
         if not samples:
             self.skipped = f"verification skipped: {self.note}"
             return
-        self.samples = samples
-        if self._use_regions(model, mode):
-            del session
-            self.reference = None  # recorded from the input model when a change needs the whole model compared
-            return
         try:
-            self.reference = staged.run(self.backend, model, samples, session=session)
+            reference = staged.run(self.backend, model, samples, session=session)
         except BackendError as exc:
-            self.samples = []
             self.skipped = f"verification skipped: the input model fails on the given inputs ({exc})"
             return
+        dependent = evidence.input_dependent_outputs(model.skeleton)
 
-    def _use_regions(self, model: Exported, mode: str) -> bool:
-        """Whether changes are checked on their regions (see surgeon.verify_region.choose)."""
+        def judge(refs: list[dict[str, Any]], feeds: list[dict[str, Any]]) -> evidence.Evidence:
+            return evidence.assess(refs, feeds, dependent=dependent, atol=atol, rtol=rtol)
+
+        if generated:
+            found = input_data.exercise(model.skeleton, samples, reference, make=draw, run=run_one, judge=judge,
+                                        given=value_ranges)
+        else:
+            found = input_data.Exercised(samples, reference, judge(reference, samples))
+        self.evidence = found.evidence
+        if not found.evidence.conclusive:
+            tried = f" (so it is with {'; with '.join(found.tried)})" if found.tried else ""
+            hint = "give --load-inputs" if generated else "the given inputs cannot show a difference; give others"
+            self.skipped = f"not verified: {found.evidence.summary()}{tried}; {hint}"
+            return
+        if found.note():
+            self.notes.append(found.note())
+        self.notes.extend(found.evidence.notes())
+        samples, reference = found.samples, found.references
+        ifs = coverage.data_dependent_ifs(model.skeleton)
+        if ifs:
+            samples, reference = self._cover(model, ifs, samples, reference, run_one, runs, generated,
+                                             input_shapes, seed, value_ranges)
+        self.samples, self.reference = samples, reference
+        self._choose_mode(model, mode)
+
+    def _cover(self, model: Exported, ifs: list[coverage.DataIf], samples: list[dict[str, Any]],
+               reference: list[dict[str, Any]], run_one: Any, runs: Any, generated: bool,
+               input_shapes: Mapping[str, tuple[int, ...]] | None, seed: int,
+               value_ranges: Mapping[str, tuple[float, float]] | None) -> tuple[list, list]:
+        """Samples that take every branch of the data-dependent Ifs, where such samples can be drawn."""
+        try:
+            conds = self.backend.session(Exported(coverage.condition_model(model.skeleton, ifs), model.weights))
+        except BackendError:
+            return samples, reference
+        candidates = []
+        if generated:
+            # Other values for the inputs the conditions depend on (the rest as drawn), then other seeds.
+            given = dict(value_ranges or {})
+            deps = {n for i in ifs for n in i.inputs} - set(given)
+            specs = [s for s in input_data.input_specs(model.skeleton) if s.is_tensor and s.name in deps]
+            floats = [s.name for s in specs if input_data.is_float_dtype(s.dtype)]
+            ints = [s.name for s in specs if input_data.is_integer_dtype(s.dtype)]
+            tries = [({n: (lo, hi) for n in ints}, seed) for lo, hi in ((0.0, 1.0), (1.0, 4.0)) if ints]
+            tries += [({n: (lo, hi) for n in floats}, seed) for lo, hi in ((0.0, 1.0), (-1.0, 0.0), (-10.0, 10.0))
+                      if floats]
+            tries += [({}, seed + 100), ({}, seed + 200)]
+            for ranges, s in tries:
+                merged = {**ranges, **given}
+                candidates.append(lambda merged=merged, s=s: input_data.verification_samples(
+                    model.skeleton, input_shapes, s, runs, merged)[0])
+        found = coverage.cover(ifs, samples, conditions=lambda feeds: [conds.run(f) for f in feeds],
+                               candidates=candidates, runs=runs)
+        reference = reference + [run_one(f) for f in found.samples[len(samples):]]
+        self.uncovered, self.initial = found.uncovered, model
+        self.notes.extend(found.notes())
+        return found.samples, reference
+
+    def untested_changes(self, final: Exported) -> str | None:
+        """Why ``final`` is not verified although every comparison passed: a branch that no
+        sample takes computes something else than in the input model. None otherwise."""
+        if not self.uncovered or self.initial is None:
+            return None
+        changed = coverage.changed_branches(self.uncovered, self.initial.skeleton, self.initial.weights,
+                                            final.skeleton, final.weights)
+        if not changed:
+            return None
+        return "; ".join(f"the {b.split('_')[0]} branch of {i.label} changed and no sample takes it"
+                         for i, b in changed)
+
+    def _choose_mode(self, model: Exported, mode: str) -> None:
+        """Whole-model comparisons or region checks (see surgeon.verify_region.choose); the
+        reference outputs stay, for changes that have no region to check alone."""
         from surgeon import verify_region
 
-        if mode not in verify_region.MODES:
-            raise ValueError(f"unknown verification mode '{mode}'")
-        if mode == "whole":
-            return False
         choice = verify_region.choose(mode, model, self.samples)
-        if choice.mode != "local":
-            return False
-        self.regions = verify_region.RegionChecks(model, self.samples, self.backend, atol=self.atol, rtol=self.rtol,
-                                                  inferred=choice.inferred, describe=self._describe)
-        self.mode_note = choice.why
-        return True
+        self.mode, self.mode_note = choice.mode, choice.why
+        if choice.mode == "local":
+            self.regions = verify_region.RegionChecks(model, self.samples, self.backend, atol=self.atol,
+                                                      rtol=self.rtol, inferred=choice.inferred, describe=self._describe,
+                                                      outputs=self.reference)
 
     def _describe(self, i: int) -> str:
         return f"sample {i + 1} ({input_data.describe_feeds(self.samples[i])})"
@@ -288,8 +387,6 @@ class Verifier:
             return VerifyResult(True, numeric=False, opaque=tuple(blocking), note=(
                 f"numeric verification was not possible: ONNX Runtime cannot run {', '.join(blocking)}; "
                 "checked structurally (checker, output names, types and shapes by shape inference)"))
-        if self.reference is None:
-            self.reference = self.regions.recorder.outputs()
         max_abs = max_rel = 0.0
         for i, (ref, out) in enumerate(zip(self.reference, outputs)):
             for d in diff_outputs(ref, out, atol=self.atol, rtol=self.rtol, nan_equal=True, detail=False):
@@ -350,7 +447,7 @@ def inferred_output_problem(before: onnx.ModelProto, candidate: onnx.ModelProto)
     """
     def outputs(m: onnx.ModelProto) -> dict[str, tuple]:
         try:
-            inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+            inferred = infer_shapes(m)
         except Exception:  # inference failing on the input is not the candidate's fault
             inferred = m
         known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}

@@ -323,16 +323,21 @@ class Recorder:
     """
 
     def __init__(self, original: Exported, samples: Sequence[Mapping[str, Any]], backend=None,
-                 inferred: Sequence[Mapping[str, tuple]] | None = None):
+                 inferred: Sequence[Mapping[str, tuple]] | None = None,
+                 outputs: Sequence[Mapping[str, Any]] | None = None):
         self.original = original
         self.samples = list(samples)
         # Recorded with the same basic optimizations the regions run with: ONNX Runtime then
         # computes a region's unchanged nodes bit for bit as in the recording (fused kernels
         # would round differently), and one comparison settles those.
         self.backend = backend or backends.create("onnxrt", optimization="basic", memory_lean=True)
-        self.values: list[dict[str, Any]] = [{} for _ in self.samples]
         self.runs = 0
         self._state = _State.of(original)
+        # ``outputs``: the input model's graph outputs from the verifier's reference run,
+        # recorded already (a region that writes a graph output needs no run for it)
+        self.values: list[dict[str, Any]] = [
+            {k: v for k, v in (outputs[i] if outputs is not None else {}).items() if k in self._state.producer}
+            for i in range(len(self.samples))]
         self._inferred = list(inferred) if inferred is not None else None  # per sample: name -> (shape, dtype)
 
     def spec(self, index: int, name: str) -> tuple[tuple[int, ...], np.dtype] | None:
@@ -382,13 +387,6 @@ class Recorder:
         for store, got in zip(self.values, staged.run(self.backend, part, feeds)):
             store.update(got)
         self.runs += 1
-
-    def outputs(self) -> list[dict[str, Any]]:
-        """The input model's graph outputs on every sample (the whole-model reference)."""
-        names = [vi.name for vi in self.original.skeleton.graph.output]
-        self.record(names)
-        return [{n: store[n] if n in store else sample[n] for n in names} for sample, store in zip(self.samples,
-                                                                                                   self.values)]
 
     def value(self, index: int, name: str) -> Any:
         if name in self.values[index]:
@@ -641,8 +639,9 @@ class RegionChecks:
     """
 
     def __init__(self, original: Exported, samples: Sequence[Mapping[str, Any]], backend, *, atol=None, rtol=None,
-                 inferred: Sequence[Mapping[str, tuple]] | None = None, describe=lambda i: f"sample {i + 1}"):
-        self.recorder = Recorder(original, samples, backend, inferred=inferred)
+                 inferred: Sequence[Mapping[str, tuple]] | None = None, describe=lambda i: f"sample {i + 1}",
+                 outputs: Sequence[Mapping[str, Any]] | None = None):
+        self.recorder = Recorder(original, samples, backend, inferred=inferred, outputs=outputs)
         self.backend, self.atol, self.rtol, self.describe = backend, atol, rtol, describe
         self.unverified: set[str] = set()  # values accepted changes computed without comparing them
 

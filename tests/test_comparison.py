@@ -71,3 +71,11 @@ def test_global_tolerance_reaches_sequence_elements():
     test = {"s": [np.array([1.05], np.float32)]}
     assert not diff_outputs(ref, test)[0].passed
     assert diff_outputs(ref, test, atol=0.1, rtol=0.0)[0].passed
+
+
+def test_empty_outputs_match_whatever_their_shapes_but_not_a_non_empty_one():
+    """A zero-trip Loop's scan output is [0] before a fold and [0, 2, 4] after it in ONNX Runtime."""
+    empty = diff_outputs({"y": np.zeros((0,), np.float32)}, {"y": np.zeros((0, 2, 4), np.float32)})[0]
+    assert empty.passed and "both empty" in empty.reason
+    grown = diff_outputs({"y": np.zeros((0,), np.float32)}, {"y": np.zeros((1, 2), np.float32)})[0]
+    assert not grown.passed and "differs from the reference" in grown.reason

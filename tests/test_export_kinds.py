@@ -49,6 +49,12 @@ KINDS = {
                                    dict(atol=1e-5, rtol=1e-4), None),
     "speaker_lstm_int8_dynq.onnx": ([{"mels": (1, 20, 24)}, {"mels": (3, 7, 24)}], dict(atol=1e-5, rtol=1e-4), None),
     "gru_zero_state_op14.onnx": ([{"tokens": (1, 9)}, {"tokens": (4, 3)}], dict(atol=1e-5, rtol=1e-4), None),
+    # fixtures/make_node_count_fixtures.py: LSTM outputs through Transposes of the size-1 direction axis
+    "speaker_lstm_unit_transpose_op14.onnx": ([{"mels": (20, 1, 24)}, {"mels": (7, 3, 24)}],
+                                              dict(atol=1e-5, rtol=1e-4), None),
+    # ... and a classifier on NHWC images whose dense head is MatMul + Add
+    "resnet_nhwc_classifier_op13.onnx": ([{"image": (1, 16, 16, 3)}, {"image": (3, 16, 16, 3)}],
+                                         dict(atol=1e-5, rtol=1e-4), None),
 }
 
 # (fixture, peer) -> what the peer removes that surgeon keeps (measured with onnxslim 0.1.98 / onnxsim 0.8.1)

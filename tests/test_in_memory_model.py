@@ -218,3 +218,44 @@ def test_fix_with_sparse_initializers_rolls_nothing_back_and_keeps_untouched_one
     assert "Mul" not in {n.op_type for n in folded.graph.node}
     expected, got = run_ort(folded_in, x), run_ort(folded, x)
     assert all(np.array_equal(expected[k], got[k]) for k in expected)  # exact: an add of folded constants
+
+
+def _alike_branches() -> onnx.ModelProto:
+    """An If whose two branches are one graph (exporters copy them): their nodes compare equal in graphsurgeon."""
+    body = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+         helper.make_node("Reshape", ["x", "s"], ["r"], name="reshape"),
+         helper.make_node("Neg", ["x"], ["n"], name="neg"),
+         helper.make_node("Add", ["r", "n"], ["y_b"], name="add")],
+        "branch", [], [helper.make_tensor_value_info("y_b", onnx.TensorProto.FLOAT, None)])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], name="if", then_branch=body, else_branch=body)], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_detaching_a_node_of_one_of_two_alike_branches_leaves_the_other_linked():
+    """graphsurgeon's list.remove compared nodes by structure and unlinked the sibling branch's copy."""
+    model = Model.from_proto(_alike_branches())
+    then, orelse = model.graph.nodes[0].attrs["then_branch"], model.graph.nodes[0].attrs["else_branch"]
+    x = model.graph.inputs[0]
+    then_shape = next(n for n in then.nodes if n.op == "Shape")
+    else_shape = next(n for n in orelse.nodes if n.op == "Shape")
+    then_shape.inputs.clear()
+    assert any(n is else_shape for n in x.outputs) and not any(n is then_shape for n in x.outputs)
+    then_shape.inputs.append(x)
+    assert sum(n is then_shape for n in x.outputs) == 1
+
+
+def test_fold_shape_chains_on_alike_branches_does_not_crash():
+    """Found by bench/fuzz_fix.py: ValueError 'list.remove(x): x not in list' in the chain sweep."""
+    m = _alike_branches()
+    out, report = surgeon.fix(m, ["fold-shape-chains"], verify=False)
+    p = report.passes[0]
+    assert p.status == "applied" and p.counts.get("reshape-noop") == 2, (p.status, p.reason, p.counts)
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for c in (True, False):
+        feeds = {"x": x, "c": np.array(c)}
+        np.testing.assert_array_equal(run_ort(out, feeds)["y"], run_ort(m, feeds)["y"])

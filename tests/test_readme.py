@@ -1,4 +1,4 @@
-"""The README is executable: every ```sh block runs and exits 0.
+"""The README and the docs are executable: every ```sh block runs and exits 0.
 
 Blocks run in a throwaway virtual environment that sees the already-installed
 dependencies (--system-site-packages), so the README's `pip install .` installs surgeon
@@ -18,8 +18,11 @@ import pytest
 
 from helpers import ROOT
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
-BLOCKS = re.findall(r"```sh\n(.*?)```", README, flags=re.S)
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README = PAGES[0].read_text(encoding="utf-8")
+# Each distinct block once: the front door repeats a few of the reference pages' commands.
+BLOCKS = list(dict.fromkeys(b for page in PAGES for b in re.findall(r"```sh\n(.*?)```", page.read_text(encoding="utf-8"),
+                                                                     flags=re.S)))
 
 
 def _is_test_command(block: str) -> bool:
@@ -50,7 +53,8 @@ def readme_env(tmp_path_factory):
 
 
 def test_readme_has_setup_and_test_commands():
-    assert any("surgeon fix" in b and "pip install" in b for b in BLOCKS)
+    front = re.findall(r"```sh\n(.*?)```", README, flags=re.S)
+    assert any("surgeon fix" in b and "pip install" in b for b in front)
     tests = [b for b in BLOCKS if _is_test_command(b)]
     assert len(tests) == 1
     ci = (ROOT / ".ci" / "run").read_text()

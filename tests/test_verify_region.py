@@ -50,12 +50,15 @@ def _conv_bn_chain(spatial: int = 8, channels: int = 32) -> onnx.ModelProto:
 
 def test_local_verification_checks_each_change_on_its_region_and_says_so():
     m = _conv_bn_chain()
-    out, report = surgeon.fix(m, verify_mode="local")
+    result = surgeon.fix(m, verify="local")
+    out, report = result
     applied = [p for p in report.passes if p.status == APPLIED]
     assert {p.checked for p in applied} <= {"region", "proof"} and any(p.checked == "region" for p in applied)
     assert report.verification == "region" and report.verified
+    assert result.verification == "region" and result.verify_mode == "local"
+    assert report.verify_mode_reason == "asked for (--verify local)"
     note = next(n for n in report.notes if n.startswith("verification: region"))
-    assert "the whole model was not compared" in note and "1 run(s) of the input model" in note
+    assert "the whole model was not compared" in note and "its reference run and 1 run(s) of parts of it" in note
     assert "BatchNormalization" not in [n.op_type for n in out.graph.node]
     for batch in (1, 3):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 8, 8)).astype(np.float32)
@@ -63,8 +66,10 @@ def test_local_verification_checks_each_change_on_its_region_and_says_so():
 
 
 def test_whole_verification_stays_the_default_for_a_light_model():
-    _, report = surgeon.fix(_conv_bn_chain())
-    assert report.verification == "numeric"
+    result = surgeon.fix(_conv_bn_chain())
+    report = result.report
+    assert report.verification == "numeric" and result.verify_mode == "whole"
+    assert surgeon.fix(_conv_bn_chain(), verify=False).verify_mode is None
     assert all(p.checked in ("numeric", "proof") for p in report.passes if p.status == APPLIED)
 
 
@@ -72,7 +77,7 @@ def test_a_wrong_rewrite_is_caught_on_its_region_and_rolled_back(tmp_path):
     rules = tmp_path / "wrong.py"
     rules.write_text(RULES_WRONG)
     m = _conv_bn_chain()
-    out, report = surgeon.fix(m, "replace-custom-ops", verify_mode="local", options={"rules": [str(rules)]})
+    out, report = surgeon.fix(m, "replace-custom-ops", verify="local", options={"rules": [str(rules)]})
     rolled = [p for p in report.passes if p.status == "rolled-back"]
     assert rolled and "differs" in rolled[0].reason
     assert "Abs" not in [n.op_type for n in out.graph.node]
@@ -211,6 +216,17 @@ def test_cli_unknown_verify_mode_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_api_unknown_verify_mode_and_cli_verify_with_no_verify_are_usage_errors(tmp_path):
+    from surgeon.errors import UsageError
+
+    with pytest.raises(UsageError, match="verify is one of auto, whole, local"):
+        surgeon.fix(_conv_bn_chain(), verify="sometimes")
+    r = run_cli("fix", str(FIXTURES / "tutorial_cnn.onnx"), "-o", str(tmp_path / "o.onnx"), "--verify", "local",
+                "--no-verify")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--no-verify" in r.stderr
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_a_change_with_no_region_of_its_own_is_compared_whole_and_says_why():
     m = model_from_text("""
     <ir_version: 8, opset_import: ["" : 17]>
@@ -220,7 +236,7 @@ def test_a_change_with_no_region_of_its_own_is_compared_whole_and_says_why():
                                                          o = Add(r, z) },
                  else_branch = e () => (float[N,2] o) { o = Neg(x) }>
     }""")
-    out, report = surgeon.fix(m, verify_mode="local")
+    out, report = surgeon.fix(m, verify="local")
     whole = [p for p in report.passes if any("compared on the whole model" in n and "body" in n for n in p.notes)]
     assert whole and all(p.status == APPLIED and p.checked == "numeric" for p in whole)  # the whole model
     assert "Add" not in [n.op_type for n in out.graph.node[0].attribute[0].g.node]

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgeon.rewrite import Match, Op, Rule, RuleContext
+from surgeon.rewrite import Match, Node, Rule, RuleContext
 
 MS = "com.microsoft"
 FLOATS = (np.float16, np.float32, np.float64)
@@ -64,7 +64,7 @@ class _ContribRule(Rule):
     op: str = ""
 
     def __init__(self):
-        self.pattern = (Op(self.op, MS),)
+        self.pattern = Node(self.op, domain=MS, bind="node", more=True)
 
     def check(self, match: Match, ctx: RuleContext) -> str | None:
         return _float_type(ctx, match.root.inputs[0])

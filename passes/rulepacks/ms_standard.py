@@ -28,7 +28,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from passes.rulepacks.ms_contrib import MS, _erf_gelu, _float_type, _present, skip_norm_outputs_problem
-from surgeon.rewrite import Op, Rule, RuleContext
+from surgeon.rewrite import Node, Rule, RuleContext
 
 _INT8 = (np.dtype(np.int8), np.dtype(np.uint8))
 _INT16 = (np.dtype(np.int16), np.dtype(np.uint16))
@@ -50,7 +50,7 @@ class _Standardized(Rule):
     op: str = ""
 
     def __init__(self):
-        self.pattern = (Op(self.op, MS),)
+        self.pattern = Node(self.op, domain=MS, bind="node", more=True)
 
 
 class GridSample(_Standardized):

@@ -47,6 +47,7 @@ class Backend(abc.ABC):
 _FACTORIES: dict[str, str] = {
     "onnxrt": "surgeon.backends.onnxrt:OnnxRuntimeBackend",
     "onnxrt-noopt": "surgeon.backends.onnxrt:no_optimization_backend",
+    "onnxrt-cuda": "surgeon.backends.onnxrt_cuda:create",
     "reference": "surgeon.backends.reference:ReferenceBackend",
     "fp16": "surgeon.backends.fp16:create",
     "trt": "surgeon.backends.trt:create",
@@ -58,8 +59,20 @@ def names() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def split_spec(spec: str) -> tuple[str, str]:
+    """``onnxrt-cuda:tf32=0,nhwc=1`` -> ("onnxrt-cuda", "tf32=0,nhwc=1"); a plain name has no options."""
+    name, _, options = spec.partition(":")
+    return name.strip(), options.strip()
+
+
 def create(name: str, **options: Any) -> Backend:
-    """Create a backend by name; unknown names and missing libraries are clear errors."""
+    """Create a backend by name; unknown names and missing libraries are clear errors.
+
+    ``name`` may carry options after a colon, for the backends whose module parses them
+    (``parse_options``): ``onnxrt-cuda:tf32=0,algo-search=heuristic``. Keyword options
+    given here win over those in the name.
+    """
+    name, spelled = split_spec(name)
     if name not in _FACTORIES:
         raise UsageError(f"unknown backend '{name}'; known backends: {', '.join(names())}")
     module_name, attr = _FACTORIES[name].split(":")
@@ -67,4 +80,9 @@ def create(name: str, **options: Any) -> Backend:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise BackendError(f"backend '{name}' cannot be loaded: {exc}") from exc
+    if spelled:
+        parse = getattr(module, "parse_options", None)
+        if parse is None:
+            raise UsageError(f"backend '{name}' takes no options after its name ('{name}:{spelled}')")
+        options = {**parse(spelled), **options}
     return getattr(module, attr)(**options)

@@ -46,10 +46,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from surgeon import graph_ops as K
 from surgeon import model as model_io
 from surgeon.backends import Backend
 from surgeon.backends.onnxrt import OnnxRuntimeBackend, OrtSession
 from surgeon.errors import UsageError
+from surgeon.graph_ops import infer_shapes
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,7 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     inferred = model
     if not model_io.needs_external_data(model):
         try:
-            inferred = onnx.shape_inference.infer_shapes(model_io.shape_only_copy(model), strict_mode=False)
+            inferred = infer_shapes(model_io.shape_only_copy(model))
         except Exception as exc:  # inference is a help, not a requirement
             log.info("shape inference failed (%s); using declared types only", exc)
     g = inferred.graph
@@ -154,13 +156,13 @@ def elem_types(model: onnx.ModelProto) -> dict[str, int]:
     for t in g.initializer:
         types[t.name] = t.data_type
     for n in g.node:
-        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+        if n.op_type == "Constant" and K.is_default_domain(n):
             for a in n.attribute:
                 if a.name == "value":
                     types[n.output[0]] = a.t.data_type
                 elif a.name in ("value_float", "value_floats"):
                     types[n.output[0]] = TensorProto.FLOAT
-        elif n.op_type == "Cast" and n.domain in ("", "ai.onnx"):
+        elif n.op_type == "Cast" and K.is_default_domain(n):
             for a in n.attribute:
                 if a.name == "to":
                     types[n.output[0]] = a.i
@@ -227,7 +229,7 @@ def classify(model: onnx.ModelProto, precision: str = "fp16", types: dict[str, i
     out: list[NodeClass] = []
     for idx, node in enumerate(g.node):
         label = node_label(node, idx)
-        std = node.domain in ("", "ai.onnx")
+        std = K.is_default_domain(node)
         ins = [i for i in node.input if i]
         all_static = all(i in static for i in ins)
         if std and node.op_type in _SHAPE_SOURCES:
@@ -367,16 +369,11 @@ def emulate(model: onnx.ModelProto, keep: Iterable[str] = (), *, keep_nodes: Ite
     plan.unmatched_keep = unmatched(model, keep)
 
     def fresh(base: str) -> str:
-        name, i = base, 0
-        while name in all_names:
-            i += 1
-            name = f"{base}_{i}"
-        all_names.add(name)
-        return name
+        return K.unique_name(base, all_names)
 
     graph_inputs = {vi.name for vi in g.input}
     inits = {t.name: t for t in g.initializer if t.name not in graph_inputs}
-    constants = {n.output[0]: n for n in g.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output}
+    constants = {n.output[0]: n for n in g.node if n.op_type == "Constant" and K.is_default_domain(n) and n.output}
 
     decisions: list[NodeClass | None] = []  # None: stays float32
     for node, c in zip(g.node, cls.nodes):

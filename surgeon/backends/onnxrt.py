@@ -184,12 +184,23 @@ class OnnxRuntimeBackend(Backend):
             so.enable_cpu_mem_arena = False
         return so
 
-    def session(self, model: "onnx.ModelProto | Exported") -> OrtSession:
-        """A session for a ModelProto, or for a skeleton whose weights ONNX Runtime takes in memory."""
+    # What subclasses for other execution providers change (see onnxrt_cuda): the provider
+    # list, how a session is created (and checked), and whether weights may be fed as
+    # inputs with every run (on a GPU that is a host-to-device copy of every weight per run).
+    weights_as_inputs = True
+
+    def _providers(self) -> list:
+        return ["CPUExecutionProvider"]
+
+    def _create(self, what: Any, **kwargs: Any) -> Any:
         import onnxruntime as ort
 
+        return ort.InferenceSession(what, **kwargs)
+
+    def session(self, model: "onnx.ModelProto | Exported") -> OrtSession:
+        """A session for a ModelProto, or for a skeleton whose weights ONNX Runtime takes in memory."""
         options = self._options()
-        kwargs: dict[str, Any] = {"sess_options": options, "providers": ["CPUExecutionProvider"]}
+        kwargs: dict[str, Any] = {"sess_options": options, "providers": self._providers()}
         if self.disabled_optimizers:
             kwargs["disabled_optimizers"] = self.disabled_optimizers
         keep: list = []
@@ -197,12 +208,14 @@ class OnnxRuntimeBackend(Backend):
         try:
             if not isinstance(model, onnx.ModelProto):
                 sess = None
-                if not self.disabled_optimizers:  # ORT's optimizers see weights as inputs then: not what is asked
+                if not self.disabled_optimizers and self.weights_as_inputs:  # ORT's optimizers see weights as inputs then
                     data, arrays = model.for_ort(as_inputs=True)
                     if all(a.dtype.kind in "biuf" for a in arrays.values()):
                         try:
-                            sess = ort.InferenceSession(data, **kwargs)
+                            sess = self._create(data, **kwargs)
                             feed_weights = arrays
+                        except BackendError:
+                            raise
                         except Exception as exc:  # noqa: BLE001 - a kernel that wants constant weights: initializers
                             log.debug("weights as inputs refused (%s); as initializers", _first_line(exc))
                 if sess is None:
@@ -214,12 +227,14 @@ class OnnxRuntimeBackend(Backend):
 
                         keep = [_ort_value(W.resident(a)) for a in arrays.values()]
                         options.add_external_initializers(list(arrays), keep)
-                    sess = ort.InferenceSession(data, **kwargs)
+                    sess = self._create(data, **kwargs)
             elif model_io.needs_external_data(model):
                 with model_io.materialized(model) as path:
-                    sess = ort.InferenceSession(str(path), **kwargs)
+                    sess = self._create(str(path), **kwargs)
             else:
-                sess = ort.InferenceSession(model.SerializeToString(), **kwargs)
+                sess = self._create(model.SerializeToString(), **kwargs)
+        except BackendError:
+            raise
         except Exception as exc:
             raise BackendError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from exc
         session = OrtSession(sess, feed_weights)

@@ -28,6 +28,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -91,13 +92,49 @@ def cuda_missing(text: str) -> bool:
     return any(marker in text for marker in _CUDA_MISSING)
 
 
+_BARE = re.compile(r"^\s*(?:false|0|true|1|nullptr|)\s*$", re.I)
+_FUNC_OP = re.compile(r"^(?:import|check)([A-Z][A-Za-z0-9_]*)$")
+
+
+def parser_error_text(err: Mapping[str, Any], op: str = "") -> str:
+    """The parser's own reason for rejecting a node, never just ``false``.
+
+    Some of the parser's checkers assert a bare ``false`` (``checkDynamicQuantizeLinear``,
+    ``checkMatMulInteger`` in TensorRT-RTX 1.7: the op is refused whatever its inputs); the
+    record then says nothing else, and the logger repeats it. The function, file and line
+    are the reason then, so they are said.
+    """
+    desc = (err.get("desc") or "").strip()
+    if not _BARE.match(desc):
+        return desc
+    where = err.get("func") or "the parser"
+    if err.get("file"):
+        line = err.get("line", -1)
+        where += f" ({err['file']}" + (f":{line}" if line not in (-1, None) else "") + ")"
+    m = _FUNC_OP.match(err.get("func") or "")
+    what = op or err.get("op") or (m.group(1) if m else "") or "this node"
+    return (f"{where} refuses {what} unconditionally (the parser's own text is only '{desc or 'empty'}'): "
+            f"this parser has no importer for {what} in this form")
+
+
+def builder_reason(messages: list[str]) -> str:
+    """The builder's own reason for a failed build: its first error, with the next ones when
+    that says too little; a failure with no message at all says so (never an empty text)."""
+    msgs = [m.strip() for m in messages if m and m.strip()]
+    if not msgs:
+        return "the builder returned no engine and logged no error or warning (TensorRT gave no reason)"
+    if len(msgs[0]) < 24 and len(msgs) > 1:
+        return f"{msgs[0]} ({'; '.join(msgs[1:3])})"
+    return msgs[0]
+
+
 def describe_parse_errors(errors: Sequence[Mapping[str, Any]], engine: str = "trt") -> str:
     """One sentence naming every node the parser rejected (name, op, code, first line of its text)."""
     parts = []
     for e in errors:
         where = f"node '{e['node_name']}'" if e.get("node_name") else (f"node #{e['node']}" if e.get("node", -1) >= 0 else "a node")
         op = f" ({e['op']})" if e.get("op") else ""
-        text = (e.get("desc") or "").strip().splitlines()
+        text = parser_error_text(e).splitlines()
         parts.append(f"{where}{op}: {e.get('code', 'UNKNOWN')}: {text[0][:200] if text else ''}")
     return f"the {label(engine)} ONNX parser rejected {'; '.join(parts) or 'the model'}"
 
@@ -194,7 +231,7 @@ class TrtSession(Session):
             raise BackendError(describe_parse_errors(record.get("errors", []), self._backend.name))
         if record.get("phase") == "build":
             msgs = [m for _, m in record.get("messages", [])]
-            raise BackendError(f"{name} engine build failed: {msgs[0][:300] if msgs else 'no message from the builder'}")
+            raise BackendError(f"{name} engine build failed: {builder_reason(msgs)[:300]}")
         output = f"{proc.stdout}\n{proc.stderr}"
         if action == "infer" and cuda_missing(output):
             raise BackendError(f"{name} engine run failed: no CUDA driver or GPU is available here (the engine was "

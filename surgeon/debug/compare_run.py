@@ -8,6 +8,11 @@ used (per dtype, loosened for reduced-precision backends, or given), and one ver
 
 A failure of the *reference* run is an input problem (exit 2); a failure of the *test*
 run is a verdict (the engine under test cannot run the model), reported as a mismatch.
+
+A match is only evidence when the reference can show a difference: when it is NaN on
+every sample, or every output is constant or blind to the inputs (:mod:`surgeon.evidence`),
+the verdict is ``inconclusive`` (exit 1), never ``match``; a NaN the reference has and the
+test does not is blamed on the reference, by name.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 import onnx
 
 from surgeon import model as model_io
-from surgeon import backends, input_data
+from surgeon import backends, evidence, input_data
 from surgeon.comparison import DEFAULT_TOLERANCES, OutputDiff, diff_values, tolerance_for
 from surgeon.errors import BackendError, UsageError
 from surgeon.report import table
@@ -31,7 +36,7 @@ from surgeon.report import table
 log = logging.getLogger(__name__)
 
 RULE = "|test - ref| <= atol + rtol * |ref| (elementwise)"
-MATCH, MISMATCH = "match", "mismatch"
+MATCH, MISMATCH, INCONCLUSIVE = "match", "mismatch", "inconclusive"
 
 # The precision a backend computes in, when it is not the model's own: tolerances for
 # float outputs default to at least this dtype's defaults.
@@ -50,11 +55,12 @@ class OutputResult:
     per_sample: list[OutputDiff] = field(default_factory=list)
     ref_dtype: str = ""
     test_dtype: str = ""
+    weak: str = ""  # what makes the reference of this output weak evidence ("is NaN on every sample")
 
     def to_dict(self) -> dict:
         d = self.worst.to_dict()
         d.update(name=self.name, passed=self.passed, worst_sample=self.worst_sample,
-                 ref_dtype=self.ref_dtype, test_dtype=self.test_dtype,
+                 ref_dtype=self.ref_dtype, test_dtype=self.test_dtype, weak=self.weak,
                  samples=[s.to_dict() for s in self.per_sample])
         return d
 
@@ -71,15 +77,22 @@ class CompareReport:
     error: str | None = None  # the test run failed (a verdict, not a usage error)
     notes: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    followups: list[dict[str, Any]] = field(default_factory=list)  # re-runs that explain the result (TF32 off)
     runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)  # outputs, for --save-outputs
+    evidence: evidence.Evidence | None = None  # whether the reference outputs can show a difference
 
     @property
     def passed(self) -> bool:
-        return self.error is None and all(o.passed for o in self.outputs)
+        """A match on a reference that is evidence (an inconclusive comparison is not a pass)."""
+        return self.verdict == MATCH
 
     @property
     def verdict(self) -> str:
-        return MATCH if self.passed else MISMATCH
+        if self.error is not None or not all(o.passed for o in self.outputs):
+            return MISMATCH
+        if self.evidence is not None and not self.evidence.conclusive:
+            return INCONCLUSIVE
+        return MATCH
 
     @property
     def mismatching(self) -> list[str]:
@@ -88,8 +101,10 @@ class CompareReport:
     def to_dict(self) -> dict:
         return {"verdict": self.verdict, "model": self.model, "against": self.against, "ref": self.ref,
                 "test": self.test, "rule": RULE, "error": self.error, "samples": self.samples,
+                "evidence": self.evidence.to_dict() if self.evidence is not None else None,
                 "outputs": [o.to_dict() for o in self.outputs], "mismatching": self.mismatching,
-                "notes": self.notes, "plots": self.plots, "seconds": round(self.seconds, 3)}
+                "notes": self.notes, "plots": self.plots, "followups": self.followups,
+                "seconds": round(self.seconds, 3)}
 
 
 def _load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -136,7 +151,8 @@ def _check_tolerance_names(tol: Any, outputs: list[str], flag: str) -> None:
     if isinstance(tol, Mapping):
         unknown = [n for n in tol if n not in outputs]
         if unknown:
-            raise UsageError(f"{flag} names '{unknown[0]}', which is not an output of the model; outputs: {', '.join(outputs)}")
+            raise UsageError(f"{{0}} names '{unknown[0]}', which is not an output of the model; outputs: {', '.join(outputs)}",
+                             flag)
 
 
 def _run_all(session: backends.Session, samples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -147,11 +163,12 @@ def _dtype(value: Any) -> str:
     return str(value.dtype) if isinstance(value, np.ndarray) else type(value).__name__
 
 
-def _judge(name: str, refs: list[Any], tests: list[Any], atol, rtol, nan_equal: bool) -> OutputResult:
+def _judge(name: str, refs: list[Any], tests: list[Any], atol, rtol, nan_equal: bool,
+           sides: tuple[str, str] = ("the reference", "the test")) -> OutputResult:
     per = []
     for r, t in zip(refs, tests):
         tol = tolerance_for(r.dtype, atol, rtol) if isinstance(r, np.ndarray) else None  # None: per sequence element
-        d = diff_values(name, r, t, tol, nan_equal=nan_equal, atol=atol, rtol=rtol)
+        d = diff_values(name, r, t, tol, nan_equal=nan_equal, atol=atol, rtol=rtol, sides=sides)
         if isinstance(r, np.ndarray) and isinstance(t, np.ndarray) and r.dtype != t.dtype:
             d.passed = False
             d.reason = f"dtype {t.dtype} differs from the reference {r.dtype}" + (f"; {d.reason}" if d.reason else "")
@@ -193,9 +210,9 @@ def compare(
     for usage or input problems.
     """
     if test is None and against is None:
-        raise UsageError("give a test backend (--test) or a second model (--against)")
+        raise UsageError("give a test backend ({0}) or a second model ({1})", "test", "against")
     if iterations < 1:
-        raise UsageError("--iterations must be at least 1")
+        raise UsageError("{0} must be at least 1", "iterations")
     start = time.perf_counter()
     ref_model, model_label = _load(model)
     ref_backend = _backend(ref, ref_options)
@@ -209,8 +226,8 @@ def compare(
         test_backend = _backend(test, test_options)
         test_label = test_backend.describe()
     out_names = [o.name for o in ref_model.graph.output]
-    _check_tolerance_names(atol, out_names, "--atol")
-    _check_tolerance_names(rtol, out_names, "--rtol")
+    _check_tolerance_names(atol, out_names, "atol")
+    _check_tolerance_names(rtol, out_names, "rtol")
     notes: list[str] = []
 
     ref_session = ref_backend.session(ref_model)
@@ -239,6 +256,8 @@ def compare(
     report = CompareReport(model_label, ref_label, test_label, against_label, [],
                            [input_data.describe_feeds(s) for s in samples], 0.0, notes=notes)
     report.runs["ref"] = ref_runs
+    report.evidence = evidence.assess(ref_runs, samples, dependent=evidence.input_dependent_outputs(ref_model),
+                                      atol=atol, rtol=rtol)
     try:
         test_session = test_backend.session(test_model)
         plan = getattr(test_session, "plan", None)
@@ -261,6 +280,7 @@ def compare(
     report.runs["test"] = test_runs
 
     precision = backend_precision(test_backend)
+    sides = _sides(ref_backend, test_backend, model_label, against_label, precision)
     extra = [n for n in test_runs[0] if n not in ref_runs[0]]
     if extra:
         report.notes.append(f"the test run has outputs the reference lacks: {', '.join(extra)}")
@@ -273,7 +293,27 @@ def compare(
         tests = [t[name] for t in test_runs]
         a = _tolerance(name, refs[0], atol, precision, 0)
         r = _tolerance(name, refs[0], rtol, precision, 1)
-        report.outputs.append(_judge(name, refs, tests, a, r, nan_equal))
+        result = _judge(name, refs, tests, a, r, nan_equal, sides)
+        weak = report.evidence.weakness(name)
+        result.weak = weak.phrase() if weak else ""
+        if weak is not None and weak.kind == evidence.NONFINITE and all(
+                d.mismatches == d.both_nan for d in result.per_sample):
+            result.passed = True  # NaN in both runs everywhere: nothing was compared (the verdict is inconclusive)
+        report.outputs.append(result)
+    for w in report.evidence.nonfinite:
+        report.notes.append(f"{sides[0]}'s output '{w.output}' {w.phrase()}: no comparison of it can show whether the "
+                            "test is right; give --load-inputs with inputs the model computes real values on")
+    if report.evidence.conclusive:
+        report.notes.extend(report.evidence.notes())
+
+    from surgeon.debug import tf32
+
+    if tf32.applies(test_backend):  # the GPU's numbers differ: is it TF32? run again with it off and say
+        def judge(name, refs, tests):
+            return _judge(name, refs, tests, _tolerance(name, refs[0], atol, precision, 0),
+                          _tolerance(name, refs[0], rtol, precision, 1), nan_equal)
+
+        report.followups.append(tf32.follow_up(test_backend, test_model, samples, ref_runs, report.outputs, judge))
 
     if plot_dir is not None and not report.passed:
         from surgeon.debug import plot
@@ -290,6 +330,15 @@ def compare(
                 report.notes.append(f"no plot for '{o.name}': not two tensors of one shape")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _sides(ref: backends.Backend, test: backends.Backend, model_label: str, against_label: str | None,
+           precision: str | None) -> tuple[str, str]:
+    """How a mismatch reason names the two runs: by backend, or by model file with --against."""
+    if against_label is not None:
+        return f"the reference ({Path(model_label).name})", f"the test ({Path(against_label).name})"
+    ref_name = getattr(ref, "name", "reference")
+    return (f"the reference ({'FP32, ' if precision else ''}{ref_name})", f"the test ({getattr(test, 'name', 'test')})")
 
 
 # --- terminal rendering ---------------------------------------------------------------------
@@ -315,7 +364,8 @@ def render_compare(report: CompareReport, out: Any, title: str | None = None) ->
         naninf = f"{d.nan_mismatches}/{d.inf_mismatches}"
         abs_err = "\n".join(_e(v) for v in (d.max_abs, d.p99_abs, d.median_abs, d.mean_abs))
         rel_err = "\n".join(_e(v) for v in (d.max_rel, d.p99_rel, d.median_rel, d.mean_rel))
-        rows.append([o.name, "ok" if o.passed else "MISMATCH", f"{_shape(d)}\n{dtype}", abs_err, rel_err,
+        verdict = "MISMATCH" if not o.passed else ("weak" if o.weak else "ok")
+        rows.append([o.name, verdict, f"{_shape(d)}\n{dtype}", abs_err, rel_err,
                      f"{d.mismatches}/{d.elements}", naninf, f"{d.atol:g}\n{d.rtol:g}"])
     title = title or f"surgeon compare: {report.test} vs {report.ref}"
     out.print(table(title, ["output", "verdict", "shape / dtype", "abs err max p99 med mean",
@@ -330,9 +380,17 @@ def render_compare(report: CompareReport, out: Any, title: str | None = None) ->
         out.print(f"note: {n}", markup=False)
     for p in report.plots:
         out.print(f"plot: {p}", markup=False)
+    for f in report.followups:
+        if f.get("kind") == "tf32":
+            from surgeon.debug import tf32
+
+            tf32.render(f, out)
     out.print(f"inputs: {' | '.join(report.samples[:3])}{' ...' if len(report.samples) > 3 else ''}", markup=False)
     if report.error:
         out.print(f"[bold red]MISMATCH[/]: the test run failed: {report.error}")
+    elif report.verdict == INCONCLUSIVE:
+        out.print(f"[bold yellow]INCONCLUSIVE[/]: {report.evidence.summary()}: a match on it proves nothing; "
+                  "give --load-inputs with inputs the model computes real values on")
     elif report.passed:
         out.print(f"[bold green]MATCH[/]: all {len(report.outputs)} outputs agree within tolerance on "
                   f"{len(report.samples)} sample(s) ({RULE})")

@@ -27,6 +27,12 @@ Findings are ranked by consequence and carry a ``severity``:
   constant (a −1e9 mask rounded to −Inf before a Softmax), activations close to ±65504,
   values that flush to 0 or become subnormal, divisions by values near zero.
 
+Values beyond float16's range are followed past where they start: every node whose own
+float32 value exceeds ±65504 is named, grouped into chains (who starts it, who continues
+it, who reads it), and the set of nodes to keep in float32 is checked with the emulation
+itself; a chain the outputs absorb (a −1e9 mask before a Softmax) is listed as harmless.
+A chain's findings take its severity: needed → will, harmless → could.
+
 Each finding says what was checked (``consequence``): which outputs an overflow reaches
 in the FP16 run, whether a converted weight changes the outputs (checked by running the
 reference with that weight converted), or that the FP16 run's outputs match the
@@ -49,6 +55,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from surgeon import graph_ops as K
 from surgeon import comparison
 from surgeon import model as model_io
 from surgeon.backends import fp16 as fp16_rules
@@ -131,6 +138,47 @@ class Group:
 
 
 @dataclass
+class Chain:
+    """Connected nodes whose own float32 values are beyond float16's range, and who reads them.
+
+    ``nodes``: in graph order, each ``{"node", "op_type", "tensor", "role", "max_abs"}`` with
+    role ``starts`` (its inputs are within range), ``continues`` (fed by the chain) or
+    ``reads`` (its own value is within range, but in FP16 it would read ±Inf; already-float32
+    nodes say ``reads (float32)``). ``pin``: the nodes to keep in float32 so the chain's
+    values are never float16 (the converted ones among them). ``harmless``: the FP16 run's
+    outputs match without pinning it (None: not checked); ``why`` says how that was found.
+    """
+
+    nodes: list[dict]
+    pin: list[str]
+    harmless: bool | None = None
+    why: str = ""
+
+    @property
+    def starts(self) -> list[str]:
+        return [n["node"] for n in self.nodes if n["role"] == "starts"]
+
+    def path(self) -> str:
+        """``exp → add_one (→ log)``: the beyond-range nodes, then who reads them; a chain with
+        several starts as ``24 starts (a, b, …) … 49 nodes … last``."""
+        over = [n["node"] for n in self.nodes if n["role"] in ("starts", "continues")]
+        readers = [n["node"] for n in self.nodes if n["role"].startswith("reads")]
+        starts = self.starts
+        if len(starts) > 1:
+            text = (f"{len(starts)} starts ({', '.join(starts[:3])}{', …' if len(starts) > 3 else ''}), "
+                    f"{len(over)} nodes beyond range, last {over[-1]}")
+        else:
+            text = " → ".join(over[:6]) + (f" → … ({len(over) - 6} more)" if len(over) > 6 else "")
+        if readers:
+            text += " (→ " + ", ".join(readers[:4]) + (", …" if len(readers) > 4 else "") + ")"
+        return text
+
+    def to_dict(self) -> dict:
+        return {"starts": self.starts, "path": self.path(), "nodes": self.nodes, "pin": self.pin,
+                "harmless": self.harmless, "why": self.why}
+
+
+@dataclass
 class ScanReport:
     findings: list[Finding]  # ranked: will first, then by consequence and magnitude
     tensors: int
@@ -138,6 +186,9 @@ class ScanReport:
     samples: int
     notes: list[str] = field(default_factory=list)
     fp16: dict = field(default_factory=dict)  # the emulated run: outputs vs reference, plan summary
+    chains: list[Chain] = field(default_factory=list)  # values beyond float16's range, grouped
+    pin: list[str] = field(default_factory=list)  # nodes to keep in float32: every chain that is not harmless
+    pin_check: dict = field(default_factory=dict)  # the FP16 run with ``pin`` kept: does it match?
 
     @property
     def clean(self) -> bool:
@@ -161,7 +212,8 @@ class ScanReport:
         return {"clean": self.clean, "will": len(self.will), "could": len(self.findings) - len(self.will),
                 "groups": [g.to_dict() for g in self.groups], "findings": [f.to_dict() for f in self.findings],
                 "fp16": self.fp16, "tensors_inspected": self.tensors, "constants_inspected": self.constants,
-                "samples": self.samples, "notes": self.notes}
+                "samples": self.samples, "notes": self.notes, "fp16_range": {
+                    "chains": [c.to_dict() for c in self.chains], "pin": self.pin, "pin_check": self.pin_check}}
 
 
 def _float(a: Any) -> np.ndarray | None:
@@ -272,7 +324,7 @@ class _Graph:
         graph_inputs = {i.name for i in g.input}
         self.inits = {t.name: t for t in g.initializer if t.name not in graph_inputs}
         self.constants = {n.output[0]: i for i, n in enumerate(self.nodes)
-                          if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output}
+                          if n.op_type == "Constant" and K.is_default_domain(n) and n.output}
         self.consumers: dict[str, list[int]] = {}
         for i, n in enumerate(self.nodes):
             for x in extract.node_reads(n):
@@ -401,12 +453,19 @@ def scan_model(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], bac
             _activation_findings(graph, ref, emu, converted, out_diff, findings)
             constants = _weight_findings(model, graph, converted, ref, samples, backend, atol, rtol, findings, notes)
             _settle_could(findings, fp16_summary["outputs_match"])
+            chains = _range_chains(graph, ref, converted)
+            pin, pin_check = _check_chains(model, graph, chains, ref, samples, fp16_keep, fp16_summary["outputs_match"],
+                                           atol, rtol)
+            _chain_findings(graph, chains, ref, findings)
     else:
         notes.append("FP16 checks skipped (--no-fp16)")
     if any(a.HasField("g") or len(a.graphs) for n in model.graph.node for a in n.attribute):
         notes.append("tensors inside If/Loop/Scan bodies were not inspected at run time, and the FP16 emulation "
                      "keeps those bodies (and their constants) in float32")
-    return ScanReport(_rank(findings), tensors, constants, len(ref), notes, fp16_summary)
+    report = ScanReport(_rank(findings), tensors, constants, len(ref), notes, fp16_summary)
+    if fp16 and fp16_summary:
+        report.chains, report.pin, report.pin_check = chains, pin, pin_check
+    return report
 
 
 def _reference_findings(model: onnx.ModelProto, graph: _Graph, values: list[dict], near_zero: float,
@@ -697,6 +756,197 @@ def _check_weights(model: onnx.ModelProto, graph: _Graph, found: list[tuple[Find
         if together and len(batch) > WEIGHT_CHECKS:
             notes.append(f"converting all {len(batch)} {kind} weights changes the outputs; only the {WEIGHT_CHECKS} "
                          "largest were checked one by one")
+
+
+def range_lines(report: ScanReport, model_path: str) -> list[str]:
+    """The terminal lines for values beyond float16's range: each chain (where it starts,
+    whether it must be kept in float32), then what to keep and whether that was checked."""
+    import shlex
+
+    lines = []
+    for c in report.chains:
+        lines.append(f"beyond FP16's range in float32: {c.path()}: {c.why}")
+    if report.pin:
+        names = " ".join(shlex.quote(n) for n in report.pin)
+        check = report.pin_check
+        verdict = "checked: " if check.get("verified") else "NOT enough: "
+        lines.append(f"keep in float32: --fp16-keep {names} (surgeon fp16 {shlex.quote(model_path)} -o OUT.onnx --keep "
+                     f"{names}); {verdict}{check.get('detail', '')}")
+    return lines
+
+
+# Readers that give the same result for a huge value and for ±Inf of the same sign in the
+# usual cases (a mask compared, or pushed to zero probability): chains read only by them are
+# tried as harmless first. Only the FP16 run decides.
+_SATURATING_READERS = frozenset({"Softmax", "LogSoftmax", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Equal",
+                                 "ReduceMax", "ReduceMin", "ArgMax", "ArgMin", "Sign", "IsInf", "Relu", "Tanh", "Sigmoid"})
+MAX_CHAIN_CHECKS = 16  # chains checked one by one for harmlessness; the rest stay pinned
+
+
+def _range_chains(graph: _Graph, ref: list[dict], converted: set[str]) -> list[Chain]:
+    """Every main-graph node whose own float32 value (finite) exceeds ±65504 on some sample,
+    grouped into chains along the graph's edges, with the nodes that read them.
+
+    Why every node and not just where the overflow starts: ``Exp → Add(1) → Log`` overflows
+    at the Exp, but the Add's own value is beyond range too, and the Log reads it; keeping
+    only the Exp in float32 leaves the Add to overflow. A chain is only fixed by keeping all
+    of its beyond-range nodes and its readers in float32.
+    """
+    over: dict[str, tuple[int, float]] = {}  # tensor -> (producing node, float32 peak)
+    for k, node in enumerate(graph.nodes):
+        if node.op_type == "Constant":
+            continue  # a constant beyond range is clamped, not Inf: the fp16-clamped findings
+        for o in node.output:
+            if o and all(_is_float(v.get(o)) for v in ref):
+                peak = max(_max_abs(v[o]) for v in ref)
+                if peak > FP16_MAX:
+                    over[o] = (k, peak)
+    if not over:
+        return []
+    over_nodes = sorted({k for k, _ in over.values()})
+    parent = {k: k for k in over_nodes}
+
+    def find(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    fed_by: dict[int, set[int]] = {k: set() for k in over_nodes}
+    for k in over_nodes:
+        for x in extract.node_reads(graph.nodes[k]):
+            if x in over:
+                j = over[x][0]
+                fed_by[k].add(j)
+                parent[find(k)] = find(j)
+    readers: dict[int, set[int]] = {}
+    for x, (j, _) in over.items():
+        for r in graph.consumers.get(x, []):
+            if r not in parent:
+                readers.setdefault(r, set()).add(find(j))
+    groups: dict[int, list[int]] = {}
+    for k in over_nodes:
+        groups.setdefault(find(k), []).append(k)
+    chains = []
+    for root, members in groups.items():
+        rows, pin = [], []
+        reading = sorted(r for r, roots in readers.items() if root in roots)
+        for k in sorted(members + reading):
+            label, node = graph.labels[k], graph.nodes[k]
+            if k in fed_by:
+                tensor = next(o for o in node.output if o in over)
+                role = "continues" if fed_by[k] else "starts"
+                peak = over[tensor][1]
+            else:
+                tensor = next(x for x in extract.node_reads(node) if x in over and find(over[x][0]) == root)
+                role = "reads" if label in converted else "reads (float32)"
+                peak = max(_max_abs(_float(v.get(o))) for v in ref for o in node.output if o)
+            rows.append({"node": label, "op_type": node.op_type, "tensor": tensor, "role": role, "max_abs": peak})
+            if label in converted:
+                pin.append(label)
+        chains.append(Chain(rows, pin))
+    return chains
+
+
+def _emulated_outputs(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], keep: Sequence[str],
+                      keep_nodes: Sequence[str]) -> list[dict[str, Any]] | None:
+    """The graph outputs of the FP16 emulation with ``keep`` (op types or names) and
+    ``keep_nodes`` (labels) in float32; None when it cannot run."""
+    from surgeon.backends.onnxrt import OnnxRuntimeBackend
+
+    try:
+        emulated, _ = fp16_rules.emulate(model, keep, keep_nodes=keep_nodes)
+        sess = OnnxRuntimeBackend(name="fp16").session(emulated)
+        return [sess.run(s) for s in samples]
+    except BackendError as exc:
+        log.info("FP16 run with chains kept failed: %s", exc)
+        return None
+
+
+def _check_chains(model: onnx.ModelProto, graph: _Graph, chains: list[Chain], ref: list[dict],
+                  samples: Sequence[Mapping[str, Any]], keep: Sequence[str], outputs_match: bool,
+                  atol: Any, rtol: Any) -> tuple[list[str], dict]:
+    """Which chains must be kept in float32, checked with the FP16 emulation itself.
+
+    If the FP16 run already matches, every chain is harmless. Otherwise the run is repeated
+    with every chain's nodes kept in float32; if that matches, chains are let go one at a
+    time (those only saturating readers read first) as long as the run still matches, so
+    the set that stays is a verified, complete set to pin. ``(pin, check)``.
+    """
+    if not chains:
+        return [], {}
+
+    def matches(pinned: list[Chain]) -> bool | None:
+        outs = _emulated_outputs(model, samples, keep, [n for c in pinned for n in c.pin])
+        if outs is None:
+            return None
+        return all(d["passed"] for d in _outputs_diff(ref, outs, graph.outputs, atol, rtol).values())
+
+    if outputs_match:
+        for c in chains:
+            c.harmless, c.why = True, "harmless: the FP16 run's outputs match the reference with it in FP16"
+        return [], {"verified": True, "runs": 0, "detail": "the FP16 run already matches; nothing needs pinning"}
+    runs = 1
+    everything = matches(chains)
+    if not everything:
+        for c in chains:
+            c.why = "needed, not enough: the FP16 run still differs with every chain kept in float32"
+        pin = [n for c in chains for n in c.pin]
+        detail = ("the FP16 run could not run with the chains kept" if everything is None else
+                  "keeping every chain in float32 does not make the FP16 run match: something else differs too "
+                  "(see the other findings, or surgeon bisect --test fp16)")
+        return pin, {"verified": False, "runs": runs, "detail": detail}
+    order = sorted(range(len(chains)), key=lambda i: (not all(n["op_type"] in _SATURATING_READERS for n in chains[i].nodes
+                                                              if n["role"].startswith("reads")), i))
+    needed = set(range(len(chains)))
+    for n, i in enumerate(order):
+        if n >= MAX_CHAIN_CHECKS:
+            chains[i].why = f"kept: not checked on its own (only {MAX_CHAIN_CHECKS} chains are)"
+            continue
+        runs += 1
+        if matches([chains[j] for j in sorted(needed - {i})]):
+            needed.discard(i)
+            chains[i].harmless, chains[i].why = True, "harmless: the FP16 run's outputs match with it in FP16"
+        else:
+            chains[i].harmless, chains[i].why = False, "needed: without it in float32 the FP16 run's outputs differ"
+    pin = [n for i in sorted(needed) for n in chains[i].pin]
+    return pin, {"verified": True, "runs": runs, "detail": f"the FP16 run's outputs match the reference with {len(pin)} "
+                                                           "node(s) kept in float32"}
+
+
+def _chain_findings(graph: _Graph, chains: list[Chain], ref: list[dict], findings: list[Finding]) -> None:
+    """Every beyond-range node gets a finding (where the overflow starts already has one);
+    the severity of a chain's findings follows the chain: needed → will, harmless → could."""
+    by_node = {}
+    for f in findings:
+        by_node.setdefault(f.node, []).append(f)
+    for c in chains:
+        severity = COULD if c.harmless else WILL
+        effect = "absorbed" if c.harmless else ("outputs-differ" if c.harmless is False else "unchecked")
+        starts = ", ".join(c.starts) or "a graph input"
+        for row in c.nodes:
+            if row["role"] not in ("starts", "continues"):
+                continue
+            own = [f for f in by_node.get(row["node"], []) if f.kind in ("fp16-overflow", "fp16-saturated")]
+            if not own:
+                what = (f"it continues the chain that starts at {starts}" if row["role"] == "continues" else
+                        "the chain starts here (FP16 holds it within range on these inputs)")
+                own = [Finding("fp16-beyond-range", severity, row["node"], row["op_type"], row["tensor"],
+                               f"{row['node']} ({row['op_type']}): '{row['tensor']}' reaches {row['max_abs']:.4g} in "
+                               f"float32, beyond FP16's ±65504; {what}", pattern=row["op_type"],
+                               magnitude=row["max_abs"], details={"max_abs": row["max_abs"]})]
+                findings.extend(own)
+            keep = f"; keep in float32: {', '.join(c.pin)}" if c.pin and not c.harmless else ""
+            for f in own:
+                f.severity = severity
+                f.details.update({"chain_starts": c.starts, "role": row["role"], "pin_chain": c.pin,
+                                  "harmless": c.harmless})
+                if f.kind == "fp16-beyond-range":
+                    f.effect, f.consequence = effect, c.why + keep
+                elif c.harmless:
+                    f.effect, f.consequence = "absorbed", c.why
+                else:
+                    f.consequence = "; ".join(x for x in (f.consequence, c.why) if x) + keep
 
 
 def _settle_could(findings: list[Finding], outputs_match: bool) -> None:

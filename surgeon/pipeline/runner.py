@@ -70,6 +70,12 @@ class FixReport:
     seconds: float
     applications: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    frozen_inputs: list[str] = field(default_factory=list)  # initializer-backed inputs made constants first
+    # How outputs were compared: "whole" (the whole model) or "local" (each change on its
+    # region, surgeon.verify_region); None without numeric checks. The reason: asked, or what
+    # --verify auto found.
+    verify_mode: str | None = None
+    verify_mode_reason: str | None = None
 
     @property
     def rolled_back(self) -> list[PassReport]:
@@ -283,8 +289,8 @@ def region_note(verifier: Verifier, changes: int) -> str:
     """What "verification: region" means for this run, in one sentence for the report."""
     rec = verifier.regions.recorder
     return (f"verification: region ({verifier.mode_note}): {changes} change(s) were compared on the part of the "
-            f"model they changed, fed with values recorded from {rec.runs} run(s) of the input model "
-            f"({rec.recorded_bytes / 1e6:.1f} MB); the whole model was not compared after them, so an error within "
+            f"model they changed, fed with values recorded from the input model (its reference run and {rec.runs} "
+            f"run(s) of parts of it, {rec.recorded_bytes / 1e6:.1f} MB); the whole model was not compared after them, so an error within "
             "tolerance that later layers amplify is not ruled out (docs/large-models.md)")
 
 
@@ -298,7 +304,9 @@ def fix(
     atol: float | None = None,
     rtol: float | None = None,
     seed: int = 0,
+    value_ranges: Mapping[str, tuple[float, float]] | None = None,
     fix_shapes: bool = False,
+    freeze_initializer_inputs: bool = False,
     rounds: int = 2,
     bisect_limit: int | None = None,
     exclude: frozenset[str] | set[str] = frozenset(),
@@ -313,10 +321,13 @@ def fix(
     (from :func:`surgeon.model.open_model`) is edited in place and returned, so that its
     weights are never copied. ``passes``: names or "a,b,c" (None: the default pipeline).
     ``input_shapes`` pins dynamic dims for verification; with ``fix_shapes`` they are also
-    written into the model. ``bisect_limit``/``exclude``/``only`` restrict rewrite
-    applications (see RewriteBudget). ``verify_mode``: ``whole`` compares the whole model after
-    every change, ``local`` each change on its region (surgeon.verify_region), ``auto`` the
-    whole model where a run of it fits in memory and is light, regions elsewhere.
+    written into the model. ``value_ranges`` (``--val-range``) sets the values of generated
+    samples for the inputs it names. ``freeze_initializer_inputs``: initializers listed as graph
+    inputs (IR >= 4: defaults a user may override, which no pass folds) leave the inputs
+    first and become constants; the report names them. ``bisect_limit``/``exclude``/``only``
+    restrict rewrite applications (see RewriteBudget). ``verify_mode``: ``whole`` compares the
+    whole model after every change, ``local`` each change on its region (surgeon.verify_region),
+    ``auto`` the whole model where a run of it fits in memory and is light, regions elsewhere.
     """
     names = registry.parse_pipeline(passes)
     start = time.perf_counter()
@@ -328,14 +339,17 @@ def fix(
         raise ModelLoadError(f"surgeon cannot hold this model without changing it: {problem}; nothing was written")
     if fix_shapes:
         if not input_shapes:
-            raise SurgeonError("--fix-shapes needs --input-shapes")
+            raise SurgeonError("{0} needs {1}", "fix_shapes", "input_shapes")
         from surgeon.shapes import pin_input_shapes
 
         pin_input_shapes(work, input_shapes)
         initial = work.export()
+    frozen = work.freeze_initializer_inputs() if freeze_initializer_inputs else []
+    if frozen:
+        initial = work.export()
     nodes_before, ops_before = G.count_nodes(work), G.op_histogram(work)
     verifier = Verifier(initial, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol,
-                        seed=seed, mode=verify_mode)
+                        seed=seed, value_ranges=value_ranges, mode=verify_mode)
     budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude),
                            only=None if only is None else frozenset(only))
     pipeline = _Pipeline(work, initial, names, verifier, budget, options or {}, progress,
@@ -343,6 +357,11 @@ def fix(
     pipeline.run(rounds)
     reports, accepted, cur_nodes, cur_ops = pipeline.reports, pipeline.current, pipeline.nodes, pipeline.ops
     notes: list[str] = []
+    repairs = getattr(work, "repairs", None)  # what the lenient open repaired (surgeon.model.open_model)
+    if repairs:
+        from surgeon.repair import describe
+
+        notes.append(f"repaired when the model was opened (in memory; the input file is unchanged): {describe(repairs)}")
     contradicted = contradicted_outputs(accepted) if verifier.level == FULL else {}
     for name, inferred in contradicted.items():
         declared = next(vi for vi in accepted.skeleton.graph.output if vi.name == name)
@@ -353,14 +372,20 @@ def fix(
         accepted = work.export()
     if verifier.level == INVALID:
         raise ModelLoadError(f"the model is invalid and the passes could not repair it: {verifier.checker_reason}")
-    if verifier.note:
-        notes.insert(0, verifier.note)
+    notes[:0] = verifier.notes
+    if frozen:
+        notes.insert(0, f"{len(frozen)} initializer(s) listed as graph inputs were frozen (made constants, no "
+                        f"longer inputs, so passes may fold them): {', '.join(frozen)}")
     regional = [p for p in reports if p.status == APPLIED and p.checked == REGION]
-    if verifier.numeric and regional:
-        verification = REGION
-        notes.append(region_note(verifier, len(regional)))
-    elif verifier.numeric:
-        verification = NUMERIC
+    if verifier.numeric:
+        untested = verifier.untested_changes(accepted)
+        if untested is not None:
+            verification = f"not verified: {untested}; give --load-inputs"
+        elif regional:
+            verification = REGION
+            notes.append(region_note(verifier, len(regional)))
+        else:
+            verification = NUMERIC
     elif all(p.checked == PROOF for p in reports if p.status == APPLIED):
         # Every change is the same computation graph: equivalent without running anything.
         verification = PROOF
@@ -378,9 +403,12 @@ def fix(
         seconds=time.perf_counter() - start,
         applications=[asdict(a) for a in budget.applications],
         notes=notes,
+        frozen_inputs=frozen,
+        verify_mode=verifier.mode if verifier.numeric else None,
+        verify_mode_reason=verifier.mode_note if verifier.numeric else None,
     )
     if as_proto:
-        if not any(p.status == APPLIED for p in reports) and not fix_shapes:  # the input as it was, byte for byte
+        if not any(p.status == APPLIED for p in reports) and not fix_shapes and not frozen:  # the input as it was, byte for byte
             unchanged_model = onnx.ModelProto()
             unchanged_model.CopyFrom(model)
             return unchanged_model, report

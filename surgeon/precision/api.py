@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import onnx
 from onnx import TensorProto
 
+from surgeon import graph_ops as K
 from surgeon import model as model_io
 from surgeon.backends.fp16 import Classification, classify, opset_version
 from surgeon.errors import BackendError, SurgeonError, UsageError
@@ -45,6 +46,7 @@ class Fp16Options:
     trt_check: bool | None = None  # None: where tensorrt_rtx is installed
     layer_precisions: str | None = None  # path of the TensorRT flags file
     optimization: str = "all"  # ONNX Runtime level of the emulation runs
+    realistic: bool = True  # also check the result at a realistic size (off for loaded samples: they are the user's)
 
 
 def name_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str], int]:
@@ -60,12 +62,7 @@ def name_nodes(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str],
     for i, n in enumerate(out.graph.node):
         original = n.name
         if not n.name or n.name in seen:
-            base = f"{n.op_type}_{i}"
-            name, k = base, 0
-            while name in taken or name in seen:
-                k += 1
-                name = f"{base}_{k}"
-            n.name = name
+            n.name = K.unique_name(f"{n.op_type}_{i}", taken | seen)
             renamed += 1
         seen.add(n.name)
         taken.add(n.name)
@@ -98,6 +95,33 @@ def _refuse_without_floats(cls: Classification, label: str, precision: str) -> N
                          f"control-flow paths ({detail}): there is nothing to convert to {precision}")
 
 
+def _sizes(samples: Sequence[Mapping[str, Any]]) -> str:
+    from surgeon.input_data import describe_feeds
+
+    return " | ".join(dict.fromkeys(describe_feeds(s) for s in samples))
+
+
+def realistic_samples(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]], seed: int = 1000) -> list[dict[str, Any]]:
+    """One sample at a realistic size for image-like inputs (224, else 256 or 320, with image-like
+    content), when the given samples are smaller; none otherwise (the report then says which
+    sizes the proof covers, and only those)."""
+    from surgeon import backends
+    from surgeon.input_data import image_layout, input_specs, make_samples, runs_on
+
+    specs = [s for s in input_specs(model) if image_layout(s)]
+    if not specs:
+        return []
+    try:
+        session = backends.create("onnxrt").session(model)
+        found = make_samples(model, seed=seed, runs=runs_on(session), realistic=True)
+    except (BackendError, SurgeonError):
+        return []
+    def area(feeds: Mapping[str, Any]) -> int:
+        return sum(int(getattr(feeds.get(s.name), "size", 0)) // max(1, int(getattr(feeds.get(s.name), "shape", (1,))[0]))
+                   for s in specs)
+    return found if area(found[0]) > max(area(s) for s in samples) else []
+
+
 def reference_outputs(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The FP32 outputs per sample, and a second run of the first sample in the same session
     (a fresh session can repeat a random op's sequence; the same session does not)."""
@@ -110,6 +134,22 @@ def reference_outputs(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any
     except BackendError as exc:
         raise BackendError(f"the FP32 model does not run on ONNX Runtime with these inputs ({exc}); "
                            "give --input-shapes, --val-range or --load-inputs") from exc
+
+
+def refuse_degenerate(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]],
+                      reference: Sequence[Mapping[str, Any]], tolerances: Mapping[str, Any]) -> None:
+    """A UsageError when the FP32 outputs cannot show a difference (:mod:`surgeon.evidence`):
+    NaN on every sample, or every output constant or blind. Any set of FP32 islands would
+    "meet the tolerance" against such a reference, so there is nothing to search."""
+    from surgeon import evidence
+
+    found = evidence.assess(reference, samples, dependent=evidence.input_dependent_outputs(model),
+                            atol={k: t.atol for k, t in tolerances.items()},
+                            rtol={k: t.rtol for k, t in tolerances.items()})
+    if not found.conclusive:
+        raise UsageError(f"the FP32 model's outputs on these samples cannot show an FP16 error: "
+                         f"{found.summary().replace('the reference', 'the FP32 reference', 1)}; "
+                         "give --load-inputs with inputs the model computes real values on")
 
 
 def _unmeetable(j: Judgement) -> UsageError:
@@ -185,6 +225,7 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
     say("running the FP32 model")
     reference, again = reference_outputs(named, samples)
     tolerances = resolve_tolerances(reference[0], options.atol, options.rtol, options.precision)
+    refuse_degenerate(named, samples, reference, tolerances)
     repeat = judge(reference[:1], [again], tolerances)
     if not repeat.passed:
         raise _unmeetable(repeat)
@@ -207,6 +248,32 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
         raise _unmeetable(result.baseline)
     if result.status == FLAKY:
         raise SurgeonError(f"{result.message}; nothing was written")
+    covers = [f"search on {_sizes(samples)}"]
+    checked = (samples, reference)  # what the written model is run on at the end
+    bigger = realistic_samples(named, samples) if options.realistic else []
+    if bigger:
+        say("checking the result at a realistic size")
+        big_reference, _ = reference_outputs(named, bigger)
+        check = EmulationOracle(named, cls, bigger, big_reference, tolerances, always_keep=always,
+                                optimization=options.optimization, max_calls=None)
+        verdict = check.evaluate(frozenset(result.kept))
+        oracle.ort_runs += check.ort_runs
+        if verdict.passed:
+            covers.append(f"the result checked at {_sizes(bigger)}")
+            checked = (list(samples) + bigger, list(reference) + big_reference)
+        else:
+            worst = verdict.worst()
+            say("the result misses the tolerance at a realistic size: searching again on every size")
+            samples, reference = list(samples) + bigger, list(reference) + big_reference
+            oracle = EmulationOracle(named, cls, samples, reference, tolerances, always_keep=always,
+                                     optimization=options.optimization, max_calls=options.max_oracle_calls, progress=say)
+            result = search_islands(named, labels, searchable, oracle, plan=plan, progress=say)
+            search_seconds = time.perf_counter() - t0
+            if result.status in ("unmeetable", FLAKY):
+                raise SurgeonError(f"at {_sizes(bigger)} {result.message}; nothing was written")
+            covers = [f"search on {_sizes(samples)} (the first result missed the tolerance at {_sizes(bigger)}: "
+                      f"{worst.name if worst else ''} {worst.short() if worst else verdict.error})"]
+            checked = (samples, reference)
     low = options.precision.upper()
     for isl in result.islands:
         isl.why = _island_why(isl.nodes, analysis.why, analysis.growth, low)
@@ -216,7 +283,7 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
     conv = convert(named, cls, kept_all, keep_io_types=options.keep_io_types)
     model_io.check_model(conv.model, what="the mixed-precision model (a surgeon bug: please report it)", full=True)
     say("running the written model on ONNX Runtime")
-    ort, ort_note, ort_runs = run_on_ort(conv.model, samples, reference, tolerances)
+    ort, ort_note, ort_runs = run_on_ort(conv.model, checked[0], checked[1], tolerances)
     if ort is None and options.precision == "fp16":
         ort = Judgement(False, [], error=ort_note)
     model_io.save(conv.model, output)
@@ -231,7 +298,7 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
         full=result.full, mixed=result.final, ort=ort, ort_note=ort_note, oracle_calls=len(oracle.calls),
         ort_runs=oracle.ort_runs + ort_runs + len(samples) + 1 + analysis.ort_runs, cache_hits=oracle.cache_hits, inferred=result.inferred, phases=result.phases,
         conversion=conv.to_dict(), checker="passes (full_check)", renamed_nodes=renamed,
-        notes=list(analysis.notes) + conv.notes, search_seconds=search_seconds)
+        notes=list(analysis.notes) + conv.notes, search_seconds=search_seconds, covers=covers)
     if renamed:
         report.notes.append(f"{renamed} unnamed or duplicate node name(s) were named in the output (e.g. for "
                             "per-layer flags); TensorRT names them node_of_<output> in the input model")
@@ -244,14 +311,17 @@ def convert_mixed_precision(model: str | os.PathLike | onnx.ModelProto, output: 
         to_trt = lambda names: [trt_name.get(n, n) for n in names]  # noqa: E731
         text = lp.layer_precision_text(label, to_trt(sorted(kept_all, key=labels.index)), options.precision,
                                        forced=to_trt(forced))
-        if isinstance(model, (str, os.PathLike)) and lp.trt_rtx_available():
+        if options.trt_check is False:  # --no-trt-check: TensorRT is not asked anything, and the file says so
+            text += "# layer names not checked against TensorRT's parser (--no-trt-check)\n"
+        elif isinstance(model, (str, os.PathLike)) and lp.trt_rtx_available():
             names = lp.trt_layer_names(model)
             if names.get("parsed"):
                 wanted = to_trt(sorted(kept_all, key=labels.index)) + to_trt(forced)
                 missing = [n for n in wanted if n not in set(names["layers"])]
-                line = (f"# checked against TensorRT's parser ({names.get('module')}): every name above is a layer"
-                        if not missing else f"# checked against TensorRT's parser: {len(missing)} name(s) are not "
-                        f"layers (first: {missing[0]})")
+                line = (f"# layer names checked against TensorRT's parser ({names.get('module')}) on the FP32 model: "
+                        "every name above is a layer" if not missing else
+                        f"# layer names checked against TensorRT's parser on the FP32 model: {len(missing)} name(s) "
+                        f"are not layers (first: {missing[0]})")
                 text += line + "\n"
                 report.notes.append(line.lstrip("# "))
         model_io.write_text_atomic(options.layer_precisions, text)

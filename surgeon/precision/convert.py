@@ -34,6 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from surgeon import graph_ops as K
 from surgeon import model as model_io
 from surgeon.backends.fp16 import PRECISIONS, Classification, constant_array, low_weights
 
@@ -66,12 +67,7 @@ class Conversion:
 
 
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    subs = []
-    for a in node.attribute:
-        if a.HasField("g"):
-            subs.append(a.g)
-        subs.extend(a.graphs)
-    return subs
+    return list(K.proto_subgraphs(node))
 
 
 def _defined(graph: onnx.GraphProto) -> set[str]:
@@ -131,12 +127,7 @@ class _Names:
         self.taken = set(taken)
 
     def __call__(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
+        return K.unique_name(base, self.taken)
 
 
 def convert(model: onnx.ModelProto, cls: Classification, keep_nodes: set[str] | frozenset[str], *,
@@ -167,7 +158,7 @@ def convert(model: onnx.ModelProto, cls: Classification, keep_nodes: set[str] | 
     graph_inputs = [vi.name for vi in g.input]
     graph_outputs = [vo.name for vo in g.output]
     init_by_name = {t.name: t for t in g.initializer if t.name not in set(graph_inputs)}
-    const_by_out = {n.output[0]: n for n in nodes if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+    const_by_out = {n.output[0]: n for n in nodes if n.op_type == "Constant" and K.is_default_domain(n)
                     and n.output and is_f32(n.output[0])}
     weights = {n for n in init_by_name if is_f32(n)} | set(const_by_out)
     producer: dict[str, tuple[int, int]] = {}
@@ -187,7 +178,7 @@ def convert(model: onnx.ModelProto, cls: Classification, keep_nodes: set[str] | 
     def wanted(idx: int, i: int) -> int | None:
         """Type node ``idx`` reads its input ``i`` in (None: any)."""
         n = nodes[idx]
-        if n.op_type in _ANY_TYPE_READERS and n.domain in ("", "ai.onnx"):
+        if n.op_type in _ANY_TYPE_READERS and K.is_default_domain(n):
             return None
         return low if low_mode[idx] and i in low_in[idx] else TensorProto.FLOAT
 
@@ -203,7 +194,7 @@ def convert(model: onnx.ModelProto, cls: Classification, keep_nodes: set[str] | 
     weight_like = {n for n in init_by_name if is_f32(n)} | set(const_by_out)
     for idx, n in enumerate(nodes):
         c = cls.nodes[idx]
-        if c.silent and c.fixed and n.op_type in _DATA_MOVEMENT and n.domain in ("", "ai.onnx") and \
+        if c.silent and c.fixed and n.op_type in _DATA_MOVEMENT and K.is_default_domain(n) and \
                 any(i in weight_like for i in n.input if i and is_f32(i)) and \
                 all(i in weight_like for i in n.input if i and is_f32(i)):
             weight_like.update(o for o in n.output if o and is_f32(o))
@@ -373,7 +364,7 @@ def _merge_casts(g: onnx.GraphProto, types: dict[str, int], outputs: set[str], l
             for sub in _subgraphs(n):
                 sub_read |= free_names(sub)
         for n in list(g.node):
-            if n.op_type != "Cast" or n.domain not in ("", "ai.onnx"):
+            if n.op_type != "Cast" or not K.is_default_domain(n):
                 continue
             src, dst = n.input[0], n.output[0]
             to = next(a.i for a in n.attribute if a.name == "to")
@@ -390,7 +381,7 @@ def _merge_casts(g: onnx.GraphProto, types: dict[str, int], outputs: set[str], l
                 break
             users = readers.get(dst, [])
             if to == TensorProto.FLOAT and types.get(src) in widening_src and users and \
-                    all(u.op_type == "Cast" and u.domain in ("", "ai.onnx") for u in users):
+                    all(u.op_type == "Cast" and K.is_default_domain(u) for u in users):
                 for u in users:
                     u.input[0] = src
                 g.node.remove(n)

@@ -74,6 +74,7 @@ def trt_rtx_build(model_path: str | os.PathLike, shapes: Mapping[str, tuple[int,
         return {"ran": False, "reason": "tensorrt_rtx is not installed"}
     with tempfile.TemporaryDirectory(prefix="surgeon-fp16-trt-") as tmp:
         spec = {"model": str(Path(model_path).resolve()), "engine": str(Path(tmp) / "engine.plan"),
+                "result": str(Path(tmp) / "result.json"),  # the worker writes the parser's or builder's reason here
                 "precision": {}, "profiles": [{k: [list(v)] * 3 for k, v in shapes.items()}] if shapes else []}
         spec_path = Path(tmp) / "build.json"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
@@ -89,10 +90,22 @@ def trt_rtx_build(model_path: str | os.PathLike, shapes: Mapping[str, tuple[int,
         seconds = round(time.perf_counter() - start, 2)
         if proc.returncode != 0:
             lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-            why = lines[-1] if lines else f"exit code {proc.returncode}"
+            why = _worker_reason(Path(spec["result"])) or (lines[-1] if lines else f"exit code {proc.returncode}")
             return {"ran": True, "built": False, "reason": why, "seconds": seconds}
         size = Path(spec["engine"]).stat().st_size if Path(spec["engine"]).exists() else 0
         return {"ran": True, "built": True, "engine_bytes": size, "seconds": seconds}
+
+
+def _worker_reason(result: Path) -> str:
+    """The builder's (or parser's) own reason from the worker's failure record, '' when there is none."""
+    if not result.is_file():
+        return ""
+    from surgeon.backends.trt import builder_reason, describe_parse_errors
+
+    record = json.loads(result.read_text(encoding="utf-8"))
+    if record.get("phase") == "parse":
+        return describe_parse_errors(record.get("errors", []), "trt-rtx")
+    return builder_reason([m for _s, m in record.get("messages", [])])
 
 
 def sample_shapes(sample: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -72,7 +72,8 @@ class OutputError:
     usage: float = 0.0  # max |test-ref| / (atol + rtol*|ref|): above 1 fails
     mismatches: int = 0
     elements: int = 0
-    nonfinite: int = 0  # NaN/Inf where the reference has none (or the other way round)
+    nonfinite: int = 0  # NaN/Inf in this run where the FP32 reference is finite
+    ref_nonfinite: int = 0  # NaN/Inf in the FP32 reference where this run is finite (the reference's fault)
     reason: str = ""
 
     def to_dict(self) -> dict:
@@ -85,7 +86,9 @@ class OutputError:
         if self.mismatches:
             text += f", {self.mismatches}/{self.elements} off"
         if self.nonfinite:
-            text += f", {self.nonfinite} NaN/Inf"
+            text += f", {self.nonfinite} NaN/Inf where the FP32 reference is finite"
+        if self.ref_nonfinite:
+            text += f"; the FP32 reference is NaN/Inf at {self.ref_nonfinite} position(s) where this run is finite"
         return text
 
 
@@ -105,9 +108,12 @@ class Judgement:
 
 
 def _usage(ref: np.ndarray, test: np.ndarray, tol: Tolerance) -> tuple[float, int]:
+    """max |test-ref| / allowed over the positions finite in both, and the NaN/Inf this run adds.
+
+    A NaN/Inf only the reference has is not this run's error (see :func:`judge`)."""
     r, t = ref.astype(np.float64), test.astype(np.float64)
     fin = np.isfinite(r) & np.isfinite(t)
-    bad = int(np.count_nonzero(np.isfinite(r) != np.isfinite(t)))
+    bad = int(np.count_nonzero(np.isfinite(r) & ~np.isfinite(t)))
     if not fin.any():
         return (float("inf") if bad else 0.0), bad
     allowed = tol.atol + tol.rtol * np.abs(r[fin])
@@ -119,7 +125,12 @@ def _usage(ref: np.ndarray, test: np.ndarray, tol: Tolerance) -> tuple[float, in
 
 
 def judge(reference: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, Any]], tolerances: Mapping[str, Tolerance]) -> Judgement:
-    """Every output over every sample, with the comparison rule (NaN matches NaN at the same place)."""
+    """Every output over every sample, with the comparison rule (NaN matches NaN at the same place).
+
+    Where the FP32 reference is NaN/Inf and the reduced-precision run is finite, the
+    reference is what is wrong: such positions are counted (``ref_nonfinite``) and
+    reported, not failed. (A reference NaN on every sample is refused before any search:
+    see :mod:`surgeon.evidence`.)"""
     outs = []
     for name, tol in tolerances.items():
         worst: OutputError | None = None
@@ -130,8 +141,11 @@ def judge(reference: Sequence[Mapping[str, Any]], runs: Sequence[Mapping[str, An
             r, t = ref[name], run[name]
             if isinstance(t, np.ndarray) and isinstance(r, np.ndarray) and t.dtype != r.dtype and r.dtype.kind == "f" and t.dtype.kind == "f":
                 t = t.astype(r.dtype)
-            d = diff_values(name, r, t, tol, nan_equal=True)
-            e = OutputError(name, d.passed, d.max_abs, d.max_rel, 0.0, d.mismatches, d.elements, reason=d.reason)
+            d = diff_values(name, r, t, tol, nan_equal=True, sides=("the FP32 reference", "this run"))
+            own = d.mismatches - d.ref_nonfinite  # the reference's own NaN/Inf are not this run's errors
+            passed = d.passed or (d.ref_nonfinite > 0 and own == 0)
+            e = OutputError(name, passed, d.max_abs, d.max_rel, 0.0, own, d.elements, ref_nonfinite=d.ref_nonfinite,
+                            reason="" if passed else d.reason)
             if isinstance(r, np.ndarray) and isinstance(t, np.ndarray) and r.dtype.kind == "f" and r.shape == t.shape:
                 e.usage, e.nonfinite = _usage(r, t, tol)
             elif not d.passed:

@@ -42,6 +42,7 @@ class Fp16Report:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     search_seconds: float = 0.0
+    covers: list[str] = field(default_factory=list)  # the input sizes the proof covers, and how
 
     @property
     def passed(self) -> bool:
@@ -52,7 +53,7 @@ class Fp16Report:
         return {
             "verdict": "ok" if self.passed else "mismatch", "model": self.model, "output": self.output,
             "precision": self.precision, "status": self.status, "message": self.message,
-            "tolerances": self.tolerances, "samples": self.samples, "nodes": self.nodes,
+            "tolerances": self.tolerances, "samples": self.samples, "covers": self.covers, "nodes": self.nodes,
             "float_compute_nodes": self.candidates, "fp32_nodes": {"searched": self.kept, "requested": self.user_kept},
             "fixed_in_fp32": self.fixed, "islands": [i.to_dict() for i in self.islands],
             "errors": {"full_reduced_precision": self.full.to_dict() if self.full else None,
@@ -101,6 +102,8 @@ def render(report: Fp16Report, console: Any) -> None:
                         out_rows))
     if report.ort_note:
         console.print(f"note: {report.ort_note}", markup=False, soft_wrap=True)
+    if report.covers:
+        console.print(f"proof covers: {'; '.join(report.covers)}", markup=False, soft_wrap=True)
     conv = report.conversion
     console.print(f"{report.message}", markup=False, soft_wrap=True)
     console.print(f"{report.candidates} float compute node(s): {len(conv.get('fp32_nodes', []))} in FP32, "
@@ -117,7 +120,8 @@ def render(report: Fp16Report, console: Any) -> None:
         elif t.get("ran"):
             console.print(f"TensorRT-RTX: the build failed: {t.get('reason')}", markup=False, soft_wrap=True)
         else:
-            console.print(f"TensorRT-RTX: not checked ({t.get('reason')})", markup=False, soft_wrap=True)
+            console.print(f"TensorRT-RTX: the mixed-precision model was not built ({t.get('reason')})", markup=False,
+                          soft_wrap=True)
     for note in report.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
     if report.layer_precisions:

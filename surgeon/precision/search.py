@@ -28,15 +28,16 @@ from typing import Callable, Sequence
 
 import onnx
 
-from surgeon.debug.isolate.ddmin import Verdict, ddmin, prefix_bisect
+from surgeon.debug.isolate.ddmin import ddmin, prefix_bisect
+from surgeon.debug.verdict import SearchStatus, Verdict
 from surgeon.precision.oracle import BudgetExhausted, CachedOracle, Judgement
 
 log = logging.getLogger(__name__)
 
-NO_ISLANDS = "no-islands"  # the full reduced-precision model meets the tolerance
-MINIMAL = "minimal"  # a 1-minimal set, every island confirmed
-BUDGET = "budget"  # stopped by the call budget: the set meets the tolerance, minimality not proven
-FLAKY = "flaky"  # the oracle answered the same question two ways
+NO_ISLANDS = SearchStatus.NO_ISLANDS
+MINIMAL = SearchStatus.MINIMAL
+BUDGET = SearchStatus.BUDGET
+FLAKY = SearchStatus.FLAKY
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Island:
 
 @dataclass
 class SearchResult:
-    status: str
+    status: SearchStatus
     kept: list[str]
     message: str
     baseline: Judgement | None  # every candidate in FP32 (not run when full reduced precision meets)

@@ -2,41 +2,39 @@
 
 A rule is an object with three parts, each testable alone:
 
-- ``match(node, scope)`` is structural: does the pattern start at ``node``? The default
-  follows ``pattern``, a chain of :class:`Op` where each node consumes the first output
-  of the one before. Rules for a small DAG (the decomposed LayerNorm) override it.
-- ``check(match, ctx)`` is pure and returns a sentence saying why the rule refuses
-  (opset too old, attribute unsupported, a type unknown), or None. That sentence is
-  what the user reads as a near miss, so it names the reason, not the code path.
+- ``match(node, scope)`` is structural: does the pattern end at ``node``? ``pattern`` is
+  a DAG of :class:`surgeon.rewrite.pattern.Node` whose names bind values and nodes (the
+  usual form), or a chain of :class:`Op` where each node consumes the first output of the
+  one before (the form of older rule files).
+- ``check(match, ctx)`` is pure and returns :func:`~surgeon.rewrite.result.ok` with what it
+  computed, or :func:`~surgeon.rewrite.result.fail` with a sentence saying why the rule
+  refuses (opset too old, attribute unsupported, a type unknown). That sentence is what
+  the user reads as a near miss, so it names the reason, not the code path.
 - ``rewrite(match, b)`` builds the replacement through a :class:`~surgeon.rewrite.builder.Builder`
-  and returns one tensor per ``match.outputs``. The engine, not the rule, rewires the
-  graph, keeps output names, stamps provenance and adds opset imports.
+  and returns one tensor per ``match.outputs`` (an existing tensor: the match is bypassed).
+  It reads what the pattern and the check bound as ``match["name"]``. The engine, not the
+  rule, rewires the graph, keeps output names, stamps provenance and adds opset imports.
 
-Nothing is kept on the rule between the three calls: whatever ``match`` finds travels in
-the :class:`Match` it returns (``roles`` for named parts).
+Nothing is kept on the rule between the three calls: whatever ``match`` and ``check`` find
+travels in the :class:`Match` (its bindings).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from surgeon import graph_ops as K
+from surgeon.graph_ops import Scope, node_domain, op_label  # noqa: F401 - part of this module's API
+from surgeon.rewrite import pattern as P
+from surgeon.rewrite.result import Bound, Refused  # noqa: F401 - check's return types
+
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training"})
-
-
-def node_domain(node: gs.Node) -> str:
-    """The node's domain with the default-domain spellings folded to ``""``."""
-    d = node.domain or ""
-    return "" if d == "ai.onnx" else d
-
-
-def op_label(node: gs.Node) -> str:
-    d = node_domain(node)
-    return f"{d}::{node.op}" if d else node.op
 
 
 @dataclass(frozen=True)
@@ -68,45 +66,6 @@ class Op:
         return True
 
 
-class Scope:
-    """The graph a match lives in, with the questions matchers ask about it.
-
-    Tensors are shared between a graph and its subgraphs in onnx-graphsurgeon, so a
-    tensor's producer or consumer may sit in another graph; ``producer`` only answers
-    for nodes of this graph, and ``consumers`` lists all (a use inside a body counts).
-    """
-
-    def __init__(self, graph: gs.Graph):
-        self.graph = graph
-        self._index = {id(n): i for i, n in enumerate(graph.nodes)}
-        self._outputs = {id(t) for t in graph.outputs}
-
-    def contains(self, node: gs.Node) -> bool:
-        return id(node) in self._index
-
-    def position(self, node: gs.Node) -> int:
-        return self._index[id(node)]
-
-    def producer(self, tensor: gs.Tensor) -> gs.Node | None:
-        if isinstance(tensor, gs.Constant) or not tensor.inputs:
-            return None
-        node = tensor.inputs[0]
-        return node if self.contains(node) else None
-
-    def consumers(self, tensor: gs.Tensor) -> list[gs.Node]:
-        return list(tensor.outputs)
-
-    def is_graph_output(self, tensor: gs.Tensor) -> bool:
-        return id(tensor) in self._outputs
-
-    def single_consumer(self, tensor: gs.Tensor) -> gs.Node | None:
-        """The only consumer of ``tensor`` in this graph, if it has exactly one use overall."""
-        if self.is_graph_output(tensor) or len(tensor.outputs) != 1:
-            return None
-        node = tensor.outputs[0]
-        return node if self.contains(node) else None
-
-
 @dataclass
 class Match:
     """A found occurrence of a pattern; everything ``check`` and ``rewrite`` need.
@@ -127,6 +86,14 @@ class Match:
     @property
     def graph(self) -> gs.Graph:
         return self.scope.graph
+
+    def __getitem__(self, name: str) -> Any:
+        """What the pattern or the check bound under ``name``."""
+        return self.roles[name]
+
+    def with_bound(self, values: Mapping[str, Any]) -> "Match":
+        """This match with the check's bindings added (a new object: the rule keeps nothing)."""
+        return Match(self.rule, self.scope, self.nodes, {**self.roles, **values}, self.inputs, self.outputs)
 
     @property
     def root(self) -> gs.Node:
@@ -193,15 +160,9 @@ class RuleContext:
         s = self.shape(tensor)
         return None if s is None else len(s)
 
-    def constant(self, tensor: gs.Tensor) -> np.ndarray | None:
-        """The value of an initializer or of a Constant node's output; None otherwise."""
-        if isinstance(tensor, gs.Constant):
-            return np.asarray(tensor.values)
-        if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant" and not tensor.inputs[0].domain:
-            value = tensor.inputs[0].attrs.get("value")
-            if isinstance(value, gs.Constant):
-                return np.asarray(value.values)
-        return None
+    def constant(self, tensor: gs.Tensor | None) -> np.ndarray | None:
+        """The value of a constant (see :func:`surgeon.graph_ops.constant`: never an overridable input)."""
+        return K.constant(tensor)
 
 
 class Rule:
@@ -214,8 +175,8 @@ class Rule:
     """
 
     name: str = ""
-    pattern: tuple[Op, ...] = ()
-    domains: Mapping[str, int] = {}
+    pattern: "tuple[Op, ...] | P.Node" = ()
+    domains: Mapping[str, int] = MappingProxyType({})  # immutable: a subclass declares its own
     # Op types a model must contain for ``match`` to succeed anywhere: one set of
     # alternative (domain, op_type) pairs per required node. Derived from ``pattern``;
     # a rule with its own ``match`` may declare it (None: unknown, the rule always runs).
@@ -230,6 +191,8 @@ class Rule:
             return self.requires
         if type(self).match is not Rule.match or not self.pattern:
             return None
+        if isinstance(self.pattern, P.Node):
+            return self.pattern.required_ops()
         out = []
         for op in self.pattern:
             types = (op.op_type,) if isinstance(op.op_type, str) else tuple(op.op_type)
@@ -237,8 +200,28 @@ class Rule:
             out.append(frozenset((domain, t) for t in types))
         return tuple(out)
 
+    def root_ops(self) -> frozenset[tuple[str, str]] | None:
+        """The (domain, op) pairs a node must have for ``match`` to start there; None: any node.
+
+        Known for the default ``match``, and for a DAG ``pattern`` (a rule that overrides
+        ``match`` keeps the pattern's root as where it starts; one that starts elsewhere
+        overrides this too).
+        """
+        if type(self).match is not Rule.match and not isinstance(self.pattern, P.Node):
+            return None
+        if isinstance(self.pattern, P.Node):
+            return frozenset((self.pattern.domain, t) for t in self.pattern.op_types)
+        if not self.pattern:
+            return None
+        first = self.pattern[0]
+        types = (first.op_type,) if isinstance(first.op_type, str) else tuple(first.op_type)
+        return frozenset(("" if first.domain == "ai.onnx" else first.domain, t) for t in types)
+
     def match(self, node: gs.Node, scope: Scope) -> Match | None:
-        """Follow ``pattern`` as a chain starting at ``node``."""
+        """Fit the DAG ``pattern`` ending at ``node``, or follow a chain ``pattern`` starting there."""
+        if isinstance(self.pattern, P.Node):
+            found = P.match(self.pattern, node, scope)
+            return None if found is None else Match.of(self.name, scope, found.nodes, found.bindings)
         if not self.pattern or not self.pattern[0].matches(node):
             return None
         nodes = [node]
@@ -259,11 +242,16 @@ class Rule:
                 return f"intermediate tensor '{t.name}' is also used outside the pattern"
         return None
 
-    def check(self, match: Match, ctx: RuleContext) -> str | None:
+    def check(self, match: Match, ctx: RuleContext) -> "Bound | Refused | str | None":
         return None
 
     def rewrite(self, match: Match, b) -> Sequence[gs.Tensor]:
         raise NotImplementedError(f"rule {self.name} has no rewrite")
+
+    def note(self, node: gs.Node, reason: str) -> str:
+        """The near-miss line the report shows for a refusal at ``node``."""
+        label = node.name or (node.outputs[0].name if node.outputs else node.op)
+        return f"{label}: rule {self.name} refused: {reason}"
 
     def __repr__(self) -> str:
         return f"<rule {self.name}>"

@@ -121,8 +121,10 @@ def test_small_blocks_and_a_resumed_run(tmp_path):
     assert [c["node"] for c in first["culprits"]] == ["a3"] and first["mode"] == "marked cuts"
     marks = [s for s in first["steps"] if s["kind"] == "mark"]
     assert any(s["nodes"] > 1 for s in marks)  # cuts across both branches: one run per marked tensor
-    assert first["oracle_calls"] > len(first["steps"])
+    assert first["oracle_calls"] > len([s for s in first["steps"] if s["kind"] != "noise"])
+    assert first["noise"]["trusted"] and first["noise_calls"] == 2  # measured once, and ONNX Runtime is quiet here
     r = run_cli(*argv)  # same inputs, same oracle: every verdict comes from bisect-state.json
     again = json.loads((out / "report.json").read_text())
     assert r.returncode == 1 and again["oracle_calls"] == 0 and again["verdicts_resumed"] == len(first["steps"])
+    assert again["noise_calls"] == 0 and again["noise"] == first["noise"]
     assert again["culprits"] == first["culprits"]

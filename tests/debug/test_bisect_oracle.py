@@ -12,7 +12,7 @@ import pytest
 from helpers import FIXTURES, model_from_text, requires_corpus, run_ort
 from surgeon import backends
 from surgeon.debug.bisect import artifacts, bisect_model, extract
-from surgeon.debug.bisect.oracle import CommandOracle, NumericOracle, Verdict
+from surgeon.debug.bisect.oracle import CommandOracle, NumericOracle, Observation
 from surgeon.debug.bisect.reduce import reference_values
 from surgeon.debug.bisect.strategy import Candidate
 
@@ -150,7 +150,7 @@ def test_check_command_gets_reference_inputs(tmp_path):
 
 def test_state_is_ignored_for_another_fingerprint(tmp_path):
     key = ("subgraph", frozenset({1, 2}))
-    artifacts.save_state(tmp_path, "abc", {key: Verdict(True, "x")})
+    artifacts.save_state(tmp_path, "abc", {key: Observation(True, "x")})
     assert artifacts.load_state(tmp_path, "abc")[key].failed
     assert artifacts.load_state(tmp_path, "other") == {}
 

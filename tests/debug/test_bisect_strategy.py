@@ -132,3 +132,90 @@ def test_random_dags_find_every_independent_culprit(seed):
         assert search.reduced == frozenset(culprits)
         # roughly a bisection per culprit, never a linear scan
         assert calls <= 3 + len(culprits) * (math.ceil(math.log2(dag.n)) + 3)
+
+
+# --- marking noise: suffix cuts -------------------------------------------------------------
+
+def drive_noisy(dag: Dag, culprits, needs=None, *, noisy=True, marks_see=True, **kw):
+    """The fake oracle of a backend whose marked tensors cannot be trusted: ``noisy`` is its
+    answer to the noise question; with ``marks_see=False`` no marked tensor ever diverges
+    (the imgly case: marking changes what is computed, and the marked run matches)."""
+    needs = needs or {}
+    bad = dag.descendants(list(culprits))
+    search = Search(dag, measure_noise=True, **kw)
+    calls, asked = 0, []
+    while (cand := search.next_candidate()) is not None:
+        key = (cand.kind, cand.nodes)
+        assert key not in asked, f"asked twice: {cand.purpose}"
+        asked.append(key)
+        calls += 1
+        if cand.kind == "noise":
+            search.record(noisy)
+        elif cand.kind == "mark":
+            sinks_only = cand.nodes == dag.sinks
+            search.record(cand.nodes & bad if (marks_see or sinks_only) else frozenset())
+        else:
+            search.record(any(c in cand.nodes and set(needs.get(c, ())) <= cand.nodes for c in culprits))
+    return search, calls, asked
+
+
+@pytest.mark.parametrize("n, k", [(200, 0), (200, 77), (1000, 999), (64, 31)])
+def test_noisy_marking_bisects_suffixes_in_logarithmic_calls(n, k):
+    search, calls, asked = drive_noisy(chain(n), [k])
+    assert search.noisy is True and search.localized_by == "suffix" and search.fallback == "marking tensors moves the outputs"
+    assert [(c.node, c.introduced, c.found_by) for c in search.culprits] == [(k, True, "suffix")]
+    assert search.reduced == frozenset({k}) and search.reduced_verified
+    assert not any(kind == "mark" for kind, nodes in asked[1:])  # nothing marked after the confirmation
+    # confirm, noise, ⌈log2 N⌉ suffixes, "alone", "is anything else failing"
+    assert calls <= 2 + math.ceil(math.log2(n)) + 2
+
+
+def test_quiet_marking_keeps_the_marked_search():
+    search, calls, asked = drive_noisy(chain(100), [40], noisy=False)
+    assert search.noisy is False and search.localized_by == "mark" and not search.fallback
+    assert [c.node for c in search.culprits] == [40]
+
+
+@pytest.mark.parametrize("mark_all", [False, True])
+def test_marks_that_all_match_fall_back_to_suffixes(mark_all):
+    """Quiet by the measurement, yet no marked tensor diverges: never 'unlocalized'."""
+    search, _, _ = drive_noisy(chain(50), [20], noisy=False, marks_see=False, mark_all=mark_all)
+    assert search.localized_by == "suffix" and "no marked tensor diverges" in search.fallback
+    assert [(c.node, c.introduced) for c in search.culprits] == [(20, True)]
+
+
+def test_a_node_that_fails_only_with_what_follows_it_grows_downstream():
+    # node 30 diverges only when its two consumers run too (a backend choosing its precision by them)
+    search, _, _ = drive_noisy(chain(60), [30], needs={30: {31, 32}})
+    (c,) = search.culprits
+    assert (c.node, c.introduced, c.downstream) == (30, False, 2)
+    assert c.subgraph == frozenset({30, 31, 32}) and search.reduced == c.subgraph and search.reduced_verified
+
+
+def test_suffix_cuts_find_a_culprit_behind_another():
+    # a downstream culprit introduces its own error: with the first one fed, it is still found
+    search, _, _ = drive_noisy(chain(40), [10, 30])
+    assert sorted(c.node for c in search.culprits) == [10, 30]
+
+
+def test_suffix_cuts_stop_after_a_bounded_number_of_culprits():
+    from surgeon.debug.bisect.strategy import MAX_SUFFIX_SUSPECTS
+
+    culprits = list(range(0, 60, 5))  # twelve culprits
+    search, calls, _ = drive_noisy(chain(60), culprits)
+    assert len(search.culprits) == MAX_SUFFIX_SUSPECTS and "stopped after" in search.fallback
+    assert calls < 2 + MAX_SUFFIX_SUSPECTS * (math.ceil(math.log2(60)) + 3)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_random_dags_in_suffix_mode_find_every_independent_culprit(seed):
+    rng = random.Random(1000 + seed)
+    dag = _random_dag(rng, rng.randint(5, 120))
+    culprits: list[int] = []
+    for c in rng.sample(range(dag.n), k=min(dag.n, 3)):
+        if not any(c in dag.descendants([o]) or o in dag.descendants([c]) for o in culprits):
+            culprits.append(c)
+    search, calls, _ = drive_noisy(dag, culprits)
+    assert sorted(c.node for c in search.culprits) == sorted(culprits)
+    assert search.reduced == frozenset(culprits)
+    assert calls <= 3 + len(culprits) * (math.ceil(math.log2(dag.n)) + 3)

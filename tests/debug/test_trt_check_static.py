@@ -10,6 +10,7 @@ import pytest
 
 from helpers import FIXTURES, ROOT, model_from_text, run_cli
 from surgeon.backends import trt as trt_backend
+from surgeon.cli_args import parse_profile_args
 from surgeon.debug import trt_check
 from surgeon.debug.trt_check import matrix, profiles
 from surgeon.errors import InputDataError
@@ -84,7 +85,10 @@ def test_opset_outside_the_matrix_is_reported_with_an_upgrade_remedy():
     model = model_from_text('<ir_version: 3, opset_import: ["" : 7]> g (float[2] x) => (float[2] y) { y = Relu(x) }')
     report = trt_check.check(model, engine="matrix")
     assert report.failures[0].label == "(model)" and "opset 7" in report.failures[0].message
-    assert report.failures[0].remedy.exists is False and "upgrade-opset" in report.failures[0].remedy.text
+    remedy = report.failures[0].remedy
+    low = int(report.failures[0].message.split("covers opsets ")[1].split()[0])
+    assert remedy.exists and "upgrade-opset" in remedy.text and remedy.command.endswith(f"--target-opset {low}")
+    assert remedy.verified and "passes the static checks with the static matrix" in remedy.check  # run in memory
 
 
 # --- profiles -------------------------------------------------------------------------
@@ -131,7 +135,7 @@ def test_unverified_sizes_are_said_out_loud():
 
 def test_given_profile_and_pins_are_used_as_given():
     model = onnx.load(TC / "dynamic_ok.onnx")
-    given = profiles.parse_profile_args(["x:1x3x32x32/2x3x64x64/4x3x128x128"])
+    given = parse_profile_args(["x:1x3x32x32/2x3x64x64/4x3x128x128"])
     prof = profiles.build_profile(model, profile=given, runs=None)
     assert prof.inputs["x"] == ((1, 3, 32, 32), (2, 3, 64, 64), (4, 3, 128, 128)) and prof.source == "--profile"
     pinned = profiles.build_profile(model, input_shapes={"x": (1, 3, 48, 64)}, runs=None)
@@ -141,7 +145,7 @@ def test_given_profile_and_pins_are_used_as_given():
 @pytest.mark.parametrize("arg", ["x:1x3x32x32/2x3x64x64", "x:1x3/1x3x4x4/1x3x4x4", "x:4x3x8x8/2x3x8x8/8x3x8x8", "x1x3"])
 def test_bad_profiles_are_input_errors(arg):
     with pytest.raises(InputDataError):
-        profiles.parse_profile_args([arg])
+        parse_profile_args([arg])
 
 
 # --- CLI ------------------------------------------------------------------------------
@@ -264,7 +268,10 @@ def test_remedies_name_passes_rule_packs_and_what_does_not_exist_yet():
     build = remedy_for(f(node="", working_name="", phase="build", message=GRAPHSCOPE), engine="trt-rtx", model_path="m.onnx")
     assert build.kind == "bisect" and build.command == "surgeon bisect m.onnx --check trt-build -o trt-build-repro"
     opset = remedy_for(f(node="", working_name="", phase="static", message="the model uses opset 7"), engine="matrix")
-    assert opset.exists is False and "upgrade-opset" in opset.text
+    assert opset.command.endswith("--target-opset N") and opset.fix is None and "upgrade-opset" in opset.text
+    opset = remedy_for(f(node="", working_name="", phase="static", message="the model uses opset 7; the TensorRT 10.15 "
+                         "matrix covers opsets 9 to 22"), engine="matrix", model_path="m.onnx")
+    assert opset.fix == {"passes": None, "target_opset": 9} and opset.command == "surgeon fix m.onnx -o FIXED.onnx --target-opset 9"
 
 
 def test_bisect_oracle_counts_only_the_same_failure():

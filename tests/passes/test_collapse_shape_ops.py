@@ -212,3 +212,70 @@ def test_slices_cutting_the_same_axis_or_with_computed_bounds_stay():
     assert out is None and not log.counts
     assert any("both cut axis 1" in n for n in log.notes)
     assert any("bounds are not constants" in n for n in log.notes)
+
+
+# --- Transposes that move only size-1 axes ----------------------------------------------------
+
+LSTM_OUT = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[S,1,B,4] x) => (float[?,?,?] y) <int64[3] flat = {0, 0, -1}> {
+      t = Transpose<perm = [0, 2, 1, 3]>(x)
+      y = Reshape(t, flat)
+    }"""
+
+
+def test_lstm_output_transpose_merges_into_the_reshape():
+    """[seq, 1, batch, hidden] -> perm [0,2,1,3] -> Reshape [0, 0, -1]: one Reshape of x, target [0, -1, 4]."""
+    m = model_from_text(LSTM_OUT)
+    out, log = run_pass("collapse-shape-ops", m)
+    assert op_types(out) == ["Reshape"] and out.graph.node[0].input[0] == "x"
+    target = next(numpy_helper.to_array(t) for t in out.graph.initializer if t.name == out.graph.node[0].input[1])
+    assert target.tolist() == [0, -1, 4]
+    assert log.counts == {"reshape-merge": 1}
+    assert_equivalent(m, out, [{"x": (5, 1, 2, 4)}, {"x": (3, 1, 7, 4)}], **EXACT)
+
+
+def test_lone_unit_axis_transpose_becomes_a_reshape():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[S,1,B,4] x) => (float[?,?,?,?] y) {
+      t = Transpose<perm = [0, 2, 1, 3]>(x)
+      y = Relu(t)
+    }""")
+    out, log = run_pass("collapse-shape-ops", m)
+    assert op_types(out) == ["Reshape", "Relu"] and log.counts == {"transpose-to-reshape": 1}
+    assert_equivalent(m, out, [{"x": (5, 1, 2, 4)}, {"x": (3, 1, 7, 4)}], **EXACT)
+
+
+def test_transpose_moving_a_real_axis_stays():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[S,2,B,4] x) => (float[?,?,?] y) <int64[3] flat = {0, 0, -1}> {
+      t = Transpose<perm = [0, 2, 1, 3]>(x)
+      y = Reshape(t, flat)
+    }""")
+    out, log = run_pass("collapse-shape-ops", m)
+    assert out is None and not log.counts
+
+
+def test_two_dynamic_moved_dims_cannot_be_written_and_stay():
+    m = model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,S,B] x) => (float[?,?,?] y) {
+      t = Transpose<perm = [1, 2, 0]>(x)
+      y = Relu(t)
+    }""")
+    out, log = run_pass("collapse-shape-ops", m)
+    assert out is None and any("two moved dims are dynamic" in n for n in log.notes)
+
+
+@pytest.mark.parametrize("x,mid,target,expected", [
+    ([("dim", 0), 1, ("dim", 2), 4], [("dim", 0), ("dim", 2), 1, 4], [0, 0, -1], [0, -1, 4]),
+    ([("dim", 0), 1, ("dim", 2), 4], [("dim", 0), ("dim", 2), 1, 4], [-1, 4], [-1, 4]),
+    ([2, 1, 3], [2, 3, 1], [0, 0], [2, 3]),
+    ([("dim", 0), 1, ("dim", 2)], [("dim", 2), 1, ("dim", 0)], [0, 0, 0], None),  # two dynamic dims move
+])
+def test_translate_target(x, mid, target, expected):
+    from passes.collapse_shape_ops import translate_target
+
+    assert translate_target(x, mid, target, 0) == expected

@@ -604,3 +604,36 @@ def test_dims_lost_by_inference_are_derived_from_the_producers():
     shapes = [{k: (1, 5) for k in ("input_ids", "attention_mask", "token_type_ids")},
               {k: (3, 9) for k in ("input_ids", "attention_mask", "token_type_ids")}]
     assert_equivalent(model, out, shapes, atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_batch_after_a_loop_does_not_crash_and_folds_the_target():
+    """Found by bench/fuzz_fix.py: a Loop output of unknown rank, a Conv whose batch only value_info
+    names, a broadcast Mul: the derived dims held a None entry and the pass crashed with
+    AttributeError ('NoneType' object has no attribute 'is_const'). Now that entry is "dim 0 of
+    this tensor", and Gather(Shape(a), 0) is exactly that: the target becomes [0, 2, 16]."""
+    w = ", ".join(["0.1"] * 72)
+    m = model_from_text(f"""
+    <ir_version: 8, opset_import: ["" : 15]>
+    g (float[N,4,4,4] x) => (float[N,2,16] y)
+      <int64 one = {{1}}, bool yes = {{1}}, float[2,4,3,3] w = {{{w}}}, float[M,2,4,4] r> {{
+      v = Loop (one, yes, x) <body = b (int64 i, bool c, float[] v_in) => (bool c_out, float[] v_out) {{
+          c_out = Identity (c)
+          v_out = Relu (v_in)
+      }}>
+      r = Conv <kernel_shape: ints = [3, 3], pads: ints = [1, 1, 1, 1]> (v, w)
+      k = Constant <value = float[2,1,1] {{2.0, 3.0}}> ()
+      a = Mul (r, k)
+      s = Shape (a)
+      i = Constant <value = int64[1] {{0}}> ()
+      n = Gather <axis: int = 0> (s, i)
+      rest = Constant <value = int64[2] {{2, 16}}> ()
+      t = Concat <axis: int = 0> (n, rest)
+      y = Reshape (a, t)
+    }}""")
+    out, log = helpers.run_pass(FoldShapeChains, m)
+    assert log.counts.get("reshape-target") == 1
+    reshape = next(n for n in out.graph.node if n.op_type == "Reshape")
+    target = next(i for i in out.graph.initializer if i.name == reshape.input[1])
+    assert numpy_helper.to_array(target).tolist() == [0, 2, 16]
+    assert "Shape" not in op_types(out)
+    assert_equivalent(m, out, [{"x": (1, 4, 4, 4)}, {"x": (3, 4, 4, 4)}], atol=1e-6, rtol=1e-6)

@@ -9,9 +9,9 @@ from onnx import numpy_helper
 
 import helpers
 import surgeon
-from helpers import CORPUS, assert_equivalent, model_from_text, op_types, requires_corpus
+from helpers import CORPUS, FIXTURES, assert_equivalent, model_from_text, op_types, requires_corpus
 from passes.fuse_matmul_add import FuseMatmulAdd
-from surgeon.graph import PROVENANCE_PASS, PROVENANCE_FROM
+from surgeon.graph import PROVENANCE_FROM, PROVENANCE_PASS, count_nodes
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 SHAPES = [{"x": (1, 3)}, {"x": (5, 3)}]
@@ -139,3 +139,12 @@ def test_ppocr_classifier_head_fused_in_pipeline():
     entry = next(p for p in report.passes if p.name == "fuse-matmul-add")
     assert entry.status != "rolled-back" and entry.counts.get("matmul-add-to-gemm") == 1
     assert "MatMul" not in surgeon.graph.op_histogram(out)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (FIXTURES / "exports").glob("*.onnx")))
+def test_never_adds_nodes(name):
+    """Two nodes become one or nothing changes: on every exported kind (the NHWC classifier included)."""
+    model = onnx.load(FIXTURES / "exports" / name)
+    out, log = helpers.run_pass("fuse-matmul-add", model)
+    after = count_nodes(out) if out is not None else count_nodes(model)
+    assert after == count_nodes(model) - log.counts.get("matmul-add-to-gemm", 0)

@@ -188,6 +188,38 @@ def test_body_nodes_merge_inside_and_with_the_outer_scope():
             np.testing.assert_allclose(rb[k], ra[k], **TOL)
 
 
+def test_a_body_keeps_its_constant_nodes_and_the_checker_accepts_the_result():
+    """Found by bench/fuzz_fix.py: a body's Slice axes Constant merged into the outer graph's equal
+    one; onnx's shape inference then misread the Slice and the checker rejected the Resize after it
+    (the pass was rolled back). The body's other duplicate, Shape(x), still reads the outer one."""
+    m = model_from_text(f"""{HEAD}
+    g (float[N,2,5,8] x, bool c) => (float[a,b,d,e] y, int64[4] s) {{
+      s = Shape (x)
+      ax = Constant <value = int64[1] {{0}}> ()
+      n = Slice (s, ax, ax, ax)
+      y = If (c) <then_branch = t () => (float[a,b,d,e] r) {{
+          s2 = Shape (x)
+          st = Constant <value = int64[1] {{0}}> ()
+          en = Constant <value = int64[1] {{2}}> ()
+          ax2 = Constant <value = int64[1] {{0}}> ()
+          sl = Slice (s2, st, en, ax2)
+          hw = Constant <value = int64[2] {{5, 7}}> ()
+          sz = Concat <axis: int = 0> (sl, hw)
+          r = Resize <mode: string = "nearest"> (x, , , sz)
+      }}, else_branch = e () => (float[a,b,d,e] q) {{ q = Identity (x) }}>
+    }}""")
+    out, log = merged(m)  # full_check passes
+    assert log.counts["same-node-in-outer-scope"] == 1  # Shape(x)
+    assert log.counts["same-node"] == 1  # st and ax2 inside the body
+    body = next(a.g for a in out.graph.node[-1].attribute if a.name == "then_branch")
+    assert [n.op_type for n in body.node] == ["Constant", "Constant", "Slice", "Constant", "Concat", "Resize"]
+    for c in (True, False):
+        feeds = {"x": np.ones((3, 2, 5, 8), np.float32), "c": np.array(c)}
+        ra, rb = run_ort(m, feeds), run_ort(out, feeds)
+        for k in ra:
+            np.testing.assert_array_equal(rb[k], ra[k])
+
+
 def test_body_node_after_the_loop_in_the_outer_graph_is_not_reused():
     # The outer Sigmoid comes after the Loop (it reads the Loop's result): a body may
     # only read what is computed before its node.

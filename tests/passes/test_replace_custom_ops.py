@@ -304,3 +304,31 @@ def test_corpus_silero_nothing_to_replace_and_untouched():
     out, log = _run(m)
     assert out is None and not log.counts
     assert not [n for n in log.notes if n.startswith("untouched custom op")]
+
+
+def test_layernorm_with_an_overridable_epsilon_is_not_fused():
+    """Fuzz finding replace-custom-ops/001 (branch kernel-fuzz): the epsilon of a decomposed LayerNorm is
+    an initializer listed as a graph input (IR 8). Fusing baked the default into the attribute and the
+    user's value was ignored (outputs off by 1.04). The one constant reader refuses it; the note says why."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]), helper.make_node("Sub", ["x", "mean"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["sq"]), helper.make_node("ReduceMean", ["sq"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["std"]),
+             helper.make_node("Div", ["d", "std"], ["n"]), helper.make_node("Mul", ["n", "gamma"], ["g"]),
+             helper.make_node("Add", ["g", "beta"], ["y"], name="ln_out")]
+    inits = [numpy_helper.from_array(np.float32(2.0), "two"), numpy_helper.from_array(np.float32(1e-5), "eps"),
+             numpy_helper.from_array(np.ones(6, np.float32), "gamma"), numpy_helper.from_array(np.zeros(6, np.float32), "beta")]
+    g = helper.make_graph(nodes, "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 6]),
+                                        helper.make_tensor_value_info("eps", TensorProto.FLOAT, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5, 6])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    out, report = surgeon.fix(model, verify=False)
+    assert "LayerNormalization" not in [n.op_type for n in out.graph.node]
+    assert [i.name for i in out.graph.input] == ["x", "eps"]
+    assert any("epsilon is not a scalar constant" in n for p in report.passes for n in p.notes)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 5, 6)).astype(np.float32)
+    for eps in (1e-5, 0.5):
+        feeds = {"x": x, "eps": np.array(eps, np.float32)}
+        np.testing.assert_allclose(run_ort(out, feeds)["y"], run_ort(model, feeds)["y"], atol=1e-6, rtol=1e-6)

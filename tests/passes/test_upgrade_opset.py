@@ -245,3 +245,18 @@ def test_converter_failure_without_an_op_in_the_message_is_isolated(monkeypatch)
     assert out is None
     assert notes == ["onnx's version converter cannot take Squeeze (node 'sq') from opset 11 to 13: "
                      "Assertion failed: something deep inside; the model keeps opset 11"]
+
+
+def test_declared_dynamic_dims_stay_dynamic():
+    """Found by bench/fuzz_fix.py (--passes upgrade-opset, target 21: 35 of 600 rolled back): the
+    converter wrote inferred static dims over the outputs' declared dynamic ones."""
+    m = model_from_text("""
+    <ir_version: 7, opset_import: ["" : 12]>
+    g (float[2,4] x) => (float[a,b] y) {
+      y = Relu (x)
+    }""")
+    out, notes = upgrade(m, 17)
+    assert out is not None and _opsets(out)[""] == 17, notes
+    assert [d.dim_param for d in out.graph.output[0].type.tensor_type.shape.dim] == ["a", "b"]
+    fixed, report = surgeon.fix(m, ["upgrade-opset"], options={"target_opset": 17}, verify=False)
+    assert report.passes[0].status == "applied", report.passes[0].reason

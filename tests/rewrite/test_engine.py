@@ -113,11 +113,20 @@ def test_wrong_number_of_outputs_is_a_failure_not_a_crash():
     assert out is None and any("returned 0 tensor(s) for 1 output(s)" in n for n in log.notes)
 
 
-def test_rewrite_returning_an_existing_tensor_gets_identity():
+def test_rewrite_returning_an_existing_tensor_bypasses_the_match():
     m = model_from_text(CHAIN)
+    out, log = _run(m, [rule("drop-relu", [Op("Relu")], lambda m, b: [m.inputs[0]])])
+    assert [n.op_type for n in out.graph.node] == ["Sigmoid", "Neg"]
+    assert out.graph.node[0].input[0] == "x" and log.counts == {"drop-relu": 1}
+
+
+def test_bypass_that_would_rename_a_graph_input_gets_identity():
+    """A graph output cannot become a copy of a graph input by renaming: an Identity keeps both names."""
+    m = model_from_text('''<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x) => (float[N,4] a) { a = Relu(x) }''')
     out, _ = _run(m, [rule("drop-relu", [Op("Relu")], lambda m, b: [m.inputs[0]])])
-    assert [n.op_type for n in out.graph.node] == ["Identity", "Sigmoid", "Neg"]
-    assert out.graph.node[0].output[0] == "a"
+    assert [n.op_type for n in out.graph.node] == ["Identity"]
+    assert list(out.graph.node[0].input) == ["x"] and list(out.graph.node[0].output) == ["a"]
 
 
 IF_MODEL = '''<ir_version: 8, opset_import: ["" : 17, "my.dom" : 1]>

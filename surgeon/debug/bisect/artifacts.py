@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from surgeon import model as model_io
-from surgeon.debug.bisect.oracle import Verdict
+from surgeon.debug.bisect.oracle import Observation
 from surgeon.errors import UsageError
 from surgeon.report import write_json
 
@@ -66,7 +66,7 @@ def _key(kind: str, nodes: frozenset[int]) -> str:
     return f"{kind}:" + ",".join(map(str, sorted(nodes)))
 
 
-def load_state(outdir: Path, fp: str) -> dict[tuple[str, frozenset[int]], Verdict]:
+def load_state(outdir: Path, fp: str) -> dict[tuple[str, frozenset[int]], Observation]:
     """Verdicts of an earlier run with the same fingerprint (empty otherwise)."""
     path = outdir / STATE
     if not path.is_file():
@@ -81,11 +81,11 @@ def load_state(outdir: Path, fp: str) -> dict[tuple[str, frozenset[int]], Verdic
     out = {}
     for key, v in data.get("verdicts", {}).items():
         kind, _, nodes = key.partition(":")
-        out[(kind, frozenset(int(x) for x in nodes.split(",") if x))] = Verdict.from_dict(v)
+        out[(kind, frozenset(int(x) for x in nodes.split(",") if x))] = Observation.from_dict(v)
     return out
 
 
-def save_state(outdir: Path, fp: str, verdicts: Mapping[tuple[str, frozenset[int]], Verdict]) -> None:
+def save_state(outdir: Path, fp: str, verdicts: Mapping[tuple[str, frozenset[int]], Observation]) -> None:
     write_json(str(outdir / STATE), {"fingerprint": fp, "verdicts": {_key(k, n): v.to_dict() for (k, n), v in verdicts.items()}})
 
 

@@ -24,8 +24,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from surgeon import graph_ops as K
 from surgeon import model as model_io
 from surgeon.debug.bisect.strategy import Dag
+from surgeon.graph_ops import infer_shapes
 
 
 def _body_outer_refs(graph: onnx.GraphProto) -> set[str]:
@@ -157,7 +159,7 @@ class GraphView:
 
 
 def _is_constant(node: onnx.NodeProto) -> bool:
-    return node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+    return node.op_type == "Constant" and K.is_default_domain(node)
 
 
 def value_info(name: str, types: Mapping[str, onnx.TypeProto]) -> onnx.ValueInfoProto:
@@ -262,7 +264,7 @@ def types_from_values(samples: Sequence[Mapping[str, Any]], fallback: Mapping[st
 def inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """Types shape inference knows (used for non-tensor values and when no run is possible)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False) if not model_io.needs_external_data(model) else model
+        inferred = infer_shapes(model) if not model_io.needs_external_data(model) else model
     except Exception:  # inference is best effort here; real values cover tensors
         inferred = model
     g = inferred.graph

@@ -15,18 +15,29 @@ The machine proposes a :class:`Candidate`; the driver judges it and calls
 - ``kind="subgraph"``: only ``nodes`` run (with the reference values as their inputs
   when the oracle has them); the verdict is ``True`` when it fails.
 
+- ``kind="noise"``: does marking tensors change the test side's (or the reference's)
+  outputs beyond a small share of the tolerance? ``True``: marked tensors are not to be
+  trusted (:mod:`surgeon.debug.bisect.noise`).
+
 Phases:
 1. *confirm*: mark the nodes that produce the graph outputs; nothing diverges → the
-   model does not fail, stop.
+   model does not fail, stop. With ``measure_noise``, then ask whether marking is noisy.
 2. *localize*: find the first node whose outputs diverge while everything before it in
    topological order does not ("cut" bisection, ⌈log₂N⌉ calls); exclude it and its
    descendants and look again for culprits in independent branches. A backend that
    does not fuse instead gets one "mark everything" call and the introduction points
    are read off directly. Without marking (a shell ``--check`` oracle), prefixes of the
-   model are bisected instead.
+   model are bisected instead. When marking is noisy, or when no marked tensor diverges
+   although the outputs do, *suffixes* are bisected: the nodes from position p on, fed
+   the reference values of everything before (a cut that marks nothing, so what is
+   compared are outputs computed as the model computes them); the last p whose suffix
+   still fails is the suspect.
 3. *isolate*: run each suspect alone on reference inputs: failing alone means the node
    introduces the error; otherwise grow it through its ancestors (bisection over its
-   upstream cone, never over unrelated branches) until the subgraph fails.
+   upstream cone, never over unrelated branches) until the subgraph fails. A suspect a
+   suffix found (its suffix fails, the next one passes) grows through its descendants
+   inside that suffix instead: what makes it fail is what comes after it (a backend that
+   computes a node differently depending on its consumers).
 4. *verify*: the union of the culprits' subgraphs is the reduced model; judged once
    more when it is not one of the subgraphs already judged.
 
@@ -42,6 +53,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
+
+
+# Suffix cuts find every culprit one after the other; error spread over many nodes would
+# make that a linear scan, so it stops here and says so.
+MAX_SUFFIX_SUSPECTS = 8
 
 
 @dataclass(frozen=True)
@@ -137,7 +153,8 @@ class CulpritResult:
     reduced: bool = True  # False when no failing subgraph smaller than the model was found
     upstream: int = 0  # upstream nodes it needs to fail (all its ancestors when not reduced)
     accumulates: bool = False  # needs more than ``max_context`` of them: not a culprit
-    found_by: str = "search"  # or "growth": a jump on an error-growth path that fails alone
+    found_by: str = "search"  # or "growth": a jump on an error-growth path that fails alone; "suffix": a suffix cut
+    downstream: int = 0  # downstream nodes it needs to fail (suffix cuts)
 
 
 @dataclass
@@ -147,14 +164,22 @@ class Search:
     ``can_mark``: the oracle can compare intermediate tensors (numeric oracles);
     ``mark_all``: the backend does not fuse, so marking every tensor at once is safe;
     ``max_context``: the most upstream nodes a culprit may need (None: any number);
-    a suspect that needs more is marked ``accumulates``.
+    a suspect that needs more is marked ``accumulates``. ``measure_noise``: after the
+    confirmation, ask (``kind="noise"``) whether marked tensors can be trusted.
+    ``localized_by`` says how suspects were found in the end (``mark``, ``mark-all``,
+    ``prefix``, ``suffix``), ``fallback`` why suffixes were used when marking was possible.
     """
 
     dag: Dag
     can_mark: bool = True
     mark_all: bool = False
     max_context: int | None = None
+    measure_noise: bool = False
     failed: bool | None = None  # None until confirmed
+    noisy: bool | None = None  # None: not measured
+    localized_by: str = ""
+    fallback: str = ""
+    suffix_of: dict[int, frozenset[int]] = field(default_factory=dict)  # suffix suspect -> the failing cut that named it
     culprits: list[CulpritResult] = field(default_factory=list)
     reduced: frozenset[int] = frozenset()
     reduced_verified: bool = False
@@ -217,13 +242,29 @@ class Search:
             self.failed = yield from self._ask("subgraph", everything, "confirm: the whole model")
         if not self.failed:
             return
-        if self.can_mark and self.mark_all:
-            suspects = yield from self._localize_all()
-        elif self.can_mark:
-            suspects = yield from self._localize_marking()
-        else:
-            suspects = yield from self._localize_prefixes()
+        mode = ("mark-all" if self.mark_all else "mark") if self.can_mark else "prefix"
+        if self.can_mark and self.measure_noise:
+            self.noisy = bool((yield from self._ask("noise", everything, "measure marking noise: the outputs with and "
+                                                                        "without marked tensors")))
+            if self.noisy:
+                mode, self.fallback = "suffix", "marking tensors moves the outputs"
+        suspects = yield from self._localize(mode)
+        if mode in ("mark", "mark-all") and not self._marks_diverged():
+            # Only the outputs themselves ever diverged: a search over marks that all match
+            # ends on an output node by elimination, which proves nothing unless that node
+            # fails on its own.
+            alone = []
+            for s in suspects:
+                alone.append((yield from self._ask("subgraph", {s}, f"node {s} alone on reference inputs")))
+            if not suspects or not all(alone):
+                mode, self.fallback = "suffix", "no marked tensor diverges although the outputs do"
+                suspects = yield from self._localize(mode)
+        self.localized_by = mode
         for s in suspects:
+            if mode == "suffix":
+                result = yield from self._isolate_downstream(s, suspects)
+                self.culprits.append(result)
+                continue
             result = yield from self._isolate(s)
             if not result.introduced:
                 result.upstream = len(result.subgraph) - 1 if result.reduced else len(dag.ancestors(s))
@@ -242,6 +283,19 @@ class Search:
             self.reduced_verified = True
             for c in self.culprits:
                 c.reduced = False
+
+    def _marks_diverged(self) -> bool:
+        """Whether some marked run other than the confirmation saw a tensor diverge."""
+        return any(v for (kind, nodes), v in self.judged.items() if kind == "mark" and nodes != self.dag.sinks)
+
+    def _localize(self, mode: str) -> Iterator[Candidate]:
+        if mode == "mark-all":
+            return (yield from self._localize_all())
+        if mode == "mark":
+            return (yield from self._localize_marking())
+        if mode == "suffix":
+            return (yield from self._localize_suffixes())
+        return (yield from self._localize_prefixes())
 
     def _frontier(self, m: int, excluded: set[int]) -> frozenset[int]:
         """Nodes ≤ m (not excluded) whose outputs are read after m, by an excluded node, or by the user."""
@@ -315,6 +369,69 @@ class Search:
             return (yield from self._ask("subgraph", prefix, f"prefix up to node {p}"))
 
         return (yield from self._find_suspects(still_fails, fails_up_to))
+
+    def _localize_suffixes(self) -> Iterator[Candidate]:
+        """Bisect suffixes (nodes from a position on, everything before fed reference values).
+
+        ``fails(rest[i:])`` is True at i = 0 (the confirmed failure, or the check that
+        something outside the known suspects still fails) and False for the empty
+        suffix; the last i whose suffix fails names ``rest[i]``: fed reference values up
+        to it the model fails, fed its reference outputs too it passes. Known suspects
+        stay fed (left out of every later suffix), so the next round looks for a culprit
+        the first one hid.
+        """
+        suspects: list[int] = []
+        while True:
+            rest = [p for p in range(self.dag.n) if p not in suspects]
+            if not rest:
+                break
+            if suspects and not (yield from self._ask("subgraph", frozenset(rest),
+                                                      "look for failures outside known culprits (they are fed)")):
+                break
+            if len(suspects) >= MAX_SUFFIX_SUSPECTS:
+                self.fallback += f"; stopped after {MAX_SUFFIX_SUSPECTS} culprits although more of the model fails"
+                break
+            lo, hi = 0, len(rest)  # the suffix from rest[lo] fails; from rest[hi] (empty) it passes
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if (yield from self._ask("subgraph", frozenset(rest[mid:]), f"suffix from node {rest[mid]}")):
+                    lo = mid
+                else:
+                    hi = mid
+            suspects.append(rest[lo])
+            self.suffix_of[rest[lo]] = frozenset(rest[lo:])
+        return suspects
+
+    def _isolate_downstream(self, s: int, suspects: Sequence[int]) -> Iterator[Candidate]:
+        """A suffix suspect: alone, or with the fewest nearest descendants inside its suffix."""
+        alone = yield from self._ask("subgraph", {s}, f"node {s} alone on reference inputs")
+        if alone:
+            return CulpritResult(s, True, frozenset({s}), found_by="suffix")
+        suffix = sorted(p for p in range(s, self.dag.n) if p not in suspects or p == s)
+        down = [d for d in sorted(self.dag.descendants([s])) if d != s and d in suffix]
+        # with[k] = {s} ∪ down[:k]; the whole suffix failed. Gallop, then bisect, for the smallest failing k.
+        lo, hi = len(down) + 1, len(down) + 1  # the smallest failing k is in [lo, hi]; len+1: "the whole suffix"
+        size, prev = 1, 0
+        while size <= len(down):
+            if (yield from self._ask("subgraph", {s, *down[:size]}, f"node {s} with {size} descendants")):
+                lo, hi = prev + 1, size
+                break
+            prev, size = size, 2 * size + 1
+        else:
+            if down and (yield from self._ask("subgraph", {s, *down}, f"node {s} with all {len(down)} descendants")):
+                lo, hi = prev + 1, len(down)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if (yield from self._ask("subgraph", {s, *down[:mid]}, f"node {s} with {mid} descendants")):
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo <= len(down):
+            return CulpritResult(s, False, frozenset({s, *down[:lo]}), found_by="suffix", downstream=lo)
+        # only the whole suffix (with nodes that do not descend from s) fails
+        whole = frozenset(suffix)
+        return CulpritResult(s, False, whole, reduced=len(whole) < self.dag.n, found_by="suffix",
+                             downstream=len(whole) - 1)
 
     def _isolate(self, s: int) -> Iterator[Candidate]:
         """Does ``s`` fail alone? If not, the fewest nearest ancestors that make it fail."""

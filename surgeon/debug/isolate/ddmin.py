@@ -19,18 +19,13 @@ Two layers, testable apart:
 
 from __future__ import annotations
 
-import enum
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Mapping, Sequence
 
+from surgeon.debug.verdict import SearchStatus, Verdict  # noqa: F401  (Verdict re-exported)
+
 log = logging.getLogger(__name__)
-
-
-class Verdict(str, enum.Enum):
-    FAIL = "fail"  # the configuration shows the problem
-    PASS = "pass"  # it does not
-    UNRESOLVED = "unresolved"  # it could not be judged (counts as "does not fail", Zeller's convention)
 
 
 Subset = tuple[int, ...]  # indices into the choice list, ascending
@@ -77,11 +72,11 @@ def ddmin(pool: Sequence[int]) -> Generator[Subset, Verdict, Subset]:
 
 
 # Outcomes of a whole isolation run.
-CULPRITS = "culprits"  # minimal failing set(s) found and confirmed
-NO_DIVERGENCE = "no-divergence"  # everything applied: the oracle passes
-BASELINE_FAILS = "baseline-fails"  # nothing applied: the oracle already fails
-FLAKY = "flaky-oracle"  # the same subset got different verdicts
-INCOMPLETE = "incomplete"  # culprit sets found, but removing them all still fails (max_sets reached)
+CULPRITS = SearchStatus.CULPRITS
+NO_DIVERGENCE = SearchStatus.NO_DIVERGENCE
+BASELINE_FAILS = SearchStatus.BASELINE_FAILS
+FLAKY = SearchStatus.FLAKY
+INCOMPLETE = SearchStatus.INCOMPLETE
 
 
 @dataclass
@@ -108,7 +103,7 @@ class Call:
 
 @dataclass
 class IsolateResult:
-    status: str
+    status: SearchStatus
     size: int  # number of choices
     culprit_sets: list[Subset] = field(default_factory=list)
     confirmations: list[Confirmation] = field(default_factory=list)
@@ -197,7 +192,7 @@ def isolate(
     asker = _Asker(oracle, size, cache, progress, on_call)
     result = IsolateResult(status=CULPRITS, size=size)
 
-    def finish(status: str, message: str) -> IsolateResult:
+    def finish(status: SearchStatus, message: str) -> IsolateResult:
         result.status, result.message = status, message
         result.calls, result.cache_hits = asker.calls, asker.hits
         result.flaky_subsets = asker.flaky()

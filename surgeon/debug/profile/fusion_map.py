@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from surgeon import graph_ops as K
+
 _UNNAMED = re.compile(r"^(?P<op>[A-Za-z0-9_]+)_(?P<index>\d+)$")
 
 
@@ -85,16 +87,6 @@ class KernelOrigins:
             node = self.tensor_producer[kernel[: -len("_nchwc")]]
             return Origin((node,), (self.by_name.get(node, "?"),), "by name")
         return Origin((), (), "unmapped")
-
-
-def _walk(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _walk(attr.g)
-            for sub in attr.graphs:
-                yield from _walk(sub)
 
 
 def _labels(graph: onnx.GraphProto) -> list[str]:
@@ -154,13 +146,13 @@ def map_kernels(original: onnx.ModelProto, optimized: onnx.ModelProto | None) ->
     result.by_name = {}
     for i, n in enumerate(g.node):
         result.by_name[labels[i]] = n.op_type
-    for n in _walk(g):
+    for n in K.walk_proto_nodes(g):
         if n.name and n.name not in result.by_name:
             result.by_name[n.name] = n.op_type
     for i, n in enumerate(g.node):
         for o in n.output:
             result.tensor_producer[o] = labels[i]
-    for n in _walk(g):
+    for n in K.walk_proto_nodes(g):
         if n.name:
             for o in n.output:
                 result.tensor_producer.setdefault(o, n.name)

@@ -137,9 +137,9 @@ def interleave(timers: Sequence[_Timed], warmup: int, iterations: int, progress=
 
 def _check_counts(warmup: int, iterations: int) -> None:
     if iterations < 1:
-        raise UsageError("--iterations must be at least 1")
+        raise UsageError("{0} must be at least 1", "iterations")
     if warmup < 0:
-        raise UsageError("--warmup must not be negative")
+        raise UsageError("{0} must not be negative", "warmup")
 
 
 def run(sources: Sequence[Source], samples: Sequence[Mapping[str, Any]], *, backend: str = "onnxrt",
@@ -183,15 +183,20 @@ def run(sources: Sequence[Source], samples: Sequence[Mapping[str, Any]], *, back
 
 
 def _fill_from_trace(p: ModelProfile, src: Source, trace_file: str, optimized: Path | None, warmup: int,
-                     backend: str) -> None:
+                     backend: str, gpu_kernels: bool = False) -> None:
+    """``gpu_kernels``: a node's time is the GPU time of the kernels it launched (CUPTI's
+    "Kernel" events), except for nodes that ran on the CPU, whose own time is their time."""
     with open(trace_file, encoding="utf-8") as f:
         trace = ort_trace.parse_trace(json.load(f), what=f"ONNX Runtime's trace of '{src.label}'")
     runs = trace.runs[warmup:] if len(trace.runs) > warmup else trace.runs
     opt_model = onnx.load(str(optimized), load_external_data=False) if optimized is not None else None
-    if backend == "onnxrt" and opt_model is None:
+    if backend != "onnxrt-noopt" and opt_model is None:
         p.notes.append("ONNX Runtime did not save its optimized graph; kernels are matched to ONNX nodes by name only")
     origins = fusion_map.map_kernels(src.model, opt_model)
-    observed = [[aggregate.Observed(k.name, k.op_type, k.dur / 1000.0, key=k.node_index, parent=k.parent,
+    def dur_us(k: ort_trace.KernelEvent) -> int:
+        return k.gpu_us if gpu_kernels and k.provider != "CPUExecutionProvider" else k.dur
+
+    observed = [[aggregate.Observed(k.name, k.op_type, dur_us(k) / 1000.0, key=k.node_index, parent=k.parent,
                                     detail={"provider": k.provider})
                  for k in run.kernels] for run in runs]
     run_ms = [r.dur_us / 1000.0 for r in runs]

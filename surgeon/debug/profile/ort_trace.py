@@ -13,7 +13,13 @@ on 1.17+ and 1.32 here):
   event of the control-flow node that ran them (which is logged after them);
 - newer versions add the CPU allocator's statistics to each kernel's args
   (``mem_in_use_peak``, ``mem_arena_held``); older ones do not, and then no memory
-  figure is given.
+  figure is given;
+- builds with CUDA profiling (CUPTI; ``onnxruntime_ENABLE_CUDA_PROFILING``) add one
+  ``{"cat": "Kernel"}`` event per GPU kernel (and copy) a node launched, placed right after
+  that node's event in the list, its ``dur`` the time the GPU spent in it and its ``ts``
+  rewritten to just after the node's (``GPUProfilerBase::MergeEvents``). They are summed per
+  node (``gpu_us``, ``gpu_kernels``); builds without CUPTI have none, and then a CUDA node's
+  own ``dur`` is the time its launch took, not its execution (see profile/cuda.py).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ class KernelEvent:
     ts: int
     dur: int
     parent: str | None = None  # the enclosing control-flow kernel, when this ran inside a body
+    gpu_us: int = 0  # summed "Kernel" events (GPU time) this node launched, in CUPTI builds
+    gpu_kernels: int = 0
 
 
 @dataclass
@@ -82,6 +90,26 @@ def _nest(kernels: list[KernelEvent]) -> None:
         stack.append(k)
 
 
+def has_gpu_kernels(events: Sequence[Any]) -> bool:
+    """Whether the trace carries CUPTI's per-kernel GPU times (a build with CUDA profiling)."""
+    return any(isinstance(e, dict) and e.get("cat") == "Kernel" for e in events)
+
+
+def _gpu_time_per_node(events: Sequence[Any]) -> dict[int, tuple[int, int]]:
+    """id(node event) -> (summed GPU microseconds, kernel count): each "Kernel" event belongs to
+    the last node event before it in the list (fence events skipped)."""
+    out: dict[int, tuple[int, int]] = {}
+    last = None
+    for e in events:
+        cat = e.get("cat")
+        if cat == "Node" and str(e.get("name", "")).endswith(KERNEL_SUFFIX):
+            last = e
+        elif cat == "Kernel" and last is not None:
+            us, n = out.get(id(last), (0, 0))
+            out[id(last)] = (us + int(e.get("dur", 0) or 0), n + 1)
+    return out
+
+
 def parse_trace(events: Sequence[Any], what: str = "the ONNX Runtime profile") -> Trace:
     """Runs (in order) with their kernels; raises InputDataError when this is not ORT's trace."""
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
@@ -93,6 +121,7 @@ def parse_trace(events: Sequence[Any], what: str = "the ONNX Runtime profile") -
     windows.sort()
     runs = [Run(int(dur)) for _, _, dur in windows]
     memory: dict[str, int] = {}
+    gpu = _gpu_time_per_node(events)
     nodes = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith(KERNEL_SUFFIX)]
     nodes.sort(key=lambda e: e.get("ts", 0))
     w = 0
@@ -111,7 +140,8 @@ def parse_trace(events: Sequence[Any], what: str = "the ONNX Runtime profile") -
                 memory[key] = max(memory.get(key, 0), v)
         runs[w].kernels.append(KernelEvent(
             name=str(e["name"])[: -len(KERNEL_SUFFIX)], op_type=str(args.get("op_name", "?")),
-            provider=args.get("provider"), node_index=_int(args.get("node_index")), ts=ts, dur=dur))
+            provider=args.get("provider"), node_index=_int(args.get("node_index")), ts=ts, dur=dur,
+            gpu_us=gpu.get(id(e), (0, 0))[0], gpu_kernels=gpu.get(id(e), (0, 0))[1]))
     for run in runs:
         _nest(run.kernels)
     return Trace(runs, memory or None)

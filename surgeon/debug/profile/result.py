@@ -66,6 +66,7 @@ class ModelProfile:
     notes: list[str] = field(default_factory=list)
     latency_runs_ms: list[float] = field(default_factory=list)
     profiled_runs_ms: list[float] = field(default_factory=list)
+    gpu_timing: dict[str, Any] | None = None  # onnxrt-cuda: how per-node GPU times were measured, vs latency
 
     @property
     def overhead(self) -> float | None:
@@ -94,6 +95,7 @@ class ModelProfile:
             "body_op_types": [g.to_dict() for g in self.body_op_types],
             "removed_at_load": [{"node": n, "op_type": op} for n, op in self.removed],
             "latency_runs_ms": self.latency_runs_ms, "profiled_runs_ms": self.profiled_runs_ms,
+            **({"gpu_timing": self.gpu_timing} if self.gpu_timing is not None else {}),
         }
 
 

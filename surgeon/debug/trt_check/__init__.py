@@ -11,7 +11,8 @@ The check, in order (each part is its own module and tested alone):
    domain, so ``com.example::Relu`` is silently built as ``Relu``.
 4. ``build_step``: when the model parses, ``build_serialized_network`` with a realistic
    optimization profile (``profiles``), once per ``--target-cc`` for TensorRT-RTX.
-5. ``remedies``: a concrete remedy per failure.
+5. ``remedies``: a concrete remedy per failure; one that is a ``surgeon fix`` command is
+   run in memory and the model checked again with the same engine (``remedy_check``).
 
 TensorRT work happens in a worker process (``surgeon.backends.trt.TrtWorker``) reading
 small candidate files from a ``workspace`` where the weights were written once.
@@ -24,8 +25,9 @@ from typing import Callable, Mapping
 
 import onnx
 
+from surgeon import graph_ops as K
 from surgeon import input_data
-from surgeon.debug.trt_check import build_step, engines, graph_edit, matrix, parse_loop, profiles, remedies
+from surgeon.debug.trt_check import build_step, engines, graph_edit, matrix, parse_loop, profiles, remedies, remedy_check
 from surgeon.debug.trt_check.report import Failure, TrtCheckReport, render  # noqa: F401
 from surgeon.debug.trt_check.workspace import Workspace
 
@@ -37,7 +39,7 @@ def domain_trap(index: graph_edit.NodeIndex, known: Callable[[str], bool], faili
     out = []
     for name in index.order:
         ref = index.refs[name]
-        if ref.domain in graph_edit.STANDARD_DOMAINS or name in failing or not known(ref.op_type):
+        if K.is_default_domain(ref) or name in failing or not known(ref.op_type):
             continue
         out.append(Failure(node=ref.original, working_name=ref.name, op=ref.op_type, domain=ref.domain, path=ref.where,
                            phase="domain", code="DOMAIN_IGNORED",
@@ -72,8 +74,13 @@ def check(
     seed: int = 0,
     timeout: float = 600.0,
     progress: Callable[[str], None] | None = None,
+    check_remedies: bool = True,
 ) -> TrtCheckReport:
-    """Check ``model`` (never modified) and return the report; usage errors raise before any work."""
+    """Check ``model`` (never modified) and return the report; usage errors raise before any work.
+
+    ``check_remedies``: run each remedy that is a ``surgeon fix`` command in memory and
+    check the result again with the same engine (the report says whether it removed the
+    failure)."""
     t0 = time.perf_counter()
     say = progress or (lambda _m: None)
     name = engines.resolve(engine)
@@ -86,29 +93,47 @@ def check(
     input_data.check_pins(specs, dict(input_shapes or {}))
     for k in range(3):  # min, opt and max must fit the model's inputs before any work
         input_data.check_pins(specs, {n: p[k] for n, p in (profile or {}).items()})
-    report = TrtCheckReport(model=model_path, engine={})
     version = matrix.resolve_version(matrix_version) if name == "matrix" else None
     # the worker imports TensorRT while the weights are written out and the nodes named
     eng = engines.ExecutedEngine(name, timeout=timeout) if name != "matrix" else None
+
+    def once(m: onnx.ModelProto) -> TrtCheckReport:
+        return _check_once(m, model_path, eng, version, targets, build=build, input_shapes=input_shapes,
+                           profile=profile, seed=seed, say=say)
+
     try:
-        say("writing the weights once into a private folder")
-        with Workspace(model) as ws:
-            skeleton = ws.skeleton
-            index = graph_edit.NodeIndex(skeleton, graph_edit.assign_unique_names(skeleton))
-            if eng is None:
-                _static(report, skeleton, index, version, build)
-            else:
-                eng.workspace = ws
-                _executed(report, model, skeleton, index, eng, targets, build=build, input_shapes=input_shapes,
-                          profile=profile, seed=seed, say=say)
+        report = once(model)
+        dry = remedies.builtin_dry_run(model, report.failures)
+        for f in report.failures:
+            if f.remedy is None:
+                f.remedy = remedies.remedy_for(f, engine=name, replaceable=dry.replace, model_path=model_path,
+                                               opset_for=dry.opset)
+        if check_remedies and report.failures:
+            label = report.engine.get("label", name) if report.engine.get("mode") == "executed" else "the static matrix"
+            remedy_check.check_remedies(model, report, once, label, say)
     finally:
         if eng is not None:
             eng.close()
-    replaceable = remedies.builtin_matches(model, report.failures)
-    for f in report.failures:
-        if f.remedy is None:
-            f.remedy = remedies.remedy_for(f, engine=name, replaceable=replaceable, model_path=model_path)
     report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _check_once(model: onnx.ModelProto, model_path: str, eng: "engines.ExecutedEngine | None", version: str | None,
+                targets: list[tuple[int, int]], *, build: bool, input_shapes: Mapping[str, Shape] | None,
+                profile: Mapping[str, tuple[Shape, Shape, Shape]] | None, seed: int,
+                say: Callable[[str], None]) -> TrtCheckReport:
+    """One check of ``model`` with an engine already started (parse loop, domain trap, build)."""
+    report = TrtCheckReport(model=model_path, engine={})
+    say("writing the weights once into a private folder")
+    with Workspace(model) as ws:
+        skeleton = ws.skeleton
+        index = graph_edit.NodeIndex(skeleton, graph_edit.assign_unique_names(skeleton))
+        if eng is None:
+            _static(report, skeleton, index, version, build)
+        else:
+            eng.workspace = ws
+            _executed(report, model, skeleton, index, eng, targets, build=build, input_shapes=input_shapes,
+                      profile=profile, seed=seed, say=say)
     return report
 
 
@@ -126,7 +151,7 @@ def _static(report: TrtCheckReport, skeleton: onnx.ModelProto, index: graph_edit
     rtx = matrix.data()["tensorrt_rtx"]
     for _path, _graph, node in graph_edit.walk(skeleton.graph):
         ref = index.refs[node.name]
-        known = rtx["ops"].get(ref.op_type) if ref.domain in graph_edit.STANDARD_DOMAINS else None
+        known = rtx["ops"].get(ref.op_type) if K.is_default_domain(ref) else None
         if known and (not known.get("attribute") or any(a.name == known["attribute"] for a in node.attribute)):
             report.notes.append(f"{ref.display} ({ref.op_type}): with TensorRT-RTX ({rtx['measured_with'].split(' on ')[0]}, "
                                 f"measured) {known['text']}")
@@ -151,7 +176,7 @@ def _executed(report: TrtCheckReport, model: onnx.ModelProto, skeleton: onnx.Mod
     say(f"starting {report_label(name)}")
     report.engine = eng.describe()
     eng.check_targets(targets)
-    eng.supports_ops = sorted({r.op_type for r in index.refs.values() if r.domain not in graph_edit.STANDARD_DOMAINS})
+    eng.supports_ops = sorted({r.op_type for r in index.refs.values() if not K.is_default_domain(r)})
     loop = parse_loop.find_all(skeleton, index, eng.parse, progress=say)
     report.parses, report.first_parse_failures = loop.parses, loop.first_parse_failures
     report.parse_ok, report.parse_seconds = loop.clean, loop.seconds

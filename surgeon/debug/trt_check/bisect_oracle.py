@@ -23,7 +23,7 @@ import onnx
 
 from surgeon import model as model_io
 from surgeon.backends import trt as trt_backend
-from surgeon.debug.bisect.oracle import Verdict
+from surgeon.debug.bisect.oracle import Observation
 from surgeon.debug.trt_check import build_step, engines
 
 NAME = "trt-build"
@@ -49,7 +49,7 @@ def _describe_failure(result: Mapping[str, Any], engine: str) -> str:
 
 
 class TrtBuildOracle:
-    """Bisect oracle (``judge(candidate) -> Verdict``) over a TensorRT worker; see the module docstring."""
+    """Bisect oracle (``judge(candidate) -> Observation``) over a TensorRT worker; see the module docstring."""
 
     can_mark = False
     mark_all = False
@@ -79,7 +79,7 @@ class TrtBuildOracle:
                 prof[vi.name] = [shape, shape, shape]
         return [prof] if prof else []
 
-    def judge(self, cand) -> Verdict:
+    def judge(self, cand) -> Observation:
         model, _inputs, _outputs = self.view.subgraph_model(cand.nodes, self.types)
         path = Path(self._dir.name) / f"candidate{self.calls}.onnx"
         model_io.save(model, path)
@@ -94,13 +94,13 @@ class TrtBuildOracle:
                 p.unlink(missing_ok=True)
         failed = not (result.get("parsed", True) and result.get("built"))
         if not failed:
-            return Verdict(False, "parses and builds")
+            return Observation(False, "parses and builds")
         sig = signature(result)
         if self.signature is None:
             self.signature = sig  # the first question bisect asks is the whole model
         elif sig != self.signature:
-            return Verdict(False, f"fails differently ({' / '.join(s for s in sig if s)}): {_describe_failure(result, self.engine)}")
-        return Verdict(True, _describe_failure(result, self.engine), crashed=True)
+            return Observation(False, f"fails differently ({' / '.join(s for s in sig if s)}): {_describe_failure(result, self.engine)}")
+        return Observation(True, _describe_failure(result, self.engine), crashed=True)
 
     def close(self) -> None:
         self.worker.close()

@@ -20,6 +20,7 @@ from typing import Callable
 
 import onnx
 
+from surgeon.backends.trt import builder_reason
 from surgeon.debug.trt_check import graph_edit, profiles
 from surgeon.debug.trt_check.report import BuildTarget, Failure, Remedy
 
@@ -108,7 +109,7 @@ def run_builds(skeleton: onnx.ModelProto, index: graph_edit.NodeIndex, prof: pro
                                    int(r.get("engine_bytes", 0)), messages[:5]))
         if r.get("built"):
             continue
-        first = messages[0] if messages else "the builder returned no engine and no message"
+        first = builder_reason(messages)
         if same_named and "different constant values" in first:
             failures.append(_same_named_failure(first, same_named, skeleton, prof.for_worker(), target, label, build, notes))
             continue
@@ -179,7 +180,7 @@ def _build_after_cuts(skeleton, index, prof, target, build, ref, shapes_of, max_
         if r.get("built"):
             return found, [f"with the {len(cut)} failing node(s) cut out, the rest of the model builds"]
         messages = [m for _s, m in r.get("messages", [])]
-        first = messages[0] if messages else "the builder returned no engine and no message"
+        first = builder_reason(messages)
         nxt = locate(first, index)
         found.append((first, nxt, nxt is not None and nxt.name in graph_edit.downstream(skeleton, cut_outputs)))
         if nxt is None or nxt.name in cut:

@@ -24,7 +24,8 @@ from typing import Iterator
 import onnx
 from onnx import helper
 
-STANDARD_DOMAINS = ("", "ai.onnx")
+from surgeon import graph_ops as K
+from surgeon.graph_ops import infer_shapes
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class NodeRef:
 
     @property
     def qualified_op(self) -> str:
-        return self.op_type if self.domain in STANDARD_DOMAINS else f"{self.domain}::{self.op_type}"
+        return self.op_type if K.is_default_domain(self) else f"{self.domain}::{self.op_type}"
 
     @property
     def display(self) -> str:
@@ -113,7 +114,7 @@ def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     from surgeon import model as model_io
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(model_io.shape_only_copy(model))
+        inferred = infer_shapes(model_io.shape_only_copy(model))
     except Exception:  # noqa: BLE001 - shape inference is best effort here; a cut then guesses types
         inferred = model
     out: dict[str, onnx.ValueInfoProto] = {}

@@ -17,6 +17,7 @@ from typing import Any
 
 import onnx
 
+from surgeon import graph_ops as K
 from surgeon.debug.trt_check import graph_edit
 from surgeon.debug.trt_check.report import Failure
 from surgeon.errors import UsageError
@@ -61,7 +62,7 @@ def _attr(node: onnx.NodeProto, name: str) -> Any:
 
 def _opset(model: onnx.ModelProto) -> int:
     for o in model.opset_import:
-        if o.domain in graph_edit.STANDARD_DOMAINS:
+        if K.is_default_domain(o):
             return o.version
     return 0
 
@@ -113,7 +114,7 @@ def check(model: onnx.ModelProto, index: graph_edit.NodeIndex, version: str) -> 
             failures.append(Failure(node=ref.original, working_name=ref.name, op=ref.op_type, domain=ref.domain,
                                     path=ref.where, phase="static", code=code, message=message, func=func))
 
-        if node.domain not in graph_edit.STANDARD_DOMAINS:
+        if not K.is_default_domain(node):
             if node.op_type not in supported_ops(version):
                 fail("INVALID_NODE", f"{ref.qualified_op} is not an ONNX operator TensorRT imports; it needs a TensorRT plugin "
                                      f"named {node.op_type} (none is known here)", "checkFallbackPluginImporter")

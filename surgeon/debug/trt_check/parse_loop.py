@@ -24,6 +24,7 @@ from typing import Callable
 
 import onnx
 
+from surgeon.backends.trt import parser_error_text
 from surgeon.debug.trt_check import graph_edit
 from surgeon.debug.trt_check.report import Failure
 
@@ -71,12 +72,12 @@ def _same_error(a: dict, b: dict) -> bool:
 
 def _failure(err: dict, ref: graph_edit.NodeRef | None, round_no: int, downstream: bool) -> Failure:
     if ref is None:
-        return Failure(node="", working_name="", op=err.get("op", "") or (op_from_func(err.get("func", "")) or ""),
-                       domain="", path="", phase="parse", code=err.get("code", "UNKNOWN"), message=err.get("desc", ""),
-                       func=err.get("func", ""), parse_round=round_no)
+        op = err.get("op", "") or (op_from_func(err.get("func", "")) or "")
+        return Failure(node="", working_name="", op=op, domain="", path="", phase="parse", code=err.get("code", "UNKNOWN"),
+                       message=parser_error_text(err, op), func=err.get("func", ""), parse_round=round_no)
     return Failure(node=ref.original, working_name=ref.name, op=ref.op_type, domain=ref.domain, path=ref.where,
-                   phase="parse", code=err.get("code", "UNKNOWN"), message=err.get("desc", ""), func=err.get("func", ""),
-                   parse_round=round_no, downstream_of_cut=downstream)
+                   phase="parse", code=err.get("code", "UNKNOWN"), message=parser_error_text(err, ref.op_type),
+                   func=err.get("func", ""), parse_round=round_no, downstream_of_cut=downstream)
 
 
 def find_all(skeleton: onnx.ModelProto, index: graph_edit.NodeIndex, parse: ParseFn, *, max_rounds: int = 64,

@@ -46,24 +46,6 @@ class Profile:
                 "inputs": {n: {"min": list(a), "opt": list(b), "max": list(c)} for n, (a, b, c) in self.inputs.items()}}
 
 
-def parse_profile_args(items: list[str] | None) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """``NAME:1x3x32x32/2x3x64x64/4x3x128x128`` (min/opt/max) -> {NAME: (min, opt, max)}."""
-    out: dict[str, tuple[Shape, Shape, Shape]] = {}
-    for item in items or []:
-        name, sep, shapes = item.rpartition(":")
-        parts = shapes.split("/")
-        if not sep or not name or len(parts) != 3:
-            raise InputDataError(f"cannot parse profile '{item}': expected NAME:MIN/OPT/MAX, e.g. x:1x3x32x32/2x3x64x64/4x3x128x128")
-        dims = [input_data.parse_shape_args([f"{name}:{p}"])[name] for p in parts]
-        lo, opt, hi = dims
-        if not (len(lo) == len(opt) == len(hi)):
-            raise InputDataError(f"profile '{item}': MIN, OPT and MAX must have the same rank")
-        if any(not (a <= b <= c) for a, b, c in zip(lo, opt, hi)):
-            raise InputDataError(f"profile '{item}': each dim must satisfy MIN <= OPT <= MAX")
-        out[name] = (lo, opt, hi)
-    return out
-
-
 def _dynamic(spec: input_data.InputSpec) -> bool:
     return spec.shape is not None and any(isinstance(d, str) for d in spec.shape)
 
@@ -101,7 +83,7 @@ def build_profile(model: onnx.ModelProto, *, input_shapes: Mapping[str, Shape] |
         probe_pins = {**pins, **{n: p[1] for n, p in given.items()}}
         samples, note = ([], None)
         if runs is not None:
-            samples, note = input_data.verification_samples(model, probe_pins, seed, runs)
+            samples, note = input_data.verification_samples(model, probe_pins, seed, runs, realistic=False)
         why = ("ONNX Runtime cannot load this model" if runs is None else
                "none of the generated sizes ran in ONNX Runtime (inputs may need particular values)")
         if samples:
@@ -114,7 +96,7 @@ def build_profile(model: onnx.ModelProto, *, input_shapes: Mapping[str, Shape] |
             if note:
                 prof.notes.append(note)
         else:
-            pair = input_data.size_attempts(specs, probe_pins)[0]
+            pair = input_data.size_attempts(specs, probe_pins, input_data.fixed_sizes(model))[0]
             sources.append(f"guessed: the verifier's first sizes, not run ({why})")
             for s in rest:
                 a = input_data.concrete_shape(s, pair[0], probe_pins)

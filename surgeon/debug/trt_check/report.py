@@ -9,21 +9,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from surgeon import graph_ops as K
+
 
 @dataclass
 class Remedy:
-    """What to do about one failure: ``kind`` is fix-pass / rule-pack / plugin-rule / dims / keep-on-ort / bisect / export."""
+    """What to do about one failure: ``kind`` is fix-pass / fix-opset / rule-pack / plugin-rule / dims / keep-on-ort /
+    bisect / export.
+
+    ``fix``: when the remedy is a ``surgeon fix`` command, what it runs (``passes``: a pass
+    list or None for the default pipeline; ``target_opset``); ``command`` is then that
+    command, and trt-check applies it in memory and checks the model again (``check``: the
+    sentence saying what happened; ``verified``: the failure was gone afterwards).
+    """
 
     kind: str
     text: str
     command: str = ""
     exists: bool = True  # False: names a pass or tool that does not exist yet
-    verified: bool = False  # True: trt-check applied it in a working copy and the model then got further
+    verified: bool = False  # True: trt-check applied it in a working copy and the failure was gone
+    fix: dict | None = None
+    check: str = ""
 
     def to_dict(self) -> dict:
         out = {"kind": self.kind, "text": self.text, "exists": self.exists, "verified": self.verified}
         if self.command:
             out["command"] = self.command
+        if self.fix is not None:
+            out["fix"] = self.fix
+        if self.check:
+            out["check"] = self.check
         return out
 
 
@@ -45,7 +60,7 @@ class Failure:
 
     @property
     def qualified_op(self) -> str:
-        return self.op if self.domain in ("", "ai.onnx") else f"{self.domain}::{self.op}"
+        return self.op if K.is_default_domain(self) else f"{self.domain}::{self.op}"
 
     @property
     def label(self) -> str:
@@ -144,7 +159,8 @@ def render(report: TrtCheckReport, console: Any) -> None:
             if not f.remedy:
                 continue
             tags = ("" if f.remedy.exists else " [names a pass that does not exist yet]") + (" [checked on a working copy]" if f.remedy.verified else "")
-            console.print(f"  {i}. {f.remedy.text}{tags}" + (f"\n     $ {f.remedy.command}" if f.remedy.command else ""), markup=False)
+            console.print(f"  {i}. {f.remedy.text}{tags}" + (f"\n     $ {f.remedy.command}" if f.remedy.command else "")
+                          + (f"\n     {f.remedy.check}" if f.remedy.check else ""), markup=False)
     if report.profile.get("inputs"):
         prof_rows = [[name, "x".join(map(str, p["min"])), "x".join(map(str, p["opt"])), "x".join(map(str, p["max"]))]
                      for name, p in report.profile["inputs"].items()]

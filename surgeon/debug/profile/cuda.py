@@ -1,0 +1,237 @@
+"""Per-node time on ONNX Runtime's CUDA provider (``profile --backend onnxrt-cuda``), and how
+well it adds up to the wall latency.
+
+The difficulty: on CUDA a kernel launch returns at once and the GPU runs later, so ONNX
+Runtime's profiler (``enable_profiling``), which times each node's ``Compute`` call on the host,
+measures how long the *launch* took, not the work. Two ways around it, chosen by what the
+installed wheel gives, and said in the report (``gpu_timing.method``):
+
+1. ``cupti-kernel-events``: builds with CUDA profiling (CUPTI) add a ``Kernel`` event per GPU
+   kernel, with the time the GPU spent in it, right after the node that launched it. A node's
+   time is then the sum of its kernels' GPU times (nodes ONNX Runtime placed on the CPU keep
+   their own time). Gaps between kernels (launch latency the GPU waits on) are in no node, so
+   the sum falls short of the latency where the GPU idles between small kernels.
+2. ``synchronized-node-events``: builds without CUPTI (the usual PyPI wheel) have no such
+   events. The profiled runs are then made in a worker process started with
+   ``CUDA_LAUNCH_BLOCKING=1``, where every launch waits for its kernel to finish, so a node's
+   event spans its launch and its execution. The sum over nodes then counts every launch's
+   overhead in full, where an unsynchronized run overlaps launches with the GPU's work: it
+   reads high on models of many small kernels and close on models the GPU is busy with.
+
+Latency is always measured without the profiler and without synchronization, in this process,
+runs interleaved with the profiled session's (when that is in this process too). The report
+gives the per-run sum of top-level node times against that latency (``gpu_timing.ratio``), so
+every profile says how far its per-node times can be trusted to add up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from surgeon import model as model_io
+from surgeon.debug.profile import ort_trace
+from surgeon.debug.profile.onnxrt import Source, _fill_from_trace, _Timed, interleave
+from surgeon.debug.profile.result import ModelProfile
+from surgeon.debug.profile.stats import summarize
+from surgeon.errors import BackendError, BackendUnavailableError, UsageError
+from surgeon.graph import count_nodes
+from surgeon.input_data import describe_feeds
+
+KERNEL_EVENTS = "cupti-kernel-events"
+SYNCHRONIZED = "synchronized-node-events"
+WORKER_TIMEOUT_S = 900.0
+
+
+def backend_for(spec: str, cpu_stand_in: bool = False) -> Any:
+    """The ``onnxrt-cuda`` backend a profile spec names (``onnxrt-cuda:tf32=0``)."""
+    from surgeon import backends
+
+    name, _ = backends.split_spec(spec)
+    if name != "onnxrt-cuda":
+        raise UsageError(f"'{spec}' is not an onnxrt-cuda backend")
+    return backends.create(spec, cpu_stand_in=True) if cpu_stand_in else backends.create(spec)
+
+
+def _model_file(src: Source, folder: str, index: int) -> str:
+    """A path ONNX Runtime (and the worker) can load: the source's own file, or a copy."""
+    if src.path is not None:
+        return str(src.path)
+    path = Path(folder) / f"model{index}.onnx"
+    model_io.save(src.model, path)
+    return str(path)
+
+
+def _profiling(prefix: str, optimized: str | None):
+    def configure(so: Any) -> None:
+        so.enable_profiling = True
+        so.profile_file_prefix = prefix
+        if optimized:
+            so.optimized_model_filepath = optimized
+            so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                        Path(optimized).name + ".data")
+            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    return configure
+
+
+def profiled_session(backend: Any, path: str, prefix: str, optimized: str) -> tuple[Any, bool]:
+    """A profiled session that also saves its optimized graph (for mapping fused kernels back to
+    ONNX nodes); when ONNX Runtime cannot save that graph for this provider, one without it.
+    Returns (session, whether the optimized graph is saved)."""
+    try:
+        return backend.ort_session(path, _profiling(prefix, optimized)), True
+    except BackendUnavailableError:
+        raise
+    except BackendError:
+        return backend.ort_session(path, _profiling(prefix, None)), False
+
+
+def node_sums(trace_file: str, warmup: int, gpu_kernels: bool) -> list[float]:
+    """Per measured run: the sum of top-level node times in ms (as the profile counts them)."""
+    with open(trace_file, encoding="utf-8") as f:
+        trace = ort_trace.parse_trace(json.load(f))
+    runs = trace.runs[warmup:] if len(trace.runs) > warmup else trace.runs
+    out = []
+    for run in runs:
+        total = 0
+        for k in run.kernels:
+            if k.parent is None:
+                total += k.gpu_us if gpu_kernels and k.provider != "CPUExecutionProvider" else k.dur
+        out.append(total / 1000.0)
+    return out
+
+
+def run_worker(spec: Mapping[str, Any], timeout: float = WORKER_TIMEOUT_S) -> dict[str, Any]:
+    """Run the synchronized profiling worker; its JSON answer, or BackendError with its last line."""
+    from surgeon.backends.ort_worker import worker_env
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, dir=spec["folder"]) as f:
+        json.dump(dict(spec), f)
+        spec_path = f.name
+    try:
+        proc = subprocess.run([sys.executable, "-m", "surgeon.debug.profile.cuda_worker", spec_path],
+                              capture_output=True, text=True, timeout=timeout,
+                              env=worker_env({"CUDA_LAUNCH_BLOCKING": "1"}))
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"the synchronized profiling run did not finish within {timeout:g} s") from None
+    if proc.returncode != 0:
+        lines = [l for l in (proc.stderr or "").strip().splitlines() if l.strip()]
+        why = lines[-1] if lines else f"exit code {proc.returncode}"
+        raise BackendError(f"the synchronized profiling run failed: {why}")
+    return json.loads(Path(spec["answer"]).read_text(encoding="utf-8"))
+
+
+def _placement_note(sess: Any) -> str | None:
+    from surgeon.backends.onnxrt_cuda import parse_placement
+
+    placement = parse_placement(getattr(sess, "_surgeon_log", ""))
+    cpu = placement.get("CPUExecutionProvider")
+    if not placement or not cpu:
+        return None
+    ops = ", ".join(sorted({op for op, _ in cpu["ops"]})) or "not listed"
+    total = sum(v["nodes"] for v in placement.values())
+    return f"ONNX Runtime placed {cpu['nodes']} of {total} nodes on the CPU (op types: {ops})"
+
+
+def run(sources: Sequence[Source], samples: Sequence[Mapping[str, Any]], *, spec: str = "onnxrt-cuda",
+        warmup: int = 5, iterations: int = 30, profile: bool = True, progress=None,
+        cpu_stand_in: bool = False) -> list[ModelProfile]:
+    """Profile (or, with ``profile=False``, only time) each source on ONNX Runtime CUDA."""
+    if iterations < 1:
+        raise UsageError("--iterations must be at least 1")
+    if warmup < 0:
+        raise UsageError("--warmup must not be negative")
+    if not samples:
+        raise UsageError("no input samples to run the model on")
+    backend = backend_for(spec, cpu_stand_in)
+    say = progress or (lambda _m: None)
+    with tempfile.TemporaryDirectory(prefix="surgeon-cuda-profile-") as tmp:
+        paths = [_model_file(src, tmp, i) for i, src in enumerate(sources)]
+        plain, profiled, saved = [], [], []
+        for i, (src, path) in enumerate(zip(sources, paths)):
+            try:
+                plain.append(_Timed(src.label, backend.ort_session(path), samples, backend.name))
+                if profile:
+                    sess, ok = profiled_session(backend, path, os.path.join(tmp, f"trace{i}"),
+                                                os.path.join(tmp, f"optimized{i}.onnx"))
+                    profiled.append(_Timed(src.label, sess, samples, backend.name))
+                    saved.append(ok)
+            except BackendError as exc:
+                if "cannot load" in str(exc):
+                    raise BackendError(f"{str(exc).replace('the model', repr(src.label))}") from exc
+                raise
+        interleave([t for pair in zip(plain, profiled or [None] * len(plain)) for t in pair if t is not None],
+                   warmup, iterations, say)
+        results = []
+        for i, src in enumerate(sources):
+            p = ModelProfile(model=src.label, backend=backend.describe(), source="latency only (profiler off)",
+                             nodes=count_nodes(src.model), inputs=describe_feeds(samples[0]), threads=0,
+                             warmup=warmup, iterations=iterations)
+            p.latency = summarize(plain[i].times)
+            p.latency_runs_ms = list(plain[i].times)
+            note = _placement_note(plain[i].sess)
+            if note:
+                p.notes.append(note)
+            if len(samples) > 1:
+                p.notes.append(f"{len(samples)} input samples, used in turn")
+            if profile:
+                p.profiled_latency = summarize(profiled[i].times)
+                p.profiled_runs_ms = list(profiled[i].times)
+                _fill_profile(p, src, paths[i], samples, profiled[i].sess.end_profiling(),
+                              Path(tmp) / f"optimized{i}.onnx" if saved[i] else None, warmup, iterations,
+                              backend, spec, cpu_stand_in, tmp, i, say)
+            results.append(p)
+        return results
+
+
+def _fill_profile(p: ModelProfile, src: Source, path: str, samples: Sequence[Mapping[str, Any]], trace_file: str,
+                  optimized: Path | None, warmup: int, iterations: int, backend: Any, spec: str, cpu_stand_in: bool,
+                  tmp: str, index: int, say) -> None:
+    with open(trace_file, encoding="utf-8") as f:
+        events = json.load(f)
+    if ort_trace.has_gpu_kernels(events):
+        method, source = KERNEL_EVENTS, "ONNX Runtime profiler with CUPTI kernel events (GPU time per node)"
+        opt = optimized if optimized is not None and optimized.is_file() else None
+        _fill_from_trace(p, src, trace_file, opt, warmup, "onnxrt-cuda", gpu_kernels=True)
+        sums = node_sums(trace_file, warmup, gpu_kernels=True)
+        note = ("node time = the GPU time of the kernels it launched (CUPTI); gaps between kernels are in no node, "
+                "so the sum reads low where the GPU waits on launches")
+    else:
+        say(f"no GPU kernel events in this build's trace: synchronized profiling of '{src.label}' in a worker "
+            "(CUDA_LAUNCH_BLOCKING=1)")
+        from surgeon import input_files
+
+        inputs = str(Path(tmp) / f"inputs{index}.npz")
+        input_files.save_inputs(inputs, list(samples))
+        answer = run_worker({"model": path, "inputs": inputs, "spec": spec, "cpu_stand_in": cpu_stand_in,
+                             "warmup": warmup, "iterations": iterations, "folder": tmp,
+                             "prefix": str(Path(tmp) / f"sync{index}"),
+                             "optimized": str(Path(tmp) / f"sync_optimized{index}.onnx"),
+                             "answer": str(Path(tmp) / f"answer{index}.json")})
+        trace_file = answer["trace"]
+        opt = Path(answer["optimized"]) if answer.get("optimized") and Path(answer["optimized"]).is_file() else None
+        method, source = SYNCHRONIZED, "ONNX Runtime profiler, synchronized runs (CUDA_LAUNCH_BLOCKING=1, a worker process)"
+        _fill_from_trace(p, src, trace_file, opt, warmup, "onnxrt-cuda", gpu_kernels=False)
+        sums = node_sums(trace_file, warmup, gpu_kernels=False)
+        note = ("node time = launch + execution with every launch synchronized; the sum counts each launch's "
+                "overhead that an unsynchronized run overlaps with the GPU's work, so it reads high on models "
+                "of many small kernels")
+        if cpu_stand_in:
+            note += " (CPU stand-in: the CPU provider ran, no GPU was timed)"
+    p.source = source
+    latency = p.latency.median_ms if p.latency else None
+    node_sum = float(np.median(sums)) if sums else None
+    p.gpu_timing = {"method": method, "node_sum_ms": node_sum, "latency_ms": latency,
+                    "ratio": (node_sum / latency) if node_sum is not None and latency else None,
+                    "profiled_run_ms": p.run_time.median_ms if p.run_time else None, "note": note,
+                    "gpu": not cpu_stand_in}
+    if node_sum is not None and latency:
+        p.notes.append(f"per-node times ({method}) add up to {node_sum:.3g} ms per run against a latency of "
+                       f"{latency:.3g} ms ({node_sum / latency:.2f}x): {note}")
