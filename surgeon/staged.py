@@ -243,23 +243,39 @@ def _run(session, feeds: Mapping[str, Any], index: int) -> dict[str, Any]:
         raise RunFailure(str(exc), index) from exc
 
 
-def probe(backend, exported: "Exported", session) -> "Callable[[dict[str, Any]], bool]":
+def probe(backend, exported: "Exported", session) -> "Probe":
     """``runs(feeds)`` for the sample makers: whether the model runs on a feed. A model that
     runs a slice at a time is probed that way (``session``, its whole-model session, is
     used only for a model that runs whole), and its pages are released after each probe."""
     if exported.weight_bytes <= max(SLICE_BYTES, WHOLE_BYTES):
-        from surgeon.input_data import runs_on
+        return Probe(session.run)
+    return Probe(Session(backend, exported).run)
 
-        return runs_on(session)
 
-    def runs(feeds: dict[str, Any]) -> bool:
+class Probe:
+    """``runs(feeds)``: whether a feed runs (a BackendError is the answer "no"; anything else
+    propagates), as :class:`surgeon.input_data.runs_on`. It keeps the outputs of the feeds that
+    ran, so ``outputs(feeds)`` for a probed feed (the verifier's reference run on the samples
+    it chose) does not run the model again: on a multi-GB model each run reads every weight."""
+
+    def __init__(self, run_one: "Callable[[Mapping[str, Any]], dict[str, Any]]"):
+        self.run_one = run_one
+        self._ran: list[tuple[Mapping[str, Any], dict[str, Any]]] = []
+
+    def __call__(self, feeds: Mapping[str, Any]) -> bool:
         try:
-            run(backend, exported, [feeds])
-            return True
+            out = self.run_one(feeds)
         except BackendError:
             return False
+        self._ran.append((feeds, out))
+        return True
 
-    return runs
+    def outputs(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """The outputs on ``feeds``: those of its probe when it was probed (the same object), else run now."""
+        for probed, out in self._ran:
+            if probed is feeds:
+                return out
+        return self.run_one(feeds)
 
 
 class Session:

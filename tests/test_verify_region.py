@@ -245,3 +245,27 @@ def test_a_change_with_no_region_of_its_own_is_compared_whole_and_says_why():
     for c in (True, False):
         feeds = {"c": np.array(c), "x": x}
         np.testing.assert_allclose(run_ort(out, feeds)["y"], run_ort(m, feeds)["y"], atol=0, rtol=0)
+
+
+def test_probe_outputs_of_a_probed_feed_are_not_run_again():
+    """The verifier's reference run on the samples its probes chose reuses the probes' outputs."""
+    from surgeon.errors import BackendError
+
+    calls = []
+
+    def run_one(feeds):
+        calls.append(feeds)
+        if feeds["x"].shape[0] > 2:
+            raise BackendError("too big")
+        return {"y": feeds["x"] * 2}
+
+    probe = staged.Probe(run_one)
+    a, b, big = ({"x": np.ones((n, 2), np.float32)} for n in (1, 2, 3))
+    assert probe(a) and probe(b) and not probe(big)
+    assert len(calls) == 3
+    assert probe.outputs(a)["y"].tolist() == [[2.0, 2.0]] and probe.outputs(b)["y"].shape == (2, 2)
+    assert len(calls) == 3  # no run: both were probed
+    again = {"x": np.ones((1, 2), np.float32)}  # equal values, another feed: run
+    assert probe.outputs(again)["y"].shape == (1, 2) and len(calls) == 4
+    with pytest.raises(BackendError):
+        probe.outputs(big)
