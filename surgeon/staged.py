@@ -264,11 +264,23 @@ class Probe:
 
     def __call__(self, feeds: Mapping[str, Any]) -> bool:
         try:
-            out = self.run_one(feeds)
+            self.run(feeds)
         except BackendError:
             return False
-        self._ran.append((feeds, out))
         return True
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """A session's ``run`` (for checks written against one), its outputs kept as a probe's."""
+        out = self.run_one(feeds)
+        self._ran.append((feeds, out))
+        return out
+
+    def ran_on(self, samples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
+        """The outputs on every one of ``samples`` when each was run here (the same objects), else None."""
+        found = {id(feeds): out for feeds, out in self._ran}
+        if not all(id(s) in found for s in samples):
+            return None
+        return [found[id(s)] for s in samples]
 
     def outputs(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         """The outputs on ``feeds``: those of its probe when it was probed (the same object), else run now."""

@@ -174,6 +174,8 @@ class Verifier:
     large tensors as typed inputs, ONNX Runtime gets the weight arrays in memory. The
     checker level may only go up: a model the checker rejects (nodes out of order, say)
     may pass through passes that do not repair it yet, but once valid it stays valid.
+    ``reference``: the input model's outputs on the given ``samples`` where the caller ran
+    them already (fix's check of loaded inputs): a multi-GB model is not run once more for them.
     """
 
     def __init__(
@@ -188,6 +190,7 @@ class Verifier:
         seed: int = 0,
         value_ranges: Mapping[str, tuple[float, float]] | None = None,
         mode: str = "auto",
+        reference: list[dict[str, Any]] | None = None,
     ):
         self.atol, self.rtol = atol, rtol
         self.backend = backends.create("onnxrt", optimization="basic", memory_lean=True)
@@ -240,7 +243,7 @@ class Verifier:
         try:
             if generated:  # the probes ran these very feeds: their outputs are the reference
                 reference = [runs.outputs(feeds) for feeds in samples]
-            else:
+            elif reference is None or len(reference) != len(samples):
                 reference = staged.run(self.backend, model, samples, session=session)
         except BackendError as exc:
             self.skipped = f"verification skipped: the input model fails on the given inputs ({exc})"

@@ -269,3 +269,30 @@ def test_probe_outputs_of_a_probed_feed_are_not_run_again():
     assert probe.outputs(again)["y"].shape == (1, 2) and len(calls) == 4
     with pytest.raises(BackendError):
         probe.outputs(big)
+
+
+def test_loaded_inputs_are_run_once_for_the_check_and_the_reference(tmp_path, monkeypatch):
+    """fix's check of --load-inputs runs the input model on them; the verifier takes those outputs
+    as its reference instead of running the model again (each run of a multi-GB model reads every weight)."""
+    from surgeon import verify as V
+
+    m = _conv_bn_chain()
+    src = tmp_path / "m.onnx"
+    onnx.save(m, src)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    reference_runs = []
+    real = V.staged.run
+
+    def spy(backend, exported, samples, *args, **kwargs):
+        if exported.skeleton.graph.node[0].op_type == "Conv" and any(n.op_type == "BatchNormalization"
+                                                                     for n in exported.skeleton.graph.node):
+            reference_runs.append(len(samples))
+        return real(backend, exported, samples, *args, **kwargs)
+
+    monkeypatch.setattr(V.staged, "run", spy)
+    result = surgeon.fix(str(src), output=tmp_path / "o.onnx", load_inputs=tmp_path / "in.npz")
+    assert result.verification == "numeric" and result.verify_mode == "whole"
+    assert reference_runs == [1]  # the input model (with its BatchNormalization) ran once: the check's run
+    out = onnx.load(tmp_path / "o.onnx")
+    np.testing.assert_allclose(run_ort(out, {"x": x})["y"], run_ort(m, {"x": x})["y"], atol=1e-4, rtol=1e-3)

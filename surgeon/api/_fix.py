@@ -72,7 +72,7 @@ def _lean_session(exported: Any):
         session = backend.session(exported)  # loads at all? (no weight is read here)
     except BackendError:
         return None
-    return staged.Session(backend, exported, session)
+    return staged.Probe(staged.Session(backend, exported, session).run)  # its outputs are the verifier's reference
 
 
 def read_exclusions(path: str | os.PathLike | None) -> frozenset[str]:
@@ -160,14 +160,17 @@ def fix(
     elif output is None and (report is not None or profile):
         raise UsageError("a report or a profile of the fix needs the model written to an output path")
     label = f"'{path}'" if path is not None else "the model"
+    reference_outputs = None
     if load_inputs:  # data that does not fit the input model is a usage error, not a silent skip
         from surgeon import input_files
         from surgeon.input_data import check_feeds
 
         exported = model.export() if hasattr(model, "export") else model
         skeleton = getattr(exported, "skeleton", exported)
-        samples = check_feeds(skeleton, input_files.load_inputs(load_inputs), label,
-                              session=_lean_session(exported))
+        checked = _lean_session(exported)
+        samples = check_feeds(skeleton, input_files.load_inputs(load_inputs), label, session=checked)
+        if checked is not None:  # the check ran the input model on them: the verifier need not again
+            reference_outputs = checked.ran_on(samples)
     opts = dict(options or {})
     if rules or path is not None:
         opts.setdefault("rules", list(rules))
@@ -175,7 +178,8 @@ def fix(
         opts.setdefault("target_opset", target_opset)
     exclusions = frozenset(exclude) | read_exclusions(exclude_file)
     fixed, fix_report = run_pipeline(
-        model, names, verify=verify is not False, verify_mode=verify or "auto", input_shapes=input_shapes, samples=samples, seed=seed, atol=atol, rtol=rtol,
+        model, names, verify=verify is not False, verify_mode=verify or "auto", reference_outputs=reference_outputs,
+        input_shapes=input_shapes, samples=samples, seed=seed, atol=atol, rtol=rtol,
         value_ranges=value_ranges, fix_shapes=fix_shapes, freeze_initializer_inputs=freeze_initializer_inputs,
         rounds=rounds, bisect_limit=bisect_limit, exclude=exclusions, only=only,
         options=opts, progress=progress,

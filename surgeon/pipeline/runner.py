@@ -314,6 +314,7 @@ def fix(
     options: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
     verify_mode: str = "auto",
+    reference_outputs: list[dict[str, Any]] | None = None,
 ) -> tuple["onnx.ModelProto | Model", FixReport]:
     """Run a verified pipeline over ``model`` and return (new model, report).
 
@@ -328,6 +329,8 @@ def fix(
     restrict rewrite applications (see RewriteBudget). ``verify_mode``: ``whole`` compares the
     whole model after every change, ``local`` each change on its region (surgeon.verify_region),
     ``auto`` the whole model where a run of it fits in memory and is light, regions elsewhere.
+    ``reference_outputs``: the input model's outputs on ``samples``, where the caller ran them
+    already (fix's check of loaded inputs), so that they are not run again.
     """
     names = registry.parse_pipeline(passes)
     start = time.perf_counter()
@@ -349,7 +352,8 @@ def fix(
         initial = work.export()
     nodes_before, ops_before = G.count_nodes(work), G.op_histogram(work)
     verifier = Verifier(initial, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol,
-                        seed=seed, value_ranges=value_ranges, mode=verify_mode)
+                        seed=seed, value_ranges=value_ranges, mode=verify_mode,
+                        reference=reference_outputs if samples is not None and not frozen else None)
     budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude),
                            only=None if only is None else frozenset(only))
     pipeline = _Pipeline(work, initial, names, verifier, budget, options or {}, progress,
