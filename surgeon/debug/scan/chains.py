@@ -14,6 +14,7 @@ from surgeon.backends import fp16 as fp16_rules
 from surgeon.debug.bisect import extract
 from surgeon.debug.scan.findings import COULD, WILL, Chain, Finding, ScanReport
 from surgeon.debug.scan.graph_values import FP16_MAX, ScanGraph, as_float, is_float, max_abs, outputs_diff
+from surgeon.disjoint_sets import DisjointSets
 from surgeon.errors import BackendError
 
 log = logging.getLogger(__name__)
@@ -65,29 +66,22 @@ def range_chains(graph: ScanGraph, ref: list[dict], converted: set[str]) -> list
     if not over:
         return []
     over_nodes = sorted({k for k, _ in over.values()})
-    parent = {k: k for k in over_nodes}
-
-    def find(k: int) -> int:
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
+    sets = DisjointSets(over_nodes)
     fed_by: dict[int, set[int]] = {k: set() for k in over_nodes}
     for k in over_nodes:
         for x in extract.node_reads(graph.nodes[k]):
             if x in over:
                 j = over[x][0]
                 fed_by[k].add(j)
-                parent[find(k)] = find(j)
+                sets.union(k, j)
     readers: dict[int, set[int]] = {}
     for x, (j, _) in over.items():
         for r in graph.consumers.get(x, []):
-            if r not in parent:
-                readers.setdefault(r, set()).add(find(j))
+            if r not in sets:
+                readers.setdefault(r, set()).add(sets.find(j))
     groups: dict[int, list[int]] = {}
     for k in over_nodes:
-        groups.setdefault(find(k), []).append(k)
+        groups.setdefault(sets.find(k), []).append(k)
     chains = []
     for root, members in groups.items():
         rows, pin = [], []
@@ -99,7 +93,7 @@ def range_chains(graph: ScanGraph, ref: list[dict], converted: set[str]) -> list
                 role = "continues" if fed_by[k] else "starts"
                 peak = over[tensor][1]
             else:
-                tensor = next(x for x in extract.node_reads(node) if x in over and find(over[x][0]) == root)
+                tensor = next(x for x in extract.node_reads(node) if x in over and sets.find(over[x][0]) == root)
                 role = "reads" if label in converted else "reads (float32)"
                 peak = max(max_abs(as_float(v.get(o))) for v in ref for o in node.output if o)
             rows.append({"node": label, "op_type": node.op_type, "tensor": tensor, "role": role, "max_abs": peak})

@@ -27,12 +27,7 @@ def emulated_values(model: onnx.ModelProto, samples: Sequence[Mapping[str, Any]]
     backend = fp16_rules.Fp16Backend(keep=keep)
     marked = extract.with_outputs(model, extract.all_tensor_names(model), types)
     sess = backend.session(marked)
-    out = []
-    for s in samples:
-        values = dict(s)
-        values.update(sess.run(s))
-        out.append(values)
-    return out, sess.plan
+    return extract.run_marked(sess, samples), sess.plan
 
 
 def activation_findings(graph: ScanGraph, ref: list[dict], emu: list[dict], converted: set[str],
@@ -94,19 +89,19 @@ def activation_findings(graph: ScanGraph, ref: list[dict], emu: list[dict], conv
             if not nonzero:
                 continue
             if flushed / nonzero >= UNDERFLOW_FRACTION:
-                findings.append(Finding(
-                    "fp16-underflow", COULD, label, node.op_type, o,
-                    f"{label} ({node.op_type}): {flushed} of {nonzero} nonzero values of '{o}' become 0 in FP16 (below "
-                    f"{FP16_MIN_SUBNORMAL / 2:.3g}, half the smallest subnormal); max |value| {peak_ref:.4g}",
-                    pattern=node.op_type, magnitude=flushed / nonzero,
-                    details={"flushed": flushed, "subnormal": subnormal, "nonzero": nonzero, "max_abs": peak_ref}))
+                kind, share, counts = "fp16-underflow", flushed / nonzero, {"flushed": flushed, "subnormal": subnormal}
+                what = (f"{flushed} of {nonzero} nonzero values of '{o}' become 0 in FP16 (below "
+                        f"{FP16_MIN_SUBNORMAL / 2:.3g}, half the smallest subnormal)")
             elif subnormal / nonzero >= UNDERFLOW_FRACTION:
-                findings.append(Finding(
-                    "fp16-subnormal", COULD, label, node.op_type, o,
-                    f"{label} ({node.op_type}): {subnormal} of {nonzero} nonzero values of '{o}' are float16 subnormals "
-                    f"(below {FP16_MIN_NORMAL:.3g}: kept, with fewer significant bits); max |value| {peak_ref:.4g}",
-                    pattern=node.op_type, magnitude=subnormal / nonzero,
-                    details={"subnormal": subnormal, "nonzero": nonzero, "max_abs": peak_ref}))
+                kind, share, counts = "fp16-subnormal", subnormal / nonzero, {"subnormal": subnormal}
+                what = (f"{subnormal} of {nonzero} nonzero values of '{o}' are float16 subnormals "
+                        f"(below {FP16_MIN_NORMAL:.3g}: kept, with fewer significant bits)")
+            else:
+                continue
+            findings.append(Finding(kind, COULD, label, node.op_type, o,
+                                    f"{label} ({node.op_type}): {what}; max |value| {peak_ref:.4g}",
+                                    pattern=node.op_type, magnitude=share,
+                                    details={**counts, "nonzero": nonzero, "max_abs": peak_ref}))
 
 
 def _carried_from_clamps(node: onnx.NodeProto, graph: ScanGraph, ref: list[dict], emu: list[dict]) -> list[tuple[str, float]]:
