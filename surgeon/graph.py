@@ -32,7 +32,7 @@ from surgeon.graph_export import Exported, Exporter, extract, node_key, tensor_s
 from surgeon.graph_import import bind, proto_copy, stub_large_tensors
 from surgeon.graph_ops import (
     OVERRIDABLE, PROVENANCE_FROM, PROVENANCE_PASS, PROVENANCE_RULE, all_names, infer_shapes, is_overridable,
-    iter_graphs, meta, outer_scope_names, proto_subgraphs, stamp, subgraphs, walk_nodes,
+    iter_graphs, meta, proto_subgraphs, stamp, subgraphs, walk_nodes,
 )
 from surgeon.graph_ops import walk_graph_protos as _walk_graph_protos
 from surgeon.graph_ops import walk_proto_nodes as _walk_proto_nodes
@@ -42,7 +42,7 @@ from surgeon.graph_ops import walk_proto_nodes as _walk_proto_nodes
 __all__ = [
     "PROVENANCE_FROM", "PROVENANCE_PASS", "PROVENANCE_RULE", "Exported", "Model", "all_names", "annotate_types",
     "count_nodes", "extract", "infer_value_info", "inferred_types", "is_overridable", "iter_graphs", "iter_proto_nodes",
-    "meta", "op_histogram", "opset_version", "outer_scope_names", "proto_subgraphs", "stamp", "subgraphs", "walk_nodes",
+    "meta", "op_histogram", "opset_version", "proto_subgraphs", "stamp", "subgraphs", "walk_nodes",
 ]
 
 

@@ -8,8 +8,9 @@ may override, another refused it). Here each is one function with one rule:
 * **Domains.** :func:`is_default_domain` is the one test for the ONNX default domain
   (``""``, ``"ai.onnx"`` or unset).
 * **Scopes.** :func:`walk_nodes`, :func:`iter_graphs` and :func:`nested_graphs` visit If/Loop/Scan
-  bodies; :func:`outer_scope_names` and :func:`body_reads` name what a body reads from an
-  enclosing graph without a visible edge (onnx-graphsurgeon shares the tensor object).
+  bodies; :func:`outer_scope_names`, :func:`node_outer_reads` and :func:`body_reads` name what
+  a body reads from an enclosing graph without a visible edge (onnx-graphsurgeon shares the
+  tensor object).
   On protobuf graphs: :func:`proto_subgraphs`, :func:`walk_graph_protos`,
   :func:`walk_proto_nodes` and :func:`proto_outer_reads`.
 * **Constants.** :func:`constant` reads an initializer or a ``Constant`` node's output, and
@@ -181,12 +182,19 @@ def outer_scope_names(graph: gs.Graph) -> set[str]:
     return used
 
 
+def node_outer_reads(node: gs.Node) -> set[str]:
+    """Names ``node``'s bodies read from the graph the node lives in (or further out)."""
+    names: set[str] = set()
+    for sub in subgraphs(node):
+        names |= outer_scope_names(sub)
+    return names
+
+
 def body_reads(graph: gs.Graph) -> set[str]:
     """Names the bodies of ``graph``'s nodes read from it through outer scope (no visible edge)."""
     names: set[str] = set()
     for node in graph.nodes:
-        for sub in subgraphs(node):
-            names |= outer_scope_names(sub)
+        names |= node_outer_reads(node)
     return names
 
 
