@@ -28,7 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import weights as W
-from surgeon.graph_export import Exported, Exporter, extract, node_key, tensor_sig
+from surgeon.graph_export import Exported, Exporter, extract, is_weight, node_key, tensor_sig
 from surgeon.graph_import import bind, proto_copy, stub_large_tensors
 from surgeon.graph_ops import (
     OVERRIDABLE, PROVENANCE_FROM, PROVENANCE_PASS, PROVENANCE_RULE, all_names, infer_shapes, is_overridable,
@@ -38,11 +38,11 @@ from surgeon.graph_ops import walk_graph_protos as _walk_graph_protos
 from surgeon.graph_ops import walk_proto_nodes as _walk_proto_nodes
 
 # The walkers and marks live in the kernel (surgeon.graph_ops), the exporter in surgeon.graph_export:
-# callers reach them through this module too.
+# callers reach them through this module too (is_weight: the memory branch's fold-constants reads G.is_weight).
 __all__ = [
     "PROVENANCE_FROM", "PROVENANCE_PASS", "PROVENANCE_RULE", "Exported", "Model", "all_names", "annotate_types",
-    "count_nodes", "extract", "infer_value_info", "inferred_types", "is_overridable", "iter_graphs", "iter_proto_nodes",
-    "meta", "op_histogram", "opset_version", "proto_subgraphs", "stamp", "subgraphs", "walk_nodes",
+    "count_nodes", "extract", "infer_value_info", "inferred_types", "is_overridable", "is_weight", "iter_graphs",
+    "iter_proto_nodes", "meta", "op_histogram", "opset_version", "proto_subgraphs", "stamp", "subgraphs", "walk_nodes",
 ]
 
 
