@@ -38,7 +38,7 @@ from surgeon.graph_ops import walk_graph_protos as _walk_graph_protos
 from surgeon.graph_ops import walk_proto_nodes as _walk_proto_nodes
 
 # The walkers and marks live in the kernel (surgeon.graph_ops), the exporter in surgeon.graph_export:
-# callers reach them through this module too (is_weight: the memory branch's fold-constants reads G.is_weight).
+# callers reach them through this module too.
 __all__ = [
     "PROVENANCE_FROM", "PROVENANCE_PASS", "PROVENANCE_RULE", "Exported", "Model", "all_names", "annotate_types",
     "count_nodes", "extract", "infer_value_info", "inferred_types", "is_overridable", "is_weight", "iter_graphs",
