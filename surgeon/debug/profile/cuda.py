@@ -38,7 +38,7 @@ import numpy as np
 
 from surgeon import model as model_io
 from surgeon.debug.profile import ort_trace
-from surgeon.debug.profile.onnxrt import Source, _fill_from_trace, _Timed, interleave
+from surgeon.debug.profile.onnxrt import Source, _fill_from_trace, _Timed, enable_profiling, interleave
 from surgeon.debug.profile.result import ModelProfile
 from surgeon.debug.profile.stats import summarize
 from surgeon.errors import BackendError, BackendUnavailableError, UsageError
@@ -71,13 +71,7 @@ def _model_file(src: Source, folder: str, index: int) -> str:
 
 def _profiling(prefix: str, optimized: str | None):
     def configure(so: Any) -> None:
-        so.enable_profiling = True
-        so.profile_file_prefix = prefix
-        if optimized:
-            so.optimized_model_filepath = optimized
-            so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                        Path(optimized).name + ".data")
-            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        enable_profiling(so, prefix, optimized)
     return configure
 
 
