@@ -135,6 +135,32 @@ def stats(ref: Any, test: Any, atol: float, rtol: float) -> dict[str, Any]:
 
 
 def worst_output(per_output: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The output to report: failing before passing, then NaN/Inf where the reference is finite
+    (no finite error measures those; an all-NaN output has max abs 0 over its finite elements),
+    then the largest error in tolerances."""
     if not per_output:
         return None
-    return max(per_output, key=lambda n: (not per_output[n].get("passed", True), per_output[n].get("tol_ratio") or 0.0))
+    return max(per_output, key=lambda n: (not per_output[n].get("passed", True), per_output[n].get("nonfinite") or 0,
+                                          per_output[n].get("tol_ratio") or 0.0))
+
+
+def error_phrase(s: Mapping[str, Any] | None) -> str:
+    """One tensor's error in a few words: 'N/M non-finite' where the test side has NaN/Inf the
+    reference has not (then the finite error, if any finite element is left), else 'R x tol,
+    max abs E'."""
+    if not s:
+        return "-"
+    if s.get("reason"):
+        return str(s["reason"])
+    if s.get("kind") == "non-tensor":
+        return "equal" if s.get("passed") else "differs"
+    n, total = s.get("nonfinite") or 0, s.get("elements")
+    finite = f"{_g(s.get('tol_ratio'))}x tol, max abs {_g(s.get('max_abs'))}"
+    if n:
+        head = f"{n}/{total} non-finite"
+        return head if n == total else f"{head}; finite elements {finite}"
+    return finite
+
+
+def _g(v: Any) -> str:
+    return "-" if v is None else (f"{v:.3g}" if isinstance(v, (int, float)) else str(v))

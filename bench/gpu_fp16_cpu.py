@@ -118,9 +118,9 @@ def main() -> int:
     def tensors():
         types = extract.inferred_types(named)
         ref = reference_values(named, cpu, [feed])[0]
-        from surgeon.debug.scan import _emulated_values
+        from surgeon.debug.scan.fp16_run import emulated_values
 
-        emu = _emulated_values(named, [feed], [], extract.types_from_values([ref], types))[0][0]
+        emu = emulated_values(named, [feed], [], extract.types_from_values([ref], types))[0][0]
         order = [t for t in extract.all_tensor_names(named) if isinstance(ref.get(t), np.ndarray)
                  and ref[t].dtype.kind == "f" and t in emu]
         producer = {o: (n.name, n.op_type) for n in named.graph.node for o in n.output}

@@ -7,14 +7,17 @@ Writes ``OUT/gpu_results.json`` (rewritten after every model, so a run cut short
 measured) and ``OUT/gpu_results.md`` (the tables). ``OUT`` defaults to ``$OUT``, else
 ``./gpu_out``. ``--models`` defaults to ../shared/corpus, shared/corpus or .gpuwork/models.
 
-Parts, in order (each in try/except, each with its own time budget inside an overall one):
+Parts, in order (each in try/except, each with a share of the overall budget; a part may also
+use what the parts before it left unused, see BUDGETS):
 env (what ONNX Runtime and the machine give) -> compare (every corpus model, TF32 on and off,
 latency against the CPU) -> [CPU jobs start in the background: ``surgeon fix`` and the FP16
 emulation side of each model, bench/gpu_fp16_cpu.py] -> bisect (a planted divergence only the
 GPU shows) -> isolate (cuda-options on it, against one-at-a-time) -> marking (does marking
 tensors as outputs change CUDA's outputs: data for the noise-aware bisect) -> profile (per-node
-times against wall latency) -> fix-profile (``fix --profile`` on the GPU for every corpus model)
--> fp16 (the emulation's verdict against real CUDA float16 kernels).
+times against wall latency) -> profile-methods (every way of timing nodes this machine offers,
+side by side on four models: bench/gpu_profile_methods.py) -> fix-profile (``fix --profile`` on
+the GPU for every corpus model) -> fp16 (the emulation's verdict against real CUDA float16
+kernels).
 
 ``--cpu``: every code path on the CPU provider, through the CPU stand-in of the onnxrt-cuda
 backend (TF32 emulated by rounding); every figure it writes is labelled CPU STAND-IN and is not a
@@ -41,11 +44,15 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_common import FP16_SHAPES, LARGE_SHAPES, ROOT, corpus_feed, find_corpus, manifest, stats, worst_output  # noqa: E402
+from gpu_common import (FP16_SHAPES, LARGE_SHAPES, ROOT, corpus_feed, error_phrase, find_corpus, manifest, stats,  # noqa: E402
+                        worst_output)
 
-# seconds per part for a --budget of 480, scaled to the budget given (default 450)
-BUDGETS = {"env": 20, "compare": 90, "bisect": 35, "isolate": 45, "marking": 30, "profile": 100, "fix-profile": 60,
-           "fp16": 100}
+# Each part's share of the time, scaled so that the shares of the parts run add up to --budget
+# (default 450 s). A part may run until the sum of its share and the shares of the parts before
+# it has passed since the start: what earlier parts left unused goes to the next ones, and the
+# parts after it still have their own shares before the overall deadline.
+BUDGETS = {"env": 20, "compare": 90, "bisect": 35, "isolate": 45, "marking": 30, "profile": 100,
+           "profile-methods": 60, "fix-profile": 60, "fp16": 100}
 PARTS = list(BUDGETS)
 F32_TOL = (1e-4, 1e-3)
 FP16_TOL = (1e-2, 1e-2)
@@ -123,11 +130,16 @@ class Run:
             t0 = time.monotonic()
             try:
                 rows[path.name] = fn(path)
+            except OutOfTime as exc:  # the part's time ran out inside this model: not a failure of the model
+                rows[path.name] = {"skipped": str(exc)}
             except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end
                 rows[path.name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500],
                                    "trace": traceback.format_exc()[-1500:]}
             rows[path.name]["wall_s"] = round(time.monotonic() - t0, 2)
-            self.say(part.get("name", ""), path.name, "error" if rows[path.name].get("error") else "ok")
+            row = rows[path.name]
+            self.say(part.get("name", ""), path.name, "error" if row.get("error") else "skipped" if row.get("skipped") else "ok")
+            if self.jobs:
+                poll_cpu_jobs(self)  # so that a job's time is read when it ends, not at the end of the part
             self.flush()
 
 
@@ -215,6 +227,7 @@ def part_compare(run: Run) -> dict:
 
     part: dict = {"name": "compare", "tolerance": {"atol": F32_TOL[0], "rtol": F32_TOL[1], "note": "per-dtype defaults"}}
     run.R["parts"][part["name"]] = part  # partial results survive a stop
+    part["warmup"] = _warm_up(run)
 
     def one(path: Path) -> dict:
         model = _load(path)
@@ -255,6 +268,27 @@ def part_compare(run: Run) -> dict:
 
     run.each_model(part, one, need=4)
     return part
+
+
+def _warm_up(run: Run, seconds: float = 1.5) -> dict:
+    """Run the first corpus model on the backend for a while before anything is timed, so that the
+    first figures do not include the GPU leaving its idle clocks or the libraries' lazy loading
+    (the first GPU run, 2026-12-05, timed its first model's TF32-on latency at twice TF32-off)."""
+    paths = run.models()
+    if not paths:
+        return {"skipped": "no model"}
+    path = paths[0]
+    t0 = time.monotonic()
+    try:
+        feed = corpus_feed(path, run.entries)
+        sess = run.backend("onnxrt-cuda").session(_load(path))
+        n = 0
+        while time.monotonic() - t0 < seconds or n < 3:
+            sess.run(feed)
+            n += 1
+        return {"model": path.name, "runs": n, "s": round(time.monotonic() - t0, 2)}
+    except Exception as exc:  # noqa: BLE001 - compare itself says what is wrong with the model
+        return {"model": path.name, "error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def _planted():
@@ -432,6 +466,74 @@ def part_profile(run: Run) -> dict:
     return part
 
 
+# Models of the profile-methods part: two of many small kernels at the corpus's inputs (the
+# synchronized sum read 2.4x and 4.3x their latency in the first GPU run), two with large inputs
+# (0.76x and 0.62x there; copies of large inputs and outputs are in no node).
+METHOD_MODELS = (("nudenet_320n_yolov8n", "manifest"), ("vit_tiny_legacy_op17", "manifest"),
+                 ("rapidocr_ppocrv4_det", "large"), ("tutorial_cnn_op12_dynbatch", "large"))
+
+
+def part_profile_methods(run: Run) -> dict:
+    """Every way of timing nodes on CUDA that this machine offers, side by side on the same models
+    and inputs, each as its per-run sum against the wall latency (bench/gpu_profile_methods.py)."""
+    import gpu_profile_methods as gpm
+
+    part: dict = {"name": "profile-methods", "models": {}}
+    run.R["parts"][part["name"]] = part  # partial results survive a stop
+    by_stem = {p.stem: p for p in run.models()}
+    todo = [(by_stem[s], which) for s, which in METHOD_MODELS if s in by_stem and not (run.cpu and which == "large")]
+    if not todo and run.models():
+        todo = [(run.models()[0], "manifest")]  # a corpus without those models (the CPU check's one model)
+    work = run.work / "methods"
+    work.mkdir(parents=True, exist_ok=True)
+    rows, kineto_models = part["models"], []
+    from surgeon import input_files
+
+    for path, which in todo:
+        key = f"{path.name} [{which}]"
+        if run.left() < 12:
+            rows[key] = {"skipped": "time budget of this part used up"}
+            continue
+        t0 = time.monotonic()
+        label = f"m{len(kineto_models)}"
+        try:
+            feed = corpus_feed(path, run.entries, LARGE_SHAPES.get(path.stem) if which == "large" else None)
+            row = {"label": label, "inputs": ", ".join(f"{k}{list(v.shape)}" for k, v in feed.items())}
+            row.update(gpm.measure_host(path, label, feed, run.backend, run.cpu, work))
+            rows[key] = row
+            if not run.cpu:
+                inputs = work / f"{label}_inputs.npz"
+                input_files.save_inputs(inputs, [feed])
+                kineto_models.append({"label": label, "model": str(path), "inputs": str(inputs),
+                                      "prefix": str(work / f"{label}_k")})
+        except Exception as exc:  # noqa: BLE001
+            rows[key] = {"error": f"{type(exc).__name__}: {exc}"[:500], "trace": traceback.format_exc()[-1200:]}
+        rows[key]["wall_s"] = round(time.monotonic() - t0, 2)
+        run.say("profile-methods", key, "error" if "error" in rows[key] else "ok")
+        if run.jobs:
+            poll_cpu_jobs(run)
+        run.flush()
+    runs = 10
+    if run.cpu:
+        for row in rows.values():
+            for m in ("cupti-gpu-busy", "cupti-kernels-per-node"):
+                if "methods" in row:
+                    row["methods"][m] = {"skipped": "CPU stand-in: no GPU kernels to time"}
+    elif kineto_models and run.left() > 15:
+        t0 = time.monotonic()
+        answer = gpm.run_kineto_worker(kineto_models, work, warmup=5, runs=runs, timeout=min(150.0, run.left() - 5))
+        part["kineto_worker"] = {"s": round(time.monotonic() - t0, 1), "torch": answer.get("torch"),
+                                 "unavailable": answer.get("unavailable"), "error": answer.get("worker_error")}
+        for row in rows.values():
+            if "methods" in row:
+                gpm.add_kineto(row, answer, runs)
+    for row in rows.values():
+        if "methods" in row:
+            row["closest_per_node_method"] = gpm.closest(row)
+    part["closest"] = {k: r.get("closest_per_node_method") for k, r in rows.items() if "methods" in r}
+    return part
+
+
 # --- CPU jobs (bench/gpu_fp16_cpu.py), started early, collected late -----------------------------------
 
 def start_cpu_jobs(run: Run) -> None:
@@ -529,6 +631,10 @@ def part_fp16(run: Run) -> dict:
         prep = cpu.get("prepare") or {}
         if not prep.get("full16"):
             return {"skipped": prep.get("note") or "no float16 model from the CPU job", "cpu_steps": cpu.get("steps")}
+        if run.cpu:
+            crashed = _crashes_on_cpu([prep["full16"], (cpu.get("mixed") or {}).get("path")])
+            if crashed:
+                return {"skipped": f"CPU stand-in: {crashed}"}
         named, full16 = _load(Path(prep["named"])), _load(Path(prep["full16"]))
         feed = corpus_feed(path, run.entries, FP16_SHAPES.get(path.stem))  # the CPU job's inputs
         ref_all = reference_values(named, OnnxRuntimeBackend(), [feed])[0]
@@ -612,16 +718,36 @@ def part_fp16(run: Run) -> dict:
     return part
 
 
+def _crashes_on_cpu(paths: list) -> str | None:
+    """Why ONNX Runtime's CPU provider cannot even open these float16 models, when it crashes
+    doing so (onnxruntime 1.32's CPU provider segfaults creating a session of the recurrent
+    model in float16): found in a child process, so that the stand-in run goes on."""
+    files = [str(p) for p in paths if p and Path(p).is_file()]
+    code = ("import sys, onnxruntime as ort\n"
+            "for f in sys.argv[1:]:\n"
+            "    try:\n"
+            "        ort.InferenceSession(f, providers=['CPUExecutionProvider'])\n"
+            "    except Exception:\n"
+            "        pass  # a refusal is the part's own finding; only a crash is screened out\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "creating the CPU sessions of the float16 models did not finish in 120 s"
+    if proc.returncode < 0 or proc.returncode > 1:
+        return (f"ONNX Runtime's CPU provider crashed creating a session of the float16 model "
+                f"(exit {proc.returncode}); not compared")
+    return None
+
+
 def explain(row: dict) -> str:
     """One sentence from the gathered facts (no judgement beyond them)."""
     emu, cuda = row.get("emulation", {}), row.get("cuda", {})
     if cuda.get("error"):
         return f"CUDA could not run the float16 model: {cuda['error'][:200]}"
     e_w, c_w = emu.get("worst") or {}, cuda.get("worst") or {}
-    facts = [f"emulation {'passes' if emu.get('passed') else 'fails'} (worst {emu.get('worst_output')}: "
-             f"{_g(e_w.get('tol_ratio'))}x tol, max abs {_g(e_w.get('max_abs'))})",
+    facts = [f"emulation {'passes' if emu.get('passed') else 'fails'} (worst {emu.get('worst_output')}: {error_phrase(e_w)})",
              f"CUDA float16 {'passes' if cuda.get('passed') else 'fails'} (worst {cuda.get('worst_output')}: "
-             f"{_g(c_w.get('tol_ratio'))}x tol, max abs {_g(c_w.get('max_abs'))})"]
+             f"{error_phrase(c_w)})"]
     if row.get("agree"):
         return "agree: " + "; ".join(facts)
     t = (row.get("tensors") or {}).get("first_where_they_differ")
@@ -638,6 +764,17 @@ def explain(row: dict) -> str:
 
 def _g(v: Any) -> str:
     return "-" if v is None else (f"{v:.3g}" if isinstance(v, (int, float)) else str(v))
+
+
+def _short(s: dict | None) -> str:
+    """A table cell's error: NaN/Inf counted where there are any (an all-NaN output has no finite
+    error to show), else the error in tolerances."""
+    s = s or {}
+    if s.get("nonfinite"):
+        return f"{s['nonfinite']}/{s.get('elements')} non-finite"
+    if s.get("reason"):
+        return str(s["reason"])
+    return f"{_g(s.get('tol_ratio'))}x tol"
 
 
 # --- markdown ----------------------------------------------------------------------------------------------
@@ -711,6 +848,9 @@ def markdown(R: dict) -> str:
         L += ["## marking every tensor as an output: max abs change of the graph outputs", "",
               "| model | configuration | marked vs plain | plain vs new session |", "|---|---|---|---|"]
         for n, r in mk.items():
+            if r.get("error") or r.get("skipped"):
+                L.append(f"| {n} | {r.get('error') or r.get('skipped')} | | |")
+                continue
             for label, v in r.items():
                 if isinstance(v, dict):
                     L.append(f"| {n} | {label} | {_g(v['mark_vs_plain'])} | {_g(v['plain_vs_new_session'])} |")
@@ -726,6 +866,42 @@ def markdown(R: dict) -> str:
                      f"{_g(r.get('node_sum_ms'))} | {_g(r.get('latency_ms'))} | {_g(r.get('ratio'))} | {r.get('within_10pct')} | "
                      f"{r.get('mapped')}/{r.get('kernels')} | {top.get('kernel', '')} ({top.get('op', '')}) {_g(top.get('median_ms'))} ms |")
         L.append(f"\nwithin 10%: {len(P['profile'].get('within_10pct') or [])} profile(s)\n")
+    pm = P.get("profile-methods", {}).get("models", {})
+    if pm:
+        L += ["## profile-methods: per-run sum of node times against wall latency, method by method", "",
+              "Each cell: sum ms (sum/latency). Latency with numpy inputs and outputs, as `profile` reports it; "
+              "CUPTI GPU busy also against the latency with inputs and outputs on the device.", "",
+              "| model [inputs] | latency ms numpy I/O / device I/O | copies in / out ms (MB) | synchronized-node-events | "
+              "host-node-events | ORT model_run | CUPTI GPU busy (/ device-I/O latency) | CUPTI kernels per node (attributed, offset us) | closest per-node |",
+              "|---|---|---|---|---|---|---|---|---|"]
+        for n, r in pm.items():
+            if "methods" not in r:
+                L.append(f"| {n} | {r.get('error') or r.get('skipped')} | | | | | | | |")
+                continue
+            m, c = r["methods"], r.get("copies") or {}
+
+            def cell(name: str, m=m) -> str:
+                v = m.get(name) or {}
+                if v.get("skipped") or v.get("error"):
+                    return "-: " + str(v.get("skipped") or v.get("error"))[:80]
+                return f"{_g(v.get('node_sum_ms'))} ({_g(v.get('ratio'))})"
+
+            busy = m.get("cupti-gpu-busy") or {}
+            att = m.get("cupti-kernels-per-node") or {}
+            busy_cell = cell("cupti-gpu-busy") + (f" / {_g(busy.get('ratio_to_device_io'))}" if busy.get("ratio_to_device_io") else "")
+            att_cell = cell("cupti-kernels-per-node") + (
+                f", {_g(att.get('attributed_share'))} attributed, offset {att.get('offset_us')}" if "attributed_share" in att else "")
+            copies = (f"{_g(c.get('h2d_ms'))} / {_g(c.get('d2h_ms'))} ({_g(c.get('input_mb'))} / {_g(c.get('output_mb'))})"
+                      if c else r.get("device_io_error", "-"))
+            L.append(f"| {n} {r.get('inputs', '')} | {_g(r.get('latency_ms'))} / {_g(r.get('latency_device_io_ms'))} | {copies} | "
+                     f"{cell('synchronized-node-events')} | {cell('host-node-events')} | {cell('ort-model-run')} | {busy_cell} | "
+                     f"{att_cell} | {r.get('closest_per_node_method')} |")
+        kw = P["profile-methods"].get("kineto_worker")
+        if kw:
+            L.append(f"\nCUPTI worker: torch {kw.get('torch')}, {kw.get('s')} s"
+                     + (f"; unavailable: {kw['unavailable']}" if kw.get("unavailable") else "")
+                     + (f"; error: {kw['error']}" if kw.get("error") else ""))
+        L.append("")
     fp = P.get("fix-profile", {}).get("models", {})
     if fp:
         L += ["## fix --profile on the GPU (original A, surgeon fix output B)", "",
@@ -740,7 +916,7 @@ def markdown(R: dict) -> str:
     f16 = P.get("fp16", {})
     if f16.get("models"):
         L += ["## fp16: the CPU emulation's verdict against real CUDA float16 kernels (atol = rtol = 1e-2)", "",
-              "| model | emulation (worst output, x tol) | CUDA float16 (worst output, x tol) | agree | surgeon fp16 output on CUDA | explanation |",
+              "| model | emulation (worst output: error) | CUDA float16 (worst output: error) | agree | surgeon fp16 output on CUDA | explanation |",
               "|---|---|---|---|---|---|"]
         for n, r in f16["models"].items():
             if "agree" not in r:
@@ -750,8 +926,8 @@ def markdown(R: dict) -> str:
             mixed = r.get("mixed") or {}
             mtxt = (f"{'ok' if mixed.get('cuda_passed') else 'FAILS'} ({mixed.get('fp32_nodes')} FP32 nodes)"
                     if "cuda_passed" in mixed else mixed.get("error", "-"))
-            L.append(f"| {n} | {'ok' if e['passed'] else 'FAIL'} ({e.get('worst_output')}, {_g((e.get('worst') or {}).get('tol_ratio'))}) | "
-                     f"{'ok' if c.get('passed') else 'FAIL'} ({c.get('worst_output')}, {_g((c.get('worst') or {}).get('tol_ratio'))}) | "
+            L.append(f"| {n} | {'ok' if e['passed'] else 'FAIL'} ({e.get('worst_output')}: {_short(e.get('worst'))}) | "
+                     f"{'ok' if c.get('passed') else 'FAIL'} ({c.get('worst_output')}: {_short(c.get('worst'))}) | "
                      f"{r['agree']} | {mtxt} | {r.get('explanation', '')} |")
         a = f16.get("agreement") or {}
         L.append(f"\nagreement: {a.get('agree')} of {a.get('models')} models\n")
@@ -785,8 +961,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown part {unknown[0]}; parts: {', '.join(PARTS)}")
     run.say(f"mode {run.R['meta']['mode']}; corpus {run.corpus}; {len(run.models())} models; out {run.out}")
     table = {"env": part_env, "compare": part_compare, "bisect": part_bisect, "isolate": part_isolate,
-             "marking": part_marking, "profile": part_profile, "fix-profile": part_fix_profile, "fp16": part_fp16}
+             "marking": part_marking, "profile": part_profile, "profile-methods": part_profile_methods,
+             "fix-profile": part_fix_profile, "fp16": part_fp16}
     need_jobs = any(p in wanted for p in ("fix-profile", "fp16"))
+    scale = args.budget / sum(BUDGETS[p] for p in wanted)
+    planned = 0.0  # seconds from the start by which the parts so far are to end
     try:
         for name in PARTS:
             if name == "bisect" and need_jobs:
@@ -798,9 +977,10 @@ def main(argv: list[str] | None = None) -> int:
             if name != "env" and not run.cpu and not run.R["parts"].get("env", {}).get("cuda_session", True):
                 run.R["parts"][name] = {"skipped": "no CUDA session could start (see env)"}
                 continue
-            run.part_deadline = time.monotonic() + BUDGETS[name] * (args.budget / sum(BUDGETS.values()))
+            planned += BUDGETS[name] * scale
+            run.part_deadline = run.t0 + planned
             t0 = time.monotonic()
-            run.say("part", name)
+            run.say("part", name, f"(share {BUDGETS[name] * scale:.0f} s, {run.left():.0f} s with what earlier parts left)")
             try:
                 run.R["parts"][name] = table[name](run)
             except OutOfTime as exc:
@@ -808,7 +988,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - the next part still runs
                 run.R["parts"].setdefault(name, {}).update(error=f"{type(exc).__name__}: {exc}"[:600],
                                                            trace=traceback.format_exc()[-2000:])
-            run.R["parts"].setdefault(name, {})["wall_s"] = round(time.monotonic() - t0, 1)
+            run.R["parts"].setdefault(name, {}).update(wall_s=round(time.monotonic() - t0, 1),
+                                                       share_s=round(BUDGETS[name] * scale, 1),
+                                                       window_s=round(run.part_deadline - t0, 1))
             if run.jobs:
                 poll_cpu_jobs(run)
             run.flush()

@@ -31,14 +31,6 @@ logger = logging.getLogger(__name__)
 MAX_SWEEPS = 8
 
 
-def _outer_reads(node: gs.Node) -> set[str]:
-    """Names the node's bodies read from the scope the node lives in (or further out)."""
-    names: set[str] = set()
-    for sub in G.subgraphs(node):
-        names |= G.outer_scope_names(sub)
-    return names
-
-
 def _is_identity(node: gs.Node) -> bool:
     return node.op == "Identity" and K.is_default_domain(node) and len(node.inputs) == 1 and len(node.outputs) == 1
 
@@ -94,7 +86,7 @@ def _live_nodes(graph: gs.Graph, roots: list[gs.Node]) -> set[int]:
         if id(node) in live:
             continue
         live.add(id(node))
-        names = {t.name for t in node.inputs if t.name} | _outer_reads(node)
+        names = {t.name for t in node.inputs if t.name} | K.node_outer_reads(node)
         work.extend(producer[n] for n in names if n in producer)
     return live
 
@@ -124,7 +116,7 @@ def _in_order(graph: gs.Graph) -> bool:
     produced_here = {t.name for n in graph.nodes for t in n.outputs if t.name}
     seen: set[str] = set()
     for node in graph.nodes:
-        needs = {t.name for t in node.inputs if t.name} | _outer_reads(node)
+        needs = {t.name for t in node.inputs if t.name} | K.node_outer_reads(node)
         if any(name in produced_here and name not in seen for name in needs):
             return False
         seen |= {t.name for t in node.outputs if t.name}

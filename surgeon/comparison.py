@@ -15,7 +15,7 @@ an absent one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -310,3 +310,17 @@ def diff_outputs(
         tol = tolerance_for(r.dtype, a, rt) if isinstance(r, np.ndarray) else None  # None: per element of a sequence
         diffs.append(diff_values(name, r, test[name], tol, nan_equal=nan_equal, detail=detail, atol=a, rtol=rt))
     return diffs
+
+
+def samples_match(
+    refs: Sequence[Mapping[str, Any]],
+    tests: Sequence[Mapping[str, Any]],
+    *,
+    atol: float | Mapping[str, float] | None = None,
+    rtol: float | Mapping[str, float] | None = None,
+    nan_equal: bool = True,
+) -> bool:
+    """Whether every output of every sample (``tests[i]`` against ``refs[i]``) is within tolerance:
+    the verdict of an oracle that compares a candidate's runs with the reference's."""
+    return all(d.passed for ref, test in zip(refs, tests)
+               for d in diff_outputs(ref, test, atol=atol, rtol=rtol, nan_equal=nan_equal))

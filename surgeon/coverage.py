@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 
 from surgeon.errors import BackendError, InputDataError
+from surgeon.graph_ops import proto_subgraphs, walk_proto_nodes
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,10 @@ def data_dependent_ifs(model: onnx.ModelProto) -> list[DataIf]:
         reads: frozenset[str] = frozenset()
         for name in node.input:
             reads |= sources.get(name, frozenset())
-        for attr in node.attribute:  # a body reading a graph-input-dependent outer value
-            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                for inner in _walk(g):
-                    for name in inner.input:
-                        reads |= sources.get(name, frozenset())
+        for g in proto_subgraphs(node):  # a body reading a graph-input-dependent outer value
+            for inner in walk_proto_nodes(g):
+                for name in inner.input:
+                    reads |= sources.get(name, frozenset())
         if node.op_type == "If" and node.input and node.output and sources.get(node.input[0]):
             label = f"If '{node.name}'" if node.name else f"the If writing '{node.output[0]}'"
             found.append(DataIf(node.output[0], label, node.input[0], tuple(sorted(sources[node.input[0]]))))
@@ -64,14 +64,6 @@ def data_dependent_ifs(model: onnx.ModelProto) -> list[DataIf]:
                 if o:
                     sources[o] = reads
     return found
-
-
-def _walk(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _walk(g)
 
 
 def condition_model(skeleton: onnx.ModelProto, ifs: Sequence[DataIf]) -> onnx.ModelProto:

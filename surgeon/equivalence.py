@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from surgeon import weights as W
+from surgeon.graph_ops import proto_outer_reads
 
 _STANDARD = ("", "ai.onnx")
 
@@ -126,23 +127,9 @@ class _Digests:
 
     def _body(self, body: onnx.GraphProto, node: onnx.NodeProto, env: dict[str, bytes], value) -> list[bytes]:
         outer = dict(env)
-        for name in _free_names(body):
+        for name in proto_outer_reads(body):
             outer[name] = value(name)
         return self.graph(body, outer, root=False)
-
-
-def _free_names(graph: onnx.GraphProto) -> set[str]:
-    """Names ``graph`` (bodies included) reads from enclosing scopes."""
-    local = {vi.name for vi in graph.input} | {t.name for t in graph.initializer}
-    local |= {o for n in graph.node for o in n.output}
-    free: set[str] = set()
-    for n in graph.node:
-        free |= {x for x in n.input if x and x not in local}
-        for attr in n.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                free |= _free_names(sub) - local
-    return free
 
 
 def _h(*parts: bytes) -> bytes:
@@ -173,5 +160,5 @@ def body_digests(body: onnx.GraphProto, weights: Mapping[str, np.ndarray]) -> tu
     Tells whether a pass changed what a branch computes (:mod:`surgeon.coverage`) while
     renames, Identity and dead nodes inside it leave the digests as they were.
     """
-    env = {name: _h(b"outer", name.encode()) for name in _free_names(body)}
+    env = {name: _h(b"outer", name.encode()) for name in proto_outer_reads(body)}
     return tuple(_Digests(weights).graph(body, env, root=False))

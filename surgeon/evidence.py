@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from surgeon.comparison import tolerance_for
+from surgeon.graph_ops import proto_subgraphs
 
 NONFINITE, CONSTANT, BLIND = "nonfinite", "constant", "blind"
 
@@ -217,12 +218,10 @@ def input_dependent_outputs(model: onnx.ModelProto) -> set[str]:
 
     def body_reads(node: onnx.NodeProto) -> set[str]:
         names: set[str] = set()
-        for attr in node.attribute:
-            graphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-            for g in graphs:
-                for inner in g.node:
-                    names.update(i for i in inner.input if i)
-                    names.update(body_reads(inner))
+        for g in proto_subgraphs(node):
+            for inner in g.node:
+                names.update(i for i in inner.input if i)
+                names.update(body_reads(inner))
         return names
 
     random_ops = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}

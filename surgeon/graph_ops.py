@@ -8,8 +8,11 @@ may override, another refused it). Here each is one function with one rule:
 * **Domains.** :func:`is_default_domain` is the one test for the ONNX default domain
   (``""``, ``"ai.onnx"`` or unset).
 * **Scopes.** :func:`walk_nodes`, :func:`iter_graphs` and :func:`nested_graphs` visit If/Loop/Scan
-  bodies; :func:`outer_scope_names` and :func:`body_reads` name what a body reads from an
-  enclosing graph without a visible edge (onnx-graphsurgeon shares the tensor object).
+  bodies; :func:`outer_scope_names`, :func:`node_outer_reads` and :func:`body_reads` name what
+  a body reads from an enclosing graph without a visible edge (onnx-graphsurgeon shares the
+  tensor object).
+  On protobuf graphs: :func:`proto_subgraphs`, :func:`walk_graph_protos`,
+  :func:`walk_proto_nodes` and :func:`proto_outer_reads`.
 * **Constants.** :func:`constant` reads an initializer or a ``Constant`` node's output, and
   nothing else. One rule for overridable inputs: an initializer that is also a graph input
   at IR >= 4 (:func:`is_overridable`) is a default the user may replace, so it is never
@@ -102,6 +105,25 @@ def walk_proto_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                 yield from walk_proto_nodes(sub)
 
 
+def proto_outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph proto reads from enclosing scopes: what its nodes, its bodies and its
+    outputs read that it does not define (inputs, initializers, node outputs).
+
+    The protobuf counterpart of :func:`outer_scope_names`: a node holding ``graph`` as a
+    body depends on these names as much as on its inputs.
+    """
+    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    defined |= {t.values.name for t in graph.sparse_initializer}
+    defined |= {o for n in graph.node for o in n.output if o}
+    used = {o.name for o in graph.output}
+    for n in graph.node:
+        used.update(i for i in n.input if i)
+        if n.attribute:
+            for sub in proto_subgraphs(n):
+                used |= proto_outer_reads(sub)
+    return used - defined
+
+
 def subgraphs(node: gs.Node) -> tuple[gs.Graph, ...]:
     """The bodies held in a node's attributes (If branches, Loop/Scan bodies).
 
@@ -162,12 +184,19 @@ def outer_scope_names(graph: gs.Graph) -> set[str]:
     return used
 
 
+def node_outer_reads(node: gs.Node) -> set[str]:
+    """Names ``node``'s bodies read from the graph the node lives in (or further out)."""
+    names: set[str] = set()
+    for sub in subgraphs(node):
+        names |= outer_scope_names(sub)
+    return names
+
+
 def body_reads(graph: gs.Graph) -> set[str]:
     """Names the bodies of ``graph``'s nodes read from it through outer scope (no visible edge)."""
     names: set[str] = set()
     for node in graph.nodes:
-        for sub in subgraphs(node):
-            names |= outer_scope_names(sub)
+        names |= node_outer_reads(node)
     return names
 
 

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from typing import Iterator
-
 import onnx
 
 from surgeon.errors import ModelLoadError
+from surgeon.graph_ops import proto_outer_reads, proto_subgraphs, walk_graph_protos, walk_proto_nodes
 
 SORTED = "graph sorted topologically"
 DUPLICATE_NAME = "duplicate node name made unique"
@@ -39,43 +38,10 @@ REFUSED = frozenset({SORTED, DUPLICATE_NAME, DUPLICATE_IMPORT, MISSING_IMPORT})
 _ONNX_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training"})
 
 
-def _bodies(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attr in node.attribute:
-        if attr.HasField("g"):
-            yield attr.g
-        yield from attr.graphs
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for body in _bodies(node):
-            yield from _graphs(body)
-
-
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for body in _bodies(node):
-            yield from _nodes(body)
-
-
-def _outer_reads(graph: onnx.GraphProto) -> set[str]:
-    """Names a body reads from the scopes around it."""
-    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    local |= {o for n in graph.node for o in n.output}
-    used: set[str] = set()
-    for n in graph.node:
-        used.update(i for i in n.input if i)
-        for body in _bodies(n):
-            used |= _outer_reads(body)
-    return used - local
-
-
 def _needs(node: onnx.NodeProto) -> set[str]:
     names = {i for i in node.input if i}
-    for body in _bodies(node):
-        names |= _outer_reads(body)
+    for body in proto_subgraphs(node):
+        names |= proto_outer_reads(body)
     return names
 
 
@@ -121,7 +87,7 @@ def _sort(graph: onnx.GraphProto) -> bool:
 
 def _name_nodes(graph: onnx.GraphProto, counts: Counter) -> None:
     """A non-empty name, unique in the whole model, for every node (bodies included)."""
-    nodes = list(_nodes(graph))
+    nodes = list(walk_proto_nodes(graph))
     taken = {n.name for n in nodes if n.name}
     seen: set[str] = set()
     for node in nodes:
@@ -149,7 +115,7 @@ def _repair_imports(model: onnx.ModelProto, counts: Counter) -> None:
         del model.opset_import[:]
         model.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in versions.items())
         counts[DUPLICATE_IMPORT] += duplicates
-    used = {n.domain or "" for n in _nodes(model.graph)}
+    used = {n.domain or "" for n in walk_proto_nodes(model.graph)}
     for domain in sorted(used - set(versions) - _ONNX_DOMAINS):
         model.opset_import.append(onnx.helper.make_opsetid(domain, 1))
         counts[MISSING_IMPORT] += 1
@@ -162,7 +128,7 @@ def repair(model: onnx.ModelProto) -> dict[str, int]:
     """
     counts: Counter = Counter()
     _repair_imports(model, counts)
-    for graph in list(_graphs(model.graph)):
+    for graph in list(walk_graph_protos(model.graph)):
         if _sort(graph):
             counts[SORTED] += 1
     _name_nodes(model.graph, counts)

@@ -8,16 +8,20 @@ atomically and :func:`console` prints tables with rich.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from surgeon.files import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 
 # Below a terminal (a pipe, a log file) rich would assume 80 columns and fold table cells,
@@ -101,6 +105,18 @@ def to_json(data: dict) -> str:
 
 def write_json(path: str, data: dict) -> None:
     write_text_atomic(path, to_json(data))
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON document an earlier run wrote (resumable state): None when there is none, or
+    when it cannot be read (a warning names it; the run then starts afresh)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("ignoring unreadable %s", path)
+        return None
 
 
 _NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*(s|ms|%|x|MB|KB|GB)?$|^-$|^$")

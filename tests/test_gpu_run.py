@@ -38,6 +38,10 @@ def test_gpu_run_dry_run_exercises_every_part(tmp_path):
             assert cli["rc"] == 2 and "onnxruntime-gpu" in cli["stderr_tail"], cli
     prof = P["profile"]["models"]["tutorial_cnn.onnx [manifest]"]
     assert prof["method"] == "synchronized-node-events" and prof["node_sum_ms"] > 0 and prof["ratio"] > 0
+    methods = P["profile-methods"]["models"]["tutorial_cnn.onnx [manifest]"]["methods"]
+    for name in ("synchronized-node-events", "host-node-events", "ort-model-run"):
+        assert methods[name]["node_sum_ms"] > 0 and methods[name]["ratio"] > 0, (name, methods[name])
+    assert "CPU stand-in" in methods["cupti-gpu-busy"]["skipped"]  # no GPU kernels, said so, not made up
     assert "ratio" in P["fix-profile"]["models"]["tutorial_cnn.onnx"]
     f16 = P["fp16"]["models"]["tutorial_cnn.onnx"]
     assert f16["emulation"]["passed"] is True and "agree" in f16 and f16["explanation"]

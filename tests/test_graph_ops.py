@@ -207,6 +207,28 @@ def test_walkers_visit_every_scope_outer_first():
     assert {"t", "a", "if", "n", "m", "u", "v", "x", "c", "y"} <= K.all_names(m.graph)
 
 
+def test_proto_walkers_and_what_a_body_reads_from_outside():
+    """Protobuf counterparts of the walkers: a body reads the outer names its nodes (and the bodies
+    nested in them) read and it does not define itself (inputs, initializers, node outputs)."""
+    m = model_from_text("""<ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,4] x, bool c) => (float[N,4] y) {
+      [a] t = Relu(x)
+      [k] w = Neg(x)
+      [if] y = If(c) <then_branch = th () => (float[N,4] u) <float[1] b = {1.0}> {
+                        [n] v = Add(t, b)
+                        [in] u = If(c) <then_branch = th2 () => (float[N,4] p) { [q] p = Mul(v, w) },
+                                        else_branch = el2 () => (float[N,4] r) { [s] r = Abs(v) }>
+                      },
+                      else_branch = el () => (float[N,4] z) { [m] z = Abs(t) }>
+    }""")
+    assert [n.name for n in K.walk_proto_nodes(m.graph)] == ["a", "k", "if", "n", "in", "q", "s", "m"]
+    assert [g.name for g in K.walk_graph_protos(m.graph)] == [m.graph.name, "th", "th2", "el2", "el"]
+    then, other = K.proto_subgraphs(m.graph.node[2])
+    assert K.proto_outer_reads(then) == {"t", "c", "w"}  # not b (its initializer) nor v (its node's output)
+    assert K.proto_outer_reads(other) == {"t"}
+    assert K.proto_outer_reads(m.graph) == set()
+
+
 @pytest.mark.parametrize("domain,default", [(None, True), ("", True), ("ai.onnx", True), ("com.microsoft", False)])
 def test_default_domain(domain, default):
     assert K.is_default_domain(gs.Node("Relu", domain=domain)) is default

@@ -129,7 +129,7 @@ class GraphPass(Pass):
 
     ``run_on_graph`` returns True when it changed ``graph``. Subgraphs share tensor
     objects with their enclosing graph, so outer-scope references stay intact as long as
-    a pass does not remove a tensor that :func:`surgeon.graph.outer_scope_names` reports.
+    a pass does not remove a tensor that :func:`surgeon.graph_ops.outer_scope_names` reports.
 
     ``candidate_ops``: when set, a model with none of these op types (subgraphs included)
     is left alone without visiting a graph.

@@ -77,16 +77,6 @@ def _defined(graph: onnx.GraphProto) -> set[str]:
     return names
 
 
-def free_names(graph: onnx.GraphProto) -> set[str]:
-    """Names a (sub)graph reads from enclosing scopes."""
-    used = {o.name for o in graph.output}
-    for n in graph.node:
-        used.update(i for i in n.input if i)
-        for sub in _subgraphs(n):
-            used |= free_names(sub)
-    return used - _defined(graph)
-
-
 def _rename_free(graph: onnx.GraphProto, old: str, new: str) -> None:
     """Make ``graph`` (and graphs nested in it) read ``new`` where it read the outer ``old``."""
     if old in _defined(graph):
@@ -169,7 +159,7 @@ def convert(model: onnx.ModelProto, cls: Classification, keep_nodes: set[str] | 
     refs: dict[str, list[int]] = {}  # outer names read inside control-flow bodies
     for idx, n in enumerate(nodes):
         for sub in _subgraphs(n):
-            for name in free_names(sub):
+            for name in K.proto_outer_reads(sub):
                 refs.setdefault(name, []).append(idx)
 
     low_in = [set(c.low_inputs) for c in cls.nodes]
@@ -362,7 +352,7 @@ def _merge_casts(g: onnx.GraphProto, types: dict[str, int], outputs: set[str], l
             for i in n.input:
                 readers.setdefault(i, []).append(n)
             for sub in _subgraphs(n):
-                sub_read |= free_names(sub)
+                sub_read |= K.proto_outer_reads(sub)
         for n in list(g.node):
             if n.op_type != "Cast" or not K.is_default_domain(n):
                 continue

@@ -30,6 +30,7 @@ import onnx
 
 from surgeon.debug.isolate.ddmin import ddmin, prefix_bisect
 from surgeon.debug.verdict import SearchStatus, Verdict
+from surgeon.disjoint_sets import DisjointSets
 from surgeon.precision.oracle import BudgetExhausted, CachedOracle, Judgement
 
 log = logging.getLogger(__name__)
@@ -73,14 +74,7 @@ def islands_of(model: onnx.ModelProto, labels: Sequence[str], kept: Sequence[str
     """Connected components of ``kept`` in the dataflow graph (in graph order)."""
     order = {label: i for i, label in enumerate(labels)}
     kept_set = set(kept)
-    parent = {k: k for k in kept}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    sets = DisjointSets(kept)
     producer = {}
     for label, n in zip(labels, model.graph.node):
         for o in n.output:
@@ -92,10 +86,10 @@ def islands_of(model: onnx.ModelProto, labels: Sequence[str], kept: Sequence[str
         for i in n.input:
             p = producer.get(i)
             if p in kept_set:
-                parent[find(p)] = find(label)
+                sets.union(p, label)
     groups: dict[str, list[str]] = {}
     for k in sorted(kept, key=lambda x: order[x]):
-        groups.setdefault(find(k), []).append(k)
+        groups.setdefault(sets.find(k), []).append(k)
     return sorted(groups.values(), key=lambda g: order[g[0]])
 
 

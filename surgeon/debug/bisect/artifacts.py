@@ -19,8 +19,6 @@ tolerances) matches the current run.
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -30,9 +28,7 @@ import onnx
 from surgeon import model as model_io
 from surgeon.debug.bisect.oracle import Observation
 from surgeon.errors import UsageError
-from surgeon.report import write_json
-
-log = logging.getLogger(__name__)
+from surgeon.report import read_json, write_json
 
 STATE = "bisect-state.json"
 
@@ -68,15 +64,8 @@ def _key(kind: str, nodes: frozenset[int]) -> str:
 
 def load_state(outdir: Path, fp: str) -> dict[tuple[str, frozenset[int]], Observation]:
     """Verdicts of an earlier run with the same fingerprint (empty otherwise)."""
-    path = outdir / STATE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        log.warning("ignoring unreadable %s", path)
-        return {}
-    if data.get("fingerprint") != fp:
+    data = read_json(outdir / STATE)
+    if data is None or data.get("fingerprint") != fp:
         return {}
     out = {}
     for key, v in data.get("verdicts", {}).items():

@@ -30,25 +30,11 @@ from surgeon.debug.bisect.strategy import Dag
 from surgeon.graph_ops import infer_shapes
 
 
-def _body_outer_refs(graph: onnx.GraphProto) -> set[str]:
-    """Names a body reads from enclosing scopes."""
-    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    local |= {o for n in graph.node for o in n.output}
-    used: set[str] = set()
-    for n in graph.node:
-        used.update(i for i in n.input if i)
-        for a in n.attribute:
-            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                used |= _body_outer_refs(g)
-    return used - local
-
-
 def node_reads(node: onnx.NodeProto) -> list[str]:
     """Inputs of a node, plus the outer-scope names its bodies read (deduplicated, in order)."""
     names = [i for i in node.input if i]
-    for a in node.attribute:
-        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-            names.extend(sorted(_body_outer_refs(g)))
+    for g in K.proto_subgraphs(node):
+        names.extend(sorted(K.proto_outer_reads(g)))
     return list(dict.fromkeys(names))
 
 
@@ -194,6 +180,17 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str], types: Mapping[st
         if n not in have:
             out.graph.output.append(value_info(n, types))
             have.add(n)
+    return out
+
+
+def run_marked(session: Any, samples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per sample, its feeds and every output of ``session`` (on a model from :func:`with_outputs`:
+    every marked tensor's value)."""
+    out = []
+    for s in samples:
+        values = dict(s)
+        values.update(session.run(s))
+        out.append(values)
     return out
 
 

@@ -47,15 +47,9 @@ def reference_values(model: onnx.ModelProto, backend: Any, samples: Sequence[Map
     names = extract.all_tensor_names(model)
     marked = extract.with_outputs(model, names, extract.inferred_types(model))
     try:
-        sess = backend.session(marked)
-        out = []
-        for s in samples:
-            values = dict(s)
-            values.update(sess.run(s))
-            out.append(values)
+        return extract.run_marked(backend.session(marked), samples)
     except BackendError as exc:
         raise BackendError(f"the reference backend cannot run the model, so there is nothing to compare against: {exc}") from exc
-    return out
 
 
 def reference_outputs(model: onnx.ModelProto, backend: Any, samples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -12,8 +12,6 @@ Every file is written atomically; nothing is written before the inputs are valid
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,9 +19,7 @@ from typing import Any, Sequence
 from surgeon import model as model_io
 from surgeon.debug.isolate.ddmin import Call, Subset, Verdict
 from surgeon.errors import UsageError
-from surgeon.report import write_json
-
-log = logging.getLogger(__name__)
+from surgeon.report import read_json, write_json
 
 CALLS = "calls.json"
 REPORT = "report.json"
@@ -46,15 +42,8 @@ class ArtifactDir:
 
     def resume_cache(self) -> dict[Subset, Verdict]:
         """Verdicts of an earlier run on the same target and choices (search calls only)."""
-        file = self.path / CALLS
-        if not file.is_file():
-            return {}
-        try:
-            doc = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            log.warning("ignoring unreadable %s", file)
-            return {}
-        if doc.get("target") != self.target or doc.get("choices") != self.choices:
+        doc = read_json(self.path / CALLS)
+        if doc is None or doc.get("target") != self.target or doc.get("choices") != self.choices:
             return {}
         cache: dict[Subset, Verdict] = {}
         for call in doc.get("calls", []):

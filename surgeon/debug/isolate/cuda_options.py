@@ -23,18 +23,15 @@ never a verdict: the search stops with that sentence.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping, Sequence
 
 import onnx
 
 from surgeon import backends
-from surgeon.comparison import diff_outputs
 from surgeon.debug.isolate.ddmin import Subset, Verdict
+from surgeon.debug.isolate.judge import judge
 from surgeon.debug.isolate.ort_optimizers import KNOWN_RULES, OptimizerInventory, parse_transformer_log, validate_names
-from surgeon.errors import BackendError, BackendUnavailableError, UsageError
-
-log = logging.getLogger(__name__)
+from surgeon.errors import UsageError
 
 CONSERVATIVE = {"tf32": False, "algo_search": "default", "nhwc": False}
 
@@ -112,18 +109,8 @@ class CudaOptionsTarget:
 
     def __call__(self, subset: Subset) -> Verdict:
         backend = self.backend_for(subset)
-        try:
-            session = backend.session(self.model)
-            outputs = [session.run(f) for f in self.samples]
-        except BackendUnavailableError:
-            raise  # no GPU is no verdict
-        except BackendError as exc:
-            log.info("candidate %s did not run: %s", subset, exc)
-            return Verdict.FAIL
-        for ref, out in zip(self.reference, outputs):
-            if not all(d.passed for d in diff_outputs(ref, out, atol=self.atol, rtol=self.rtol, nan_equal=self.nan_equal)):
-                return Verdict.FAIL
-        return Verdict.PASS
+        return judge(subset, lambda: backend.session(self.model), self.samples, self.reference, atol=self.atol,
+                     rtol=self.rtol, nan_equal=self.nan_equal)
 
     def describe(self, index: int) -> dict[str, Any]:
         if index < len(self.provider):

@@ -30,8 +30,8 @@ import onnx
 
 from surgeon import model as model_io
 from surgeon import backends
-from surgeon.comparison import diff_outputs
 from surgeon.debug.isolate.ddmin import Subset, Verdict
+from surgeon.debug.isolate.judge import judge
 from surgeon.errors import BackendError, UsageError
 
 log = logging.getLogger(__name__)
@@ -173,16 +173,8 @@ class OrtOptimizersTarget:
 
     def __call__(self, subset: Subset) -> Verdict:
         backend = backends.create("onnxrt", optimization="all", disabled_optimizers=self.disabled_for(subset), threads=1)
-        try:
-            session = backend.session(self.model)
-            outputs = [session.run(f) for f in self.samples]
-        except BackendError as exc:
-            log.info("candidate %s did not run: %s", subset, exc)
-            return Verdict.FAIL
-        for ref, out in zip(self.reference, outputs):
-            if not all(d.passed for d in diff_outputs(ref, out, atol=self.atol, rtol=self.rtol, nan_equal=self.nan_equal)):
-                return Verdict.FAIL
-        return Verdict.PASS
+        return judge(subset, lambda: backend.session(self.model), self.samples, self.reference, atol=self.atol,
+                     rtol=self.rtol, nan_equal=self.nan_equal)
 
     def describe(self, index: int) -> dict[str, Any]:
         name = self.choices[index]

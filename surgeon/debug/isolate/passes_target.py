@@ -15,18 +15,15 @@ reads.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping
 
 import onnx
 
 from surgeon import backends
-from surgeon.comparison import diff_outputs
 from surgeon.debug.isolate.ddmin import Subset, Verdict
-from surgeon.errors import BackendError, UsageError
+from surgeon.debug.isolate.judge import judge
+from surgeon.errors import UsageError
 from surgeon.pipeline import runner
-
-log = logging.getLogger(__name__)
 
 
 class PassesTarget:
@@ -75,17 +72,8 @@ class PassesTarget:
         return model
 
     def __call__(self, subset: Subset) -> Verdict:
-        try:
-            model = self.candidate(subset)
-            session = self.backend.session(model)
-            outputs = [session.run(f) for f in self.samples]
-        except BackendError as exc:  # the rewritten model does not even load or run: a real break
-            log.info("candidate %s does not run: %s", subset, exc)
-            return Verdict.FAIL
-        for ref, out in zip(self.reference, outputs):
-            if not all(d.passed for d in diff_outputs(ref, out, atol=self.atol, rtol=self.rtol, nan_equal=self.nan_equal)):
-                return Verdict.FAIL
-        return Verdict.PASS
+        return judge(subset, lambda: self.backend.session(self.candidate(subset)), self.samples, self.reference,
+                     atol=self.atol, rtol=self.rtol, nan_equal=self.nan_equal)
 
     def describe(self, index: int) -> dict[str, Any]:
         app = self.applications[self.choices[index]]

@@ -16,7 +16,11 @@ installed wheel gives, and said in the report (``gpu_timing.method``):
    ``CUDA_LAUNCH_BLOCKING=1``, where every launch waits for its kernel to finish, so a node's
    event spans its launch and its execution. The sum over nodes then counts every launch's
    overhead in full, where an unsynchronized run overlaps launches with the GPU's work: it
-   reads high on models of many small kernels and close on models the GPU is busy with.
+   reads high on models of many small kernels. It reads low where copying large inputs and
+   outputs between host and GPU is part of the latency: those copies are in no node. On an H100
+   (onnxruntime-gpu 1.31.1, one run, docs/gpu.md) the sum was 1.2 to 4.3 times the latency on
+   10 of 12 corpus models at their own inputs, and 0.6 to 0.8 times on 4 of 5 with large
+   inputs; none of the 17 profiles was within 10%.
 
 Latency is always measured without the profiler and without synchronization, in this process,
 runs interleaved with the profiled session's (when that is in this process too). The report
@@ -38,7 +42,7 @@ import numpy as np
 
 from surgeon import model as model_io
 from surgeon.debug.profile import ort_trace
-from surgeon.debug.profile.onnxrt import Source, _fill_from_trace, _Timed, interleave
+from surgeon.debug.profile.onnxrt import Source, _fill_from_trace, _Timed, enable_profiling, interleave
 from surgeon.debug.profile.result import ModelProfile
 from surgeon.debug.profile.stats import summarize
 from surgeon.errors import BackendError, BackendUnavailableError, UsageError
@@ -71,13 +75,7 @@ def _model_file(src: Source, folder: str, index: int) -> str:
 
 def _profiling(prefix: str, optimized: str | None):
     def configure(so: Any) -> None:
-        so.enable_profiling = True
-        so.profile_file_prefix = prefix
-        if optimized:
-            so.optimized_model_filepath = optimized
-            so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                        Path(optimized).name + ".data")
-            so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        enable_profiling(so, prefix, optimized)
     return configure
 
 
@@ -222,7 +220,8 @@ def _fill_profile(p: ModelProfile, src: Source, path: str, samples: Sequence[Map
         sums = node_sums(trace_file, warmup, gpu_kernels=False)
         note = ("node time = launch + execution with every launch synchronized; the sum counts each launch's "
                 "overhead that an unsynchronized run overlaps with the GPU's work, so it reads high on models "
-                "of many small kernels")
+                "of many small kernels; copies of the inputs and outputs between host and GPU are in no node, so it "
+                "reads low where those are large")
         if cpu_stand_in:
             note += " (CPU stand-in: the CPU provider ran, no GPU was timed)"
     p.source = source

@@ -72,16 +72,22 @@ def _options(backend: str, threads: int, profile_prefix: str | None = None, opti
     so.log_severity_level = 4
     if threads:
         so.intra_op_num_threads = threads
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    if optimized_path:
-        so.optimized_model_filepath = optimized_path
-        # weights go to a side file (any model size); only the graph is read back
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                    Path(optimized_path).name + ".data")
-        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    enable_profiling(so, profile_prefix, optimized_path)
     return so
+
+
+def enable_profiling(so: Any, prefix: str | None, optimized: str | None) -> None:
+    """ONNX Runtime's profiler on ``so`` (trace files named from ``prefix``), and with ``optimized``
+    the optimized graph saved there, its weights in a side file (any model size; only the graph
+    is read back, to map fused kernels to ONNX nodes)."""
+    if prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = prefix
+    if optimized:
+        so.optimized_model_filepath = optimized
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                    Path(optimized).name + ".data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
 
 
 def _session(source: Source, backend: str, so) -> Any:
