@@ -18,9 +18,19 @@ installed wheel gives, and said in the report (``gpu_timing.method``):
    overhead in full, where an unsynchronized run overlaps launches with the GPU's work: it
    reads high on models of many small kernels. It reads low where copying large inputs and
    outputs between host and GPU is part of the latency: those copies are in no node. On an H100
-   (onnxruntime-gpu 1.31.1, one run, docs/gpu.md) the sum was 1.2 to 4.3 times the latency on
-   10 of 12 corpus models at their own inputs, and 0.6 to 0.8 times on 4 of 5 with large
-   inputs; none of the 17 profiles was within 10%.
+   (onnxruntime-gpu 1.31.1, whose PyPI wheel gives this method; two runs of bench/gpu_run.py,
+   docs/gpu.md) the sum was 1.09 to 4.33 times the latency on 21 of the 24 profiles of corpus
+   models at their own inputs, and 0.62 to 0.93 times on 4 of 5 with large inputs (ViT 1.52);
+   within 10% on 0 of 17 profiles in the first run and 2 of 17 in the second, none in both.
+
+Why no method here adds up, measured in the second run (bench/gpu_profile_methods.py, CUPTI
+through PyTorch's profiler): on small inputs the GPU is busy only about 0.21 of the latency, the
+rest being host-side launches, so the synchronized sum over-counts 2.7 to 3.5 times and even
+CUPTI's kernel times per node sum to 0.31 to 0.48 of it; on large inputs the GPU is busy 0.91 to
+0.93 of the latency, the host-device copies take 40 to 50% of it, and CUPTI's kernels,
+attributed to nodes at 91 to 99.5%, sum to 0.94 of the latency with the inputs and outputs kept
+on the GPU. That attribution needs PyTorch beside onnxruntime-gpu, which surgeon does not depend
+on, so it stays a bench measurement and this module keeps the two methods above.
 
 Latency is always measured without the profiler and without synchronization, in this process,
 runs interleaved with the profiled session's (when that is in this process too). The report
