@@ -37,7 +37,12 @@ def _add_fix(sub) -> None:
     p.add_argument("--passes", help="comma-separated pass names, or +NAME,-NAME edits of the default pipeline "
                                     "(default: the default pipeline; see 'surgeon passes')")
     add_output_args(p)
-    p.add_argument("--no-verify", action="store_true", help="skip numeric verification (structural checks still run)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--no-verify", action="store_true", help="skip numeric verification (structural checks still run)")
+    how.add_argument("--verify", choices=("auto", "whole", "local"), default="auto",
+                     help="how changes are compared: the whole model after each, each on the region it changed "
+                          "(on values recorded from the input model), or auto: regions where a whole-model run "
+                          "would not fit in memory or is heavy (docs/large-models.md)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when any pass was rolled back or the output could not be verified numerically")
     p.add_argument("--fix-shapes", action="store_true", help="write --input-shapes into the saved model")
@@ -69,7 +74,8 @@ def _cmd_fix(args) -> int:
 
     with Progress("running passes") as status:
         result = surgeon.fix(
-            args.model, args.passes, output=args.output, report=args.report, verify=not args.no_verify,
+            args.model, args.passes, output=args.output, report=args.report,
+            verify=False if args.no_verify else args.verify,
             strict=args.strict, input_shapes=parse_shape_args(args.input_shapes), load_inputs=args.load_inputs,
             seed=args.seed, atol=tolerances(args.atol), rtol=tolerances(args.rtol), fix_shapes=args.fix_shapes,
             value_ranges=parse_value_ranges(args.val_range), freeze_initializer_inputs=args.freeze_initializer_inputs,

@@ -31,7 +31,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from surgeon.weights import DenseSparseValues, WeightValues
+from surgeon.weights import DenseSparseValues, WeightValues, release
 
 from surgeon import graph as G
 from surgeon import graph_ops as K
@@ -155,6 +155,7 @@ class ContentIndex:
     def _fp(self, entry: _Entry) -> bytes | None:
         if entry.fp is None and self._read(entry) is not None:
             entry.fp = _fingerprint(entry.array)
+            release(entry.array)  # a few sampled elements map whole folios of a mapped weight
         return entry.fp
 
     def class_of(self, holder: "gs.Constant | np.ndarray") -> int:
@@ -178,6 +179,7 @@ class ContentIndex:
             for rep in bucket:
                 if self._fp(rep) == entry.fp and _same_bytes(rep.array, entry.array):
                     entry.cls = rep.cls
+                    release((rep.array, entry.array))
                     return entry.cls
         entry.cls = self._new_class()
         bucket.append(entry)

@@ -13,6 +13,12 @@ of exactly those nodes (weights handed over in memory), whatever the model's siz
    read constants of an enclosing graph);
 4. onnx shape inference fills in the dtype and shape of values that lack one.
 
+A node computed from a weight whose result is itself weight-sized (a Transpose, Cast,
+reshape or per-channel Mul of a weight: exports that keep ``MatMul(x, Transpose(W))``, or fp16
+storage with a ``Cast`` to float32) is not run at all: its result becomes a recipe over the
+weight (:mod:`surgeon.weights`), evaluated in blocks of rows when the model is written, so
+the folded weight and its source are never both in memory.
+
 What is never folded: quantization nodes (QuantizeLinear/DequantizeLinear keep explicit
 quantization visible), random and control-flow ops, custom domains, initializers a user
 may override (IR ≥ 4 initializers listed as graph inputs), and results over
@@ -29,6 +35,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import graph as G
@@ -89,6 +96,97 @@ def _shape_value(evaluator: Evaluator, node: gs.Node) -> np.ndarray | None:
     return arr.reshape(()) if value.scalar else arr
 
 
+# --- results computed as recipes over weights (never run, never resident) ------------------
+
+RECIPE_MIN_BYTES = 1 << 20  # a result this large is derived lazily; smaller ones are run in ONNX Runtime
+_FLOATS = (np.float16, np.float32, np.float64)
+_ARITHMETIC = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide}
+
+
+def _static_target(node: gs.Node, data_shape: tuple[int, ...], arg: np.ndarray | None) -> tuple[int, ...] | None:
+    """The output shape of a Reshape/Flatten/Squeeze/Unsqueeze of a constant (ONNX's rules), or None."""
+    rank = len(data_shape)
+    try:
+        if node.op == "Reshape":
+            if arg is None or int(node.attrs.get("allowzero", 0)):
+                return None
+            target = [int(d) for d in arg.reshape(-1)]
+            target = [data_shape[i] if d == 0 else d for i, d in enumerate(target)]
+            return W._resolve_shape(target, int(np.prod(data_shape, dtype=np.int64)))
+        if node.op == "Flatten":
+            axis = int(node.attrs.get("axis", 1))
+            axis += rank if axis < 0 else 0
+            return (int(np.prod(data_shape[:axis], dtype=np.int64)), int(np.prod(data_shape[axis:], dtype=np.int64)))
+        axes = arg if arg is not None else node.attrs.get("axes")
+        if node.op == "Squeeze":
+            if axes is None:
+                return tuple(d for d in data_shape if d != 1)
+            drop = {int(a) + (rank if int(a) < 0 else 0) for a in np.asarray(axes).reshape(-1)}
+            return None if any(data_shape[a] != 1 for a in drop) else tuple(d for i, d in enumerate(data_shape) if i not in drop)
+        if node.op == "Unsqueeze" and axes is not None:
+            out_rank = rank + np.asarray(axes).size
+            add = sorted(int(a) + (out_rank if int(a) < 0 else 0) for a in np.asarray(axes).reshape(-1))
+            shape = list(data_shape)
+            for a in add:
+                shape.insert(a, 1)
+            return tuple(shape)
+    except (ValueError, IndexError):
+        return None
+    return None
+
+
+def _recipe(node: gs.Node, args: list) -> "np.ndarray | W.Derived | None":
+    """The node's single output as a recipe (or a view) over its weight input, or None to run it.
+
+    Only ops whose numpy form is ONNX's exactly: float-to-float Cast (round to nearest
+    even, as ONNX Runtime's), Transpose, the reshaping ops, Identity, and Mul/Add/Sub/Div/Neg
+    on floats of one dtype.
+    """
+    data = args[0] if args else None
+    if data is None or len(node.outputs) != 1 or any(a is None for a in args[1:2] if node.op in _ARITHMETIC):
+        return None
+    op = node.op
+    if op == "Identity":
+        return data
+    if op == "Transpose":
+        return W.transposed(data, node.attrs.get("perm"))
+    if op == "Cast":
+        to = onnx_dtype(node.attrs.get("to"))
+        if to is None or to.type not in _FLOATS or data.dtype.type not in _FLOATS:
+            return None
+        return W.elementwise(lambda x: x.astype(to), [data], f"Cast to {to}")
+    if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+        arg = args[1] if len(args) > 1 else None
+        if arg is not None and W.is_derived(arg):
+            return None
+        shape = _static_target(node, tuple(data.shape), None if arg is None else np.asarray(arg))
+        return None if shape is None or not shape else W.reshaped(data, shape)
+    if op == "Neg" and data.dtype.type in _FLOATS:
+        return W.elementwise(np.negative, [data], "Neg")
+    if op in _ARITHMETIC and len(args) == 2:
+        a, b = args
+        if a.dtype != b.dtype or a.dtype.type not in _FLOATS:
+            return None
+        return W.elementwise(_ARITHMETIC[op], [a, b], op)
+    return None
+
+
+def onnx_dtype(code) -> np.dtype | None:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(code)))
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+def _result_bytes(node: gs.Node, args: list) -> int:
+    """What a recipe's result would weigh: its inputs' largest (the ops above keep the size or
+    change the element width)."""
+    return max((a.nbytes for a in args if hasattr(a, "nbytes")), default=0)
+
+
+_REFUSED = object()  # _Folder._as_recipe: foldable, but its result is not to be stored
+
+
 class _Folder:
     """One run of the folder over a model (local state, never kept on the pass)."""
 
@@ -97,6 +195,7 @@ class _Folder:
         self.known: set[int] = set()  # ids of Variables that folding will make constant
         self.plan: list[tuple[gs.Graph, gs.Node]] = []  # nodes to evaluate with ONNX Runtime, in order
         self.direct: list[tuple[gs.Graph, gs.Node, list[np.ndarray]]] = []  # values known without running
+        self.lazy: dict[int, object] = {}  # ids of Variables computed as recipes over weights -> recipe
 
     def _inputs_known(self, node: gs.Node) -> bool:
         return all(t.is_empty() or _is_constant(t) or id(t) in self.known for t in node.inputs)
@@ -115,6 +214,10 @@ class _Folder:
                 elif node.op in ("Shape", "Size", "Gather", "Slice") and len(node.outputs) == 1:
                     v = _shape_value(evaluator, node)
                     value = None if v is None else [v]
+                if value is None and self._inputs_known(node):
+                    value = self._as_recipe(node)
+                    if value is _REFUSED:
+                        continue
                 if value is not None:
                     self.direct.append((g, node, value))
                 elif self._inputs_known(node):
@@ -122,6 +225,38 @@ class _Folder:
                 else:
                     continue
                 self.known.update(id(t) for t in node.outputs)
+
+    def _as_recipe(self, node: gs.Node) -> list | None:
+        """A weight-sized result over weights, as a recipe (see :func:`_recipe`), or None."""
+        if node.op not in ("Identity", "Transpose", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Neg",
+                           *_ARITHMETIC):
+            return None
+        args = []
+        for t in node.inputs:
+            if t.is_empty():
+                args.append(None)
+            elif id(t) in self.lazy:
+                args.append(self.lazy[id(t)])
+            elif _is_constant(t) and not any(t is o for o in node.outputs):
+                args.append(t.values if G.is_weight(t) else np.asarray(t.values))
+            else:
+                return None  # an input another folding step computes: ONNX Runtime runs it
+        if not any(W.is_derived(a) or (G.is_weight(t) and isinstance(a, np.ndarray))
+                   for t, a in zip(node.inputs, args) if a is not None) or _result_bytes(node, args) < RECIPE_MIN_BYTES:
+            return None
+        try:
+            value = _recipe(node, args)
+        except (ValueError, TypeError):
+            return None
+        if value is None:
+            return None
+        source_bytes = sum(a.nbytes for a in args if a is not None)
+        if value.nbytes > LARGE_RESULT and value.nbytes > source_bytes:
+            self.log.note(f"{node.op} '{node.name}' not folded: its result ({value.nbytes >> 20} MB) "
+                          "would be stored in the model, larger than what it is computed from")
+            return _REFUSED
+        self.lazy[id(node.outputs[0])] = value
+        return [value]
 
     def evaluate(self) -> dict[int, np.ndarray]:
         """Values of every planned node's outputs (by id of the Variable); failures leave them out."""
@@ -178,7 +313,7 @@ class _Folder:
         if not self.ctx.permit("fold", node):
             return False
         for t, value in zip(outputs, vals):
-            value = W.frozen(np.asarray(value))
+            value = W.held(value if W.is_derived(value) else W.frozen(np.asarray(value)))
             if self._is_graph_output(t):
                 # A graph output must be produced by a node: one Constant node instead.
                 const = gs.Constant(f"{t.name}__value", value)

@@ -21,7 +21,9 @@ Conv's input side instead (rule ``bn-conv``); with padding this is wrong at the 
 zeros the Conv pads with would not be normalised), so it is refused and noted.
 
 Arithmetic is in float64 and cast back to the weight's dtype (FP16 weights included), so
-the fold adds one rounding, not several.
+the fold adds one rounding, not several. A large folded weight is held as a recipe over the
+weight it comes from (:mod:`surgeon.weights`), computed a block of rows at a time when the
+model is written or run, so the folded weight and its source are never both resident.
 
 The rules are patterns on the rewrite engine (one rule class, instantiated per layer and
 affine op, as onnxscript's batch-norm fusion is a base and small pattern classes): ``check`` reads the constants and returns
@@ -48,6 +50,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon import graph_ops as K
+from surgeon import weights as W
 from surgeon.pipeline.registry import register
 from surgeon.rewrite import Match, RulePass, Node, Opt, Rule, RuleContext, fail, ok
 
@@ -57,8 +60,8 @@ _FLOAT_KINDS = (np.float16, np.float32, np.float64)
 
 # --- the arithmetic ------------------------------------------------------------------------
 
-def fold(kind: str, w: np.ndarray, b: np.ndarray | None, scale: np.ndarray, shift: np.ndarray,
-         group: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def fold(kind: str, w: "np.ndarray | W.Derived", b: np.ndarray | None, scale: np.ndarray, shift: np.ndarray,
+         group: int = 1) -> tuple["np.ndarray | W.Derived", np.ndarray]:
     """The weight and bias of a layer whose output channel ``c`` is then mapped to ``scale[c]·y + shift[c]``.
 
     ``kind``: ``conv`` (output channels on axis 0), ``convtranspose`` (axis 1 inside each
@@ -66,29 +69,76 @@ def fold(kind: str, w: np.ndarray, b: np.ndarray | None, scale: np.ndarray, shif
     ``bn-conv``, where the map comes *before* a Conv: its input channels are scaled and the
     shift, summed through the kernel, moves into the bias. ``b`` None is a zero bias (for
     ``matmul`` the returned bias is the shift, to be added by a separate node). Computed
-    in float64, returned in ``w``'s dtype.
+    in float64, returned in ``w``'s dtype. A large weight comes back as a recipe
+    (:func:`folded_weight`); the bias is computed now.
     """
-    w64 = w.astype(np.float64)
+    new_w = folded_weight(kind, w, scale, group)
     if kind == "bn-conv":
-        blocks = w64.reshape((group, w.shape[0] // group) + w.shape[1:])  # [g, Cout/g, Cin/g, k...]
-        view = (group, 1, w.shape[1]) + (1,) * (w.ndim - 2)
-        new_w = (blocks * scale.reshape(view)).reshape(w.shape)
-        added = (blocks * shift.reshape(view)).sum(axis=tuple(range(2, blocks.ndim))).reshape(-1)
+        added = _kernel_sums(w, shift, group)
         bias = (np.zeros(w.shape[0]) if b is None else b.astype(np.float64)) + added
-        return new_w.astype(w.dtype), bias.astype(w.dtype)
-    if kind == "conv":
-        new_w = w64 * scale.reshape((-1,) + (1,) * (w.ndim - 1))
-    elif kind == "convtranspose":
-        blocks = w64.reshape((group, w.shape[0] // group) + w.shape[1:])
-        new_w = (blocks * scale.reshape((group, 1, w.shape[1]) + (1,) * (w.ndim - 2))).reshape(w.shape)
-    elif kind == "gemm-t":
-        new_w = w64 * scale[:, None]
-    else:  # gemm, matmul: [K, N]
-        new_w = w64 * scale[None, :]
+        return new_w, bias.astype(w.dtype)
     if kind == "matmul":
-        return new_w.astype(w.dtype), shift.astype(w.dtype)
+        return new_w, shift.astype(w.dtype)
     bias = scale * (np.zeros(scale.shape[0]) if b is None else b.astype(np.float64)) + shift
-    return new_w.astype(w.dtype), bias.astype(w.dtype)
+    return new_w, bias.astype(w.dtype)
+
+
+def scale_rows(kind: str, w: np.ndarray, scale: np.ndarray, group: int = 1) -> np.ndarray:
+    """``w`` (whole, or a block of its rows with ``scale`` cut to match where it runs along
+    rows) with its channels scaled: float64 arithmetic, one rounding to ``w``'s dtype.
+
+    The product is computed by numpy in float64 and cast once on the way out (``out=``,
+    ``casting="unsafe"``), the same values as ``(w.astype(float64) * s).astype(w.dtype)``
+    without a float64 copy of the weight.
+    """
+    w = np.asarray(w)
+    if kind == "conv" or kind == "gemm-t":
+        view = scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    elif kind in ("gemm", "matmul"):
+        view = scale[None, :]
+    elif kind == "convtranspose":  # [Cin, Cout/g, k...]: output channel gi*Cout/g + j
+        blocks = w.reshape((group, w.shape[0] // group) + w.shape[1:])
+        out = np.empty(blocks.shape, w.dtype)
+        np.multiply(blocks, scale.reshape((group, 1, w.shape[1]) + (1,) * (w.ndim - 2)), out=out, casting="unsafe")
+        return out.reshape(w.shape)
+    else:  # bn-conv: [Cout, Cin/g, k...], input channel gi*Cin/g + c
+        blocks = w.reshape((group, w.shape[0] // group) + w.shape[1:])
+        out = np.empty(blocks.shape, w.dtype)
+        np.multiply(blocks, scale.reshape((group, 1, w.shape[1]) + (1,) * (w.ndim - 2)), out=out, casting="unsafe")
+        return out.reshape(w.shape)
+    out = np.empty(w.shape, w.dtype)
+    np.multiply(w, view, out=out, casting="unsafe")
+    return out
+
+
+def folded_weight(kind: str, w: "np.ndarray | W.Derived", scale: np.ndarray, group: int = 1) -> W.Derived:
+    """:func:`scale_rows` as a recipe over ``w`` (a mapped weight or another recipe), evaluated a
+    block of rows at a time where rows are separable: output channels for ``conv`` and
+    ``gemm-t`` (the scale is cut with them); for ``gemm``/``matmul``, ungrouped
+    ``convtranspose`` and ungrouped ``bn-conv`` every row takes the whole scale. Grouped
+    ``convtranspose``/``bn-conv`` are computed in one piece."""
+    by_row = kind in ("conv", "gemm-t")
+
+    def rows(a: int, b: int) -> np.ndarray:
+        return scale_rows(kind, w[a:b], scale[a:b] if by_row else scale, group)
+
+    whole = kind in ("convtranspose", "bn-conv") and group > 1
+    return W.derive(w.shape, w.dtype, rows, [w], f"{kind} weight folded with a per-channel affine map", whole=whole)
+
+
+def _kernel_sums(w: "np.ndarray | W.Derived", shift: np.ndarray, group: int) -> np.ndarray:
+    """For ``bn-conv``: per output channel, the sum over its kernel of ``w · shift`` (the
+    shift's contribution to the bias), in float64, a block of rows at a time."""
+    cout, cin_g = w.shape[0], w.shape[1]
+    per_group = shift.reshape(group, cin_g)
+    out = np.empty(cout)
+    step = max(1, W.CHUNK_BYTES // max(1, w.nbytes // max(1, cout)))
+    for a in range(0, cout, step):
+        block = np.asarray(w[a:a + step]).reshape(min(step, cout - a), cin_g, -1)
+        shifts = per_group[np.arange(a, a + block.shape[0]) // (cout // group)]
+        out[a:a + block.shape[0]] = np.einsum("rck,rc->r", block, shifts, dtype=np.float64)
+    W.release(w)
+    return out
 
 
 # --- reading the consumer: a per-channel affine map ------------------------------------------
@@ -145,7 +195,7 @@ class Layer:
     """A layer's constant parameters, read without changing anything."""
 
     kind: str  # see fold()
-    w: np.ndarray
+    w: "np.ndarray | W.Derived"  # a mapped weight, or a recipe another pass derived (never computed here)
     b: np.ndarray | None
     channels: int  # output channels (the axis the affine map acts on)
     rank: int  # output rank the map broadcasts over (conv kinds: the weight's)
@@ -154,7 +204,7 @@ class Layer:
 
 def _read_layer(node: gs.Node, w_t: gs.Tensor, b_t: gs.Tensor | None, ctx: RuleContext) -> Layer | str:
     """The layer's weight and bias as arrays, or why they cannot be folded into (pure)."""
-    w = K.constant(w_t)
+    w = K.constant(w_t, held=True)  # a recipe stays one: the fold derives from it
     if w is None:
         return f"its weight '{w_t.name}' {K.not_constant_reason(w_t)}"
     if not _is_float(w):

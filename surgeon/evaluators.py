@@ -104,6 +104,8 @@ class Evaluator:
         return self.memo[key]
 
     def _compute(self, t: gs.Tensor) -> SVal | None:
+        if isinstance(t, gs.Constant) and (len(t.shape) > 1 or int(np.prod(t.shape)) > MAX_ENTRIES):
+            return None  # what const_sval refuses, decided without reading a weight (or computing a recipe)
         arr = self.constant(t)
         if arr is not None:
             return const_sval(arr)

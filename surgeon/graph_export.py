@@ -34,7 +34,7 @@ def is_weight(tensor: gs.Tensor) -> bool:
     if not isinstance(tensor, gs.Constant):
         return False
     values = tensor._values
-    if isinstance(values, W.WeightValues):
+    if isinstance(values, (W.WeightValues, W.Derived)):
         return True
     return isinstance(values, np.ndarray) and W.is_large(values)
 
@@ -282,6 +282,10 @@ class Exporter:
         if isinstance(values, W.WeightValues):
             stub = W.make_stub(const.name, values.tensor.data_type, values.tensor.dims, "")
             self._relabel(stub, values.array)
+            return stub
+        if isinstance(values, W.Derived):  # a recipe whose values a pass has read (graphsurgeon unwrapped it)
+            stub = W.make_stub(const.name, dtype_to_onnx(values.dtype), values.shape, "")
+            self._relabel(stub, values)
             return stub
         if isinstance(values, W.DenseSparseValues):  # where it must be a dense initializer (an extracted piece)
             values = values.array

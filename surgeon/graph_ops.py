@@ -45,6 +45,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from surgeon.weights import is_derived
+
 DEFAULT_DOMAINS = frozenset({"", "ai.onnx"})
 
 META = "meta"  # name of the attribute holding a node's metadata_props as a dict
@@ -257,11 +259,14 @@ _SCALAR_ATTRS = (("value_float", np.float32), ("value_floats", np.float32),
                  ("value_int", np.int64), ("value_ints", np.int64))
 
 
-def constant(tensor: gs.Tensor | None, max_elements: int | None = None) -> np.ndarray | None:
+def constant(tensor: gs.Tensor | None, max_elements: int | None = None, *, held: bool = False) -> np.ndarray | None:
     """The value of an initializer or of a default-domain ``Constant`` node's output; None otherwise.
 
     Never the value of an overridable initializer (a graph input with a default, IR >= 4).
     With ``max_elements``, a larger constant is not read (the caller only wants small ones).
+    A weight a pass derived from others is held as a recipe (:class:`surgeon.weights.Derived`)
+    and computed here; with ``held`` the recipe itself is returned (it has ``shape``,
+    ``dtype`` and row slicing), for a pass that derives a new weight from it in turn.
     """
     if tensor is None or is_overridable(tensor):
         return None
@@ -269,7 +274,8 @@ def constant(tensor: gs.Tensor | None, max_elements: int | None = None) -> np.nd
         if max_elements is not None and int(np.prod(tensor.shape)) > max_elements:
             return None
         try:
-            return np.asarray(tensor.values)
+            value = tensor.values
+            return value if held and is_derived(value) else np.asarray(value)
         except Exception:  # noqa: BLE001 - lazily loaded data that cannot be read is no constant
             return None
     node = producer(tensor)

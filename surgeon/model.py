@@ -20,6 +20,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
+from surgeon import weight_wire
 from surgeon import weights as W
 from surgeon.errors import ModelLoadError, ModelSaveError, UsageError
 from surgeon.files import umask_mode, write_text_atomic  # noqa: F401  (model_io.write_text_atomic)
@@ -58,7 +59,7 @@ def _external_files(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, str]
 def external_data_paths(model_path: str | os.PathLike) -> set[Path]:
     """Resolved paths of the external data files a model file refers to (weights are not read)."""
     model = onnx.ModelProto()
-    model.ParseFromString(W.split_file(model_path)[0])
+    model.ParseFromString(weight_wire.split_file(model_path)[0])
     base = Path(model_path).resolve().parent
     return {(base / info.location).resolve() for _, info in _external_files(model)}
 
@@ -184,7 +185,7 @@ def open_model(path: str | os.PathLike) -> "Model":
     p = Path(path)
     _check_path(p)
     try:
-        skeleton_bytes, arrays = W.split_file(p)
+        skeleton_bytes, arrays = weight_wire.split_file(p)
     except OSError as exc:
         raise ModelLoadError(f"cannot read '{p}': {exc.strerror}") from exc
     except (ValueError, IndexError) as exc:
@@ -200,7 +201,7 @@ def open_model(path: str | os.PathLike) -> "Model":
     external = _external_targets(skeleton, p)
     for tensor, target, offset in external:
         try:
-            array = W.map_external(tensor, target, offset, mapped)
+            array = weight_wire.map_external(tensor, target, offset, mapped)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot read the external data of tensor '{tensor.name}' in '{p}': {exc}") from exc
         key = f"{W.STUB_PREFIX}{len(arrays)}"
@@ -338,7 +339,7 @@ def save(model: "onnx.ModelProto | Model | Exported", path: str | os.PathLike, *
     memory): a Model or Exported is written as it is; a ModelProto with weights embedded
     is written directly when small, otherwise split first.
     """
-    from surgeon.graph import Exported, Model
+    from surgeon.graph import Model
 
     dst = Path(path).resolve()
     if not dst.parent.is_dir():
@@ -379,16 +380,6 @@ def _atomic(dst: Path, path, write, data_name: str | None = None) -> Path:
     return dst
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        out.append(b | 0x80 if value else b)
-        if not value:
-            return bytes(out)
-
-
 def _raw_view(array) -> memoryview:
     import numpy as np
 
@@ -396,6 +387,75 @@ def _raw_view(array) -> memoryview:
 
 
 _DATA_ALIGN = 4096  # page-aligned payloads can be memory-mapped by readers (ONNX Runtime, us)
+_COPY_BLOCK = 8 << 20  # bytes per copy step when the kernel cannot copy file to file
+
+
+def _pwrite_all(fd: int, data: memoryview, pos: int) -> int:
+    """Write all of ``data`` at ``pos`` (a single write may stop short); returns the bytes written."""
+    done = 0
+    while done < data.nbytes:
+        done += os.pwrite(fd, data[done:], pos + done)
+    return done
+
+
+def _copy_range(src: int, src_pos: int, dst: int, dst_pos: int, count: int) -> None:
+    """``count`` bytes from one file to another without passing through this process's memory.
+
+    ``os.copy_file_range`` lets the kernel copy (or share extents, on filesystems that can);
+    where it is unavailable (another OS, files on different filesystems before Linux 5.3)
+    the bytes go through one bounded buffer.
+    """
+    copy = getattr(os, "copy_file_range", None)
+    while count > 0 and copy is not None:
+        try:
+            n = copy(src, dst, count, src_pos, dst_pos)
+        except OSError:
+            break
+        if n <= 0:
+            break
+        src_pos, dst_pos, count = src_pos + n, dst_pos + n, count - n
+    while count > 0:
+        block = os.pread(src, min(count, _COPY_BLOCK), src_pos)
+        if not block:
+            raise OSError(f"unexpected end of file while copying {count} more bytes")
+        _pwrite_all(dst, memoryview(block), dst_pos)
+        src_pos, dst_pos, count = src_pos + len(block), dst_pos + len(block), count - len(block)
+
+
+def _put_weight(fd: int, pos: int, array, sources: dict[str, int]) -> int:
+    """Write one weight's bytes at ``pos``; returns how many were written.
+
+    - a weight no pass changed (a view into the input's file) is copied file to file;
+    - a derived weight (a recipe) is evaluated a block of rows at a time, its sources'
+      pages released after;
+    - an array in memory is written from memory.
+    ``sources``: open read descriptors by path, shared across the weights of one save.
+    """
+    extent = W.file_extent(array)
+    if extent is not None:
+        path, offset = extent
+        if path not in sources:
+            sources[path] = os.open(path, os.O_RDONLY)
+        _copy_range(sources[path], offset, fd, pos, array.nbytes)
+        return array.nbytes
+    if isinstance(array, W.Derived):
+        written = 0
+        for chunk in array.chunks():
+            written += _pwrite_all(fd, _raw_view(chunk), pos + written)
+        return written
+    written = _pwrite_all(fd, _raw_view(array), pos)
+    W.release(array)
+    return written
+
+
+@contextlib.contextmanager
+def _source_files() -> Iterator[dict[str, int]]:
+    opened: dict[str, int] = {}
+    try:
+        yield opened
+    finally:
+        for fd in opened.values():
+            os.close(fd)
 
 
 def _write_embedded(exported: "Exported", tmp: Path) -> None:
@@ -403,7 +463,7 @@ def _write_embedded(exported: "Exported", tmp: Path) -> None:
 
     Protobuf merges a repeated occurrence of a message field into the first, so a
     reader sees one graph whose initializer list is the concatenation; this lets each
-    weight go from its array to the file without a serialized copy of the model.
+    weight go from its source to the file without a serialized copy of the model.
     """
     skeleton = copy(exported.skeleton)
     root = list(skeleton.graph.initializer)
@@ -423,24 +483,26 @@ def _write_embedded(exported: "Exported", tmp: Path) -> None:
         head.CopyFrom(t)
         head.ClearField("external_data")
         head.ClearField("data_location")
-        entries.append((head.SerializeToString(), _raw_view(exported.weights[key])))
+        entries.append((head.SerializeToString(), exported.weights[key]))
     del skeleton.graph.initializer[:]
     sizes = []
     for head, raw in entries:
-        n = len(head) + (0 if raw is None else 1 + len(_varint(raw.nbytes)) + raw.nbytes)
+        n = len(head) + (0 if raw is None else 1 + len(weight_wire.encode_varint(raw.nbytes)) + raw.nbytes)
         sizes.append(n)
-    graph_len = sum(1 + len(_varint(n)) + n for n in sizes)
-    with open(tmp, "wb") as f:
-        f.write(skeleton.SerializeToString())
-        if not entries:
-            return
-        f.write(b"\x3a" + _varint(graph_len))  # field 7 (graph), length-delimited
-        for (head, raw), n in zip(entries, sizes):
-            f.write(b"\x2a" + _varint(n))  # field 5 (initializer)
-            f.write(head)
-            if raw is not None:
-                f.write(b"\x4a" + _varint(raw.nbytes))  # field 9 (raw_data)
-                f.write(raw)
+    graph_len = sum(1 + len(weight_wire.encode_varint(n)) + n for n in sizes)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with _source_files() as sources:
+            pos = _pwrite_all(fd, memoryview(skeleton.SerializeToString()), 0)
+            if entries:
+                pos += _pwrite_all(fd, memoryview(b"\x3a" + weight_wire.encode_varint(graph_len)), pos)  # field 7 (graph), length-delimited
+            for (head, raw), n in zip(entries, sizes):
+                pos += _pwrite_all(fd, memoryview(b"\x2a" + weight_wire.encode_varint(n) + head), pos)  # field 5 (initializer)
+                if raw is not None:
+                    pos += _pwrite_all(fd, memoryview(b"\x4a" + weight_wire.encode_varint(raw.nbytes)), pos)  # field 9 (raw_data)
+                    pos += _put_weight(fd, pos, raw, sources)
+    finally:
+        os.close(fd)
 
 
 def _write_external(exported: "Exported", tmp: Path, data_name: str) -> None:
@@ -448,24 +510,25 @@ def _write_external(exported: "Exported", tmp: Path, data_name: str) -> None:
     skeleton = copy(exported.skeleton)
     written: dict[str, tuple[int, int]] = {}
     offset = 0
-    with open(tmp.parent / data_name, "wb") as data:
-        for t in W.iter_graph_tensors(skeleton.graph):
-            key = W.stub_key(t)
-            if key is None:
-                continue
-            if key not in written:
-                raw = _raw_view(exported.weights[key])
-                pad = (-offset) % _DATA_ALIGN
-                data.write(b"\0" * pad)
-                offset += pad
-                data.write(raw)
-                written[key] = (offset, raw.nbytes)
-                offset += raw.nbytes
-            start, length = written[key]
-            del t.external_data[:]
-            t.external_data.add(key="location", value=data_name)
-            t.external_data.add(key="offset", value=str(start))
-            t.external_data.add(key="length", value=str(length))
+    fd = os.open(tmp.parent / data_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with _source_files() as sources:
+            for t in W.iter_graph_tensors(skeleton.graph):
+                key = W.stub_key(t)
+                if key is None:
+                    continue
+                if key not in written:
+                    offset += (-offset) % _DATA_ALIGN  # the gap reads as zeros
+                    length = _put_weight(fd, offset, exported.weights[key], sources)
+                    written[key] = (offset, length)
+                    offset += length
+                start, length = written[key]
+                del t.external_data[:]
+                t.external_data.add(key="location", value=data_name)
+                t.external_data.add(key="offset", value=str(start))
+                t.external_data.add(key="length", value=str(length))
+    finally:
+        os.close(fd)
     tmp.write_bytes(skeleton.SerializeToString())
 
 

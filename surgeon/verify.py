@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 import onnx
 
 from surgeon import model as model_io
+from surgeon import staged
 from surgeon.graph import Exported, op_histogram
 from surgeon import backends, coverage, evidence, input_data
 from surgeon.comparison import diff_outputs
@@ -41,7 +42,8 @@ class VerifyResult:
     note: str = ""  # for the pass report, e.g. why only structural checks were possible
     opaque: tuple[str, ...] = ()  # declared ops ONNX Runtime could not run (numeric checks end here)
     level: int | None = None  # the candidate's checker level (FULL, BASIC, INVALID)
-    method: str = ""  # how equivalence was shown: PROOF, NUMERIC, or STRUCTURAL (checks only)
+    method: str = ""  # how equivalence was shown: PROOF, NUMERIC, REGION, or STRUCTURAL (checks only)
+    unverified: frozenset[str] = frozenset()  # REGION: values the change computes that were not compared
 
     def __post_init__(self):
         if not self.method:
@@ -96,6 +98,7 @@ def io_problem(before: onnx.ModelProto, after: onnx.ModelProto) -> str | None:
 PROOF = "proof"  # the same computation graph up to Identity, dead nodes, names and order (surgeon.equivalence)
 PENDING = "pending"  # structurally checked; its outputs are compared later, with the changes after it
 NUMERIC = "numeric"  # outputs compared on the samples
+REGION = "region"  # the changed region's outputs compared, on values recorded from the input model (verify_region)
 STRUCTURAL = "structural"  # checker and interface only (numeric verification off or impossible)
 
 # How far the onnx checker accepts a model: both checks, the basic check only, or neither.
@@ -171,6 +174,8 @@ class Verifier:
     large tensors as typed inputs, ONNX Runtime gets the weight arrays in memory. The
     checker level may only go up: a model the checker rejects (nodes out of order, say)
     may pass through passes that do not repair it yet, but once valid it stays valid.
+    ``reference``: the input model's outputs on the given ``samples`` where the caller ran
+    them already (fix's check of loaded inputs): a multi-GB model is not run once more for them.
     """
 
     def __init__(
@@ -184,6 +189,8 @@ class Verifier:
         rtol: float | None = None,
         seed: int = 0,
         value_ranges: Mapping[str, tuple[float, float]] | None = None,
+        mode: str = "auto",
+        reference: list[dict[str, Any]] | None = None,
     ):
         self.atol, self.rtol = atol, rtol
         self.backend = backends.create("onnxrt", optimization="basic", memory_lean=True)
@@ -195,6 +202,13 @@ class Verifier:
         self.evidence: evidence.Evidence | None = None
         self.uncovered: list[tuple[coverage.DataIf, str]] = []  # If branches no sample takes
         self.initial: Exported | None = None  # the input model, whose uncovered branches a change must leave alone
+        self.regions = None  # surgeon.verify_region.RegionChecks when changes are checked on their regions
+        self.mode: str | None = None  # how outputs are compared: "whole" or "local" (regions); None without numeric checks
+        self.mode_note: str | None = None  # why that way
+        from surgeon.verify_mode import MODES
+
+        if mode not in MODES:
+            raise ValueError(f"unknown verification mode '{mode}' (one of {', '.join(MODES)})")
         self.level, self.checker_reason = checker_level(model)
         if not numeric:
             return
@@ -206,7 +220,10 @@ class Verifier:
             return
 
         generated = samples is None
-        runs = input_data.runs_on(session)
+        # A model with more weights than a slice runs a slice at a time (surgeon.staged): probes,
+        # reference and further samples alike, so no run holds all its weights.
+        runs = staged.probe(self.backend, model, session)
+        run_one = staged.Session(self.backend, model, session).run
 
         def draw(variant: input_data.Variant | None = None) -> list[dict[str, Any]]:
             ranges = {**(variant.ranges if variant else {}), **dict(value_ranges or {})}
@@ -224,7 +241,10 @@ class Verifier:
             self.skipped = f"verification skipped: {self.note}"
             return
         try:
-            reference = [session.run(feeds) for feeds in samples]
+            if generated:  # the probes ran these very feeds: their outputs are the reference
+                reference = [runs.outputs(feeds) for feeds in samples]
+            elif reference is None or len(reference) != len(samples):
+                reference = staged.run(self.backend, model, samples, session=session)
         except BackendError as exc:
             self.skipped = f"verification skipped: the input model fails on the given inputs ({exc})"
             return
@@ -234,7 +254,7 @@ class Verifier:
             return evidence.assess(refs, feeds, dependent=dependent, atol=atol, rtol=rtol)
 
         if generated:
-            found = input_data.exercise(model.skeleton, samples, reference, make=draw, run=session.run, judge=judge,
+            found = input_data.exercise(model.skeleton, samples, reference, make=draw, run=run_one, judge=judge,
                                         given=value_ranges)
         else:
             found = input_data.Exercised(samples, reference, judge(reference, samples))
@@ -250,12 +270,13 @@ class Verifier:
         samples, reference = found.samples, found.references
         ifs = coverage.data_dependent_ifs(model.skeleton)
         if ifs:
-            samples, reference = self._cover(model, ifs, samples, reference, session, runs, generated,
+            samples, reference = self._cover(model, ifs, samples, reference, run_one, runs, generated,
                                              input_shapes, seed, value_ranges)
         self.samples, self.reference = samples, reference
+        self._choose_mode(model, mode)
 
     def _cover(self, model: Exported, ifs: list[coverage.DataIf], samples: list[dict[str, Any]],
-               reference: list[dict[str, Any]], session: Any, runs: Any, generated: bool,
+               reference: list[dict[str, Any]], run_one: Any, runs: Any, generated: bool,
                input_shapes: Mapping[str, tuple[int, ...]] | None, seed: int,
                value_ranges: Mapping[str, tuple[float, float]] | None) -> tuple[list, list]:
         """Samples that take every branch of the data-dependent Ifs, where such samples can be drawn."""
@@ -281,7 +302,7 @@ class Verifier:
                     model.skeleton, input_shapes, s, runs, merged)[0])
         found = coverage.cover(ifs, samples, conditions=lambda feeds: [conds.run(f) for f in feeds],
                                candidates=candidates, runs=runs)
-        reference = reference + [session.run(f) for f in found.samples[len(samples):]]
+        reference = reference + [run_one(f) for f in found.samples[len(samples):]]
         self.uncovered, self.initial = found.uncovered, model
         self.notes.extend(found.notes())
         return found.samples, reference
@@ -297,6 +318,21 @@ class Verifier:
             return None
         return "; ".join(f"the {b.split('_')[0]} branch of {i.label} changed and no sample takes it"
                          for i, b in changed)
+
+    def _choose_mode(self, model: Exported, mode: str) -> None:
+        """Whole-model comparisons or region checks (see surgeon.verify_mode.choose); the
+        reference outputs stay, for changes that have no region to check alone."""
+        from surgeon import verify_mode, verify_region
+
+        choice = verify_mode.choose(mode, model, self.samples)
+        self.mode, self.mode_note = choice.mode, choice.why
+        if choice.mode == "local":
+            self.regions = verify_region.RegionChecks(model, self.samples, self.backend, atol=self.atol,
+                                                      rtol=self.rtol, inferred=choice.inferred, describe=self._describe,
+                                                      outputs=self.reference)
+
+    def _describe(self, i: int) -> str:
+        return f"sample {i + 1} ({input_data.describe_feeds(self.samples[i])})"
 
     @property
     def numeric(self) -> bool:
@@ -336,8 +372,17 @@ class Verifier:
         """
         if not self.numeric:
             return VerifyResult(True)
+        why_whole = ""
+        if self.regions is not None:
+            result = self._compare_region(before, candidate)
+            if isinstance(result, VerifyResult):
+                return result
+            why_whole = f"compared on the whole model: {result}"
         try:
-            session = self.backend.session(candidate)
+            outputs = staged.run(self.backend, candidate, self.samples)
+        except staged.RunFailure as exc:
+            return VerifyResult(False, f"on sample {exc.index + 1} ({input_data.describe_feeds(self.samples[exc.index])}): "
+                                       f"{exc}")
         except BackendError as exc:
             blocking = _new_ops(before.skeleton, candidate.skeleton, opaque)
             if not blocking:
@@ -348,12 +393,6 @@ class Verifier:
             return VerifyResult(True, numeric=False, opaque=tuple(blocking), note=(
                 f"numeric verification was not possible: ONNX Runtime cannot run {', '.join(blocking)}; "
                 "checked structurally (checker, output names, types and shapes by shape inference)"))
-        outputs = []
-        for i, feeds in enumerate(self.samples):
-            try:
-                outputs.append(session.run(feeds))
-            except BackendError as exc:
-                return VerifyResult(False, f"on sample {i + 1} ({input_data.describe_feeds(feeds)}): {exc}")
         max_abs = max_rel = 0.0
         for i, (ref, out) in enumerate(zip(self.reference, outputs)):
             for d in diff_outputs(ref, out, atol=self.atol, rtol=self.rtol, nan_equal=True, detail=False):
@@ -364,10 +403,29 @@ class Verifier:
                         f"output '{d.name}' differs on sample {i + 1} ({input_data.describe_feeds(self.samples[i])}): {d.reason}",
                         max_abs, max_rel, True,
                     )
-        return VerifyResult(True, "", max_abs, max_rel, True, outputs)
+        return VerifyResult(True, "", max_abs, max_rel, True, outputs, note=why_whole)
+
+    def _compare_region(self, before: Exported, candidate: Exported) -> "VerifyResult | str":
+        """The change checked on its region (surgeon.verify_region), or why it has none to check alone."""
+        try:
+            got = self.regions.compare(before, candidate)
+        except BackendError as exc:
+            # The recording run of the input model failed: the samples do not run on the input
+            # model itself (what the whole-model reference run finds at the start).
+            self.samples, self.regions = [], None
+            self.skipped = f"verification skipped: the input model fails on the given inputs ({exc})"
+            return VerifyResult(True, method=STRUCTURAL, note=self.skipped)
+        if isinstance(got, str):
+            return got
+        if not got.ok:
+            return VerifyResult(False, got.reason, got.max_abs, got.max_rel, True, method=REGION)
+        return VerifyResult(True, "", got.max_abs, got.max_rel, True, method=REGION, unverified=got.unverified,
+                            note=f"compared on the {got.nodes} nodes it changed, on values recorded from the input model")
 
     def accept(self, result: VerifyResult) -> None:
         """Make the accepted candidate's outputs the reference for the next pass."""
+        if self.regions is not None and result.method == REGION:
+            self.regions.accept(result.unverified)
         if result.outputs is not None:
             self.reference = result.outputs
             result.outputs = None

@@ -83,7 +83,11 @@ def test_default_pipeline_on_corpus_model(entry, tmp_path):
                    "--load-inputs", str(tmp_path / "inputs.json"))
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["verification"] == "numeric"
+    # region: --verify auto found a whole-model run heavy at the manifest's sizes (PP-OCRv4 at
+    # 640x640) and compared each change on its region; the report must say so.
+    assert report["verification"] in ("numeric", "region")
+    if report["verification"] == "region":
+        assert any("the whole model was not compared" in n for n in report["notes"])
     assert not report["rolled_back"], [(p["name"], p["reason"]) for p in report["passes"] if p["reason"]]
     before, after = surgeon.load(src), surgeon.load(out)
     assert count_nodes(after) <= count_nodes(before)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from surgeon.api._common import check_outputs, reference_session, write_report
-from surgeon.errors import SurgeonError, UsageError
+from surgeon.api._common import check_outputs, write_report
+from surgeon.errors import BackendError, SurgeonError, UsageError
 
 
 @dataclass
@@ -35,6 +35,18 @@ class FixResult:
         return self.report.verified
 
     @property
+    def verification(self) -> str:
+        """``numeric`` (the whole model compared after the changes), ``region`` (some changes
+        compared on the region they changed only), ``proof``, or why only structural checks ran."""
+        return self.report.verification
+
+    @property
+    def verify_mode(self) -> str | None:
+        """How outputs were compared: ``whole`` or ``local`` (regions); None without numeric checks.
+        ``report.verify_mode_reason`` says why (asked, or what ``auto`` found)."""
+        return self.report.verify_mode
+
+    @property
     def unproven(self) -> bool:
         """A pass was rolled back or the output was not verified numerically (``--strict`` fails)."""
         return bool(self.report.rolled_back) or not self.report.verified
@@ -43,6 +55,24 @@ class FixResult:
         extra = {"profile": self.profile.to_dict()} if self.profile else (
             {"profile": {"error": self.profile_error}} if self.profile_error else {})
         return {**self.report.to_dict(), **extra}
+
+
+VERIFY_MODES = ("auto", "whole", "local")  # surgeon.verify_mode.MODES, without importing onnx here
+
+
+def _lean_session(exported: Any):
+    """The session that checks loaded inputs: memory-lean (weights are run inputs), and a
+    model with more weights than a slice runs a slice at a time (surgeon.staged), so a
+    multi-GB model is never held whole; None when ONNX Runtime cannot load it (the
+    verifier then says so)."""
+    from surgeon import backends, staged
+
+    backend = backends.create("onnxrt", optimization="basic", memory_lean=True)
+    try:
+        session = backend.session(exported)  # loads at all? (no weight is read here)
+    except BackendError:
+        return None
+    return staged.Probe(staged.Session(backend, exported, session).run)  # its outputs are the verifier's reference
 
 
 def read_exclusions(path: str | os.PathLike | None) -> frozenset[str]:
@@ -62,7 +92,7 @@ def fix(
     *,
     output: str | os.PathLike | None = None,
     report: str | os.PathLike | None = None,
-    verify: bool = True,
+    verify: bool | str = True,
     strict: bool = False,
     input_shapes: Mapping[str, tuple[int, ...]] | None = None,
     samples: list[dict[str, Any]] | None = None,
@@ -98,6 +128,10 @@ def fix(
     on ONNX Runtime CPU (or on the backend ``profile_on``, e.g. ``onnxrt-cuda``). ``strict`` only checks that verification is on; whether the result
     is proven is :attr:`FixResult.unproven`. ``freeze_initializer_inputs``: initializers listed as
     graph inputs (defaults a user may override) become plain constants first, so passes may fold them.
+    ``verify``: ``"whole"`` compares the whole model's outputs after the changes, ``"local"`` each
+    change on the region it changed (on values recorded from the input model), ``"auto"`` (or
+    True) regions where a whole-model run would not fit in memory or is heavy; False checks
+    structure only. :attr:`FixResult.verify_mode` says which way ran (docs/large-models.md).
     """
     from surgeon import model as model_io
     from surgeon.pipeline import registry
@@ -105,6 +139,10 @@ def fix(
 
     names = registry.fix_pipeline(list(passes) if passes is not None and not isinstance(passes, str) else passes,
                                   target_opset=target_opset)
+    if verify is True:
+        verify = "auto"
+    if verify is not False and verify not in VERIFY_MODES:
+        raise UsageError(f"{{0}} is one of {', '.join(VERIFY_MODES)} (or False), not {verify!r}", "verify")
     if strict and not verify:
         raise UsageError("{0} asks for numeric verification, which {1} turns off; give one of them", "strict", "verify=False")
     if profile_on and not profile:
@@ -122,14 +160,17 @@ def fix(
     elif output is None and (report is not None or profile):
         raise UsageError("a report or a profile of the fix needs the model written to an output path")
     label = f"'{path}'" if path is not None else "the model"
+    reference_outputs = None
     if load_inputs:  # data that does not fit the input model is a usage error, not a silent skip
         from surgeon import input_files
         from surgeon.input_data import check_feeds
 
         exported = model.export() if hasattr(model, "export") else model
         skeleton = getattr(exported, "skeleton", exported)
-        samples = check_feeds(skeleton, input_files.load_inputs(load_inputs), label,
-                              session=reference_session("onnxrt", exported))
+        checked = _lean_session(exported)
+        samples = check_feeds(skeleton, input_files.load_inputs(load_inputs), label, session=checked)
+        if checked is not None:  # the check ran the input model on them: the verifier need not again
+            reference_outputs = checked.ran_on(samples)
     opts = dict(options or {})
     if rules or path is not None:
         opts.setdefault("rules", list(rules))
@@ -137,7 +178,8 @@ def fix(
         opts.setdefault("target_opset", target_opset)
     exclusions = frozenset(exclude) | read_exclusions(exclude_file)
     fixed, fix_report = run_pipeline(
-        model, names, verify=verify, input_shapes=input_shapes, samples=samples, seed=seed, atol=atol, rtol=rtol,
+        model, names, verify=verify is not False, verify_mode=verify or "auto", reference_outputs=reference_outputs,
+        input_shapes=input_shapes, samples=samples, seed=seed, atol=atol, rtol=rtol,
         value_ranges=value_ranges, fix_shapes=fix_shapes, freeze_initializer_inputs=freeze_initializer_inputs,
         rounds=rounds, bisect_limit=bisect_limit, exclude=exclusions, only=only,
         options=opts, progress=progress,

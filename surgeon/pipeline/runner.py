@@ -22,7 +22,7 @@ from surgeon.errors import ModelLoadError, SurgeonError
 from surgeon.graph import Exported, Model
 from surgeon.pipeline import registry
 from surgeon.pipeline.base import PassContext, PassLog, RewriteBudget
-from surgeon.verify import FULL, INVALID, NUMERIC, PENDING, PROOF, Verifier, contradicted_outputs
+from surgeon.verify import FULL, INVALID, NUMERIC, PENDING, PROOF, REGION, Verifier, contradicted_outputs
 
 log = logging.getLogger(__name__)
 
@@ -57,17 +57,25 @@ class FixReport:
     nodes_after: int
     ops_before: dict[str, int]
     ops_after: dict[str, int]
-    verification: str  # "numeric", "proof" (every change proven structurally), or why only structural checks ran
+    # "numeric" (the whole model compared), "region" (some changes compared on their regions
+    # only: surgeon.verify_region), "proof" (every change proven structurally), or why only
+    # structural checks ran
+    verification: str
 
     @property
     def verified(self) -> bool:
-        """Whether the output is shown to compute what the input does (numerically or by proof)."""
-        return self.verification in (NUMERIC, PROOF)
+        """Whether every change is shown to compute what it replaced (numerically, on its region, or by proof)."""
+        return self.verification in (NUMERIC, REGION, PROOF)
     samples: list[str]
     seconds: float
     applications: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     frozen_inputs: list[str] = field(default_factory=list)  # initializer-backed inputs made constants first
+    # How outputs were compared: "whole" (the whole model) or "local" (each change on its
+    # region, surgeon.verify_region); None without numeric checks. The reason: asked, or what
+    # --verify auto found.
+    verify_mode: str | None = None
+    verify_mode_reason: str | None = None
 
     @property
     def rolled_back(self) -> list[PassReport]:
@@ -137,13 +145,19 @@ class _Pipeline:
         self.opaque: set[str] = set()
 
     def run(self, rounds: int) -> None:
+        # Region checks record the input model's values once for every change they compare:
+        # one comparison at the end of the run, not one per round.
+        at_end = self.verifier.regions is not None
         for round_no in range(1, max(1, rounds) + 1):
             changed = False
             for name in self.names:
                 changed |= self._step(name, round_no, defer=self.batch)
-            changed &= self._settle()
+            if not at_end:
+                changed &= self._settle()
             if not changed:
                 break
+        if at_end:
+            self._settle()
 
     def _roll_back(self) -> None:
         self.work.restore(self.current)
@@ -271,6 +285,15 @@ class _Pipeline:
         return changed
 
 
+def region_note(verifier: Verifier, changes: int) -> str:
+    """What "verification: region" means for this run, in one sentence for the report."""
+    rec = verifier.regions.recorder
+    return (f"verification: region ({verifier.mode_note}): {changes} change(s) were compared on the part of the "
+            f"model they changed, fed with values recorded from the input model (its reference run and {rec.runs} "
+            f"run(s) of parts of it, {rec.recorded_bytes / 1e6:.1f} MB); the whole model was not compared after them, so an error within "
+            "tolerance that later layers amplify is not ruled out (docs/large-models.md)")
+
+
 def fix(
     model: "onnx.ModelProto | Model",
     passes: str | list[str] | None = None,
@@ -290,6 +313,8 @@ def fix(
     only: frozenset[str] | set[str] | None = None,
     options: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    verify_mode: str = "auto",
+    reference_outputs: list[dict[str, Any]] | None = None,
 ) -> tuple["onnx.ModelProto | Model", FixReport]:
     """Run a verified pipeline over ``model`` and return (new model, report).
 
@@ -301,7 +326,11 @@ def fix(
     samples for the inputs it names. ``freeze_initializer_inputs``: initializers listed as graph
     inputs (IR >= 4: defaults a user may override, which no pass folds) leave the inputs
     first and become constants; the report names them. ``bisect_limit``/``exclude``/``only``
-    restrict rewrite applications (see RewriteBudget).
+    restrict rewrite applications (see RewriteBudget). ``verify_mode``: ``whole`` compares the
+    whole model after every change, ``local`` each change on its region (surgeon.verify_region),
+    ``auto`` the whole model where a run of it fits in memory and is light, regions elsewhere.
+    ``reference_outputs``: the input model's outputs on ``samples``, where the caller ran them
+    already (fix's check of loaded inputs), so that they are not run again.
     """
     names = registry.parse_pipeline(passes)
     start = time.perf_counter()
@@ -323,7 +352,8 @@ def fix(
         initial = work.export()
     nodes_before, ops_before = G.count_nodes(work), G.op_histogram(work)
     verifier = Verifier(initial, numeric=verify, input_shapes=input_shapes, samples=samples, atol=atol, rtol=rtol,
-                        seed=seed, value_ranges=value_ranges)
+                        seed=seed, value_ranges=value_ranges, mode=verify_mode,
+                        reference=reference_outputs if samples is not None and not frozen else None)
     budget = RewriteBudget(limit=bisect_limit, excluded=frozenset(exclude),
                            only=None if only is None else frozenset(only))
     pipeline = _Pipeline(work, initial, names, verifier, budget, options or {}, progress,
@@ -350,9 +380,16 @@ def fix(
     if frozen:
         notes.insert(0, f"{len(frozen)} initializer(s) listed as graph inputs were frozen (made constants, no "
                         f"longer inputs, so passes may fold them): {', '.join(frozen)}")
+    regional = [p for p in reports if p.status == APPLIED and p.checked == REGION]
     if verifier.numeric:
         untested = verifier.untested_changes(accepted)
-        verification = NUMERIC if untested is None else f"not verified: {untested}; give --load-inputs"
+        if untested is not None:
+            verification = f"not verified: {untested}; give --load-inputs"
+        elif regional:
+            verification = REGION
+            notes.append(region_note(verifier, len(regional)))
+        else:
+            verification = NUMERIC
     elif all(p.checked == PROOF for p in reports if p.status == APPLIED):
         # Every change is the same computation graph: equivalent without running anything.
         verification = PROOF
@@ -371,6 +408,8 @@ def fix(
         applications=[asdict(a) for a in budget.applications],
         notes=notes,
         frozen_inputs=frozen,
+        verify_mode=verifier.mode if verifier.numeric else None,
+        verify_mode_reason=verifier.mode_note if verifier.numeric else None,
     )
     if as_proto:
         if not any(p.status == APPLIED for p in reports) and not fix_shapes and not frozen:  # the input as it was, byte for byte

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from surgeon import weights as W
 from surgeon.graph_ops import meta, unique_name
 from surgeon.rewrite.rule import Match, RuleContext
 
@@ -86,7 +87,12 @@ class Builder:
         return self.const(value, dtype, name)
 
     def named(self, base: str, value: Any, dtype: Any = None) -> gs.Constant:
-        """An initializer named ``base`` (or ``base_1`` ...), for values that replace a named weight."""
+        """An initializer named ``base`` (or ``base_1`` ...), for values that replace a named weight.
+
+        A recipe (:class:`surgeon.weights.Derived`, a weight computed from others) stays one:
+        it is computed when the model is written or run, never held beside its source."""
+        if W.is_derived(value) and (dtype is None or np.dtype(dtype) == value.dtype):
+            return gs.Constant(self.names.fresh(base), W.held(value))
         return gs.Constant(self.names.fresh(base), np.asarray(value, dtype=dtype))
 
     def copy_of(self, node: gs.Node, inputs: Sequence[gs.Tensor | None], attrs: Mapping[str, Any] | None = None,

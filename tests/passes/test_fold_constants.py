@@ -186,3 +186,62 @@ def test_constant_node_returned_by_a_body_becomes_an_initializer_of_the_body():
     assert log.counts["Constant node made initializer"] == 1
     feeds = {"n": np.array(3, np.int64), "x": np.array([-1.0, 2.0], np.float32)}
     np.testing.assert_allclose(run_ort(out, feeds)["y"], run_ort(m, feeds)["y"], **TOL)
+
+
+# --- results over weights become recipes (surgeon.weights.Derived), never run -----------------
+
+def _weight_model(op: str, attrs: dict, weight: np.ndarray, out_dtype=onnx.TensorProto.FLOAT) -> onnx.ModelProto:
+    """y = MatMul(x, op(w)) with w an initializer."""
+    from onnx import helper, numpy_helper
+
+    probe = np.transpose(weight) if op == "Transpose" else weight
+    g = helper.make_graph(
+        [helper.make_node(op, ["w"], ["t"], **attrs), helper.make_node("MatMul", ["x", "t"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", out_dtype, ["N", probe.shape[0]])],
+        [helper.make_tensor_value_info("y", out_dtype, ["N", probe.shape[1]])],
+        [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _folded_recipe(m):
+    from surgeon import weights as W
+    from surgeon.graph import Model
+
+    work = Model.from_proto(m)
+    from surgeon.pipeline.base import PassContext, PassLog
+
+    log = PassLog()
+    FoldConstants().run(work, PassContext(pass_name="fold-constants"), log)
+    held = [t._values for t in work.graph.tensors().values() if hasattr(t, "_values")]
+    recipes = [v.array if isinstance(v, W.WeightValues) else v for v in held]
+    return work, [r for r in recipes if isinstance(r, W.Derived)], log
+
+
+def test_transpose_of_a_weight_folds_to_a_recipe_not_a_copy():
+    w = np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)  # 2 MB
+    m = _weight_model("Transpose", {"perm": [1, 0]}, w)
+    work, recipes, log = _folded_recipe(m)
+    assert len(recipes) == 1 and recipes[0].shape == (1024, 512) and log.counts["constant folded"] == 1
+    assert np.array_equal(recipes[0].materialize(), w.T)
+    out = work.to_proto()
+    assert op_types(out) == ["MatMul"]
+    x = np.random.default_rng(1).standard_normal((3, 1024)).astype(np.float32)
+    np.testing.assert_allclose(run_ort(out, {"x": x})["y"], x @ w.T, atol=1e-3, rtol=1e-4)
+
+
+def test_cast_of_fp16_weights_folds_to_a_recipe_with_ort_rounding():
+    w = (np.random.default_rng(2).standard_normal((1024, 512)) * 3).astype(np.float16)  # 1 MB of fp16 storage
+    m = _weight_model("Cast", {"to": onnx.TensorProto.FLOAT}, w)
+    work, recipes, _ = _folded_recipe(m)
+    assert len(recipes) == 1 and recipes[0].dtype == np.float32
+    ort_cast = run_ort(model_from_text("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float16[1024,512] w) => (float[1024,512] t) { t = Cast<to = 1>(w) }"""), {"w": w})["t"]
+    assert np.array_equal(recipes[0].materialize(), ort_cast)
+
+
+def test_small_results_over_weights_still_run_in_onnx_runtime():
+    w = np.ones((8, 16), np.float32)  # 512 bytes: not a weight-sized result
+    m = _weight_model("Transpose", {"perm": [1, 0]}, w)
+    _, recipes, log = _folded_recipe(m)
+    assert recipes == [] and log.counts["constant folded"] == 1

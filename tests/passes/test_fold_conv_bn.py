@@ -485,3 +485,112 @@ def test_overridable_bn_parameter_is_not_folded():
     assert [vi.name for vi in out.graph.input] == ["x", "gamma"]
     out, _ = surgeon.fix(model(overridable=False), ["fold-conv-bn"], rounds=1)
     assert "BatchNormalization" not in [n.op_type for n in out.graph.node]
+
+
+def test_folded_weight_is_a_recipe_over_the_original_with_the_same_values():
+    """Large folded weights are held as recipes (surgeon.weights.Derived) and computed a block of rows at a time."""
+    from onnx import helper, numpy_helper
+
+    from surgeon import weights as W
+    from surgeon.graph import Model
+    from surgeon.pipeline.base import PassContext, PassLog
+    from passes.fold_conv_bn import FoldConvBN
+
+    rng = np.random.default_rng(7)
+    c = 64
+    w = rng.standard_normal((c, 32, 3, 3)).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, c).astype(np.float32), rng.normal(0, 0.1, c).astype(np.float32)
+    mean, var = rng.normal(0, 0.1, c).astype(np.float32), rng.uniform(0.5, 1.5, c).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 32, 5, 5])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, c, 5, 5])],
+        [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (gamma, "g"), (beta, "b"), (mean, "m"), (var, "v"))])
+    work = Model.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    assert FoldConvBN().run(work, PassContext(pass_name="fold-conv-bn"), PassLog())
+    conv = next(n for n in work.graph.nodes if n.op == "Conv")
+    held = conv.inputs[1]._values
+    assert isinstance(held, W.WeightValues) and isinstance(held.array, W.Derived)
+    scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + 1e-5)
+    expect = (w.astype(np.float64) * scale[:, None, None, None]).astype(np.float32)
+    assert np.array_equal(held.array.materialize(), expect)
+    assert np.array_equal(np.concatenate(list(held.array.chunks(max_bytes=32 * 9 * 4 * 5))), expect)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("kind,shape,group", [
+    ("conv", (16, 4, 3, 3), 1), ("convtranspose", (8, 6, 3, 3), 1), ("convtranspose", (8, 3, 3, 3), 2),
+    ("gemm-t", (12, 20), 1), ("gemm", (20, 12), 1), ("matmul", (20, 12), 1),
+    ("bn-conv", (16, 4, 3, 3), 1), ("bn-conv", (16, 4, 1, 1), 4),
+])
+def test_folded_weight_recipe_equals_the_float64_product_rounded_once(kind, shape, group, dtype):
+    """The recipe's values, whole or a few rows at a time, are exactly (w in float64 * scale) cast
+    to w's dtype (what the eager fold computed), and bn-conv's kernel sums match float64 within 1e-12."""
+    from passes.fold_conv_bn import _kernel_sums, fold, folded_weight
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(shape).astype(dtype)
+    w64 = w.astype(np.float64)
+    channels = {"conv": shape[0], "gemm-t": shape[0], "gemm": shape[1], "matmul": shape[1],
+                "convtranspose": shape[1] * group, "bn-conv": shape[1] * group}[kind]
+    scale, shift = rng.uniform(0.5, 2.0, channels), rng.normal(0, 1, channels)
+    if kind in ("conv", "gemm-t"):
+        expect = w64 * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    elif kind in ("gemm", "matmul"):
+        expect = w64 * scale[None, :]
+    else:
+        blocks = w64.reshape((group, shape[0] // group) + shape[1:])
+        expect = (blocks * scale.reshape((group, 1, shape[1]) + (1,) * (w.ndim - 2))).reshape(shape)
+    expect = expect.astype(dtype)
+    recipe = folded_weight(kind, w, scale, group)
+    assert recipe.dtype == dtype and recipe.shape == shape
+    assert np.array_equal(recipe.materialize(), expect)
+    row = w.nbytes // shape[0]
+    assert np.array_equal(np.concatenate(list(recipe.chunks(max_bytes=3 * row))), expect)
+    new_w, bias = fold(kind, w, None, scale, shift, group)
+    assert np.array_equal(np.asarray(new_w), expect) and bias.dtype == dtype
+    if kind == "bn-conv":
+        blocks = w64.reshape((group, shape[0] // group) + shape[1:])
+        sums = (blocks * shift.reshape((group, 1, shape[1]) + (1,) * (w.ndim - 2))).sum(
+            axis=tuple(range(2, blocks.ndim))).reshape(-1)
+        np.testing.assert_allclose(_kernel_sums(w, shift, group), sums, rtol=1e-12, atol=1e-12)
+
+
+def test_a_second_fold_derives_from_the_first_recipe_without_computing_it():
+    """Conv -> BatchNormalization -> per-channel Mul: the Mul folds into the recipe the BN fold left,
+    as a recipe over it (nothing is computed during the pass), and the values are the two products."""
+    from surgeon import weights as W
+    from surgeon.graph import Model
+    from surgeon.pipeline.base import PassContext, PassLog
+
+    rng = np.random.default_rng(11)
+    c = 32
+    w = rng.standard_normal((c, 16, 3, 3)).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, c).astype(np.float32), rng.normal(0, 0.1, c).astype(np.float32)
+    mean, var = rng.normal(0, 0.1, c).astype(np.float32), rng.uniform(0.5, 1.5, c).astype(np.float32)
+    k = rng.uniform(0.5, 2.0, (1, c, 1, 1)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"]),
+         helper.make_node("Mul", ["n", "k"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 5, 5])],
+        [numpy_helper.from_array(a, n) for a, n in
+         ((w, "w"), (gamma, "g"), (beta, "b"), (mean, "m"), (var, "v"), (k, "k"))])
+    work = Model.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]))
+    computed = []
+    original = W.Derived.materialize
+    try:
+        W.Derived.materialize = lambda self: computed.append(self) or original(self)
+        assert FoldConvBN().run(work, PassContext(pass_name=PASS_NAME), PassLog())
+    finally:
+        W.Derived.materialize = original
+    assert not computed and [n.op for n in work.graph.nodes] == ["Conv"]
+    held = next(n for n in work.graph.nodes if n.op == "Conv").inputs[1]._values
+    recipe = held.array if isinstance(held, W.WeightValues) else held
+    assert isinstance(recipe, W.Derived) and any(isinstance(s, W.Derived) for s in recipe.sources)
+    scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + 1e-5)
+    first = (w.astype(np.float64) * scale[:, None, None, None]).astype(np.float32)
+    expect = (first.astype(np.float64) * k.reshape(-1).astype(np.float64)[:, None, None, None]).astype(np.float32)
+    assert np.array_equal(recipe.materialize(), expect)
