@@ -31,7 +31,9 @@ Nsight Compute (``ncu``) is not used: it replays each kernel under serialization
 model of a few hundred kernels, and times kernels CUPTI already times.
 
 ``python bench/gpu_profile_methods.py --kineto-worker SPEC.json`` is the worker; the rest is
-imported by gpu_run.py. ``attribute_kernels`` is pure (tests/test_gpu_profile_methods.py).
+imported by gpu_run.py. ``attribute_kernels`` and ``gpu_activity`` are pure and live in
+surgeon.debug.profile.cupti, which ``profile --backend onnxrt-cuda:timing=cupti`` uses too
+(tests/test_gpu_profile_methods.py).
 """
 
 from __future__ import annotations
@@ -51,10 +53,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-GPU_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
-LAUNCH_CATS = ("cuda_runtime", "cuda_driver")
-RUN_MARK = "surgeon_run_"
-OFFSET_SEARCH_US = 500
 PAUSE_S = 0.001  # as surgeon.debug.profile.onnxrt: a sleep before each timed run
 
 
@@ -66,112 +64,9 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-# --- the pure part: CUPTI (Kineto) events against ONNX Runtime's node events ----------------------------
+# --- the pure part lives in surgeon (profile --backend onnxrt-cuda:timing=cupti uses it too) -------------
 
-def _union_us(intervals: list[tuple[float, float]]) -> float:
-    total, end = 0.0, None
-    for s, e in sorted(intervals):
-        if end is None or s > end:
-            total += e - s
-            end = e
-        elif e > end:
-            total += e - end
-            end = e
-    return total
-
-
-def gpu_activity(kineto: Mapping[str, Any], runs: int) -> dict[str, Any]:
-    """Per run (the ``surgeon_run_i`` annotations): the GPU's kernel, copy and set time, their
-    union (busy time) and span, medians in ms. An ONNX Runtime run waits for the GPU before it
-    returns, so the GPU work of run i lies inside its annotation."""
-    base = int(kineto.get("baseTimeNanoseconds") or 0)
-    events = [e for e in kineto.get("traceEvents", []) if isinstance(e, dict) and e.get("ph") == "X"]
-    # the host-side annotations ("gpu_user_annotation" copies of them on the GPU timeline aside)
-    marks = sorted((e for e in events if e.get("cat") == "user_annotation" and str(e.get("name", "")).startswith(RUN_MARK)),
-                   key=lambda e: e["ts"])
-    gpu = [e for e in events if e.get("cat") in GPU_CATS]
-    per_run: list[dict[str, float]] = []
-    for m in marks[:runs]:
-        lo, hi = float(m["ts"]), float(m["ts"]) + float(m.get("dur", 0))
-        inside = [e for e in gpu if lo <= float(e["ts"]) <= hi]
-        iv = [(float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0))) for e in inside]
-        per_run.append({"kernel_us": sum(float(e.get("dur", 0)) for e in inside if e["cat"] == "kernel"),
-                        "copy_us": sum(float(e.get("dur", 0)) for e in inside if e["cat"] != "kernel"),
-                        "busy_us": _union_us(iv), "span_us": (max(b for _, b in iv) - min(a for a, _ in iv)) if iv else 0.0,
-                        "activities": len(inside)})
-    out: dict[str, Any] = {"runs_marked": len(marks), "gpu_events": len(gpu), "base_ns": base}
-    for key in ("kernel_us", "copy_us", "busy_us", "span_us"):
-        out[key.replace("_us", "_ms")] = _median([r[key] / 1000.0 for r in per_run])
-    out["activities_per_run"] = _median([r["activities"] for r in per_run])
-    return out
-
-
-def attribute_kernels(kineto: Mapping[str, Any], ort_events: Sequence[Mapping[str, Any]], ort_start_ns: int,
-                      runs: int, search_us: int = OFFSET_SEARCH_US) -> dict[str, Any]:
-    """Each GPU activity of the last ``runs`` ONNX Runtime runs given to the top-level node whose
-    host window holds its launch; per run, the sum over nodes (GPU time for nodes that launched
-    work, host time for nodes on the CPU provider), median in ms. The clock offset between the
-    two traces is searched (1 us steps, +-search_us) for the most launches inside node windows."""
-    from surgeon.debug.profile import ort_trace
-
-    base = int(kineto.get("baseTimeNanoseconds") or 0)
-    events = [e for e in kineto.get("traceEvents", []) if isinstance(e, dict) and e.get("ph") == "X"]
-    launch_ns = {}
-    for e in events:
-        corr = (e.get("args") or {}).get("correlation")
-        if e.get("cat") in LAUNCH_CATS and corr is not None:
-            launch_ns[corr] = base + float(e["ts"]) * 1000.0
-    gpu = [e for e in events if e.get("cat") in GPU_CATS]
-    launched = [(launch_ns[(e.get("args") or {}).get("correlation")], float(e.get("dur", 0)))
-                for e in gpu if (e.get("args") or {}).get("correlation") in launch_ns]
-    trace = ort_trace.parse_trace(list(ort_events))
-    ort_runs = trace.runs[-runs:] if runs else trace.runs
-    nodes = [(ort_start_ns + k.ts * 1000.0, ort_start_ns + (k.ts + k.dur + 1) * 1000.0, r, k)
-             for r, run in enumerate(ort_runs) for k in run.kernels if k.parent is None]
-    # only nodes of a GPU provider launch GPU work: a launch is never given to a node on the CPU
-    gpu_nodes = sorted((n for n in nodes if n[3].provider != "CPUExecutionProvider"), key=lambda t: t[0])
-    out: dict[str, Any] = {"gpu_activities": len(gpu), "with_launch_record": len(launched), "nodes": len(nodes)}
-    if not launched or not gpu_nodes:
-        out["note"] = "nothing to attribute (no launch records or no GPU node events)"
-        return out
-    starts = np.array([n[0] for n in gpu_nodes])
-    ends = np.array([n[1] for n in gpu_nodes])
-    times = np.array([t for t, _ in launched])
-
-    def inside(offset_ns: float) -> np.ndarray:
-        idx = np.searchsorted(starts, times + offset_ns, side="right") - 1
-        ok = idx >= 0
-        ok[ok] &= (times[ok] + offset_ns) < ends[idx[ok]]
-        return np.where(ok, idx, -1)
-
-    # Ties (a shift by one node's spacing can hold as many launches) go to the smallest shift:
-    # the two clocks are both Unix time, so the search only corrects what they disagree by.
-    best, best_n = 0, -1
-    for off_us in sorted(range(-search_us, search_us + 1), key=abs):
-        n = int(np.sum(inside(off_us * 1000.0) >= 0))
-        if n > best_n:
-            best, best_n = off_us, n
-
-    def node_sum(owner: np.ndarray) -> float | None:
-        gpu_us = np.zeros(len(gpu_nodes))
-        for i, (_, dur) in zip(owner, launched):
-            if i >= 0:
-                gpu_us[i] += dur
-        sums = [0.0] * len(ort_runs)
-        for _, _, r, k in nodes:
-            if k.provider == "CPUExecutionProvider":
-                sums[r] += k.dur
-        for i, (_, _, r, _) in enumerate(gpu_nodes):
-            sums[r] += gpu_us[i]
-        return _median([s / 1000.0 for s in sums])
-
-    owner, at_zero = inside(best * 1000.0), inside(0.0)
-    out.update(offset_us=best, attributed=int(np.sum(owner >= 0)), attributed_share=float(np.mean(owner >= 0)),
-               node_sum_ms=node_sum(owner), inside_at_zero_offset=float(np.mean(at_zero >= 0)),
-               node_sum_ms_at_zero_offset=node_sum(at_zero),
-               unattributed_gpu_ms_per_run=float(sum(d for i, (_, d) in zip(owner, launched) if i < 0)) / 1000.0
-               / max(1, len(ort_runs)))
-    return out
+from surgeon.debug.profile.cupti import RUN_MARK, attribute_kernels, gpu_activity  # noqa: E402,F401
 
 
 # --- the worker: ONNX Runtime under PyTorch's profiler ------------------------------------------------------
@@ -183,13 +78,9 @@ def kineto_worker(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     answer: dict[str, Any] = {"models": {}}
     try:
-        import torch  # before onnxruntime: ONNX Runtime then uses the CUDA libraries PyTorch loaded
-        from torch.profiler import ProfilerActivity, profile, record_function
+        from surgeon.debug.profile.cupti import import_torch_cuda, profile_runs
 
-        if not torch.cuda.is_available():
-            raise RuntimeError("torch.cuda.is_available() is False")
-        torch.cuda.init()
-        answer["torch"] = torch.__version__
+        answer["torch"] = import_torch_cuda()  # before onnxruntime: ONNX Runtime then uses PyTorch's CUDA libraries
     except Exception as exc:  # noqa: BLE001 - the answer says why
         answer["unavailable"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
         Path(spec["answer"]).write_text(json.dumps(answer))
@@ -203,17 +94,8 @@ def kineto_worker(spec_path: str) -> int:
             backend = backends.create(spec.get("spec", "onnxrt-cuda"))
             feed = dict(input_files.load_inputs(m["inputs"])[0])
             sess, _ = profiled_session(backend, m["model"], m["prefix"], m["prefix"] + "_optimized.onnx")
-            outputs = [o.name for o in sess.get_outputs()]
-            for _ in range(int(spec["warmup"])):
-                sess.run(outputs, feed)
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                for i in range(int(spec["runs"])):
-                    with record_function(f"{RUN_MARK}{i}"):
-                        sess.run(outputs, feed)
-                torch.cuda.synchronize()
             kpath = m["prefix"] + "_kineto.json"
-            prof.export_chrome_trace(kpath)
+            profile_runs(sess, [feed], int(spec["warmup"]), int(spec["runs"]), kpath)
             answer["models"][label] = {"ort_trace": sess.end_profiling(), "ort_start_ns": sess.get_profiling_start_time_ns(),
                                        "kineto_trace": kpath}
         except Exception as exc:  # noqa: BLE001 - one model's failure is its row

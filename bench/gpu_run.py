@@ -14,7 +14,7 @@ latency against the CPU) -> [CPU jobs start in the background: ``surgeon fix`` a
 emulation side of each model, bench/gpu_fp16_cpu.py] -> bisect (a planted divergence only the
 GPU shows) -> isolate (cuda-options on it, against one-at-a-time) -> marking (does marking
 tensors as outputs change CUDA's outputs: data for the noise-aware bisect) -> profile (per-node
-times against wall latency) -> profile-methods (every way of timing nodes this machine offers,
+times against wall latency, the default method and, with PyTorch, ``timing=cupti``) -> profile-methods (every way of timing nodes this machine offers,
 side by side on four models: bench/gpu_profile_methods.py) -> fix-profile (``fix --profile`` on
 the GPU for every corpus model) -> fp16 (the emulation's verdict against real CUDA float16
 kernels).
@@ -51,7 +51,7 @@ from gpu_common import (FP16_SHAPES, LARGE_SHAPES, ROOT, corpus_feed, error_phra
 # (default 450 s). A part may run until the sum of its share and the shares of the parts before
 # it has passed since the start: what earlier parts left unused goes to the next ones, and the
 # parts after it still have their own shares before the overall deadline.
-BUDGETS = {"env": 20, "compare": 90, "bisect": 35, "isolate": 45, "marking": 30, "profile": 100,
+BUDGETS = {"env": 20, "compare": 90, "bisect": 35, "isolate": 45, "marking": 30, "profile": 150,
            "profile-methods": 60, "fix-profile": 60, "fp16": 100}
 PARTS = list(BUDGETS)
 F32_TOL = (1e-4, 1e-3)
@@ -427,12 +427,39 @@ def part_marking(run: Run) -> dict:
     return part
 
 
+CUPTI_SECONDS = 60.0  # at most this long on the timing=cupti profiles (a worker importing PyTorch per model)
+
+
+def _timing_row(p: Any) -> dict:
+    t = p.gpu_timing or {}
+    top = [{"kernel": k.name, "op": k.op_type, "median_ms": k.median_ms, "share": k.share, "origin": k.origin[:4],
+            "how": k.how, "provider": k.detail.get("provider")} for k in p.kernels[:5]]
+    return {"inputs": p.inputs, "method": t.get("method"), "node_sum_ms": t.get("node_sum_ms"),
+            "latency_ms": t.get("latency_ms"), "ratio": t.get("ratio"),
+            "within_10pct": (abs(t["ratio"] - 1) <= 0.10) if t.get("ratio") else None,
+            "profiled_run_ms": t.get("profiled_run_ms"), "kernels": len(p.kernels),
+            "mapped": sum(1 for k in p.kernels if k.how not in ("unmapped", "session")), "top": top,
+            **{k: t[k] for k in ("gpu_busy_ms", "session_rows_ms", "clock_offset_us", "attributed_share", "torch")
+               if k in t}}
+
+
 def part_profile(run: Run) -> dict:
-    """Per-node times against wall latency: large inputs first (the GPU busy), then the corpus's own."""
+    """Per-node times against wall latency: large inputs first (the GPU busy), then the corpus's own;
+    each with the default method and, where PyTorch is importable, with ``timing=cupti`` (CUPTI
+    kernels per node plus the input and output copies) on the same inputs."""
+    import importlib.util
+
     from surgeon.debug.profile import profile_model
 
     part: dict = {"name": "profile", "models": {}}
     run.R["parts"][part["name"]] = part  # partial results survive a stop
+    if run.cpu:
+        cupti_skip = "CPU stand-in: no GPU kernels to time"
+    elif importlib.util.find_spec("torch") is None:
+        cupti_skip = "PyTorch is not importable here (timing=cupti needs it)"
+    else:
+        cupti_skip = None
+    cupti_s = 0.0
     by_stem = {p.stem: p for p in run.models()}
     # large inputs are sized for a GPU; on the CPU stand-in they would take minutes each
     todo = [] if run.cpu else [(by_stem[s], shapes, "large") for s, shapes in LARGE_SHAPES.items() if s in by_stem]
@@ -445,24 +472,39 @@ def part_profile(run: Run) -> dict:
         t0 = time.monotonic()
         try:
             feed = corpus_feed(path, run.entries, shapes)
-            p = profile_model(path, backend="onnxrt-cuda", samples=[feed], warmup=3,
-                              iterations=10 if which == "large" else 20, cpu_stand_in=run.cpu)
-            t = p.gpu_timing or {}
-            top = [{"kernel": k.name, "op": k.op_type, "median_ms": k.median_ms, "share": k.share, "origin": k.origin[:4],
-                    "how": k.how, "provider": k.detail.get("provider")} for k in p.kernels[:5]]
-            part["models"][key] = {"inputs": p.inputs, "method": t.get("method"), "node_sum_ms": t.get("node_sum_ms"),
-                                   "latency_ms": t.get("latency_ms"), "ratio": t.get("ratio"),
-                                   "within_10pct": (abs(t["ratio"] - 1) <= 0.10) if t.get("ratio") else None,
-                                   "profiled_run_ms": t.get("profiled_run_ms"), "kernels": len(p.kernels),
-                                   "mapped": sum(1 for k in p.kernels if k.how != "unmapped"), "top": top,
-                                   "notes": p.notes[:4]}
+            iterations = 10 if which == "large" else 20
+            p = profile_model(path, backend="onnxrt-cuda", samples=[feed], warmup=3, iterations=iterations,
+                              cpu_stand_in=run.cpu)
+            part["models"][key] = dict(_timing_row(p), notes=p.notes[:4])
         except Exception as exc:  # noqa: BLE001
             part["models"][key] = {"error": f"{type(exc).__name__}: {exc}"[:500], "trace": traceback.format_exc()[-1200:]}
         part["models"][key]["wall_s"] = round(time.monotonic() - t0, 2)
+        if cupti_skip or cupti_s >= CUPTI_SECONDS or run.left() < 10 or "error" in part["models"][key]:
+            part["models"][key]["cupti"] = {"skipped": cupti_skip or ("time budget of this part used up" if run.left() < 10
+                                                                      else "the default method failed" if "error" in part["models"][key]
+                                                                      else f"the {CUPTI_SECONDS:.0f} s for timing=cupti used up")}
+        else:
+            t1 = time.monotonic()
+            try:
+                p = profile_model(path, backend="onnxrt-cuda:timing=cupti", samples=[feed], warmup=3, iterations=iterations)
+                part["models"][key]["cupti"] = dict(_timing_row(p), notes=p.notes[:2])
+            except Exception as exc:  # noqa: BLE001
+                part["models"][key]["cupti"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            part["models"][key]["cupti"]["wall_s"] = round(time.monotonic() - t1, 2)
+            cupti_s += time.monotonic() - t1
         run.say("profile", key, "error" if "error" in part["models"][key] else "ok")
         run.flush()
     ok = [k for k, v in part["models"].items() if v.get("within_10pct")]
     part["within_10pct"] = ok
+    by_method: dict[str, dict] = {}
+    for v in part["models"].values():
+        for row in (v, v.get("cupti") or {}):
+            if row.get("method"):
+                m = by_method.setdefault(row["method"], {"profiles": 0, "within_10pct": 0})
+                m["profiles"] += 1
+                m["within_10pct"] += bool(row.get("within_10pct"))
+    part["within_10pct_by_method"] = by_method
+    part["cupti_s"] = round(cupti_s, 1)
     return part
 
 
@@ -861,11 +903,28 @@ def markdown(R: dict) -> str:
               "| model [inputs] | method | node sum ms | latency ms | sum/latency | within 10% | kernels mapped | top kernel |",
               "|---|---|---|---|---|---|---|---|"]
         for n, r in pr.items():
-            top = (r.get("top") or [{}])[0]
-            L.append(f"| {n} {r.get('inputs', '')} | {r.get('method') or r.get('error') or r.get('skipped')} | "
-                     f"{_g(r.get('node_sum_ms'))} | {_g(r.get('latency_ms'))} | {_g(r.get('ratio'))} | {r.get('within_10pct')} | "
-                     f"{r.get('mapped')}/{r.get('kernels')} | {top.get('kernel', '')} ({top.get('op', '')}) {_g(top.get('median_ms'))} ms |")
-        L.append(f"\nwithin 10%: {len(P['profile'].get('within_10pct') or [])} profile(s)\n")
+            for row in (r, r.get("cupti")):
+                if row is None:
+                    continue
+                if row is not r and not row.get("method"):
+                    L.append(f"| {n} | timing=cupti: {row.get('error') or row.get('skipped')} | | | | | | |")
+                    continue
+                top = (row.get("top") or [{}])[0]
+                L.append(f"| {n} {row.get('inputs', '')} | {row.get('method') or row.get('error') or row.get('skipped')} | "
+                         f"{_g(row.get('node_sum_ms'))} | {_g(row.get('latency_ms'))} | {_g(row.get('ratio'))} | "
+                         f"{row.get('within_10pct')} | {row.get('mapped')}/{row.get('kernels')} | "
+                         f"{top.get('kernel', '')} ({top.get('op', '')}) {_g(top.get('median_ms'))} ms |")
+        bm = P["profile"].get("within_10pct_by_method") or {}
+        L.append("\nwithin 10%: " + ("; ".join(f"{m}: {v['within_10pct']} of {v['profiles']} profile(s)" for m, v in bm.items())
+                                     or f"{len(P['profile'].get('within_10pct') or [])} profile(s)"))
+        copies = [(n, r["cupti"]) for n, r in pr.items() if (r.get("cupti") or {}).get("session_rows_ms")]
+        if copies:
+            L.append("\ntiming=cupti, rows that are no node (median ms per run) and the GPU's busy time:\n")
+            for n, c in copies:
+                rows = ", ".join(f"{k} {_g(v)}" for k, v in c["session_rows_ms"].items())
+                L.append(f"- {n}: {rows}; GPU busy {_g(c.get('gpu_busy_ms'))} ms; clock offset {c.get('clock_offset_us')} us, "
+                         f"{_g(c.get('attributed_share'))} of GPU activities in a node")
+        L.append("")
     pm = P.get("profile-methods", {}).get("models", {})
     if pm:
         L += ["## profile-methods: per-run sum of node times against wall latency, method by method", "",

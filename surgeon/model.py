@@ -20,6 +20,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
+from surgeon import weight_wire
 from surgeon import weights as W
 from surgeon.errors import ModelLoadError, ModelSaveError, UsageError
 from surgeon.files import umask_mode, write_text_atomic  # noqa: F401  (model_io.write_text_atomic)
@@ -58,7 +59,7 @@ def _external_files(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, str]
 def external_data_paths(model_path: str | os.PathLike) -> set[Path]:
     """Resolved paths of the external data files a model file refers to (weights are not read)."""
     model = onnx.ModelProto()
-    model.ParseFromString(W.split_file(model_path)[0])
+    model.ParseFromString(weight_wire.split_file(model_path)[0])
     base = Path(model_path).resolve().parent
     return {(base / info.location).resolve() for _, info in _external_files(model)}
 
@@ -184,7 +185,7 @@ def open_model(path: str | os.PathLike) -> "Model":
     p = Path(path)
     _check_path(p)
     try:
-        skeleton_bytes, arrays = W.split_file(p)
+        skeleton_bytes, arrays = weight_wire.split_file(p)
     except OSError as exc:
         raise ModelLoadError(f"cannot read '{p}': {exc.strerror}") from exc
     except (ValueError, IndexError) as exc:
@@ -200,7 +201,7 @@ def open_model(path: str | os.PathLike) -> "Model":
     external = _external_targets(skeleton, p)
     for tensor, target, offset in external:
         try:
-            array = W.map_external(tensor, target, offset, mapped)
+            array = weight_wire.map_external(tensor, target, offset, mapped)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot read the external data of tensor '{tensor.name}' in '{p}': {exc}") from exc
         key = f"{W.STUB_PREFIX}{len(arrays)}"
@@ -338,7 +339,7 @@ def save(model: "onnx.ModelProto | Model | Exported", path: str | os.PathLike, *
     memory): a Model or Exported is written as it is; a ModelProto with weights embedded
     is written directly when small, otherwise split first.
     """
-    from surgeon.graph import Exported, Model
+    from surgeon.graph import Model
 
     dst = Path(path).resolve()
     if not dst.parent.is_dir():
@@ -377,16 +378,6 @@ def _atomic(dst: Path, path, write, data_name: str | None = None) -> Path:
             leftover.unlink(missing_ok=True)
         os.rmdir(tmpdir)
     return dst
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        out.append(b | 0x80 if value else b)
-        if not value:
-            return bytes(out)
 
 
 def _raw_view(array) -> memoryview:
@@ -496,19 +487,19 @@ def _write_embedded(exported: "Exported", tmp: Path) -> None:
     del skeleton.graph.initializer[:]
     sizes = []
     for head, raw in entries:
-        n = len(head) + (0 if raw is None else 1 + len(_varint(raw.nbytes)) + raw.nbytes)
+        n = len(head) + (0 if raw is None else 1 + len(weight_wire.encode_varint(raw.nbytes)) + raw.nbytes)
         sizes.append(n)
-    graph_len = sum(1 + len(_varint(n)) + n for n in sizes)
+    graph_len = sum(1 + len(weight_wire.encode_varint(n)) + n for n in sizes)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with _source_files() as sources:
             pos = _pwrite_all(fd, memoryview(skeleton.SerializeToString()), 0)
             if entries:
-                pos += _pwrite_all(fd, memoryview(b"\x3a" + _varint(graph_len)), pos)  # field 7 (graph), length-delimited
+                pos += _pwrite_all(fd, memoryview(b"\x3a" + weight_wire.encode_varint(graph_len)), pos)  # field 7 (graph), length-delimited
             for (head, raw), n in zip(entries, sizes):
-                pos += _pwrite_all(fd, memoryview(b"\x2a" + _varint(n) + head), pos)  # field 5 (initializer)
+                pos += _pwrite_all(fd, memoryview(b"\x2a" + weight_wire.encode_varint(n) + head), pos)  # field 5 (initializer)
                 if raw is not None:
-                    pos += _pwrite_all(fd, memoryview(b"\x4a" + _varint(raw.nbytes)), pos)  # field 9 (raw_data)
+                    pos += _pwrite_all(fd, memoryview(b"\x4a" + weight_wire.encode_varint(raw.nbytes)), pos)  # field 9 (raw_data)
                     pos += _put_weight(fd, pos, raw, sources)
     finally:
         os.close(fd)

@@ -18,13 +18,16 @@ topological order, or whose values crossing a cut are not plain tensors runs who
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from surgeon import weights as W
 from surgeon.errors import BackendError
+
+if TYPE_CHECKING:
+    from surgeon.graph_export import Exported
 
 log = logging.getLogger(__name__)
 

@@ -205,7 +205,7 @@ class Verifier:
         self.regions = None  # surgeon.verify_region.RegionChecks when changes are checked on their regions
         self.mode: str | None = None  # how outputs are compared: "whole" or "local" (regions); None without numeric checks
         self.mode_note: str | None = None  # why that way
-        from surgeon.verify_region import MODES
+        from surgeon.verify_mode import MODES
 
         if mode not in MODES:
             raise ValueError(f"unknown verification mode '{mode}' (one of {', '.join(MODES)})")
@@ -320,11 +320,11 @@ class Verifier:
                          for i, b in changed)
 
     def _choose_mode(self, model: Exported, mode: str) -> None:
-        """Whole-model comparisons or region checks (see surgeon.verify_region.choose); the
+        """Whole-model comparisons or region checks (see surgeon.verify_mode.choose); the
         reference outputs stay, for changes that have no region to check alone."""
-        from surgeon import verify_region
+        from surgeon import verify_mode, verify_region
 
-        choice = verify_region.choose(mode, model, self.samples)
+        choice = verify_mode.choose(mode, model, self.samples)
         self.mode, self.mode_note = choice.mode, choice.why
         if choice.mode == "local":
             self.regions = verify_region.RegionChecks(model, self.samples, self.backend, atol=self.atol,

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 import surgeon
 from helpers import FIXTURES, model_from_text, run_cli, run_ort
 from surgeon import backends, staged
+from surgeon import verify_mode as VM
 from surgeon import verify_region as VR
 from surgeon.graph import Model
 from surgeon.pipeline.runner import APPLIED
@@ -138,17 +139,17 @@ def test_auto_checks_regions_where_a_run_computes_too_much():
     big = _conv_bn_chain(spatial=1024, channels=64)  # each activation 256 MB per sample: a heavy run
     exported = Model.from_proto(big).export()
     sample = {"x": np.zeros((1, 3, 1024, 1024), np.float32)}
-    choice = VR.choose("auto", exported, [sample])
+    choice = VM.choose("auto", exported, [sample])
     assert choice.mode == "local" and "GB of values per sample" in choice.why
     small = Model.from_proto(_conv_bn_chain()).export()
-    assert VR.choose("auto", small, [{"x": np.zeros((1, 3, 8, 8), np.float32)}]).mode == "whole"
-    assert VR.choose("local", small, []).mode == "local" and VR.choose("whole", exported, []).mode == "whole"
+    assert VM.choose("auto", small, [{"x": np.zeros((1, 3, 8, 8), np.float32)}]).mode == "whole"
+    assert VM.choose("local", small, []).mode == "local" and VM.choose("whole", exported, []).mode == "whole"
 
 
 def test_auto_checks_regions_where_the_weights_do_not_fit(monkeypatch):
     exported = Model.from_proto(_conv_bn_chain()).export()
-    monkeypatch.setattr(VR, "available_memory", lambda: 1000)  # bytes
-    choice = VR.choose("auto", exported, [{"x": np.zeros((1, 3, 8, 8), np.float32)}])
+    monkeypatch.setattr(VM, "available_memory", lambda: 1000)  # bytes
+    choice = VM.choose("auto", exported, [{"x": np.zeros((1, 3, 8, 8), np.float32)}])
     assert choice.mode == "local" and "available" in choice.why
 
 

@@ -57,7 +57,7 @@ class FixResult:
         return {**self.report.to_dict(), **extra}
 
 
-VERIFY_MODES = ("auto", "whole", "local")  # surgeon.verify_region.MODES, without importing onnx here
+VERIFY_MODES = ("auto", "whole", "local")  # surgeon.verify_mode.MODES, without importing onnx here
 
 
 def _lean_session(exported: Any):

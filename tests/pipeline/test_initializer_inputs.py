@@ -13,10 +13,9 @@ import json
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import pytest
 
 import surgeon
-from helpers import FIXTURES, model_from_text, run_cli, run_ort
+from helpers import model_from_text, run_cli, run_ort
 from surgeon.pipeline import registry
 from surgeon.pipeline.base import Pass
 from surgeon.pipeline.runner import APPLIED, ROLLED_BACK

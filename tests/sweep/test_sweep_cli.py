@@ -65,7 +65,7 @@ def test_markdown_summary(swept):
 
 
 def test_second_run_redoes_nothing(swept):
-    out, first_json, second = swept[1], swept[3], swept[4]
+    first_json, second = swept[3], swept[4]
     assert second.returncode == 0, second.stderr
     lines = [json.loads(l) for l in second.stdout.splitlines()]
     models, summary = lines[:-1], lines[-1]["summary"]

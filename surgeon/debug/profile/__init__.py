@@ -29,12 +29,19 @@ BACKENDS = ("onnxrt", "onnxrt-noopt", "trt", "trt-rtx", "onnxrt-cuda")
 
 
 def check_backend(spec: str, runnable: bool = False) -> str:
-    """A profiling backend name, ``onnxrt-cuda`` with its options (``onnxrt-cuda:tf32=0``) included;
-    unknown names and malformed options are usage errors; with ``runnable``, an onnxrt-cuda
-    this onnxruntime cannot run is refused too (before any work). Returns ``spec`` unchanged."""
+    """A profiling backend name, ``onnxrt-cuda`` with its options (``onnxrt-cuda:tf32=0``) and
+    profile's own ``timing=auto|synchronized|cupti`` included; unknown names and malformed
+    options are usage errors; with ``runnable``, an onnxrt-cuda this onnxruntime cannot run (or
+    ``timing=cupti`` without PyTorch) is refused too (before any work). Returns ``spec`` unchanged."""
     from surgeon.backends import split_spec
 
     name, options = split_spec(spec)
+    timing = "auto"
+    if name == "onnxrt-cuda":
+        from surgeon.debug.profile.cuda import split_timing
+
+        stripped, timing = split_timing(spec)
+        options = split_spec(stripped)[1]
     if name not in BACKENDS:
         raise UsageError(f"unknown profiling backend '{name}'; choose one of {', '.join(BACKENDS)}")
     if options:
@@ -50,6 +57,9 @@ def check_backend(spec: str, runnable: bool = False) -> str:
         missing = unavailable_reason()
         if missing:
             raise BackendUnavailableError(missing)
+        from surgeon.debug.profile.cuda import check_timing
+
+        check_timing(timing)
     return spec
 
 

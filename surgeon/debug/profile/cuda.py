@@ -18,9 +18,29 @@ installed wheel gives, and said in the report (``gpu_timing.method``):
    overhead in full, where an unsynchronized run overlaps launches with the GPU's work: it
    reads high on models of many small kernels. It reads low where copying large inputs and
    outputs between host and GPU is part of the latency: those copies are in no node. On an H100
-   (onnxruntime-gpu 1.31.1, one run, docs/gpu.md) the sum was 1.2 to 4.3 times the latency on
-   10 of 12 corpus models at their own inputs, and 0.6 to 0.8 times on 4 of 5 with large
-   inputs; none of the 17 profiles was within 10%.
+   (onnxruntime-gpu 1.31.1, whose PyPI wheel gives this method; two runs of bench/gpu_run.py,
+   docs/gpu.md) the sum was 1.09 to 4.33 times the latency on 21 of the 24 profiles of corpus
+   models at their own inputs, and 0.62 to 0.93 times on 4 of 5 with large inputs (ViT 1.52);
+   within 10% on 0 of 17 profiles in the first run and 2 of 17 in the second, none in both.
+
+Why no method here adds up, measured in the second run (bench/gpu_profile_methods.py, CUPTI
+through PyTorch's profiler): on small inputs the GPU is busy only about 0.21 of the latency, the
+rest being host-side launches, so the synchronized sum over-counts 2.7 to 3.5 times and even
+CUPTI's kernel times per node sum to 0.31 to 0.48 of it; on large inputs the GPU is busy 0.91 to
+0.93 of the latency, the host-device copies take 40 to 50% of it, and CUPTI's kernels,
+attributed to nodes at 91 to 99.5%, sum to 0.94 of the latency with the inputs and outputs kept
+on the GPU. That attribution needs PyTorch beside onnxruntime-gpu, which surgeon does not depend
+on, so it stays a bench measurement and this module keeps the two methods above.
+
+3. ``cupti-kernels-per-node`` (asked for with ``timing=cupti``: ``--backend
+   onnxrt-cuda:timing=cupti``): the profiled runs are made in a worker under PyTorch's
+   profiler, which reads CUPTI's record of every kernel and copy the GPU ran; each is given to
+   the node that launched it (profile/cupti.py), and the copies of the inputs to the GPU and of
+   the outputs back, which no node launches, are rows of their own (``[copy] inputs
+   host->device``, ``[copy] outputs device->host``). The rows add up to the GPU's busy time
+   (and CPU nodes' host time); what is left of the latency is the GPU waiting on launches and
+   the host's own work. It needs a CUDA build of PyTorch beside onnxruntime-gpu, so it is not
+   the default; ``timing=synchronized`` forces method 2, ``timing=auto`` (the default) is 1 or 2.
 
 Latency is always measured without the profiler and without synchronization, in this process,
 runs interleaved with the profiled session's (when that is in this process too). The report
@@ -51,7 +71,43 @@ from surgeon.input_data import describe_feeds
 
 KERNEL_EVENTS = "cupti-kernel-events"
 SYNCHRONIZED = "synchronized-node-events"
+CUPTI = "cupti-kernels-per-node"
+TIMINGS = ("auto", "synchronized", "cupti")
 WORKER_TIMEOUT_S = 900.0
+
+
+def split_timing(spec: str) -> tuple[str, str]:
+    """``onnxrt-cuda:tf32=0,timing=cupti`` -> ("onnxrt-cuda:tf32=0", "cupti"). ``timing`` says how
+    profile times nodes, not how the backend runs, so it is taken off before the backend sees
+    the options; absent, it is "auto". Unknown values are usage errors."""
+    from surgeon import backends
+
+    name, options = backends.split_spec(spec)
+    kept, timing = [], "auto"
+    for item in (o.strip() for o in options.split(",") if o.strip()):
+        key, _, value = item.partition("=")
+        if key.strip().lower() != "timing":
+            kept.append(item)
+            continue
+        timing = value.strip().lower()
+        if timing not in TIMINGS:
+            raise UsageError(f"onnxrt-cuda: timing={value.strip()} is not one of {', '.join(TIMINGS)} "
+                             "(how profile times nodes; see docs/gpu.md)")
+    return (f"{name}:{','.join(kept)}" if kept else name), timing
+
+
+def check_timing(timing: str, cpu_stand_in: bool = False) -> None:
+    """Refuse ``timing=cupti`` before any work where it cannot run: on the CPU stand-in (no GPU
+    kernels to read) and without PyTorch (the one sentence saying what to install)."""
+    if timing != "cupti":
+        return
+    if cpu_stand_in:
+        raise UsageError("timing=cupti reads the GPU's kernels from CUPTI; the CPU stand-in runs none")
+    from surgeon.debug.profile.cupti import torch_missing
+
+    missing = torch_missing()
+    if missing:
+        raise BackendUnavailableError(missing)
 
 
 def backend_for(spec: str, cpu_stand_in: bool = False) -> Any:
@@ -61,6 +117,7 @@ def backend_for(spec: str, cpu_stand_in: bool = False) -> Any:
     name, _ = backends.split_spec(spec)
     if name != "onnxrt-cuda":
         raise UsageError(f"'{spec}' is not an onnxrt-cuda backend")
+    spec, _ = split_timing(spec)
     return backends.create(spec, cpu_stand_in=True) if cpu_stand_in else backends.create(spec)
 
 
@@ -107,8 +164,14 @@ def node_sums(trace_file: str, warmup: int, gpu_kernels: bool) -> list[float]:
 
 
 def run_worker(spec: Mapping[str, Any], timeout: float = WORKER_TIMEOUT_S) -> dict[str, Any]:
-    """Run the synchronized profiling worker; its JSON answer, or BackendError with its last line."""
+    """Run the profiling worker (synchronized, or under PyTorch's profiler with ``"timing":
+    "cupti"``); its JSON answer, or BackendError with its last line (BackendUnavailableError
+    when PyTorch or its GPU is not there)."""
     from surgeon.backends.ort_worker import worker_env
+    from surgeon.debug.profile.cuda_worker import CUPTI_UNAVAILABLE
+
+    cupti = spec.get("timing") == "cupti"
+    what = "CUPTI (PyTorch profiler)" if cupti else "synchronized"
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, dir=spec["folder"]) as f:
         json.dump(dict(spec), f)
@@ -116,13 +179,15 @@ def run_worker(spec: Mapping[str, Any], timeout: float = WORKER_TIMEOUT_S) -> di
     try:
         proc = subprocess.run([sys.executable, "-m", "surgeon.debug.profile.cuda_worker", spec_path],
                               capture_output=True, text=True, timeout=timeout,
-                              env=worker_env({"CUDA_LAUNCH_BLOCKING": "1"}))
+                              env=worker_env({} if cupti else {"CUDA_LAUNCH_BLOCKING": "1"}))
     except subprocess.TimeoutExpired:
-        raise BackendError(f"the synchronized profiling run did not finish within {timeout:g} s") from None
+        raise BackendError(f"the {what} profiling run did not finish within {timeout:g} s") from None
     if proc.returncode != 0:
         lines = [l for l in (proc.stderr or "").strip().splitlines() if l.strip()]
         why = lines[-1] if lines else f"exit code {proc.returncode}"
-        raise BackendError(f"the synchronized profiling run failed: {why}")
+        if cupti and proc.returncode == CUPTI_UNAVAILABLE:
+            raise BackendUnavailableError(why)
+        raise BackendError(f"the {what} profiling run failed: {why}")
     return json.loads(Path(spec["answer"]).read_text(encoding="utf-8"))
 
 
@@ -148,7 +213,10 @@ def run(sources: Sequence[Source], samples: Sequence[Mapping[str, Any]], *, spec
         raise UsageError("--warmup must not be negative")
     if not samples:
         raise UsageError("no input samples to run the model on")
+    _, timing = split_timing(spec)
     backend = backend_for(spec, cpu_stand_in)
+    if profile:
+        check_timing(timing, cpu_stand_in)
     say = progress or (lambda _m: None)
     with tempfile.TemporaryDirectory(prefix="surgeon-cuda-profile-") as tmp:
         paths = [_model_file(src, tmp, i) for i, src in enumerate(sources)]
@@ -184,17 +252,19 @@ def run(sources: Sequence[Source], samples: Sequence[Mapping[str, Any]], *, spec
                 p.profiled_runs_ms = list(profiled[i].times)
                 _fill_profile(p, src, paths[i], samples, profiled[i].sess.end_profiling(),
                               Path(tmp) / f"optimized{i}.onnx" if saved[i] else None, warmup, iterations,
-                              backend, spec, cpu_stand_in, tmp, i, say)
+                              backend, spec, cpu_stand_in, tmp, i, say, timing)
             results.append(p)
         return results
 
 
 def _fill_profile(p: ModelProfile, src: Source, path: str, samples: Sequence[Mapping[str, Any]], trace_file: str,
                   optimized: Path | None, warmup: int, iterations: int, backend: Any, spec: str, cpu_stand_in: bool,
-                  tmp: str, index: int, say) -> None:
+                  tmp: str, index: int, say, timing: str = "auto") -> None:
     with open(trace_file, encoding="utf-8") as f:
         events = json.load(f)
-    if ort_trace.has_gpu_kernels(events):
+    if timing == "cupti":
+        method, source, sums, note = _fill_cupti(p, src, path, samples, warmup, iterations, spec, tmp, index, say)
+    elif timing == "auto" and ort_trace.has_gpu_kernels(events):
         method, source = KERNEL_EVENTS, "ONNX Runtime profiler with CUPTI kernel events (GPU time per node)"
         opt = optimized if optimized is not None and optimized.is_file() else None
         _fill_from_trace(p, src, trace_file, opt, warmup, "onnxrt-cuda", gpu_kernels=True)
@@ -202,8 +272,8 @@ def _fill_profile(p: ModelProfile, src: Source, path: str, samples: Sequence[Map
         note = ("node time = the GPU time of the kernels it launched (CUPTI); gaps between kernels are in no node, "
                 "so the sum reads low where the GPU waits on launches")
     else:
-        say(f"no GPU kernel events in this build's trace: synchronized profiling of '{src.label}' in a worker "
-            "(CUDA_LAUNCH_BLOCKING=1)")
+        why = "timing=synchronized" if timing == "synchronized" else "no GPU kernel events in this build's trace"
+        say(f"{why}: synchronized profiling of '{src.label}' in a worker (CUDA_LAUNCH_BLOCKING=1)")
         from surgeon import input_files
 
         inputs = str(Path(tmp) / f"inputs{index}.npz")
@@ -227,10 +297,74 @@ def _fill_profile(p: ModelProfile, src: Source, path: str, samples: Sequence[Map
     p.source = source
     latency = p.latency.median_ms if p.latency else None
     node_sum = float(np.median(sums)) if sums else None
-    p.gpu_timing = {"method": method, "node_sum_ms": node_sum, "latency_ms": latency,
+    p.gpu_timing = {**(p.gpu_timing or {}), "method": method, "node_sum_ms": node_sum, "latency_ms": latency,
                     "ratio": (node_sum / latency) if node_sum is not None and latency else None,
                     "profiled_run_ms": p.run_time.median_ms if p.run_time else None, "note": note,
                     "gpu": not cpu_stand_in}
     if node_sum is not None and latency:
         p.notes.append(f"per-node times ({method}) add up to {node_sum:.3g} ms per run against a latency of "
                        f"{latency:.3g} ms ({node_sum / latency:.2f}x): {note}")
+
+
+CUPTI_NOTE = ("node time = the GPU time (CUPTI, through PyTorch's profiler) of the kernels and copies the node launched; "
+              "the copies of the inputs to the GPU and of the outputs back, launched by no node, are rows of their own, so "
+              "the rows add up to the GPU's busy time (CPU nodes: their host time); the rest of the latency is the GPU "
+              "waiting on launches and the host's own work")
+
+
+def cupti_rows(att: Any) -> tuple[dict, list[list[Any]], list[float]]:
+    """From an attribution (profile/cupti.py): per-node GPU time, the session's rows per run
+    (copies in and out, other GPU work no node launched; a row only where it took time), and
+    the per-run sum of all rows in ms."""
+    from surgeon.debug.profile import cupti
+    from surgeon.debug.profile.aggregate import Observed
+
+    node_us = cupti.node_gpu_us(att)
+    session = cupti.session_rows_us(att)
+    present = [name for name in cupti.SESSION_ROWS if any(r[name] > 0 for r in session)]
+    extra = [[Observed(name, "copy" if name.startswith("[copy]") else "gpu", r[name] / 1000.0,
+                       detail={"provider": "CUDAExecutionProvider"}) for name in present] for r in session]
+    sums = [sum(r.values()) for r in session]
+    for _, _, run, k in att.nodes:
+        sums[run] += k.dur if k.provider == "CPUExecutionProvider" else node_us[(k.name, k.ts)][0]
+    return node_us, extra, [s / 1000.0 for s in sums]
+
+
+def _by_name(runs: Sequence[Sequence[Any]]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for run in runs:
+        for row in run:
+            out.setdefault(row.name, []).append(row.dur_ms)
+    return out
+
+
+def _fill_cupti(p: ModelProfile, src: Source, path: str, samples: Sequence[Mapping[str, Any]], warmup: int,
+                iterations: int, spec: str, tmp: str, index: int, say) -> tuple[str, str, list[float], str]:
+    from surgeon import input_files
+    from surgeon.debug.profile import cupti
+
+    say(f"profiling '{src.label}' under PyTorch's profiler (CUPTI) in a worker")
+    inputs = str(Path(tmp) / f"inputs{index}.npz")
+    input_files.save_inputs(inputs, list(samples))
+    answer = run_worker({"model": path, "inputs": inputs, "spec": spec, "cpu_stand_in": False, "timing": "cupti",
+                         "warmup": warmup, "iterations": iterations, "folder": tmp,
+                         "prefix": str(Path(tmp) / f"cupti{index}"),
+                         "optimized": str(Path(tmp) / f"cupti_optimized{index}.onnx"),
+                         "answer": str(Path(tmp) / f"answer{index}.json")})
+    with open(answer["kineto"], encoding="utf-8") as f:
+        kineto = json.load(f)
+    with open(answer["trace"], encoding="utf-8") as f:
+        events = json.load(f)
+    att = cupti.attribute(kineto, events, int(answer["ort_start_ns"]), iterations)
+    node_us, extra, sums = cupti_rows(att)
+    opt = Path(answer["optimized"]) if answer.get("optimized") and Path(answer["optimized"]).is_file() else None
+    _fill_from_trace(p, src, answer["trace"], opt, warmup, "onnxrt-cuda", gpu_kernels=True, node_us=node_us,
+                     extra_rows=extra)
+    busy = cupti.gpu_activity(kineto, iterations)
+    owner = att.owner
+    p.gpu_timing = {"torch": answer.get("torch"), "gpu_busy_ms": busy.get("busy_ms"),
+                    "clock_offset_us": att.offset_us,
+                    "attributed_share": float(np.mean(owner >= 0)) if len(owner) else None,
+                    "session_rows_ms": {name: float(np.median(ms)) for name, ms in _by_name(extra).items()}}
+    return (CUPTI, "ONNX Runtime's profiler and CUPTI through PyTorch's profiler (a worker process): GPU time per node",
+            sums, CUPTI_NOTE)

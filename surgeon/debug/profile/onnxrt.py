@@ -189,9 +189,13 @@ def run(sources: Sequence[Source], samples: Sequence[Mapping[str, Any]], *, back
 
 
 def _fill_from_trace(p: ModelProfile, src: Source, trace_file: str, optimized: Path | None, warmup: int,
-                     backend: str, gpu_kernels: bool = False) -> None:
+                     backend: str, gpu_kernels: bool = False,
+                     node_us: Mapping[tuple[str, int], tuple[float, int]] | None = None,
+                     extra_rows: Sequence[Sequence[aggregate.Observed]] | None = None) -> None:
     """``gpu_kernels``: a node's time is the GPU time of the kernels it launched (CUPTI's
-    "Kernel" events), except for nodes that ran on the CPU, whose own time is their time."""
+    "Kernel" events, or ``node_us``: (name, ts) -> (GPU us, activities) from elsewhere), except
+    for nodes that ran on the CPU, whose own time is their time. ``extra_rows``: per measured
+    run, rows that are no ONNX node (the session's copies), origin ``session``."""
     with open(trace_file, encoding="utf-8") as f:
         trace = ort_trace.parse_trace(json.load(f), what=f"ONNX Runtime's trace of '{src.label}'")
     runs = trace.runs[warmup:] if len(trace.runs) > warmup else trace.runs
@@ -199,16 +203,22 @@ def _fill_from_trace(p: ModelProfile, src: Source, trace_file: str, optimized: P
     if backend != "onnxrt-noopt" and opt_model is None:
         p.notes.append("ONNX Runtime did not save its optimized graph; kernels are matched to ONNX nodes by name only")
     origins = fusion_map.map_kernels(src.model, opt_model)
-    def dur_us(k: ort_trace.KernelEvent) -> int:
-        return k.gpu_us if gpu_kernels and k.provider != "CPUExecutionProvider" else k.dur
+    def dur_us(k: ort_trace.KernelEvent) -> float:
+        if not gpu_kernels or k.provider == "CPUExecutionProvider":
+            return k.dur
+        return node_us.get((k.name, k.ts), (0.0, 0))[0] if node_us is not None else k.gpu_us
 
     observed = [[aggregate.Observed(k.name, k.op_type, dur_us(k) / 1000.0, key=k.node_index, parent=k.parent,
                                     detail={"provider": k.provider})
                  for k in run.kernels] for run in runs]
+    session = {k.name for rows in (extra_rows or []) for k in rows}
+    for run_rows, rows in zip(observed, extra_rows or []):
+        run_rows.extend(rows)
     run_ms = [r.dur_us / 1000.0 for r in runs]
     p.run_time = summarize(run_ms)
     p.kernels, p.op_types, p.origins, p.body_op_types = aggregate.tables(
-        observed, run_ms, lambda name, op, key, occ: origins.origin(name, op, key, occ))
+        observed, run_ms, lambda name, op, key, occ: (fusion_map.Origin((), (), "session") if name in session
+                                                      else origins.origin(name, op, key, occ)))
     p.removed = list(origins.removed)
     shared = sorted({k.name.rsplit("#", 1)[0] for k in p.kernels if k.parent is None and "#" in k.name
                      and k.name.rsplit("#", 1)[0] in origins.duplicates})
