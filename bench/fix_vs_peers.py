@@ -94,12 +94,20 @@ def _spawn(cmd: list[str], timeout: float, log: Path) -> dict:
             time.sleep(0.02)
         seconds = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
+    result = finished(log, seconds, proc.returncode, usage.ru_maxrss * 1024)
+    result["maxrss_mb"] = result.pop("peak_bytes") / 2**20
+    return result
+
+
+def finished(log: Path, seconds: float, rc: int, fallback_bytes: int) -> dict:
+    """A run that ended: wall seconds, peak RSS in bytes (GNU time's ``%M`` in ``log``'s
+    ``.rss`` file, else ``fallback_bytes``), exit code, and the last output line of a failure."""
+    rss_file = log.with_suffix(".rss")
     kb = rss_file.read_text().strip().splitlines()[-1] if rss_file.is_file() else ""
-    result = {"seconds": seconds, "maxrss_mb": int(kb) / 1024 if kb.isdigit() else usage.ru_maxrss / 1024,
-              "rc": proc.returncode}
-    if proc.returncode != 0:
+    result = {"seconds": seconds, "peak_bytes": int(kb) * 1024 if kb.isdigit() else fallback_bytes, "rc": rc}
+    if rc != 0:
         lines = [ln for ln in log.read_text(errors="replace").strip().splitlines() if ln.strip()]
-        result["error"] = f"exit {proc.returncode}: " + (lines[-1][:160] if lines else "no output")
+        result["error"] = f"exit {rc}: " + (lines[-1][:200] if lines else "no output")
     return result
 
 

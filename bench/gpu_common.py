@@ -66,23 +66,29 @@ def manifest(folder: Path) -> dict[str, dict]:
     return {}
 
 
+def manifest_value(spec: Mapping[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """One input as the corpus manifest describes it (kinds zeros, ones, const, int, uniform,
+    str, else normal times ``scale``); the one reading of the manifest's feeds the bench scripts share."""
+    dtype, shape, kind = np.dtype(spec["dtype"]), tuple(spec["shape"]), spec["kind"]
+    if kind == "zeros":
+        return np.zeros(shape, dtype)
+    if kind == "ones":
+        return np.ones(shape, dtype)
+    if kind == "const":
+        return np.full(shape, spec["value"], dtype)
+    if kind == "int":
+        return rng.integers(0, spec["hi"], size=shape).astype(dtype)
+    if kind == "uniform":
+        return rng.uniform(0, 1, size=shape).astype(dtype)
+    if kind == "str":
+        return np.array(rng.choice(spec.get("choices", ["a"]), size=shape), dtype=object)
+    return (rng.standard_normal(shape) * spec.get("scale", 1.0)).astype(dtype)
+
+
 def feed_from_spec(spec: Mapping[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
     """One feed set as the corpus manifest describes it (the value kinds tests/test_corpus.py uses)."""
     rng = np.random.default_rng(seed)
-    out = {}
-    for name, s in spec.items():
-        dtype, shape, kind = np.dtype(s["dtype"]), tuple(s["shape"]), s["kind"]
-        if kind == "zeros":
-            out[name] = np.zeros(shape, dtype)
-        elif kind == "const":
-            out[name] = np.full(shape, s["value"], dtype)
-        elif kind == "int":
-            out[name] = rng.integers(0, s["hi"], size=shape).astype(dtype)
-        elif kind == "uniform":
-            out[name] = rng.uniform(0, 1, size=shape).astype(dtype)
-        else:
-            out[name] = (rng.standard_normal(shape) * s.get("scale", 1.0)).astype(dtype)
-    return out
+    return {name: manifest_value(s, rng) for name, s in spec.items()}
 
 
 def corpus_feed(path: Path, entries: Mapping[str, dict], shapes: Mapping[str, tuple] | None = None, seed: int = 0) -> dict:

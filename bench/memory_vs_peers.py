@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -43,19 +42,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-GNU_TIME = Path("/usr/bin/time")
+sys.path.insert(0, str(HERE))
+from fix_vs_peers import GNU_TIME, _console_script, finished, model_facts  # noqa: E402  (bench/, beside this script)
 TOOLS = ("surgeon", "surgeon-local", "surgeon-noverify", "onnxslim", "onnxsim")
 PEERS = ("onnxslim", "onnxsim")
-
-
-def _console_script(name: str) -> str:
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.is_file() else shutil.which(name)
-    if not found:
-        raise SystemExit(f"{name} is not installed (pip install {name})")
-    return found
 
 
 def command(tool: str, src: Path, dst: Path, cli: Path, extra: list[str]) -> list[str]:
@@ -131,40 +125,21 @@ def spawn(cmd: list[str], log: Path, cap: float, floor: float, timeout: float) -
                 return {"error": killed, "seconds": elapsed, "peak_gb": seen / 1e9, "killed": True}
             time.sleep(0.05)
         seconds = time.perf_counter() - t0
-    kb = rss_file.read_text().strip().splitlines()[-1] if rss_file.is_file() else ""
-    result = {"seconds": seconds, "peak_gb": int(kb) * 1024 / 1e9 if kb.isdigit() else seen / 1e9,
-              "rc": proc.returncode}
-    if proc.returncode != 0:
-        lines = [ln for ln in log.read_text(errors="replace").strip().splitlines() if ln.strip()]
-        result["error"] = f"exit {proc.returncode}: " + (lines[-1][:200] if lines else "no output")
+    result = finished(log, seconds, proc.returncode, seen)
+    result["peak_gb"] = result.pop("peak_bytes") / 1e9
     return result
 
 
 def facts(path: Path) -> dict:
+    """Nodes (bodies included) and the bytes of the initializers and Constant nodes' values
+    (paddle2onnx keeps its weights there); weights not loaded."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    nodes = 0
-    weight_bytes = 0
-
-    def walk(g) -> None:
-        nonlocal nodes
-        for n in g.node:
-            nodes += 1
-            for a in n.attribute:
-                if a.HasField("g"):
-                    walk(a.g)
-                for sub in a.graphs:
-                    walk(sub)
-
-    walk(model.graph)
     tensors = list(model.graph.initializer) + [a.t for n in model.graph.node for a in n.attribute if a.HasField("t")]
-    for t in tensors:  # initializers and Constant nodes' values (paddle2onnx keeps its weights there)
-        n = 1
-        for d in t.dims:
-            n *= d
-        weight_bytes += n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-    return {"nodes": nodes, "weight_bytes": weight_bytes}
+    weight_bytes = sum(int(np.prod(t.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+                       for t in tensors)
+    return {"nodes": model_facts(path)["nodes"], "weight_bytes": weight_bytes}
 
 
 def disk_bytes(path: Path) -> int:

@@ -54,6 +54,9 @@ sys.path.insert(0, str(ROOT))  # the checkout's surgeon, whatever is installed
 
 import onnx_graphsurgeon as gs  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from gpu_common import manifest_value  # noqa: E402  (bench/, beside this script)
+
 from surgeon import graph as G  # noqa: E402
 from surgeon.pipeline import registry  # noqa: E402
 from surgeon.pipeline.base import Pass, PassContext, PassLog  # noqa: E402
@@ -238,23 +241,6 @@ def _page(shape: tuple[int, ...], seed: int) -> np.ndarray:
     return np.repeat(img[None], n, axis=0).astype(np.float32)
 
 
-def _from_manifest(spec: dict, rng: np.random.Generator) -> np.ndarray:
-    dtype, shape, kind = np.dtype(spec["dtype"]), tuple(spec["shape"]), spec["kind"]
-    if kind == "zeros":
-        return np.zeros(shape, dtype)
-    if kind == "ones":
-        return np.ones(shape, dtype)
-    if kind == "const":
-        return np.full(shape, spec["value"], dtype)
-    if kind == "int":
-        return rng.integers(0, spec["hi"], size=shape).astype(dtype)
-    if kind == "uniform":
-        return rng.uniform(0, 1, size=shape).astype(dtype)
-    if kind == "str":
-        return np.array(rng.choice(spec.get("choices", ["a"]), size=shape), dtype=object)
-    return (rng.standard_normal(shape) * spec.get("scale", 1.0)).astype(dtype)
-
-
 def _prefix_mask(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     rows = int(np.prod(shape[:-1]))
     lengths = rng.integers(max(1, shape[-1] // 2), shape[-1] + 1, size=rows)
@@ -310,7 +296,7 @@ def realistic_inputs(path: Path, manifest: dict[str, dict]) -> list[dict[str, np
         rng = np.random.default_rng(seed)
         if entry:
             for fs in entry["feeds"]:
-                sets.append({k: _from_manifest(v, rng) for k, v in fs.items()})
+                sets.append({k: manifest_value(v, rng) for k, v in fs.items()})
         elif recipe:
             sets.extend(recipe(rng))
     if entry:
@@ -318,7 +304,7 @@ def realistic_inputs(path: Path, manifest: dict[str, dict]) -> list[dict[str, np
             pages = {k: _page(tuple(v["shape"]), 7) for k, v in fs.items()
                      if v["dtype"] == "float32" and len(v["shape"]) == 4 and v["shape"][1] in (1, 3)}
             if pages:
-                sets.append({**{k: _from_manifest(v, np.random.default_rng(3)) for k, v in fs.items()}, **pages})
+                sets.append({**{k: manifest_value(v, np.random.default_rng(3)) for k, v in fs.items()}, **pages})
     return sets
 
 

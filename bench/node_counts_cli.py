@@ -39,21 +39,10 @@ def _feeds(entry: dict, dest: Path) -> Path:
     import numpy as np
     from polygraphy.json import save_json
 
+    from gpu_common import manifest_value  # bench/, beside this script
+
     rng = np.random.default_rng(0)
-
-    def one(spec):
-        dtype, shape, kind = np.dtype(spec["dtype"]), tuple(spec["shape"]), spec["kind"]
-        if kind == "zeros":
-            return np.zeros(shape, dtype)
-        if kind == "const":
-            return np.full(shape, spec["value"], dtype)
-        if kind == "int":
-            return rng.integers(0, spec["hi"], size=shape).astype(dtype)
-        if kind == "uniform":
-            return rng.uniform(0, 1, size=shape).astype(dtype)
-        return rng.standard_normal(shape).astype(dtype)
-
-    save_json([{k: one(v) for k, v in fs.items()} for fs in entry["feeds"]], str(dest))
+    save_json([{k: manifest_value(v, rng) for k, v in fs.items()} for fs in entry["feeds"]], str(dest))
     return dest
 
 

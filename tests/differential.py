@@ -42,6 +42,8 @@ from typing import Any, Mapping
 import numpy as np
 import onnx
 
+from surgeon.weights import iter_graph_tensors
+
 TOLERANCE = {np.dtype(np.float32): (1e-4, 1e-3), np.dtype(np.float16): (1e-2, 1e-2),
              np.dtype(np.float64): (1e-7, 1e-6)}
 KINDS = ("ok", "rounding", "ort-noise", "invalid", "refused", "crash", "rolled-back", "interface-changed", "wrong-output")
@@ -188,17 +190,8 @@ def perturbed(model: onnx.ModelProto, seed: int = 0, ulps: float = 4.0) -> onnx.
             a *= 1 + ulps * 2.0**-23 * rng.uniform(-1, 1, a.shape)
             t.CopyFrom(onnx.numpy_helper.from_array(a.astype(np.float32), t.name))
 
-    def graph(g: onnx.GraphProto) -> None:
-        for t in g.initializer:
-            tensor(t)
-        for n in g.node:
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.TENSOR:
-                    tensor(a.t)
-                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    graph(sub)
-
-    graph(out.graph)
+    for t in iter_graph_tensors(out.graph):  # initializers and tensor attributes, bodies too
+        tensor(t)
     return out
 
 
